@@ -1,0 +1,71 @@
+/**
+ * SQLSTATE classes that pgmesh acts on, as named tables rather than string compares scattered through the code.
+ * See https://www.postgresql.org/docs/current/errcodes-appendix.html
+ */
+export const SQLSTATE = {
+  uniqueViolation: '23505',
+  foreignKeyViolation: '23503',
+  checkViolation: '23514',
+  notNullViolation: '23502',
+  exclusionViolation: '23P01',
+  invalidTextRepresentation: '22P02',
+  numericValueOutOfRange: '22003',
+  stringDataRightTruncation: '22001',
+  datatypeMismatch: '42804',
+  undefinedTable: '42P01',
+  undefinedColumn: '42703',
+  undefinedObject: '42704',
+  duplicateObject: '42710',
+  inFailedTransaction: '25P02',
+  invalidPassword: '28P01',
+  invalidAuthorization: '28000',
+  invalidCatalogName: '3D000',
+  insufficientPrivilege: '42501',
+  objectInUse: '55006',
+  adminShutdown: '57P01',
+  crashShutdown: '57P02',
+  cannotConnectNow: '57P03',
+  serializationFailure: '40001',
+  deadlockDetected: '40P01',
+  /** Raised by pgmesh.finish_apply when the previous pipelined transaction did not commit. */
+  predecessorNotCommitted: 'PM001',
+} as const;
+
+/** Errors after which the same work may succeed if tried again later (server restarting, connection lost). */
+const RETRYABLE = new Set<string>([
+  SQLSTATE.adminShutdown,
+  SQLSTATE.crashShutdown,
+  SQLSTATE.cannotConnectNow,
+  SQLSTATE.serializationFailure,
+  SQLSTATE.deadlockDetected,
+  SQLSTATE.objectInUse,
+]);
+
+/** Errors that a row change can raise because of the data it carries; in the convergence issue they go to the exception table. */
+const DATA = new Set<string>([
+  SQLSTATE.uniqueViolation,
+  SQLSTATE.foreignKeyViolation,
+  SQLSTATE.checkViolation,
+  SQLSTATE.notNullViolation,
+  SQLSTATE.exclusionViolation,
+  SQLSTATE.invalidTextRepresentation,
+  SQLSTATE.numericValueOutOfRange,
+  SQLSTATE.stringDataRightTruncation,
+  SQLSTATE.datatypeMismatch,
+]);
+
+export function sqlState(error: unknown): string | undefined {
+  if (typeof error === 'object' && error !== null && 'code' in error) {
+    const code = (error as { code: unknown }).code;
+    if (typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code)) return code;
+  }
+  return undefined;
+}
+
+export function isRetryableSqlState(code: string | undefined): boolean {
+  return code !== undefined && (RETRYABLE.has(code) || code.startsWith('08'));
+}
+
+export function isDataSqlState(code: string | undefined): boolean {
+  return code !== undefined && DATA.has(code);
+}
