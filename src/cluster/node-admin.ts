@@ -1,0 +1,258 @@
+/**
+ * Administration of one node: install the catalog, choose the replicated tables, link it with a peer.
+ * These are the library functions behind `pgmesh init`, `pgmesh tables add` and `pgmesh cluster create`.
+ */
+import { PgmeshError } from '../core/errors.ts';
+import type { Sql } from '../pg/connect.ts';
+import { qualifiedName, quoteLiteral, NODE_NAME_PATTERN } from '../pg/quote.ts';
+import { CATALOG_VERSION, MIGRATIONS, PUBLICATION, originName, slotName } from './catalog-schema.ts';
+import { checkServerFacts, formatProblems, readServerFacts } from './server-checks.ts';
+
+export interface LocalNode {
+  readonly nodeName: string;
+  readonly nodeSlot: number;
+  readonly maxNodes: number;
+}
+
+export interface TableRef {
+  readonly schema: string;
+  readonly name: string;
+}
+
+export interface TableRefusal extends TableRef {
+  readonly reason: string;
+}
+
+export interface AddTablesResult {
+  readonly added: readonly TableRef[];
+  readonly alreadyReplicated: readonly TableRef[];
+  readonly refused: readonly TableRefusal[];
+}
+
+export function validateNodeName(name: string): void {
+  if (!NODE_NAME_PATTERN.test(name)) {
+    throw new PgmeshError(
+      'CONFIG_INVALID',
+      `node name "${name}" is not valid: use 1-40 characters, lowercase letters, digits and "_", starting with a letter`,
+    );
+  }
+}
+
+export async function readLocalNode(sql: Sql): Promise<LocalNode | undefined> {
+  const exists = await sql.unsafe<{ ok: boolean }[]>(`SELECT to_regclass('pgmesh.local_node') IS NOT NULL AS ok`);
+  if (!exists[0]?.ok) return undefined;
+  const rows = await sql.unsafe<{ node_name: string; node_slot: number; max_nodes: number }[]>(
+    `SELECT node_name, node_slot, max_nodes FROM pgmesh.local_node`,
+  );
+  const row = rows[0];
+  return row ? { nodeName: row.node_name, nodeSlot: row.node_slot, maxNodes: row.max_nodes } : undefined;
+}
+
+export async function requireLocalNode(sql: Sql, expectedName: string): Promise<LocalNode> {
+  const node = await readLocalNode(sql);
+  if (!node) {
+    throw new PgmeshError('NOT_INITIALIZED', `node ${expectedName} has no pgmesh catalog; run "pgmesh init" for it first`, {
+      context: { node: expectedName },
+    });
+  }
+  if (node.nodeName !== expectedName) {
+    throw new PgmeshError(
+      'CONFIG_INVALID',
+      `the server configured as node ${expectedName} was initialized as node ${node.nodeName}; fix the connection string in the config`,
+      { context: { node: expectedName } },
+    );
+  }
+  return node;
+}
+
+export interface InitOptions {
+  readonly nodeName: string;
+  readonly nodeSlot: number;
+  readonly maxNodes: number;
+  /** How many peers this node will have; used to check slot and sender limits. */
+  readonly expectedPeers: number;
+}
+
+export interface InitResult {
+  readonly created: boolean;
+  readonly node: LocalNode;
+}
+
+/**
+ * Prepares a server to be a pgmesh node: checks settings (all problems at once), installs or upgrades the catalog,
+ * creates the publication. Safe to run again on the same node.
+ */
+export async function initNode(sql: Sql, options: InitOptions): Promise<InitResult> {
+  validateNodeName(options.nodeName);
+  const facts = await readServerFacts(sql);
+  const problems = checkServerFacts(facts, options.expectedPeers);
+  if (problems.length > 0) {
+    throw new PgmeshError('SERVER_SETTINGS', formatProblems(options.nodeName, problems), { context: { node: options.nodeName } });
+  }
+  if (!facts.isSuperuser) {
+    throw new PgmeshError(
+      'SERVER_SETTINGS',
+      `node ${options.nodeName}: installing pgmesh needs a superuser once (it creates a publication and catalog functions); connect as a superuser for "init"`,
+    );
+  }
+  const existing = await readLocalNode(sql);
+  if (existing && existing.nodeName !== options.nodeName) {
+    throw new PgmeshError(
+      'ALREADY_INITIALIZED',
+      `this server is already pgmesh node ${existing.nodeName}; it cannot also be node ${options.nodeName}`,
+    );
+  }
+  await sql.begin(async (tx) => {
+    await tx.unsafe(`SELECT pg_advisory_xact_lock(hashtext('pgmesh.catalog'))`);
+    const versionRows = await tx.unsafe<{ v: number | null }[]>(
+      `SELECT CASE WHEN to_regclass('pgmesh.catalog_version') IS NULL THEN 0 END AS v`,
+    );
+    let version = versionRows[0]?.v ?? undefined;
+    if (version === undefined) {
+      const rows = await tx.unsafe<{ version: number }[]>(`SELECT version FROM pgmesh.catalog_version`);
+      version = rows[0]?.version ?? 0;
+    }
+    for (let i = version; i < MIGRATIONS.length; i++) {
+      await tx.unsafe(MIGRATIONS[i] as string);
+    }
+    await tx.unsafe(
+      `INSERT INTO pgmesh.catalog_version (version) VALUES (${CATALOG_VERSION})
+       ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version`,
+    );
+    if (!existing) {
+      await tx.unsafe(`INSERT INTO pgmesh.local_node (node_name, node_slot, max_nodes) VALUES ($1, $2, $3)`, [
+        options.nodeName,
+        options.nodeSlot,
+        options.maxNodes,
+      ]);
+    }
+    const pub = await tx.unsafe(`SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1`, [PUBLICATION]);
+    if (pub.length === 0) {
+      await tx.unsafe(`CREATE PUBLICATION ${PUBLICATION} WITH (publish = 'insert, update, delete, truncate')`);
+    }
+  });
+  const node = await readLocalNode(sql);
+  if (!node) throw new PgmeshError('INTERNAL', 'catalog was installed but pgmesh.local_node is empty');
+  return { created: !existing, node };
+}
+
+/** User tables of the database, outside system schemas and pgmesh's own. */
+export async function listUserTables(sql: Sql): Promise<TableRef[]> {
+  const rows = await sql.unsafe<{ schema: string; name: string }[]>(
+    `SELECT n.nspname AS schema, c.relname AS name
+       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+        AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgmesh') AND n.nspname NOT LIKE 'pg\\_%'
+        AND c.relpersistence = 'p'
+      ORDER BY 1, 2`,
+  );
+  return rows.map((r) => ({ schema: r.schema, name: r.name }));
+}
+
+export async function listReplicatedTables(sql: Sql): Promise<TableRef[]> {
+  const rows = await sql.unsafe<{ schema: string; name: string }[]>(
+    `SELECT schemaname AS schema, tablename AS name FROM pg_catalog.pg_publication_tables WHERE pubname = $1 ORDER BY 1, 2`,
+    [PUBLICATION],
+  );
+  return rows.map((r) => ({ schema: r.schema, name: r.name }));
+}
+
+/**
+ * Adds tables to replication. A table needs a primary key: it is how a row is found on every node, and
+ * last-update-wins compares versions of the same key. Tables without one are refused with the fix.
+ */
+export async function addTables(sql: Sql, tables: readonly TableRef[] | 'all'): Promise<AddTablesResult> {
+  const candidates = tables === 'all' ? await listUserTables(sql) : tables;
+  const already = new Set((await listReplicatedTables(sql)).map((t) => `${t.schema}.${t.name}`));
+  const added: TableRef[] = [];
+  const alreadyReplicated: TableRef[] = [];
+  const refused: TableRefusal[] = [];
+  for (const table of candidates) {
+    const qualified = qualifiedName(table.schema, table.name);
+    const info = await sql.unsafe<{ kind: string | null; has_pk: boolean; persistence: string }[]>(
+      `SELECT c.relkind::text AS kind, c.relpersistence::text AS persistence,
+              EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) AS has_pk
+         FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = $1 AND c.relname = $2`,
+      [table.schema, table.name],
+    );
+    const row = info[0];
+    if (!row) {
+      refused.push({ ...table, reason: `table ${qualified} does not exist; check the schema and name (names are case-sensitive)` });
+      continue;
+    }
+    if (row.kind !== 'r' && row.kind !== 'p') {
+      refused.push({ ...table, reason: `${qualified} is not a table (relkind ${row.kind}); only tables can be replicated` });
+      continue;
+    }
+    if (row.persistence !== 'p') {
+      refused.push({ ...table, reason: `${qualified} is unlogged or temporary; logical replication cannot see its changes` });
+      continue;
+    }
+    if (!row.has_pk) {
+      refused.push({
+        ...table,
+        reason:
+          `table ${qualified} has no primary key; pgmesh needs one to find the same row on every node. ` +
+          `Add one (ALTER TABLE ${qualified} ADD PRIMARY KEY (...)), then run "pgmesh tables add ${table.schema}.${table.name}"`,
+      });
+      continue;
+    }
+    if (already.has(`${table.schema}.${table.name}`)) {
+      alreadyReplicated.push(table);
+      continue;
+    }
+    await sql.unsafe(`ALTER PUBLICATION ${PUBLICATION} ADD TABLE ${qualified}`);
+    added.push(table);
+  }
+  return { added, alreadyReplicated, refused };
+}
+
+export interface PeerLink {
+  readonly name: string;
+  readonly nodeSlot: number;
+  readonly endpoint: string;
+}
+
+/**
+ * Makes `local` ready to stream from `peer`: a replication origin and a progress row on the local node.
+ * The slot on the peer is created by ensureSlotFor on the peer's connection.
+ */
+export async function ensurePeer(sql: Sql, peer: PeerLink): Promise<void> {
+  validateNodeName(peer.name);
+  await sql.begin(async (tx) => {
+    await tx.unsafe(
+      `INSERT INTO pgmesh.peer (node_name, node_slot, endpoint) VALUES ($1, $2, $3)
+       ON CONFLICT (node_name) DO UPDATE SET node_slot = EXCLUDED.node_slot, endpoint = EXCLUDED.endpoint`,
+      [peer.name, peer.nodeSlot, peer.endpoint],
+    );
+    await tx.unsafe(`INSERT INTO pgmesh.apply_progress (peer) VALUES ($1) ON CONFLICT DO NOTHING`, [peer.name]);
+    await tx.unsafe(
+      `SELECT pg_catalog.pg_replication_origin_create($1)
+        WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1)`,
+      [originName(peer.name)],
+    );
+  });
+}
+
+/** Creates, on this (publishing) node, the logical slot that streams its changes to `subscriber`. */
+export async function ensureSlotFor(sql: Sql, subscriber: string): Promise<'created' | 'exists'> {
+  validateNodeName(subscriber);
+  const slot = slotName(subscriber);
+  const rows = await sql.unsafe<{ plugin: string | null; database: string | null; db: string }[]>(
+    `SELECT plugin, database, current_database() AS db FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`,
+    [slot],
+  );
+  const existing = rows[0];
+  if (existing) {
+    if (existing.plugin !== 'pgoutput' || existing.database !== existing.db) {
+      throw new PgmeshError(
+        'CONFIG_INVALID',
+        `slot ${slot} exists but is not a pgoutput slot of database ${existing.db}; drop it (SELECT pg_drop_replication_slot(${quoteLiteral(slot)})) and try again`,
+      );
+    }
+    return 'exists';
+  }
+  await sql.unsafe(`SELECT pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')`, [slot]);
+  return 'created';
+}

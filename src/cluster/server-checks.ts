@@ -1,0 +1,118 @@
+/**
+ * Checks a server's settings against what pgmesh needs, and says for each problem exactly what to change.
+ * Every problem is reported at once, not one per attempt.
+ */
+import type { Sql } from '../pg/connect.ts';
+
+export interface SettingProblem {
+  readonly setting: string;
+  readonly actual: string;
+  readonly required: string;
+  readonly fix: string;
+}
+
+export interface ServerFacts {
+  readonly versionNum: number;
+  readonly major: number;
+  readonly isSuperuser: boolean;
+  readonly settings: Readonly<Record<string, string>>;
+}
+
+const SETTINGS = [
+  'wal_level',
+  'track_commit_timestamp',
+  'max_replication_slots',
+  'max_wal_senders',
+  'server_encoding',
+  'max_slot_wal_keep_size',
+] as const;
+
+export async function readServerFacts(sql: Sql): Promise<ServerFacts> {
+  const rows = await sql.unsafe<{ name: string; setting: string }[]>(
+    `SELECT name, setting FROM pg_catalog.pg_settings
+      WHERE name = ANY($1::text[]) OR name IN ('server_version_num', 'max_active_replication_origins', 'is_superuser')`,
+    [[...SETTINGS]],
+  );
+  const settings: Record<string, string> = {};
+  for (const row of rows) settings[row.name] = row.setting;
+  const superuser = await sql.unsafe<{ su: boolean }[]>(`SELECT rolsuper AS su FROM pg_catalog.pg_roles WHERE rolname = current_user`);
+  const versionNum = Number(settings.server_version_num ?? 0);
+  return { versionNum, major: Math.floor(versionNum / 10000), isSuperuser: superuser[0]?.su === true, settings };
+}
+
+/**
+ * @param peerCount how many other nodes this node will stream to and from
+ */
+export function checkServerFacts(facts: ServerFacts, peerCount: number): SettingProblem[] {
+  const problems: SettingProblem[] = [];
+  const s = facts.settings;
+  const restart = 'and restart the server';
+  if (facts.major < 16) {
+    problems.push({
+      setting: 'server_version',
+      actual: String(facts.versionNum),
+      required: '16, 17 or 18',
+      fix: 'pgmesh needs PostgreSQL 16 or newer (origin filtering and protocol version 4); upgrade the server',
+    });
+  }
+  if (s.wal_level !== 'logical') {
+    problems.push({
+      setting: 'wal_level',
+      actual: s.wal_level ?? '?',
+      required: 'logical',
+      fix: `set wal_level = logical (ALTER SYSTEM SET wal_level = 'logical') ${restart}`,
+    });
+  }
+  if (s.track_commit_timestamp !== 'on') {
+    problems.push({
+      setting: 'track_commit_timestamp',
+      actual: s.track_commit_timestamp ?? '?',
+      required: 'on',
+      fix: `set track_commit_timestamp = on (ALTER SYSTEM SET track_commit_timestamp = on) ${restart}; last-update-wins needs commit timestamps`,
+    });
+  }
+  if (s.server_encoding !== 'UTF8') {
+    problems.push({
+      setting: 'server_encoding',
+      actual: s.server_encoding ?? '?',
+      required: 'UTF8',
+      fix: 'pgmesh replicates text in UTF-8; create the database with ENCODING UTF8',
+    });
+  }
+  // One slot per peer that streams from this node; on 16 and 17 replication origins count against this limit too.
+  const slotsNeeded = facts.major >= 18 ? peerCount + 1 : 2 * peerCount + 1;
+  const slots = Number(s.max_replication_slots ?? 0);
+  if (slots < slotsNeeded) {
+    problems.push({
+      setting: 'max_replication_slots',
+      actual: String(slots),
+      required: `>= ${slotsNeeded}`,
+      fix: `set max_replication_slots = ${Math.max(slotsNeeded, 10)} ${restart}`,
+    });
+  }
+  const senders = Number(s.max_wal_senders ?? 0);
+  if (senders < peerCount + 1) {
+    problems.push({
+      setting: 'max_wal_senders',
+      actual: String(senders),
+      required: `>= ${peerCount + 1}`,
+      fix: `set max_wal_senders = ${Math.max(peerCount + 1, 10)} ${restart}`,
+    });
+  }
+  if (facts.major >= 18) {
+    const origins = Number(s.max_active_replication_origins ?? 0);
+    if (origins < peerCount + 1) {
+      problems.push({
+        setting: 'max_active_replication_origins',
+        actual: String(origins),
+        required: `>= ${peerCount + 1}`,
+        fix: `set max_active_replication_origins = ${Math.max(peerCount + 1, 10)} ${restart}`,
+      });
+    }
+  }
+  return problems;
+}
+
+export function formatProblems(node: string, problems: readonly SettingProblem[]): string {
+  return problems.map((p) => `node ${node} has ${p.setting}=${p.actual} (needs ${p.required}): ${p.fix}`).join('\n');
+}

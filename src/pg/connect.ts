@@ -1,0 +1,90 @@
+/**
+ * Opening connections. This folder is the only one that imports the driver (postgres.js: it pipelines queries on one
+ * connection, prepares statements once, and exposes COPY BOTH as a stream, which a replication client needs).
+ */
+import postgres from 'postgres';
+import { PgmeshError } from '../core/errors.ts';
+import type { Logger } from '../core/logger.ts';
+import { SQLSTATE, sqlState } from '../core/sqlstate.ts';
+import { describeEndpoint, scrubSecrets } from './dsn.ts';
+
+export type Sql = postgres.Sql<Record<string, never>>;
+export type ReservedSql = postgres.ReservedSql<Record<string, never>>;
+export type Row = postgres.Row;
+
+export interface OpenOptions {
+  /** Name used in messages: the node this connection goes to ("n2"). */
+  readonly node: string;
+  readonly applicationName: string;
+  readonly logger: Logger;
+  readonly max?: number;
+  /** Run-time parameters sent in the startup packet, so a reconnect gets them too. */
+  readonly parameters?: Readonly<Record<string, string>>;
+  readonly replication?: boolean;
+  readonly connectTimeoutS?: number;
+}
+
+export function openSql(dsn: string, options: OpenOptions): Sql {
+  const log = options.logger;
+  return postgres(dsn, {
+    max: options.max ?? 1,
+    connect_timeout: options.connectTimeoutS ?? 10,
+    idle_timeout: 0,
+    max_lifetime: null,
+    fetch_types: false,
+    prepare: true,
+    // Values come back as the server prints them; pgmesh compares and forwards text, never JS conversions.
+    types: {},
+    transform: { undefined: null },
+    connection: {
+      application_name: options.applicationName,
+      standard_conforming_strings: 'on',
+      DateStyle: 'ISO',
+      IntervalStyle: 'postgres',
+      extra_float_digits: '3',
+      TimeZone: 'UTC',
+      ...(options.replication ? { replication: 'database' } : {}),
+      ...options.parameters,
+    },
+    onnotice: (notice) => log.debug({ node: options.node, notice: notice.message }, 'server notice'),
+    debug: false,
+  }) as unknown as Sql;
+}
+
+/** Turns a driver or server error from connecting into one that says what to do. */
+export function connectionError(error: unknown, node: string, dsn: string, secrets: readonly string[] = []): PgmeshError {
+  if (error instanceof PgmeshError) return error;
+  const endpoint = describeEndpoint(dsn);
+  const code = sqlState(error);
+  const raw = scrubSecrets(error instanceof Error ? error.message : String(error), secrets);
+  const errno = (error as { code?: unknown }).code;
+  const context = { node, endpoint };
+  if (code === SQLSTATE.invalidPassword || code === SQLSTATE.invalidAuthorization || /SASL|password/i.test(raw)) {
+    return new PgmeshError(
+      'AUTH_FAILED',
+      `cannot log in to node ${node} (${endpoint}): ${raw}; check the user and password in its connection string (or PGPASSWORD / ~/.pgpass)`,
+      { context, cause: error },
+    );
+  }
+  if (code === SQLSTATE.invalidCatalogName) {
+    return new PgmeshError('CONNECTION_FAILED', `node ${node} (${endpoint}): ${raw}; create the database or fix the database name`, {
+      context,
+      cause: error,
+    });
+  }
+  if (errno === 'ECONNREFUSED') {
+    return new PgmeshError(
+      'CONNECTION_FAILED',
+      `cannot reach node ${node} at ${endpoint}: connection refused; is the server running, and does listen_addresses/port match?`,
+      { context, cause: error },
+    );
+  }
+  if (errno === 'CONNECT_TIMEOUT' || errno === 'ETIMEDOUT' || errno === 'EHOSTUNREACH' || errno === 'ENOTFOUND') {
+    return new PgmeshError(
+      'CONNECTION_FAILED',
+      `cannot reach node ${node} at ${endpoint} (${String(errno)}); check the host name, the network and firewalls`,
+      { context, cause: error },
+    );
+  }
+  return new PgmeshError('CONNECTION_FAILED', `node ${node} (${endpoint}): ${raw}`, { context, cause: error });
+}
