@@ -3,6 +3,7 @@
  * Every problem is reported at once, not one per attempt.
  */
 import type { Sql } from '../pg/connect.ts';
+import { textArrayLiteral } from '../pg/text-array.ts';
 
 export interface SettingProblem {
   readonly setting: string;
@@ -31,7 +32,7 @@ export async function readServerFacts(sql: Sql): Promise<ServerFacts> {
   const rows = await sql.unsafe<{ name: string; setting: string }[]>(
     `SELECT name, setting FROM pg_catalog.pg_settings
       WHERE name = ANY($1::text[]) OR name IN ('server_version_num', 'max_active_replication_origins', 'is_superuser')`,
-    [[...SETTINGS]],
+    [textArrayLiteral([...SETTINGS])],
   );
   const settings: Record<string, string> = {};
   for (const row of rows) settings[row.name] = row.setting;

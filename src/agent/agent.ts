@@ -1,0 +1,80 @@
+/**
+ * The agent of one node: the composition root. It checks the node, then runs one PeerReplicator per peer
+ * (every other node of the configuration), and stops them in reverse order.
+ */
+import { PgmeshError } from '../core/errors.ts';
+import type { Logger } from '../core/logger.ts';
+import { connectionError, openSql, type Sql } from '../pg/connect.ts';
+import { requireLocalNode } from '../cluster/node-admin.ts';
+import { checkServerFacts, formatProblems, readServerFacts } from '../cluster/server-checks.ts';
+import { findNode, type ClusterConfig } from '../config/config.ts';
+import { PeerReplicator, type PeerStatus } from './peer-replicator.ts';
+
+export interface AgentStatus {
+  readonly node: string;
+  readonly startedAt: string;
+  readonly peers: readonly PeerStatus[];
+}
+
+export class Agent {
+  private readonly startedAt = new Date();
+
+  private constructor(
+    readonly node: string,
+    private readonly catalog: Sql,
+    private readonly replicators: readonly PeerReplicator[],
+  ) {}
+
+  static async start(config: ClusterConfig, nodeName: string, logger: Logger): Promise<Agent> {
+    const self = findNode(config, nodeName);
+    const peers = config.nodes.filter((n) => n.name !== nodeName);
+    if (peers.length === 0) {
+      throw new PgmeshError('CONFIG_INVALID', `node ${nodeName} has no peers in the configuration; add at least one other node`);
+    }
+    const log = logger.child({ node: nodeName });
+    const catalog = openSql(self.dsn, { node: nodeName, applicationName: `pgmesh agent ${nodeName}`, logger: log, max: 2 });
+    try {
+      const facts = await readServerFacts(catalog).catch((error) => {
+        throw connectionError(error, nodeName, self.dsn);
+      });
+      const problems = checkServerFacts(facts, peers.length);
+      if (problems.length > 0) throw new PgmeshError('SERVER_SETTINGS', formatProblems(nodeName, problems), { context: { node: nodeName } });
+      await requireLocalNode(catalog, nodeName);
+      const linked = await catalog.unsafe<{ peer: string }[]>(`SELECT peer FROM pgmesh.apply_progress`);
+      const missing = peers.filter((p) => !linked.some((l) => l.peer === p.name)).map((p) => p.name);
+      if (missing.length > 0) {
+        throw new PgmeshError(
+          'NOT_INITIALIZED',
+          `node ${nodeName} is not linked with ${missing.join(', ')}; run "pgmesh cluster create" (it links every pair of nodes in the configuration)`,
+        );
+      }
+    } catch (error) {
+      await catalog.end({ timeout: 1 }).catch(() => undefined);
+      throw error;
+    }
+    const replicators = peers.map(
+      (peer) =>
+        new PeerReplicator({
+          peer: peer.name,
+          peerDsn: peer.dsn,
+          localNode: nodeName,
+          localDsn: self.dsn,
+          catalog,
+          tuning: config.tuning,
+          logger: log,
+        }),
+    );
+    for (const r of replicators) r.start();
+    log.info({ peers: peers.map((p) => p.name) }, 'agent started');
+    return new Agent(nodeName, catalog, replicators);
+  }
+
+  status(): AgentStatus {
+    return { node: this.node, startedAt: this.startedAt.toISOString(), peers: this.replicators.map((r) => r.status()) };
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(this.replicators.map((r) => r.stop()));
+    await this.catalog.end({ timeout: 2 }).catch(() => undefined);
+  }
+}

@@ -1,0 +1,194 @@
+/**
+ * Keeps one inbound stream (peer P -> this node) running: opens the apply session, the replication connection and
+ * the stream from the durable progress, applies until something fails, then starts over after a backoff.
+ *
+ * States: starting -> streaming -> (error) -> waiting -> starting ... ; stop() from any state -> stopped.
+ * Invariant: at most one stream and one apply session per peer exist at a time (the previous ones are closed
+ * before the next start), so the replication origin is never set up twice.
+ */
+import { PgmeshError, errorMessage } from '../core/errors.ts';
+import type { Logger } from '../core/logger.ts';
+import { formatLsn, parseLsn } from '../core/lsn.ts';
+import { Applier } from '../apply/applier.ts';
+import { originName, slotName, PUBLICATION } from '../cluster/catalog-schema.ts';
+import type { Sql } from '../pg/connect.ts';
+import { ReplicationConnection } from '../pg/replication-connection.ts';
+import { PeerStream } from '../stream/peer-stream.ts';
+import type { AgentTuning } from '../config/config.ts';
+
+export type PeerState = 'starting' | 'streaming' | 'waiting' | 'stopped';
+
+export interface PeerStatus {
+  readonly peer: string;
+  readonly state: PeerState;
+  readonly appliedLsn: string;
+  readonly receivedLsn: string;
+  readonly appliedXacts: number;
+  readonly appliedChanges: number;
+  readonly skippedXacts: number;
+  readonly lastAppliedAt: string | null;
+  readonly restarts: number;
+  readonly lastError: { readonly code: string; readonly message: string; readonly at: string } | null;
+}
+
+export interface PeerReplicatorOptions {
+  readonly peer: string;
+  readonly peerDsn: string;
+  readonly localNode: string;
+  readonly localDsn: string;
+  readonly catalog: Sql;
+  readonly tuning: AgentTuning;
+  readonly logger: Logger;
+}
+
+export class PeerReplicator {
+  private state: PeerState = 'starting';
+  private stopped = false;
+  private applier: Applier | undefined;
+  private stream: PeerStream | undefined;
+  private restarts = 0;
+  private lastError: PeerStatus['lastError'] = null;
+  private totals = { appliedXacts: 0, appliedChanges: 0, skippedXacts: 0, lastAppliedAt: 0 };
+  private wake: (() => void) | undefined;
+  private loop: Promise<void> | undefined;
+
+  constructor(private readonly options: PeerReplicatorOptions) {}
+
+  start(): void {
+    this.loop = this.run();
+  }
+
+  private async run(): Promise<void> {
+    const log = this.options.logger;
+    let attempt = 0;
+    while (!this.stopped) {
+      this.state = 'starting';
+      try {
+        await this.session(() => {
+          attempt = 0;
+        });
+      } catch (error) {
+        if (this.stopped) break;
+        const code = error instanceof PgmeshError ? error.code : 'INTERNAL';
+        this.lastError = { code, message: errorMessage(error), at: new Date().toISOString() };
+        log.error({ peer: this.options.peer, code, err: errorMessage(error) }, 'stream from peer stopped; will retry');
+      }
+      if (this.stopped) break;
+      this.restarts++;
+      this.state = 'waiting';
+      // Exponential backoff with full jitter, so that agents of a restarted cluster do not retry in lockstep.
+      const ceiling = Math.min(this.options.tuning.retryMaxMs, this.options.tuning.retryBaseMs * 2 ** Math.min(attempt, 10));
+      attempt++;
+      await this.sleep(ceiling / 2 + Math.random() * (ceiling / 2));
+    }
+    this.state = 'stopped';
+  }
+
+  private async session(onStreaming: () => void): Promise<void> {
+    const { peer, localNode, tuning, logger } = this.options;
+    const applier = await Applier.open(this.options.localDsn, this.options.catalog, {
+      peer,
+      localNode,
+      origin: originName(peer),
+      maxBatchRows: tuning.maxBatchRows,
+      maxInflightStatements: tuning.maxInflightStatements,
+      logger,
+    });
+    this.applier = applier;
+    let poll: NodeJS.Timeout | undefined;
+    try {
+      const connection = await ReplicationConnection.open(this.options.peerDsn, peer, `pgmesh ${localNode}`, logger);
+      const slot = slotName(localNode);
+      const state = await connection.slotState(slot).catch(async (error) => {
+        await connection.close();
+        throw error;
+      });
+      if (!state.exists || state.walStatus === 'lost') {
+        await connection.close();
+        throw new PgmeshError(
+          'SLOT_MISSING',
+          state.exists
+            ? `slot ${slot} on ${peer} was invalidated (it fell behind max_slot_wal_keep_size); ${localNode} has lost part of ${peer}'s changes and needs a resync`
+            : `slot ${slot} is missing on ${peer}, so ${localNode} cannot receive ${peer}'s changes; run "pgmesh cluster create" to link the nodes`,
+          { context: { peer, slot } },
+        );
+      }
+      if (state.active) {
+        await connection.close();
+        throw new PgmeshError('CONNECTION_FAILED', `slot ${slot} on ${peer} is in use by process ${state.activePid}; is another agent for ${localNode} running?`, {
+          context: { peer, slot },
+        });
+      }
+      const stream = await PeerStream.start(connection, {
+        peer,
+        slot,
+        publication: PUBLICATION,
+        startLsn: applier.appliedEnd,
+        protocolVersion: 4,
+        feedbackIntervalMs: tuning.feedbackIntervalMs,
+        highWaterEvents: tuning.highWaterEvents,
+        logger,
+      });
+      this.stream = stream;
+      this.state = 'streaming';
+      onStreaming();
+      logger.info({ peer, from: formatLsn(applier.appliedEnd) }, 'streaming from peer');
+      // What the peer may forget is only what is flushed here, not merely committed (asynchronous commit).
+      poll = setInterval(() => {
+        this.options.catalog
+          .unsafe<{ lsn: string | null }[]>(`SELECT pg_catalog.pg_replication_origin_progress($1, true)::text AS lsn`, [originName(peer)])
+          .then((rows) => {
+            const lsn = rows[0]?.lsn;
+            if (lsn) stream.reportDurable(parseLsn(lsn));
+          })
+          .catch((error) => logger.debug({ peer, err: errorMessage(error) }, 'progress poll failed'));
+      }, tuning.progressPollMs);
+      poll.unref();
+      await applier.run(stream);
+    } finally {
+      if (poll) clearInterval(poll);
+      this.totals.appliedXacts += applier.stats.appliedXacts;
+      this.totals.appliedChanges += applier.stats.appliedChanges;
+      this.totals.skippedXacts += applier.stats.skippedXacts;
+      this.totals.lastAppliedAt = Math.max(this.totals.lastAppliedAt, applier.stats.lastAppliedAt);
+      await this.stream?.close().catch(() => undefined);
+      this.stream = undefined;
+      await applier.close();
+      this.applier = undefined;
+    }
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+
+  status(): PeerStatus {
+    const a = this.applier?.stats;
+    const lastAppliedAt = Math.max(this.totals.lastAppliedAt, a?.lastAppliedAt ?? 0);
+    return {
+      peer: this.options.peer,
+      state: this.state,
+      appliedLsn: this.applier ? formatLsn(this.applier.appliedEnd) : '-',
+      receivedLsn: this.stream ? formatLsn(this.stream.stats.lastReceivedLsn) : '-',
+      appliedXacts: this.totals.appliedXacts + (a?.appliedXacts ?? 0),
+      appliedChanges: this.totals.appliedChanges + (a?.appliedChanges ?? 0),
+      skippedXacts: this.totals.skippedXacts + (a?.skippedXacts ?? 0),
+      lastAppliedAt: lastAppliedAt > 0 ? new Date(lastAppliedAt).toISOString() : null,
+      restarts: this.restarts,
+      lastError: this.lastError,
+    };
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.wake?.();
+    await this.stream?.close().catch(() => undefined);
+    await this.loop;
+  }
+}

@@ -1,0 +1,89 @@
+/**
+ * The local table that a remote relation maps to: matched by schema and name, columns matched by name,
+ * so a peer may have its columns in another order. Types come from the local catalog.
+ */
+import { PgmeshError } from '../core/errors.ts';
+import type { Sql } from '../pg/connect.ts';
+import { qualifiedName } from '../pg/quote.ts';
+import type { RelationMessage } from '../protocol/messages.ts';
+
+export interface LocalColumn {
+  readonly name: string;
+  /** The type as format_type prints it, used in casts: `numeric(10,2)`, `public.mood`, `integer[]`. */
+  readonly type: string;
+}
+
+export interface LocalRelation {
+  readonly schema: string;
+  readonly name: string;
+  readonly qualified: string;
+  readonly columns: ReadonlyMap<string, LocalColumn>;
+  readonly primaryKey: readonly string[];
+}
+
+/** A remote relation bound to its local table: for each remote column position, the local column (or none). */
+export interface RelationBinding {
+  readonly remote: RelationMessage;
+  readonly local: LocalRelation;
+  readonly columns: readonly LocalColumn[];
+  /** Remote column positions of the local primary key columns, in key order. */
+  readonly keyPositions: readonly number[];
+}
+
+export async function loadLocalRelation(sql: Sql, schema: string, name: string): Promise<LocalRelation | undefined> {
+  const rows = await sql.unsafe<{ attname: string; type: string; pk_pos: number | null }[]>(
+    `SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) AS type,
+            array_position(i.indkey::int2[], a.attnum) AS pk_pos
+       FROM pg_catalog.pg_class c
+       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+       JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+       LEFT JOIN pg_catalog.pg_index i ON i.indrelid = c.oid AND i.indisprimary
+      WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
+      ORDER BY a.attnum`,
+    [schema, name],
+  );
+  if (rows.length === 0) return undefined;
+  const columns = new Map<string, LocalColumn>();
+  const keyed: { pos: number; name: string }[] = [];
+  for (const row of rows) {
+    columns.set(row.attname, { name: row.attname, type: row.type });
+    if (row.pk_pos !== null) keyed.push({ pos: row.pk_pos, name: row.attname });
+  }
+  keyed.sort((a, b) => a.pos - b.pos);
+  return { schema, name, qualified: qualifiedName(schema, name), columns, primaryKey: keyed.map((k) => k.name) };
+}
+
+export function bindRelation(remote: RelationMessage, local: LocalRelation, context: { peer: string; node: string }): RelationBinding {
+  const where = `table ${local.qualified} (changes from ${context.peer}, applied on ${context.node})`;
+  const columns: LocalColumn[] = [];
+  for (const column of remote.columns) {
+    const localColumn = local.columns.get(column.name);
+    if (!localColumn) {
+      throw new PgmeshError(
+        'SCHEMA_MISMATCH',
+        `${where}: column "${column.name}" exists on ${context.peer} but not on ${context.node}; add it on ${context.node} (same type) and replication resumes`,
+        { context: { peer: context.peer, relation: local.qualified } },
+      );
+    }
+    columns.push(localColumn);
+  }
+  if (local.primaryKey.length === 0) {
+    throw new PgmeshError(
+      'TABLE_WITHOUT_KEY',
+      `${where}: the table has no primary key on ${context.node}; add the same primary key as on ${context.peer}`,
+      { context: { peer: context.peer, relation: local.qualified } },
+    );
+  }
+  const keyPositions = local.primaryKey.map((key) => {
+    const position = remote.columns.findIndex((c) => c.name === key);
+    if (position < 0) {
+      throw new PgmeshError(
+        'SCHEMA_MISMATCH',
+        `${where}: primary key column "${key}" is not sent by ${context.peer}; the table definitions differ, make them equal`,
+        { context: { peer: context.peer, relation: local.qualified } },
+      );
+    }
+    return position;
+  });
+  return { remote, local, columns, keyPositions };
+}

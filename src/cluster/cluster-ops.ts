@@ -1,0 +1,182 @@
+/**
+ * Operations over every node of a configuration: create the cluster (init each node, choose the tables, link every
+ * ordered pair) and read its status. The CLI commands `cluster create` and `status` are thin shells over these.
+ */
+import { PgmeshError, errorMessage } from '../core/errors.ts';
+import type { Logger } from '../core/logger.ts';
+import { connectionError, openSql, type Sql } from '../pg/connect.ts';
+import { describeEndpoint } from '../pg/dsn.ts';
+import type { ClusterConfig, NodeConfig } from '../config/config.ts';
+import { slotName } from './catalog-schema.ts';
+import { addTables, ensurePeer, ensureSlotFor, initNode, type AddTablesResult, type TableRef } from './node-admin.ts';
+
+export interface CreateClusterResult {
+  readonly nodes: readonly { readonly name: string; readonly created: boolean; readonly tables: AddTablesResult }[];
+  readonly slotsCreated: number;
+}
+
+async function withNodes<T>(config: ClusterConfig, logger: Logger, fn: (conns: Map<string, Sql>) => Promise<T>): Promise<T> {
+  const conns = new Map<string, Sql>();
+  try {
+    const problems: string[] = [];
+    for (const node of config.nodes) {
+      const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh admin', logger, max: 1 });
+      conns.set(node.name, sql);
+      try {
+        await sql.unsafe('SELECT 1');
+      } catch (error) {
+        problems.push(connectionError(error, node.name, node.dsn).message);
+      }
+    }
+    if (problems.length > 0) throw new PgmeshError('CONNECTION_FAILED', problems.join('\n'));
+    return await fn(conns);
+  } finally {
+    await Promise.all([...conns.values()].map((s) => s.end({ timeout: 2 }).catch(() => undefined)));
+  }
+}
+
+/**
+ * Makes every configured node a member of one full mesh. The nodes' replicated tables must hold the same rows
+ * when this runs (empty, or restored from one backup): streams start from now. Idempotent.
+ */
+export async function createCluster(
+  config: ClusterConfig,
+  logger: Logger,
+  options: { tables: readonly TableRef[] | 'all' } = { tables: 'all' },
+): Promise<CreateClusterResult> {
+  if (config.nodes.length < 2) throw new PgmeshError('CONFIG_INVALID', 'a cluster needs at least two nodes in the configuration');
+  return withNodes(config, logger, async (conns) => {
+    const nodes: { name: string; created: boolean; tables: AddTablesResult }[] = [];
+    // Init all first: settings problems of every node are reported before anything is linked.
+    const problems: string[] = [];
+    const inits = new Map<string, boolean>();
+    for (const [index, node] of config.nodes.entries()) {
+      try {
+        const result = await initNode(conns.get(node.name) as Sql, {
+          nodeName: node.name,
+          nodeSlot: index + 1,
+          maxNodes: config.maxNodes,
+          expectedPeers: config.nodes.length - 1,
+        });
+        inits.set(node.name, result.created);
+      } catch (error) {
+        problems.push(errorMessage(error));
+      }
+    }
+    if (problems.length > 0) throw new PgmeshError('SERVER_SETTINGS', problems.join('\n'));
+    for (const node of config.nodes) {
+      const tables = await addTables(conns.get(node.name) as Sql, options.tables);
+      nodes.push({ name: node.name, created: inits.get(node.name) ?? false, tables });
+    }
+    let slotsCreated = 0;
+    for (const [i, publisher] of config.nodes.entries()) {
+      for (const [j, subscriber] of config.nodes.entries()) {
+        if (i === j) continue;
+        // The origin and progress row on the subscriber exist before the slot, so nothing streamed is unaccounted.
+        await ensurePeer(conns.get(subscriber.name) as Sql, { name: publisher.name, nodeSlot: i + 1, endpoint: describeEndpoint(publisher.dsn) });
+        if ((await ensureSlotFor(conns.get(publisher.name) as Sql, subscriber.name)) === 'created') slotsCreated++;
+      }
+    }
+    return { nodes, slotsCreated };
+  });
+}
+
+export interface LinkStatus {
+  readonly from: string;
+  readonly to: string;
+  /** A walsender is streaming the slot (the subscriber's agent is connected). */
+  readonly streaming: boolean;
+  readonly slotStatus: string;
+  /** WAL the publisher has written that the subscriber has not confirmed durable. */
+  readonly lagBytes: number | null;
+  readonly appliedXacts: number | null;
+  readonly lastAppliedAt: string | null;
+  readonly lastRemoteCommit: string | null;
+}
+
+export interface NodeStatus {
+  readonly name: string;
+  readonly endpoint: string;
+  readonly reachable: boolean;
+  readonly error: string | null;
+  readonly serverVersion: string | null;
+  readonly initialized: boolean;
+  readonly replicatedTables: number | null;
+}
+
+export interface ClusterStatus {
+  readonly at: string;
+  readonly nodes: readonly NodeStatus[];
+  readonly links: readonly LinkStatus[];
+}
+
+interface NodeFacts {
+  status: NodeStatus;
+  slots: Map<string, { active: boolean; walStatus: string | null; lagBytes: number | null }>;
+  progress: Map<string, { appliedXacts: number; appliedAt: string | null; remoteCommit: string | null }>;
+}
+
+async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
+  const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh status', logger, max: 1, connectTimeoutS: 5 });
+  const base = { name: node.name, endpoint: describeEndpoint(node.dsn) };
+  try {
+    const info = await sql.unsafe<{ version: string; initialized: boolean }[]>(
+      `SELECT current_setting('server_version') AS version, to_regclass('pgmesh.local_node') IS NOT NULL AS initialized`,
+    );
+    const initialized = info[0]?.initialized === true;
+    const slots = new Map<string, { active: boolean; walStatus: string | null; lagBytes: number | null }>();
+    for (const row of await sql.unsafe<{ slot_name: string; active: boolean; wal_status: string | null; lag: string | null }[]>(
+      `SELECT slot_name, active, wal_status, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint::text AS lag
+         FROM pg_catalog.pg_replication_slots WHERE slot_name LIKE 'pgmesh\\_%'`,
+    )) {
+      slots.set(row.slot_name, { active: row.active, walStatus: row.wal_status, lagBytes: row.lag === null ? null : Number(row.lag) });
+    }
+    const progress = new Map<string, { appliedXacts: number; appliedAt: string | null; remoteCommit: string | null }>();
+    let tables: number | null = null;
+    if (initialized) {
+      for (const row of await sql.unsafe<{ peer: string; applied_xacts: string; applied_at: string | null; remote_commit_ts: string | null }[]>(
+        `SELECT peer, applied_xacts::text, applied_at::text, remote_commit_ts::text FROM pgmesh.apply_progress`,
+      )) {
+        progress.set(row.peer, { appliedXacts: Number(row.applied_xacts), appliedAt: row.applied_at, remoteCommit: row.remote_commit_ts });
+      }
+      const t = await sql.unsafe<{ n: string }[]>(`SELECT count(*)::text AS n FROM pg_catalog.pg_publication_tables WHERE pubname = 'pgmesh'`);
+      tables = Number(t[0]?.n ?? 0);
+    }
+    return {
+      status: { ...base, reachable: true, error: null, serverVersion: info[0]?.version ?? null, initialized, replicatedTables: tables },
+      slots,
+      progress,
+    };
+  } catch (error) {
+    return {
+      status: { ...base, reachable: false, error: connectionError(error, node.name, node.dsn).message, serverVersion: null, initialized: false, replicatedTables: null },
+      slots: new Map(),
+      progress: new Map(),
+    };
+  } finally {
+    await sql.end({ timeout: 1 }).catch(() => undefined);
+  }
+}
+
+export async function clusterStatus(config: ClusterConfig, logger: Logger): Promise<ClusterStatus> {
+  const facts = await Promise.all(config.nodes.map((n) => readNode(n, logger)));
+  const links: LinkStatus[] = [];
+  for (const from of facts) {
+    for (const to of facts) {
+      if (from === to) continue;
+      const slot = from.slots.get(slotName(to.status.name));
+      const progress = to.progress.get(from.status.name);
+      links.push({
+        from: from.status.name,
+        to: to.status.name,
+        streaming: slot?.active ?? false,
+        slotStatus: !from.status.reachable ? 'unknown' : slot ? (slot.walStatus ?? 'ok') : 'missing',
+        lagBytes: slot?.lagBytes ?? null,
+        appliedXacts: progress?.appliedXacts ?? null,
+        lastAppliedAt: progress?.appliedAt ?? null,
+        lastRemoteCommit: progress?.remoteCommit ?? null,
+      });
+    }
+  }
+  return { at: new Date().toISOString(), nodes: facts.map((f) => f.status), links };
+}

@@ -1,0 +1,217 @@
+/**
+ * Configuration: defaults < file (JSON) < environment < flags. Everything is validated at once: the error lists
+ * every problem, and unknown keys are rejected (a typo must not silently fall back to a default).
+ *
+ * File:   { "maxNodes": 16, "logLevel": "info", "nodes": [{ "name": "n1", "dsn": "postgres://..." }], "tuning": { ... } }
+ * Env:    PGMESH_CONFIG (file path), PGMESH_LOG_LEVEL, PGMESH_MAX_NODES, PGMESH_DSN_<NODE> (a node's connection string,
+ *         so that passwords can stay out of the file).
+ */
+import { readFileSync } from 'node:fs';
+import { PgmeshError } from '../core/errors.ts';
+import { NODE_NAME_PATTERN } from '../pg/quote.ts';
+
+export interface NodeConfig {
+  readonly name: string;
+  readonly dsn: string;
+}
+
+export interface AgentTuning {
+  /** How often a status update goes to each peer even when nothing changed. */
+  readonly feedbackIntervalMs: number;
+  /** How often the durable (flushed) apply position is read to acknowledge it. */
+  readonly progressPollMs: number;
+  /** Rows of one table and kind sent as one multi-row statement. */
+  readonly maxBatchRows: number;
+  /** Statements sent to the apply session without waiting for their replies. */
+  readonly maxInflightStatements: number;
+  /** Decoded events waiting for apply before the replication socket is paused. */
+  readonly highWaterEvents: number;
+  readonly retryBaseMs: number;
+  readonly retryMaxMs: number;
+}
+
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
+
+export interface ClusterConfig {
+  readonly nodes: readonly NodeConfig[];
+  readonly maxNodes: number;
+  readonly logLevel: LogLevel;
+  readonly tuning: AgentTuning;
+}
+
+export const DEFAULT_TUNING: AgentTuning = {
+  feedbackIntervalMs: 1000,
+  progressPollMs: 200,
+  maxBatchRows: 1000,
+  maxInflightStatements: 512,
+  highWaterEvents: 20_000,
+  retryBaseMs: 500,
+  retryMaxMs: 15_000,
+};
+
+const TUNING_LIMITS: Record<keyof AgentTuning, readonly [number, number]> = {
+  feedbackIntervalMs: [50, 60_000],
+  progressPollMs: [10, 60_000],
+  maxBatchRows: [1, 100_000],
+  maxInflightStatements: [2, 100_000],
+  highWaterEvents: [10, 10_000_000],
+  retryBaseMs: [10, 600_000],
+  retryMaxMs: [10, 3_600_000],
+};
+
+const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'warn', 'error', 'silent'];
+const TOP_KEYS = new Set(['nodes', 'maxNodes', 'logLevel', 'tuning']);
+const NODE_KEYS = new Set(['name', 'dsn']);
+
+export interface ConfigSources {
+  readonly file?: string | undefined;
+  readonly env?: Readonly<Record<string, string | undefined>>;
+  readonly flags?: { readonly logLevel?: string | undefined; readonly maxNodes?: string | undefined };
+}
+
+/** Reads and validates; throws one PgmeshError('CONFIG_INVALID') listing every problem. */
+export function loadConfig(sources: ConfigSources): ClusterConfig {
+  const env = sources.env ?? {};
+  const problems: string[] = [];
+  const path = sources.file ?? env.PGMESH_CONFIG;
+  let raw: unknown = {};
+  if (path) {
+    let text: string;
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch (error) {
+      throw new PgmeshError('CONFIG_INVALID', `cannot read config file ${path}: ${(error as Error).message}`);
+    }
+    try {
+      raw = JSON.parse(text);
+    } catch (error) {
+      throw new PgmeshError('CONFIG_INVALID', `config file ${path} is not valid JSON: ${(error as Error).message}`);
+    }
+  }
+  const config = parseConfig(raw, problems, path ?? '(no file)');
+  const merged = applyOverrides(config, env, sources.flags ?? {}, problems);
+  if (problems.length > 0) {
+    throw new PgmeshError('CONFIG_INVALID', `the configuration has ${problems.length} problem(s):\n- ${problems.join('\n- ')}`);
+  }
+  return merged;
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function parseConfig(raw: unknown, problems: string[], where: string): ClusterConfig {
+  const nodes: NodeConfig[] = [];
+  let maxNodes = 16;
+  let logLevel: LogLevel = 'info';
+  const tuning: Record<string, number> = { ...DEFAULT_TUNING };
+  if (!isRecord(raw)) {
+    problems.push(`${where}: the top level must be a JSON object`);
+    return { nodes, maxNodes, logLevel, tuning: tuning as unknown as AgentTuning };
+  }
+  for (const key of Object.keys(raw)) {
+    if (!TOP_KEYS.has(key)) problems.push(`unknown key "${key}" (known: ${[...TOP_KEYS].join(', ')})`);
+  }
+  if (raw.nodes !== undefined) {
+    if (!Array.isArray(raw.nodes)) {
+      problems.push('"nodes" must be an array of { "name", "dsn" }');
+    } else {
+      raw.nodes.forEach((node, i) => {
+        if (!isRecord(node)) {
+          problems.push(`nodes[${i}] must be an object with "name" and "dsn"`);
+          return;
+        }
+        for (const key of Object.keys(node)) {
+          if (!NODE_KEYS.has(key)) problems.push(`nodes[${i}]: unknown key "${key}" (known: name, dsn)`);
+        }
+        if (typeof node.name !== 'string') problems.push(`nodes[${i}].name must be a string`);
+        if (typeof node.dsn !== 'string') problems.push(`nodes[${i}].dsn must be a connection string`);
+        if (typeof node.name === 'string' && typeof node.dsn === 'string') nodes.push({ name: node.name, dsn: node.dsn });
+      });
+    }
+  }
+  if (raw.maxNodes !== undefined) {
+    if (typeof raw.maxNodes === 'number') maxNodes = raw.maxNodes;
+    else problems.push('"maxNodes" must be a number');
+  }
+  if (raw.logLevel !== undefined) {
+    if (typeof raw.logLevel === 'string' && LOG_LEVELS.includes(raw.logLevel as LogLevel)) logLevel = raw.logLevel as LogLevel;
+    else problems.push(`"logLevel" must be one of ${LOG_LEVELS.join(', ')}`);
+  }
+  if (raw.tuning !== undefined) {
+    if (!isRecord(raw.tuning)) {
+      problems.push('"tuning" must be an object');
+    } else {
+      for (const [key, value] of Object.entries(raw.tuning)) {
+        if (!(key in TUNING_LIMITS)) {
+          problems.push(`tuning: unknown key "${key}" (known: ${Object.keys(TUNING_LIMITS).join(', ')})`);
+        } else if (typeof value !== 'number') {
+          problems.push(`tuning.${key} must be a number`);
+        } else {
+          tuning[key] = value;
+        }
+      }
+    }
+  }
+  return { nodes, maxNodes, logLevel, tuning: tuning as unknown as AgentTuning };
+}
+
+function applyOverrides(
+  config: ClusterConfig,
+  env: Readonly<Record<string, string | undefined>>,
+  flags: NonNullable<ConfigSources['flags']>,
+  problems: string[],
+): ClusterConfig {
+  let { maxNodes, logLevel } = config;
+  const levelText = flags.logLevel ?? env.PGMESH_LOG_LEVEL;
+  if (levelText !== undefined) {
+    if (LOG_LEVELS.includes(levelText as LogLevel)) logLevel = levelText as LogLevel;
+    else problems.push(`log level "${levelText}" must be one of ${LOG_LEVELS.join(', ')}`);
+  }
+  const maxText = flags.maxNodes ?? env.PGMESH_MAX_NODES;
+  if (maxText !== undefined) {
+    const n = Number(maxText);
+    if (Number.isInteger(n)) maxNodes = n;
+    else problems.push(`max nodes "${maxText}" must be a whole number`);
+  }
+  const nodes = config.nodes.map((node) => {
+    const override = env[`PGMESH_DSN_${node.name.toUpperCase()}`];
+    return override ? { ...node, dsn: override } : node;
+  });
+  validate({ ...config, nodes, maxNodes, logLevel }, problems);
+  return { ...config, nodes, maxNodes, logLevel };
+}
+
+function validate(config: ClusterConfig, problems: string[]): void {
+  const seen = new Set<string>();
+  config.nodes.forEach((node, i) => {
+    if (!NODE_NAME_PATTERN.test(node.name)) {
+      problems.push(`nodes[${i}].name "${node.name}": use 1-40 lowercase letters, digits or "_", starting with a letter`);
+    }
+    if (seen.has(node.name)) problems.push(`nodes[${i}].name "${node.name}" appears twice`);
+    seen.add(node.name);
+    if (!/^postgres(ql)?:\/\//.test(node.dsn) && !/=/.test(node.dsn)) {
+      problems.push(`nodes[${i}].dsn for ${node.name} is not a connection string (postgres://user@host:port/db or key=value)`);
+    }
+  });
+  if (!Number.isInteger(config.maxNodes) || config.maxNodes < 2 || config.maxNodes > 1024) {
+    problems.push(`maxNodes ${config.maxNodes} must be a whole number from 2 to 1024`);
+  } else if (config.nodes.length > config.maxNodes) {
+    problems.push(`${config.nodes.length} nodes are configured but maxNodes is ${config.maxNodes}`);
+  }
+  for (const [key, [min, max]] of Object.entries(TUNING_LIMITS)) {
+    const value = config.tuning[key as keyof AgentTuning];
+    if (!Number.isFinite(value) || value < min || value > max) problems.push(`tuning.${key} = ${value} must be between ${min} and ${max}`);
+  }
+}
+
+export function findNode(config: ClusterConfig, name: string): NodeConfig {
+  const node = config.nodes.find((n) => n.name === name);
+  if (!node) {
+    throw new PgmeshError(
+      'UNKNOWN_NODE',
+      `node "${name}" is not in the configuration (nodes: ${config.nodes.map((n) => n.name).join(', ') || 'none'})`,
+    );
+  }
+  return node;
+}

@@ -1,0 +1,79 @@
+/**
+ * A walsender connection (`replication=database`) and START_REPLICATION for a logical slot with pgoutput.
+ * https://www.postgresql.org/docs/current/protocol-replication.html
+ * A new START_REPLICATION needs a new connection: after the stream ends, the connection is closed.
+ */
+import type { Duplex } from 'node:stream';
+import { PgmeshError } from '../core/errors.ts';
+import type { Logger } from '../core/logger.ts';
+import { formatLsn, type Lsn } from '../core/lsn.ts';
+import { connectionError, openSql, type Sql } from './connect.ts';
+import { quoteIdent, quoteLiteral } from './quote.ts';
+
+export interface SlotState {
+  readonly exists: boolean;
+  readonly active: boolean;
+  readonly activePid: number | null;
+  /** 'reserved' | 'extended' | 'unreserved' | 'lost' */
+  readonly walStatus: string | null;
+  readonly confirmedFlush: string | null;
+}
+
+export class ReplicationConnection {
+  private constructor(
+    private readonly sql: Sql,
+    readonly node: string,
+  ) {}
+
+  static async open(dsn: string, node: string, applicationName: string, logger: Logger): Promise<ReplicationConnection> {
+    const sql = openSql(dsn, { node, applicationName, logger, replication: true, max: 1 });
+    try {
+      await sql.unsafe('IDENTIFY_SYSTEM');
+    } catch (error) {
+      await sql.end({ timeout: 1 }).catch(() => undefined);
+      throw connectionError(error, node, dsn);
+    }
+    return new ReplicationConnection(sql, node);
+  }
+
+  async slotState(slot: string): Promise<SlotState> {
+    const rows = await this.sql.unsafe<
+      { active: boolean; active_pid: number | null; wal_status: string | null; confirmed_flush_lsn: string | null }[]
+    >(
+      `SELECT active, active_pid, wal_status, confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = ${quoteLiteral(slot)}`,
+    );
+    const row = rows[0];
+    if (!row) return { exists: false, active: false, activePid: null, walStatus: null, confirmedFlush: null };
+    return {
+      exists: true,
+      active: row.active,
+      activePid: row.active_pid,
+      walStatus: row.wal_status,
+      confirmedFlush: row.confirmed_flush_lsn,
+    };
+  }
+
+  /** Starts streaming; the returned duplex yields one CopyData payload per chunk and takes status updates. */
+  async startReplication(slot: string, startLsn: Lsn, publication: string, protocolVersion: number): Promise<Duplex> {
+    const options = [
+      `proto_version ${quoteLiteral(String(protocolVersion))}`,
+      `publication_names ${quoteLiteral(quoteIdent(publication))}`,
+      // Only changes made on the peer itself: what it applied from others reaches us from them directly.
+      `origin 'none'`,
+      `messages 'true'`,
+    ];
+    const command = `START_REPLICATION SLOT ${quoteIdent(slot)} LOGICAL ${formatLsn(startLsn)} (${options.join(', ')})`;
+    try {
+      return (await this.sql.unsafe(command).writable()) as unknown as Duplex;
+    } catch (error) {
+      throw new PgmeshError('CONNECTION_FAILED', `START_REPLICATION on node ${this.node} failed: ${(error as Error).message}`, {
+        context: { node: this.node, slot },
+        cause: error,
+      });
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.sql.end({ timeout: 2 }).catch(() => undefined);
+  }
+}
