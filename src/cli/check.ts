@@ -1,0 +1,31 @@
+import type { Command } from 'commander';
+import { errorMessage } from '../core/errors.ts';
+import { checkServerFacts, formatProblems, readServerFacts } from '../cluster/server-checks.ts';
+import { connectionError, openSql } from '../pg/connect.ts';
+import { configFrom, loggerFor, printJson, type GlobalOptions } from './common.ts';
+
+export function registerCheck(program: Command): void {
+  program
+    .command('check')
+    .description('check that every node can be reached and has the server settings pgmesh needs (changes nothing)')
+    .option('--json', 'print as JSON')
+    .action(async (options: { json?: boolean }, command: Command) => {
+      const config = configFrom(command.optsWithGlobals<GlobalOptions>());
+      const report: { node: string; ok: boolean; problems: string[] }[] = [];
+      for (const node of config.nodes) {
+        const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh check', logger: loggerFor(config), connectTimeoutS: 5 });
+        try {
+          const facts = await readServerFacts(sql);
+          const problems = checkServerFacts(facts, config.nodes.length - 1);
+          report.push({ node: node.name, ok: problems.length === 0, problems: problems.length ? formatProblems(node.name, problems).split('\n') : [] });
+        } catch (error) {
+          report.push({ node: node.name, ok: false, problems: [errorMessage(connectionError(error, node.name, node.dsn))] });
+        } finally {
+          await sql.end({ timeout: 1 }).catch(() => undefined);
+        }
+      }
+      if (options.json) printJson(report);
+      else for (const r of report) process.stdout.write(r.ok ? `${r.node}: ok\n` : `${r.problems.map((p) => `${r.node}: ${p}`).join('\n')}\n`);
+      if (report.some((r) => !r.ok)) process.exitCode = 1;
+    });
+}

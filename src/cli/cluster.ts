@@ -1,0 +1,27 @@
+import type { Command } from 'commander';
+import { createCluster } from '../cluster/cluster-ops.ts';
+import { configFrom, loggerFor, printJson, type GlobalOptions } from './common.ts';
+import { parseTableName, printTables } from './tables.ts';
+
+export function registerCluster(program: Command): void {
+  const cluster = program.command('cluster').description('cluster membership');
+  cluster
+    .command('create')
+    .description('make every node of the configuration one full mesh: init each node, add tables, link every pair (idempotent)')
+    .option('--tables <list>', 'comma-separated schema.table list (default: every table with a primary key)')
+    .option('--json', 'print the result as JSON')
+    .action(async (options: { tables?: string; json?: boolean }, command: Command) => {
+      const config = configFrom(command.optsWithGlobals<GlobalOptions>());
+      const tables = options.tables ? options.tables.split(',').map((t) => parseTableName(t.trim())) : 'all';
+      const result = await createCluster(config, loggerFor(config), { tables });
+      if (options.json) {
+        printJson(result);
+        return;
+      }
+      for (const node of result.nodes) {
+        process.stdout.write(`node ${node.name}: ${node.created ? 'initialized' : 'already initialized'}\n`);
+        printTables(node.name, node.tables);
+      }
+      process.stdout.write(`linked ${config.nodes.length} nodes (${result.slotsCreated} new slots); start an agent per node: pgmesh start --node <name>\n`);
+    });
+}

@@ -1,0 +1,36 @@
+/** What every command shares: loading the configuration from --config / env, the logger, error output. */
+import { PgmeshError, errorMessage } from '../core/errors.ts';
+import { loadConfig, type ClusterConfig } from '../config/config.ts';
+import { createLogger } from '../core/pino-logger.ts';
+import type { Logger } from '../core/logger.ts';
+
+export interface GlobalOptions {
+  readonly config?: string;
+  readonly logLevel?: string;
+}
+
+export function configFrom(options: GlobalOptions): ClusterConfig {
+  if (!options.config && !process.env.PGMESH_CONFIG) {
+    throw new PgmeshError('CONFIG_INVALID', 'no configuration: pass --config <file.json> or set PGMESH_CONFIG (see README, "Configuration")');
+  }
+  return loadConfig({ file: options.config, env: process.env, flags: { logLevel: options.logLevel } });
+}
+
+export function loggerFor(config: ClusterConfig, bindings: Record<string, unknown> = {}): Logger {
+  return createLogger(config.logLevel, bindings);
+}
+
+/** Prints an error the way a user can act on it; exits non-zero. */
+export function fail(error: unknown): never {
+  if (error instanceof PgmeshError) {
+    process.stderr.write(`pgmesh: ${error.message}\n`);
+    process.exit(error.code === 'CONFIG_INVALID' ? 2 : 1);
+  }
+  process.stderr.write(`pgmesh: unexpected error: ${errorMessage(error)}\n`);
+  if (error instanceof Error && error.stack && process.env.PGMESH_DEBUG) process.stderr.write(`${error.stack}\n`);
+  process.exit(1);
+}
+
+export function printJson(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2)}\n`);
+}

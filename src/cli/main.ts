@@ -1,0 +1,28 @@
+#!/usr/bin/env node
+/** The pgmesh command: a thin shell over the library; one file per command. */
+import { Command } from 'commander';
+import { fail } from './common.ts';
+import { registerCheck } from './check.ts';
+import { registerCluster } from './cluster.ts';
+import { registerDemo } from './demo.ts';
+import { registerInit } from './init.ts';
+import { registerStart } from './start.ts';
+import { registerStatus } from './status.ts';
+import { registerTables } from './tables.ts';
+
+const program = new Command('pgmesh')
+  .description('active-active replication for unmodified PostgreSQL 16-18')
+  .option('-c, --config <file>', 'cluster configuration (JSON); or set PGMESH_CONFIG')
+  .option('--log-level <level>', 'debug, info, warn, error or silent')
+  .showHelpAfterError()
+  .configureOutput({ writeErr: (text) => process.stderr.write(text) });
+
+registerCheck(program);
+registerInit(program);
+registerCluster(program);
+registerTables(program);
+registerStart(program);
+registerStatus(program);
+registerDemo(program);
+
+program.parseAsync(process.argv).catch(fail);

@@ -1,0 +1,84 @@
+import type { Command } from 'commander';
+import { clusterStatus, type ClusterStatus } from '../cluster/cluster-ops.ts';
+import { configFrom, loggerFor, printJson, type GlobalOptions } from './common.ts';
+
+function bytes(n: number | null): string {
+  if (n === null) return '-';
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} kB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MB`;
+}
+
+function ago(iso: string | null, now: number): string {
+  if (!iso) return 'never';
+  const ms = now - Date.parse(iso.replace(' ', 'T').replace(/\+00$/, 'Z'));
+  if (!Number.isFinite(ms)) return iso;
+  if (ms < 1000) return 'just now';
+  if (ms < 60_000) return `${Math.round(ms / 1000)}s ago`;
+  return `${Math.round(ms / 60_000)}m ago`;
+}
+
+function pad(cells: readonly string[], widths: readonly number[]): string {
+  return cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd();
+}
+
+export function renderTable(rows: readonly (readonly string[])[]): string {
+  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
+  return rows.map((r) => pad(r, widths)).join('\n');
+}
+
+/** The human view of a cluster: one line per node, one per directed link. */
+export function formatStatus(status: ClusterStatus): string {
+  const now = Date.parse(status.at);
+  const nodes = [['NODE', 'ENDPOINT', 'STATE', 'VERSION', 'TABLES']];
+  for (const n of status.nodes) {
+    nodes.push([
+      n.name,
+      n.endpoint,
+      !n.reachable ? 'UNREACHABLE' : n.initialized ? 'up' : 'not initialized',
+      n.serverVersion ?? '-',
+      n.replicatedTables === null ? '-' : String(n.replicatedTables),
+    ]);
+  }
+  const links = [['FROM', 'TO', 'STREAMING', 'SLOT', 'LAG', 'APPLIED XACTS', 'LAST APPLY']];
+  for (const l of status.links) {
+    links.push([
+      l.from,
+      l.to,
+      l.streaming ? 'yes' : 'NO',
+      l.slotStatus,
+      bytes(l.lagBytes),
+      l.appliedXacts === null ? '-' : String(l.appliedXacts),
+      ago(l.lastAppliedAt, now),
+    ]);
+  }
+  const errors = status.nodes.filter((n) => n.error).map((n) => `! ${n.error}`);
+  return [renderTable(nodes), '', renderTable(links), ...(errors.length ? ['', ...errors] : [])].join('\n');
+}
+
+export function registerStatus(program: Command): void {
+  program
+    .command('status')
+    .description('show every node and every replication link: streaming, lag, applied transactions')
+    .option('--json', 'print as JSON')
+    .option('--watch <seconds>', 'refresh every N seconds until Ctrl-C')
+    .action(async (options: { json?: boolean; watch?: string }, command: Command) => {
+      const config = configFrom(command.optsWithGlobals<GlobalOptions>());
+      const logger = loggerFor(config);
+      const show = async () => {
+        const status = await clusterStatus(config, logger);
+        if (options.json) printJson(status);
+        else process.stdout.write(`${options.watch ? '\x1b[2J\x1b[H' : ''}${formatStatus(status)}\n`);
+        return status;
+      };
+      const status = await show();
+      if (!options.watch) {
+        if (status.nodes.some((n) => !n.reachable)) process.exitCode = 1;
+        return;
+      }
+      const everyMs = Math.max(0.5, Number(options.watch) || 2) * 1000;
+      const timer = setInterval(() => void show().catch(() => undefined), everyMs);
+      await new Promise<void>((resolve) => process.once('SIGINT', () => resolve()));
+      clearInterval(timer);
+    });
+}

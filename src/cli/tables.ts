@@ -1,0 +1,65 @@
+import type { Command } from 'commander';
+import { PgmeshError } from '../core/errors.ts';
+import { addTables, listReplicatedTables, type AddTablesResult, type TableRef } from '../cluster/node-admin.ts';
+import { connectionError, openSql } from '../pg/connect.ts';
+import { configFrom, loggerFor, printJson, type GlobalOptions } from './common.ts';
+
+export function parseTableName(text: string): TableRef {
+  const dot = text.indexOf('.');
+  if (dot <= 0 || dot === text.length - 1) {
+    throw new PgmeshError('CONFIG_INVALID', `table "${text}" must be written schema.table (for example public.orders)`);
+  }
+  return { schema: text.slice(0, dot), name: text.slice(dot + 1) };
+}
+
+export function printTables(node: string, result: AddTablesResult): void {
+  for (const t of result.added) process.stdout.write(`  ${node}: replicating ${t.schema}.${t.name}\n`);
+  for (const t of result.refused) process.stdout.write(`  ${node}: NOT replicated: ${t.reason}\n`);
+}
+
+export function registerTables(program: Command): void {
+  const tables = program.command('tables').description('choose which tables replicate');
+  tables
+    .command('add')
+    .description('add tables to replication on every node (schema.table ...)')
+    .argument('<tables...>', 'tables as schema.table')
+    .option('--json', 'print the result as JSON')
+    .action(async (names: string[], options: { json?: boolean }, command: Command) => {
+      const config = configFrom(command.optsWithGlobals<GlobalOptions>());
+      const refs = names.map(parseTableName);
+      const results: Record<string, AddTablesResult> = {};
+      for (const node of config.nodes) {
+        const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh tables', logger: loggerFor(config) });
+        try {
+          results[node.name] = await addTables(sql, refs).catch((error) => {
+            throw connectionError(error, node.name, node.dsn);
+          });
+        } finally {
+          await sql.end({ timeout: 2 });
+        }
+      }
+      if (options.json) printJson(results);
+      else for (const [node, result] of Object.entries(results)) printTables(node, result);
+      if (Object.values(results).some((r) => r.refused.length > 0)) process.exitCode = 1;
+    });
+  tables
+    .command('list')
+    .description('list the replicated tables of every node')
+    .option('--json', 'print as JSON')
+    .action(async (options: { json?: boolean }, command: Command) => {
+      const config = configFrom(command.optsWithGlobals<GlobalOptions>());
+      const out: Record<string, string[]> = {};
+      for (const node of config.nodes) {
+        const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh tables', logger: loggerFor(config) });
+        try {
+          out[node.name] = (await listReplicatedTables(sql)).map((t) => `${t.schema}.${t.name}`);
+        } catch (error) {
+          throw connectionError(error, node.name, node.dsn);
+        } finally {
+          await sql.end({ timeout: 2 });
+        }
+      }
+      if (options.json) printJson(out);
+      else for (const [node, list] of Object.entries(out)) process.stdout.write(`${node}: ${list.join(', ') || '(none)'}\n`);
+    });
+}

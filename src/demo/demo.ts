@@ -1,0 +1,182 @@
+/**
+ * The demo: a local cluster of real PostgreSQL servers (embedded), one real agent process per node, a writer that
+ * writes to every node in turn, and a live view showing each change arriving everywhere.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { chmodSync, createWriteStream, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { randomBytes } from 'node:crypto';
+import type { Logger } from '../core/logger.ts';
+import { loadConfig, type ClusterConfig } from '../config/config.ts';
+import { createCluster, clusterStatus } from '../cluster/cluster-ops.ts';
+import { EmbeddedServer } from '../embedded/embedded-server.ts';
+import type { PgMajor } from '../embedded/postgres-binaries.ts';
+import { openSql, type Sql } from '../pg/connect.ts';
+import { formatStatus, renderTable } from '../cli/status.ts';
+
+export interface DemoOptions {
+  readonly nodes: number;
+  readonly major: PgMajor;
+  readonly dir: string;
+  /** Stop by itself after this many seconds (0: run until Ctrl-C). */
+  readonly durationS: number;
+  readonly writesPerSecond: number;
+  readonly logger: Logger;
+  readonly out: (text: string) => void;
+  readonly interactive: boolean;
+}
+
+export const DEMO_SCHEMA = `
+CREATE TABLE IF NOT EXISTS public.orders (
+  id uuid PRIMARY KEY,
+  placed_on text NOT NULL,
+  item text NOT NULL,
+  quantity integer NOT NULL,
+  price numeric(10,2) NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS public.stock (
+  sku text PRIMARY KEY,
+  on_hand integer NOT NULL,
+  updated_on text
+);
+INSERT INTO public.stock (sku, on_hand) SELECT 'sku-' || g, 100 FROM generate_series(1, 5) g ON CONFLICT DO NOTHING;
+`;
+
+const ITEMS = ['teapot', 'kettle', 'mug', 'saucer', 'spoon', 'strainer'];
+
+export async function runDemo(options: DemoOptions): Promise<void> {
+  const { out, logger } = options;
+  const dir = resolve(options.dir);
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dir, { recursive: true });
+  chmodSync(dir, 0o755);
+  const password = randomBytes(12).toString('hex');
+  const servers: EmbeddedServer[] = [];
+  const agents: ChildProcess[] = [];
+  const conns: Sql[] = [];
+  const cleanup = async () => {
+    for (const agent of agents.reverse()) await stopProcess(agent);
+    await Promise.all(conns.map((c) => c.end({ timeout: 1 }).catch(() => undefined)));
+    for (const server of servers.reverse()) await server.stop().catch(() => undefined);
+  };
+  try {
+    out(`starting ${options.nodes} PostgreSQL ${options.major} servers in ${dir} ...\n`);
+    for (let i = 1; i <= options.nodes; i++) {
+      const server = await EmbeddedServer.create({ name: `n${i}`, baseDir: dir, major: options.major, password });
+      servers.push(server);
+      await server.start();
+    }
+    const configPath = join(dir, 'cluster.json');
+    writeFileSync(
+      configPath,
+      JSON.stringify({ maxNodes: 16, logLevel: 'info', nodes: servers.map((s) => ({ name: s.name, dsn: s.dsn })) }, null, 2),
+      { mode: 0o600 },
+    );
+    const config = loadConfig({ file: configPath });
+    for (const s of servers) {
+      const sql = openSql(s.dsn, { node: s.name, applicationName: 'pgmesh demo', logger, max: 2 });
+      conns.push(sql);
+      await sql.unsafe(DEMO_SCHEMA);
+    }
+    const created = await createCluster(config, logger);
+    out(`cluster created: ${created.nodes.map((n) => n.name).join(', ')} replicate ${created.nodes[0]?.tables.added.map((t) => t.name).join(', ')}\n`);
+    for (const s of servers) agents.push(startAgent(configPath, s.name, join(dir, `${s.name}-agent.log`)));
+    out(`agents started (logs: ${dir}/<node>-agent.log)\n`);
+    out(`try, in another terminal:  npx pgmesh status --config ${configPath}\n`);
+    await live(config, conns, servers, options);
+  } finally {
+    out('\nstopping agents and servers ...\n');
+    await cleanup();
+    out('stopped.\n');
+  }
+}
+
+async function live(config: ClusterConfig, conns: readonly Sql[], servers: readonly EmbeddedServer[], options: DemoOptions): Promise<void> {
+  let stopping = false;
+  const onSignal = () => {
+    stopping = true;
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const started = Date.now();
+  let writes = 0;
+  let lastWrite = '';
+  const writer = setInterval(() => {
+    const i = writes % conns.length;
+    const sql = conns[i] as Sql;
+    const node = servers[i]?.name ?? '?';
+    const item = ITEMS[writes % ITEMS.length] as string;
+    const qty = 1 + (writes % 4);
+    writes++;
+    void sql
+      .unsafe(
+        `WITH o AS (INSERT INTO public.orders (id, placed_on, item, quantity, price) VALUES (gen_random_uuid(), $1, $2, $3::int, $4::numeric) RETURNING 1)
+         UPDATE public.stock SET on_hand = on_hand - $3::int, updated_on = $1 WHERE sku = $5`,
+        [node, item, String(qty), (2 + qty * 1.25).toFixed(2), `sku-${1 + (writes % 5)}`],
+      )
+      .then(() => {
+        lastWrite = `order for ${qty} x ${item} written on ${node}`;
+      })
+      .catch((error: Error) => {
+        lastWrite = `write on ${node} failed: ${error.message}`;
+      });
+  }, Math.max(10, Math.round(1000 / options.writesPerSecond)));
+  try {
+    while (!stopping && (options.durationS === 0 || Date.now() - started < options.durationS * 1000)) {
+      const status = await clusterStatus(config, options.logger);
+      const rows = [['NODE', 'ORDERS', 'STOCK ON HAND', 'CONTENT HASH']];
+      const hashes = new Set<string>();
+      for (const [i, sql] of conns.entries()) {
+        const r = await sql
+          .unsafe<{ orders: string; stock: string; hash: string }[]>(
+            `SELECT (SELECT count(*) FROM public.orders)::text AS orders,
+                    (SELECT sum(on_hand) FROM public.stock)::text AS stock,
+                    md5((SELECT coalesce(string_agg(o::text, ',' ORDER BY id), '') FROM public.orders o) ||
+                        (SELECT string_agg(s::text, ',' ORDER BY sku) FROM public.stock s)) AS hash`,
+          )
+          .catch(() => [{ orders: '?', stock: '?', hash: 'unreachable' }]);
+        const row = r[0] ?? { orders: '?', stock: '?', hash: '?' };
+        hashes.add(row.hash);
+        rows.push([servers[i]?.name ?? '?', row.orders, row.stock, row.hash.slice(0, 12)]);
+      }
+      const verdict = hashes.size === 1 ? 'all nodes identical' : 'nodes differ (changes in flight)';
+      const screen = [
+        `pgmesh demo: ${servers.length} nodes, a write every ${Math.round(1000 / options.writesPerSecond)} ms to each node in turn. Ctrl-C stops.`,
+        '',
+        formatStatus(status),
+        '',
+        renderTable(rows),
+        `=> ${verdict}; ${writes} writes so far; last: ${lastWrite}`,
+      ].join('\n');
+      options.out(options.interactive ? `\x1b[2J\x1b[H${screen}\n` : `${screen}\n\n`);
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  } finally {
+    clearInterval(writer);
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+function startAgent(configPath: string, node: string, logFile: string): ChildProcess {
+  const main = fileURLToPath(new URL('../cli/main.ts', import.meta.url));
+  const log = createWriteStream(logFile, { flags: 'a' });
+  const child = spawn(process.execPath, ['--import', 'tsx', main, '--config', configPath, 'start', '--node', node], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env },
+  });
+  child.stdout?.pipe(log);
+  child.stderr?.pipe(log);
+  return child;
+}
+
+async function stopProcess(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  child.kill('SIGTERM');
+  const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+  await exited;
+  clearTimeout(timer);
+}

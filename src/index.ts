@@ -1,0 +1,17 @@
+/** The library entry point: everything the CLI does, callable from code. */
+export { loadConfig, findNode, DEFAULT_TUNING } from './config/config.ts';
+export type { ClusterConfig, NodeConfig, AgentTuning, LogLevel } from './config/config.ts';
+export { createCluster, clusterStatus } from './cluster/cluster-ops.ts';
+export type { ClusterStatus, LinkStatus, NodeStatus, CreateClusterResult } from './cluster/cluster-ops.ts';
+export { initNode, addTables, listReplicatedTables, readLocalNode } from './cluster/node-admin.ts';
+export { checkServerFacts, readServerFacts } from './cluster/server-checks.ts';
+export { Agent } from './agent/agent.ts';
+export type { AgentStatus } from './agent/agent.ts';
+export type { PeerStatus } from './agent/peer-replicator.ts';
+export { PgmeshError } from './core/errors.ts';
+export type { PgmeshErrorCode } from './core/errors.ts';
+export type { Logger } from './core/logger.ts';
+export { silentLogger } from './core/logger.ts';
+export { createLogger } from './core/pino-logger.ts';
+export { EmbeddedServer } from './embedded/embedded-server.ts';
+export { formatLsn, parseLsn } from './core/lsn.ts';
