@@ -25,6 +25,9 @@ import type { RemoteChange, StreamEvent } from '../stream/remote-transaction.ts'
 import { bindRelation, loadLocalRelation, type RelationBinding } from './local-relation.ts';
 import { buildStatement, type BatchKind } from './statement-builder.ts';
 
+/** Parameter bytes in flight before the applier waits for replies (keeps a huge transaction's memory flat). */
+const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
+
 export interface ApplierOptions {
   readonly peer: string;
   readonly localNode: string;
@@ -80,6 +83,8 @@ export class Applier {
   private txn: OpenTransaction | undefined;
   private batch: Batch | undefined;
   private inflight = 0;
+  /** Bytes of parameters sent and not yet answered; bounds memory when transactions are large. */
+  private inflightBytes = 0;
   private roomWaiter: (() => void) | undefined;
   private drainWaiter: (() => void) | undefined;
   private failure: Failure | undefined;
@@ -204,7 +209,17 @@ export class Applier {
       case 'update': {
         const binding = await this.bind(change.relation);
         const sent = change.newTuple.flatMap((v, i) => (v.kind === 'unchanged' ? [] : [i]));
-        return this.addRow('update', binding, sent, change.oldTuple ?? change.newTuple, change.newTuple);
+        if (sent.length < change.newTuple.length) {
+          // Unchanged TOAST values were not sent: only an UPDATE of the existing row can keep them.
+          return this.addRow('update', binding, sent, change.oldTuple ?? change.newTuple, change.newTuple);
+        }
+        if (change.oldTuple && keyChanged(binding, change.oldTuple, change.newTuple)) {
+          // A changed primary key is the old row's delete and the new row's write, both under the remote version.
+          await this.addRow('delete', binding, [], change.oldTuple, change.oldTuple);
+        }
+        // An update carries the whole row, so it is applied as an upsert: if the row has not arrived here yet (its
+        // insert comes from a third node), it is created now and the late insert then loses to this newer version.
+        return this.addRow('insert', binding, sent, change.newTuple, change.newTuple);
       }
       case 'delete': {
         const binding = await this.bind(change.relation);
@@ -298,27 +313,31 @@ export class Applier {
   /** Sends a statement without waiting for its reply; waits only when too many replies are outstanding. */
   private issue(text: string, params: readonly (string | null)[], what: string, onResult?: (result: unknown) => void): Promise<void> | undefined {
     if (this.failure) return undefined;
+    let bytes = 0;
+    for (const p of params) bytes += p === null ? 0 : p.length;
     this.inflight++;
+    this.inflightBytes += bytes;
     const query = params.length > 0 ? this.session.unsafe(text, params as string[], { prepare: true }) : this.session.unsafe(text);
     query.then(
       (result) => {
         onResult?.(result);
-        this.settled();
+        this.settled(bytes);
       },
       (error: unknown) => {
         if (!this.failure) this.failure = { error, what };
-        this.settled();
+        this.settled(bytes);
       },
     );
-    if (this.inflight < this.options.maxInflightStatements) return undefined;
+    if (this.inflight < this.options.maxInflightStatements && this.inflightBytes < MAX_INFLIGHT_BYTES) return undefined;
     return new Promise((resolve) => {
       this.roomWaiter = resolve;
     });
   }
 
-  private settled(): void {
+  private settled(bytes: number): void {
     this.inflight--;
-    if (this.roomWaiter && this.inflight <= this.options.maxInflightStatements / 2) {
+    this.inflightBytes -= bytes;
+    if (this.roomWaiter && this.inflight <= this.options.maxInflightStatements / 2 && this.inflightBytes < MAX_INFLIGHT_BYTES / 2) {
       const wake = this.roomWaiter;
       this.roomWaiter = undefined;
       wake();
@@ -357,6 +376,14 @@ export class Applier {
     this.session.release();
     await this.sql.end({ timeout: 2 }).catch(() => undefined);
   }
+}
+
+function keyChanged(binding: RelationBinding, oldTuple: Tuple, newTuple: Tuple): boolean {
+  return binding.keyPositions.some((p) => {
+    const a = oldTuple[p];
+    const b = newTuple[p];
+    return a?.kind !== b?.kind || (a?.kind === 'text' && b?.kind === 'text' && a.value !== b.value);
+  });
 }
 
 function textOf(value: TupleValue | undefined, binding: RelationBinding, position: number): string | null {

@@ -1,0 +1,31 @@
+#!/usr/bin/env node
+// Runs the test files under the given folders (default: all) with node's test runner, TypeScript through tsx.
+// Node 20's --test does not expand globs, so the files are listed here.
+import { readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
+
+const roots = process.argv.slice(2).length > 0 ? process.argv.slice(2) : ['tests/unit', 'tests/property', 'tests/integration', 'tests/cluster'];
+const files = [];
+function walk(path) {
+  const stat = statSync(path, { throwIfNoEntry: false });
+  if (!stat) return;
+  if (stat.isFile()) {
+    if (path.endsWith('.test.ts')) files.push(path);
+    return;
+  }
+  for (const entry of readdirSync(path).sort()) walk(join(path, entry));
+}
+for (const root of roots) walk(root);
+if (files.length === 0) {
+  console.error(`no test files under ${roots.join(', ')}`);
+  process.exit(1);
+}
+// Cluster tests start several servers each; on a 2-core machine two files at a time is the most that helps.
+const concurrency = process.env.PGMESH_TEST_CONCURRENCY ?? '2';
+const result = spawnSync(
+  process.execPath,
+  ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, '--test-timeout=600000', ...files],
+  { stdio: 'inherit' },
+);
+process.exit(result.status ?? 1);
