@@ -8,7 +8,9 @@
  */
 import { PgmeshError, errorMessage } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
-import { formatLsn, parseLsn } from '../core/lsn.ts';
+import { formatLsn, parseLsn, type Lsn } from '../core/lsn.ts';
+import { formatPgTimestamp } from '../core/pg-time.ts';
+import { SQLSTATE, isDataSqlState } from '../core/sqlstate.ts';
 import { Applier } from '../apply/applier.ts';
 import { originName, slotName, PUBLICATION } from '../cluster/catalog-schema.ts';
 import type { Sql } from '../pg/connect.ts';
@@ -16,7 +18,7 @@ import { ReplicationConnection } from '../pg/replication-connection.ts';
 import { PeerStream } from '../stream/peer-stream.ts';
 import type { AgentTuning } from '../config/config.ts';
 
-export type PeerState = 'starting' | 'streaming' | 'waiting' | 'stopped';
+export type PeerState = 'starting' | 'streaming' | 'waiting' | 'paused' | 'stopped';
 
 export interface PeerStatus {
   readonly peer: string;
@@ -28,6 +30,10 @@ export interface PeerStatus {
   readonly skippedXacts: number;
   readonly lastAppliedAt: string | null;
   readonly restarts: number;
+  readonly exceptions: number;
+  readonly conflicts: Readonly<Record<string, number>>;
+  readonly conflictsByTable: Readonly<Record<string, number>>;
+  readonly pausedReason: string | null;
   readonly lastError: { readonly code: string; readonly message: string; readonly at: string } | null;
 }
 
@@ -48,7 +54,12 @@ export class PeerReplicator {
   private stream: PeerStream | undefined;
   private restarts = 0;
   private lastError: PeerStatus['lastError'] = null;
-  private totals = { appliedXacts: 0, appliedChanges: 0, skippedXacts: 0, lastAppliedAt: 0 };
+  private totals = { appliedXacts: 0, appliedChanges: 0, skippedXacts: 0, exceptions: 0, lastAppliedAt: 0 };
+  private readonly conflicts: Record<string, number> = {};
+  private readonly conflictsByTable: Record<string, number> = {};
+  /** A transaction that failed on its data: the next session applies it change by change. */
+  private carefulLsn: Lsn | undefined;
+  private pausedReason: string | null = null;
   private wake: (() => void) | undefined;
   private loop: Promise<void> | undefined;
 
@@ -64,6 +75,7 @@ export class PeerReplicator {
     while (!this.stopped) {
       this.state = 'starting';
       try {
+        if (await this.waitWhilePaused()) break;
         await this.session(() => {
           attempt = 0;
         });
@@ -72,6 +84,17 @@ export class PeerReplicator {
         const code = error instanceof PgmeshError ? error.code : 'INTERNAL';
         this.lastError = { code, message: errorMessage(error), at: new Date().toISOString() };
         log.error({ peer: this.options.peer, code, err: errorMessage(error) }, 'stream from peer stopped; will retry');
+        const sqlstate = error instanceof PgmeshError ? error.context.sqlstate : undefined;
+        const transaction = error instanceof PgmeshError ? error.context.transaction : undefined;
+        if (sqlstate === SQLSTATE.conflictPause || sqlstate === SQLSTATE.exceptionPause) {
+          await this.pause(errorMessage(error));
+          continue;
+        }
+        if (typeof sqlstate === 'string' && isDataSqlState(sqlstate) && typeof transaction === 'string') {
+          // The transaction failed on its data: apply it change by change now, without a long backoff.
+          this.carefulLsn = parseLsn(transaction);
+          attempt = 0;
+        }
       }
       if (this.stopped) break;
       this.restarts++;
@@ -84,6 +107,34 @@ export class PeerReplicator {
     this.state = 'stopped';
   }
 
+  /** Marks the peer paused in the catalog (so a restarted agent stays paused) until "pgmesh resume". */
+  private async pause(reason: string): Promise<void> {
+    this.pausedReason = reason;
+    await this.options.catalog
+      .unsafe(`UPDATE pgmesh.apply_progress SET paused_at = now(), paused_reason = $2 WHERE peer = $1`, [this.options.peer, reason])
+      .catch((error) => this.options.logger.error({ peer: this.options.peer, err: errorMessage(error) }, 'could not record the pause'));
+    this.options.logger.error({ peer: this.options.peer, reason }, 'peer paused; repair, then run "pgmesh resume"');
+  }
+
+  /** Waits while the catalog says the peer is paused; true when the agent is stopping. */
+  private async waitWhilePaused(): Promise<boolean> {
+    for (;;) {
+      const rows = await this.options.catalog.unsafe<{ paused_reason: string | null; paused: boolean }[]>(
+        `SELECT paused_reason, paused_at IS NOT NULL AS paused FROM pgmesh.apply_progress WHERE peer = $1`,
+        [this.options.peer],
+      );
+      const row = rows[0];
+      if (!row?.paused) {
+        this.pausedReason = null;
+        return this.stopped;
+      }
+      this.state = 'paused';
+      this.pausedReason = row.paused_reason;
+      await this.sleep(1000);
+      if (this.stopped) return true;
+    }
+  }
+
   private async session(onStreaming: () => void): Promise<void> {
     const { peer, localNode, tuning, logger } = this.options;
     const applier = await Applier.open(this.options.localDsn, this.options.catalog, {
@@ -92,6 +143,8 @@ export class PeerReplicator {
       origin: originName(peer),
       maxBatchRows: tuning.maxBatchRows,
       maxInflightStatements: tuning.maxInflightStatements,
+      conflictWindowMs: tuning.conflictWindowMs,
+      carefulLsn: this.carefulLsn,
       logger,
     });
     this.applier = applier;
@@ -134,6 +187,7 @@ export class PeerReplicator {
       onStreaming();
       logger.info({ peer, from: formatLsn(applier.appliedEnd) }, 'streaming from peer');
       // What the peer may forget is only what is flushed here, not merely committed (asynchronous commit).
+      let polls = 0;
       poll = setInterval(() => {
         this.options.catalog
           .unsafe<{ lsn: string | null }[]>(`SELECT pg_catalog.pg_replication_origin_progress($1, true)::text AS lsn`, [originName(peer)])
@@ -142,6 +196,17 @@ export class PeerReplicator {
             if (lsn) stream.reportDurable(parseLsn(lsn));
           })
           .catch((error) => logger.debug({ peer, err: errorMessage(error) }, 'progress poll failed'));
+        // Now and then, record how far this peer is applied by its own clock (bounds tombstone collection).
+        const caughtUp = stream.caughtUpPeerTime();
+        if (caughtUp !== undefined && polls++ % 10 === 0) {
+          this.options.catalog
+            .unsafe(
+              `INSERT INTO pgmesh.peer_horizon (peer, caught_up_ts) VALUES ($1, $2::text::timestamptz)
+               ON CONFLICT (peer) DO UPDATE SET caught_up_ts = greatest(pgmesh.peer_horizon.caught_up_ts, EXCLUDED.caught_up_ts)`,
+              [peer, formatPgTimestamp(caughtUp)],
+            )
+            .catch((error) => logger.debug({ peer, err: errorMessage(error) }, 'horizon update failed'));
+        }
       }, tuning.progressPollMs);
       poll.unref();
       await applier.run(stream);
@@ -150,6 +215,9 @@ export class PeerReplicator {
       this.totals.appliedXacts += applier.stats.appliedXacts;
       this.totals.appliedChanges += applier.stats.appliedChanges;
       this.totals.skippedXacts += applier.stats.skippedXacts;
+      this.totals.exceptions += applier.stats.exceptions;
+      for (const [k, n] of Object.entries(applier.stats.conflicts)) this.conflicts[k] = (this.conflicts[k] ?? 0) + n;
+      for (const [k, n] of Object.entries(applier.stats.conflictsByTable)) this.conflictsByTable[k] = (this.conflictsByTable[k] ?? 0) + n;
       this.totals.lastAppliedAt = Math.max(this.totals.lastAppliedAt, applier.stats.lastAppliedAt);
       await this.stream?.close().catch(() => undefined);
       this.stream = undefined;
@@ -181,6 +249,10 @@ export class PeerReplicator {
       skippedXacts: this.totals.skippedXacts + (a?.skippedXacts ?? 0),
       lastAppliedAt: lastAppliedAt > 0 ? new Date(lastAppliedAt).toISOString() : null,
       restarts: this.restarts,
+      exceptions: this.totals.exceptions + (a?.exceptions ?? 0),
+      conflicts: sumCounts(this.conflicts, a?.conflicts),
+      conflictsByTable: sumCounts(this.conflictsByTable, a?.conflictsByTable),
+      pausedReason: this.pausedReason,
       lastError: this.lastError,
     };
   }
@@ -191,4 +263,10 @@ export class PeerReplicator {
     await this.stream?.close().catch(() => undefined);
     await this.loop;
   }
+}
+
+function sumCounts(a: Readonly<Record<string, number>>, b: Readonly<Record<string, number>> | undefined): Record<string, number> {
+  const out: Record<string, number> = { ...a };
+  for (const [k, n] of Object.entries(b ?? {})) out[k] = (out[k] ?? 0) + n;
+  return out;
 }

@@ -11,22 +11,28 @@
  * for replies; finish_apply only succeeds when the previous transaction's progress is visible, so if one
  * transaction fails, every transaction pipelined behind it fails too and nothing is applied out of order.
  * After a failure the session is dropped and the stream restarts from the durable progress.
+ *
+ * A transaction that failed on its data is applied again in careful mode: one change at a time, each in a
+ * savepoint; a change that fails goes to pgmesh.exception under the table's exception policy.
  */
 import { PgmeshError, errorMessage } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
 import { formatLsn, parseLsn, type Lsn } from '../core/lsn.ts';
 import { formatPgTimestamp, type PgTimestamp } from '../core/pg-time.ts';
-import { sqlState } from '../core/sqlstate.ts';
+import { SQLSTATE, sqlState } from '../core/sqlstate.ts';
 import { openSql, type ReservedSql, type Sql } from '../pg/connect.ts';
 import { quoteLiteral } from '../pg/quote.ts';
 import { textArrayLiteral } from '../pg/text-array.ts';
-import type { RelationMessage, Tuple, TupleValue } from '../protocol/messages.ts';
+import type { RelationMessage } from '../protocol/messages.ts';
 import type { RemoteChange, StreamEvent } from '../stream/remote-transaction.ts';
-import { bindRelation, loadLocalRelation, type RelationBinding } from './local-relation.ts';
-import { buildStatement, type BatchKind } from './statement-builder.ts';
+import { bindRelation, loadLocalRelation, type ExceptionPolicy, type RelationBinding } from './local-relation.ts';
+import { describeChange, rowOps, type RowOp } from './row-ops.ts';
+import { buildStatement, valueParameterCount, type BatchKind, type StatementContext } from './statement-builder.ts';
 
 /** Parameter bytes in flight before the applier waits for replies (keeps a huge transaction's memory flat). */
 const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
+/** How long a relation's binding (columns, policies) is trusted before it is read again. */
+const BINDING_TTL_MS = 5_000;
 
 export interface ApplierOptions {
   readonly peer: string;
@@ -34,6 +40,9 @@ export interface ApplierOptions {
   readonly origin: string;
   readonly maxBatchRows: number;
   readonly maxInflightStatements: number;
+  readonly conflictWindowMs: number;
+  /** Apply this transaction (by its commit LSN) in careful mode: it failed before on its data. */
+  readonly carefulLsn?: Lsn | undefined;
   readonly logger: Logger;
 }
 
@@ -41,8 +50,13 @@ export interface ApplyStats {
   appliedXacts: number;
   appliedChanges: number;
   skippedXacts: number;
+  exceptions: number;
   lastCommitTime: PgTimestamp | undefined;
   lastAppliedAt: number;
+  /** Conflicts by type, of committed transactions. */
+  readonly conflicts: Record<string, number>;
+  /** Conflicts by table. */
+  readonly conflictsByTable: Record<string, number>;
 }
 
 interface EventSource {
@@ -51,10 +65,8 @@ interface EventSource {
 
 interface Batch {
   readonly signature: string;
-  readonly kind: BatchKind;
-  readonly binding: RelationBinding;
-  readonly valuePositions: readonly number[];
-  /** One array per source column (keys first for update/delete), one entry per row. */
+  readonly first: RowOp;
+  /** One array per parameter, one entry per row. */
   readonly columns: (string | null)[][];
   readonly keys: Set<string>;
   rows: number;
@@ -64,26 +76,42 @@ interface OpenTransaction {
   readonly finalLsn: Lsn;
   readonly commitTime: PgTimestamp;
   readonly skip: boolean;
-  changes: number;
+  readonly careful: boolean;
+  /** Conflict counts of this transaction, added to the stats when it commits. */
+  readonly conflicts: Map<string, number>;
+  /** Careful mode: the exception policy decided by a failed change ('skip_transaction' or 'pause'). */
+  abandon: { policy: ExceptionPolicy; error: unknown; change: RemoteChange } | undefined;
+  /** Careful mode: the row changes seen, for skip_transaction. */
+  readonly seen: { change: RemoteChange; binding: RelationBinding | undefined }[];
 }
 
 interface Failure {
   readonly error: unknown;
   readonly what: string;
+  readonly finalLsn: Lsn | undefined;
 }
 
 export class Applier {
-  readonly stats: ApplyStats = { appliedXacts: 0, appliedChanges: 0, skippedXacts: 0, lastCommitTime: undefined, lastAppliedAt: 0 };
+  readonly stats: ApplyStats = {
+    appliedXacts: 0,
+    appliedChanges: 0,
+    skippedXacts: 0,
+    exceptions: 0,
+    lastCommitTime: undefined,
+    lastAppliedAt: 0,
+    conflicts: {},
+    conflictsByTable: {},
+  };
   /** End LSN of the last transaction whose COMMIT succeeded. */
   appliedEnd: Lsn;
   /** End LSN of the last transaction sent to the server (committed or still in the pipeline). */
   private issuedEnd: Lsn;
-  private readonly bindings = new WeakMap<RelationMessage, RelationBinding>();
+  private readonly bindings = new Map<RelationMessage, { binding: RelationBinding; at: number }>();
   private readonly statements = new Map<string, string>();
+  private readonly ctx: StatementContext;
   private txn: OpenTransaction | undefined;
   private batch: Batch | undefined;
   private inflight = 0;
-  /** Bytes of parameters sent and not yet answered; bounds memory when transactions are large. */
   private inflightBytes = 0;
   private roomWaiter: (() => void) | undefined;
   private drainWaiter: (() => void) | undefined;
@@ -98,6 +126,7 @@ export class Applier {
   ) {
     this.appliedEnd = start;
     this.issuedEnd = start;
+    this.ctx = { peer: options.peer, localNode: options.localNode, conflictWindowMs: options.conflictWindowMs };
   }
 
   /**
@@ -120,18 +149,7 @@ export class Applier {
       await sql.unsafe('SELECT 1');
       session = await sql.reserve();
       await session.unsafe(`SELECT pg_catalog.pg_replication_origin_session_setup(${quoteLiteral(options.origin)})`);
-      const rows = await session.unsafe<{ end_lsn: string; origin_lsn: string | null }[]>(
-        `SELECT p.end_lsn::text AS end_lsn, pg_catalog.pg_replication_origin_progress(${quoteLiteral(options.origin)}, false)::text AS origin_lsn
-           FROM pgmesh.apply_progress p WHERE p.peer = ${quoteLiteral(options.peer)}`,
-      );
-      const row = rows[0];
-      if (!row) {
-        throw new PgmeshError('NOT_INITIALIZED', `node ${options.localNode} has no progress row for peer ${options.peer}; run "pgmesh cluster create" to link them`);
-      }
-      const start = parseLsn(row.end_lsn);
-      if (row.origin_lsn !== null && row.origin_lsn !== row.end_lsn) {
-        options.logger.warn({ peer: options.peer, progress: row.end_lsn, origin: row.origin_lsn }, 'origin progress differs from the progress row; resuming from the progress row');
-      }
+      const start = await readProgress(session, options);
       return new Applier(sql, session, catalog, options, start);
     } catch (error) {
       session?.release();
@@ -160,6 +178,8 @@ export class Applier {
         }
         if (this.failure) break;
       }
+    } catch (error) {
+      if (!this.failure) this.failure = { error, what: 'the stream', finalLsn: this.txn?.finalLsn };
     } finally {
       await this.drain();
     }
@@ -170,12 +190,21 @@ export class Applier {
     const failure = this.failure;
     if (!failure) return;
     const cause = failure.error;
-    const server = cause as { detail?: string; table_name?: string; constraint_name?: string };
+    if (cause instanceof PgmeshError && cause.code !== 'APPLY_FAILED') throw cause;
+    const server = cause as { detail?: string; constraint_name?: string };
     const detail = [server.detail, server.constraint_name ? `constraint ${server.constraint_name}` : undefined].filter(Boolean).join('; ');
     throw new PgmeshError(
       'APPLY_FAILED',
       `applying ${failure.what} from ${this.options.peer} on ${this.options.localNode} failed: ${errorMessage(cause)}${detail ? ` (${detail})` : ''}`,
-      { cause, context: { peer: this.options.peer, sqlstate: sqlState(cause), applied: formatLsn(this.appliedEnd) } },
+      {
+        cause,
+        context: {
+          peer: this.options.peer,
+          sqlstate: sqlState(cause),
+          applied: formatLsn(this.appliedEnd),
+          transaction: failure.finalLsn === undefined ? undefined : formatLsn(failure.finalLsn),
+        },
+      },
     );
   }
 
@@ -184,16 +213,17 @@ export class Applier {
       case 'begin': {
         // A redelivered transaction (its commit record lies before what is applied) is skipped whole.
         const skip = event.finalLsn < this.issuedEnd;
-        this.txn = { finalLsn: event.finalLsn, commitTime: event.commitTime, skip, changes: 0 };
+        const careful = !skip && this.options.carefulLsn === event.finalLsn;
+        this.txn = { finalLsn: event.finalLsn, commitTime: event.commitTime, skip, careful, conflicts: new Map(), abandon: undefined, seen: [] };
         if (skip) return undefined;
+        if (careful) return this.beginCareful();
         return this.issue('BEGIN', [], 'BEGIN');
       }
       case 'change': {
         const txn = this.txn;
         if (!txn) throw new PgmeshError('PROTOCOL', 'change outside a transaction');
         if (txn.skip) return undefined;
-        txn.changes++;
-        return this.change(event.change);
+        return txn.careful ? this.carefulChange(txn, event.change) : this.change(event.change);
       }
       case 'commit':
         return this.commit(event.endLsn, event.commitTime);
@@ -202,35 +232,16 @@ export class Applier {
 
   private async change(change: RemoteChange): Promise<void> {
     switch (change.kind) {
-      case 'insert': {
-        const binding = await this.bind(change.relation);
-        return this.addRow('insert', binding, binding.columns.map((_, i) => i), change.newTuple, change.newTuple);
-      }
-      case 'update': {
-        const binding = await this.bind(change.relation);
-        const sent = change.newTuple.flatMap((v, i) => (v.kind === 'unchanged' ? [] : [i]));
-        if (sent.length < change.newTuple.length) {
-          // Unchanged TOAST values were not sent: only an UPDATE of the existing row can keep them.
-          return this.addRow('update', binding, sent, change.oldTuple ?? change.newTuple, change.newTuple);
-        }
-        if (change.oldTuple && keyChanged(binding, change.oldTuple, change.newTuple)) {
-          // A changed primary key is the old row's delete and the new row's write, both under the remote version.
-          await this.addRow('delete', binding, [], change.oldTuple, change.oldTuple);
-        }
-        // An update carries the whole row, so it is applied as an upsert: if the row has not arrived here yet (its
-        // insert comes from a third node), it is created now and the late insert then loses to this newer version.
-        return this.addRow('insert', binding, sent, change.newTuple, change.newTuple);
-      }
+      case 'insert':
+      case 'update':
       case 'delete': {
         const binding = await this.bind(change.relation);
-        return this.addRow('delete', binding, [], change.oldTuple, change.oldTuple);
+        for (const op of rowOps(change, binding)) await this.addRow(op);
+        return;
       }
       case 'truncate': {
         await this.flushBatch();
-        const tables = await Promise.all(change.relations.map((r) => this.bind(r)));
-        const names = tables.map((t) => t.local.qualified).join(', ');
-        const sqlText = `TRUNCATE ${names}${change.restartIdentity ? ' RESTART IDENTITY' : ''}${change.cascade ? ' CASCADE' : ''}`;
-        return this.issue(sqlText, [], `TRUNCATE ${names}`);
+        return this.issue(await this.truncateSql(change), [], 'TRUNCATE');
       }
       case 'message':
         // DDL and other pgmesh messages are handled by later stages; nothing else is expected here.
@@ -239,25 +250,39 @@ export class Applier {
     }
   }
 
-  private async addRow(kind: BatchKind, binding: RelationBinding, valuePositions: readonly number[], keyTuple: Tuple, valueTuple: Tuple): Promise<void> {
-    const signature = `${kind}:${binding.local.qualified}:${valuePositions.join(',')}`;
-    const keyValues = binding.keyPositions.map((p) => textOf(keyTuple[p], binding, p));
-    const key = keyValues.join('\u0000');
+  private async truncateSql(change: Extract<RemoteChange, { kind: 'truncate' }>): Promise<string> {
+    const tables = await Promise.all(change.relations.map((r) => this.bind(r)));
+    const names = tables.map((t) => t.local.qualified).join(', ');
+    return `TRUNCATE ${names}${change.restartIdentity ? ' RESTART IDENTITY' : ''}${change.cascade ? ' CASCADE' : ''}`;
+  }
+
+  private async addRow(op: RowOp): Promise<void> {
+    const signature = `${op.kind}:${op.binding.local.qualified}:${op.valuePositions.join(',')}`;
     let batch = this.batch;
-    if (batch && (batch.signature !== signature || batch.binding !== binding || batch.keys.has(key) || batch.rows >= this.options.maxBatchRows)) {
+    if (batch && (batch.signature !== signature || batch.first.binding !== op.binding || batch.keys.has(op.key) || batch.rows >= this.options.maxBatchRows)) {
       await this.flushBatch();
       batch = undefined;
     }
     if (!batch) {
-      const width = (kind === 'insert' ? 0 : binding.keyPositions.length) + valuePositions.length;
-      batch = { signature, kind, binding, valuePositions, columns: Array.from({ length: width }, () => []), keys: new Set(), rows: 0 };
+      batch = { signature, first: op, columns: op.values.map(() => []), keys: new Set(), rows: 0 };
       this.batch = batch;
     }
-    let c = 0;
-    if (kind !== 'insert') for (const value of keyValues) (batch.columns[c++] as (string | null)[]).push(value);
-    for (const p of valuePositions) (batch.columns[c++] as (string | null)[]).push(textOf(valueTuple[p], binding, p));
-    batch.keys.add(key);
+    for (let i = 0; i < op.values.length; i++) (batch.columns[i] as (string | null)[]).push(op.values[i] ?? null);
+    batch.keys.add(op.key);
     batch.rows++;
+  }
+
+  private statementFor(op: RowOp, multiRow: boolean): string {
+    const binding = op.binding;
+    const key = `${op.kind}:${binding.local.qualified}:${binding.local.conflictPolicy}:${binding.deltaPositions.join(',')}:${op.valuePositions.join(',')}:${multiRow ? 'm' : 's'}`;
+    let text = this.statements.get(key);
+    if (!text) {
+      const shape = { kind: op.kind, binding, valuePositions: op.valuePositions, multiRow };
+      if (valueParameterCount(shape) !== op.values.length) throw new PgmeshError('INTERNAL', `parameter count mismatch for ${key}`);
+      text = buildStatement(shape, this.ctx, binding.local.conflictPolicy);
+      this.statements.set(key, text);
+    }
+    return text;
   }
 
   private flushBatch(): Promise<void> | undefined {
@@ -267,18 +292,19 @@ export class Applier {
     const txn = this.txn;
     if (!txn) throw new PgmeshError('INTERNAL', 'batch outside a transaction');
     const multiRow = batch.rows > 1;
-    const key = `${batch.signature}:${multiRow ? 'm' : 's'}`;
-    let text = this.statements.get(key);
-    if (!text) {
-      text = buildStatement({ kind: batch.kind, binding: batch.binding, valuePositions: batch.valuePositions, multiRow });
-      this.statements.set(key, text);
-    }
+    const text = this.statementFor(batch.first, multiRow);
     const params: (string | null)[] = multiRow
       ? batch.columns.map((column) => textArrayLiteral(column))
       : batch.columns.map((column) => column[0] ?? null);
-    params.push(formatPgTimestamp(txn.commitTime), this.options.peer, this.options.localNode);
+    params.push(formatPgTimestamp(txn.commitTime), formatLsn(txn.finalLsn));
     this.stats.appliedChanges += batch.rows;
-    return this.issue(text, params, `${batch.kind} of ${batch.rows} row(s) into ${batch.binding.local.qualified} (transaction at ${formatLsn(txn.finalLsn)})`);
+    const table = `${batch.first.binding.local.schema}.${batch.first.binding.local.name}`;
+    return this.issue(
+      text,
+      params,
+      `${batch.first.kind} of ${batch.rows} row(s) into ${batch.first.binding.local.qualified} (transaction at ${formatLsn(txn.finalLsn)})`,
+      (result) => countConflicts(txn.conflicts, table, result),
+    );
   }
 
   private async commit(endLsn: Lsn, commitTime: PgTimestamp): Promise<void> {
@@ -287,6 +313,11 @@ export class Applier {
     if (txn.skip) {
       this.txn = undefined;
       this.stats.skippedXacts++;
+      return;
+    }
+    if (txn.careful) {
+      await this.commitCareful(txn, endLsn, commitTime);
+      this.txn = undefined;
       return;
     }
     await this.flushBatch();
@@ -301,14 +332,132 @@ export class Applier {
     await this.issue('COMMIT', [], `COMMIT of transaction at ${formatLsn(txn.finalLsn)}`, (result) => {
       const command = (result as { command?: string } | undefined)?.command;
       if (command !== 'COMMIT') return; // rolled back: the failing statement has been recorded
-      this.appliedEnd = endLsn;
-      this.stats.appliedXacts++;
-      this.stats.lastCommitTime = commitTime;
-      this.stats.lastAppliedAt = Date.now();
+      this.committed(txn, endLsn, commitTime);
     });
     // Without the reset, this transaction's origin LSN and timestamp would stick to the session's next commit.
     await this.issue('SELECT pg_catalog.pg_replication_origin_xact_reset()', [], 'origin reset');
   }
+
+  private committed(txn: OpenTransaction, endLsn: Lsn, commitTime: PgTimestamp): void {
+    this.appliedEnd = endLsn;
+    this.stats.appliedXacts++;
+    this.stats.lastCommitTime = commitTime;
+    this.stats.lastAppliedAt = Date.now();
+    for (const [key, n] of txn.conflicts) {
+      const [kind, table] = key.split('\u0000') as [string, string];
+      this.stats.conflicts[kind] = (this.stats.conflicts[kind] ?? 0) + n;
+      this.stats.conflictsByTable[table] = (this.stats.conflictsByTable[table] ?? 0) + n;
+    }
+  }
+
+  // ---- careful mode: one change at a time, each in a savepoint, every reply awaited ----
+
+  private async beginCareful(): Promise<void> {
+    await this.drain();
+    if (this.failure) return;
+    this.options.logger.warn({ peer: this.options.peer, transaction: formatLsn(this.txn?.finalLsn ?? 0n) }, 'applying a failed transaction change by change');
+    await this.session.unsafe('BEGIN');
+  }
+
+  private async carefulChange(txn: OpenTransaction, change: RemoteChange): Promise<void> {
+    if (txn.abandon) {
+      txn.seen.push({ change, binding: undefined });
+      return;
+    }
+    const binding = change.kind === 'insert' || change.kind === 'update' || change.kind === 'delete' ? await this.bind(change.relation) : undefined;
+    txn.seen.push({ change, binding });
+    await this.session.unsafe('SAVEPOINT pgmesh_change');
+    try {
+      if (change.kind === 'truncate') {
+        await this.session.unsafe(await this.truncateSql(change));
+      } else if (binding && change.kind !== 'message') {
+        const table = `${binding.local.schema}.${binding.local.name}`;
+        for (const op of rowOps(change, binding)) {
+          const params = [...op.values, formatPgTimestamp(txn.commitTime), formatLsn(txn.finalLsn)];
+          const result = await this.session.unsafe(this.statementFor(op, false), params as string[], { prepare: true });
+          countConflicts(txn.conflicts, table, result);
+        }
+        this.stats.appliedChanges++;
+      }
+      await this.session.unsafe('RELEASE SAVEPOINT pgmesh_change');
+    } catch (error) {
+      await this.session.unsafe('ROLLBACK TO SAVEPOINT pgmesh_change');
+      const code = sqlState(error);
+      if (code === SQLSTATE.conflictPause || !binding) throw error;
+      const policy = binding.local.exceptionPolicy;
+      if (policy === 'skip_change') {
+        await this.recordException(txn, change, binding, error);
+      } else {
+        txn.abandon = { policy, error, change };
+      }
+    }
+  }
+
+  private async commitCareful(txn: OpenTransaction, endLsn: Lsn, commitTime: PgTimestamp): Promise<void> {
+    const abandon = txn.abandon;
+    if (abandon?.policy === 'pause') {
+      await this.session.unsafe('ROLLBACK');
+      throw new PgmeshError(
+        'APPLY_FAILED',
+        `a change from ${this.options.peer} failed and the table's exception policy is pause: ${errorMessage(abandon.error)}; repair the row, then run "pgmesh resume"`,
+        { cause: abandon.error, context: { peer: this.options.peer, sqlstate: SQLSTATE.exceptionPause, transaction: formatLsn(txn.finalLsn) } },
+      );
+    }
+    if (abandon?.policy === 'skip_transaction') {
+      // None of the transaction is applied; every change of it is kept in the exception table.
+      await this.session.unsafe('ROLLBACK');
+      await this.session.unsafe('BEGIN');
+      for (const { change, binding } of txn.seen) {
+        const bound = binding ?? (change.kind === 'insert' || change.kind === 'update' || change.kind === 'delete' ? await this.bind(change.relation) : undefined);
+        await this.recordException(txn, change, bound, change === abandon.change ? abandon.error : undefined);
+      }
+      txn.conflicts.clear();
+    }
+    const prev = this.issuedEnd;
+    await this.session.unsafe('SELECT pgmesh.finish_apply($1::text, $2::text::pg_lsn, $3::text::pg_lsn, $4::text::timestamptz)', [
+      this.options.peer,
+      formatLsn(prev),
+      formatLsn(endLsn),
+      formatPgTimestamp(commitTime),
+    ]);
+    const result = await this.session.unsafe('COMMIT');
+    await this.session.unsafe('SELECT pg_catalog.pg_replication_origin_xact_reset()');
+    if ((result as unknown as { command?: string }).command !== 'COMMIT') {
+      throw new PgmeshError('APPLY_FAILED', `careful apply of transaction ${formatLsn(txn.finalLsn)} from ${this.options.peer} did not commit`);
+    }
+    this.issuedEnd = endLsn;
+    this.committed(txn, endLsn, commitTime);
+    this.options.logger.warn(
+      { peer: this.options.peer, transaction: formatLsn(txn.finalLsn), exceptions: this.stats.exceptions },
+      'failed transaction applied; failing changes are in pgmesh.exception',
+    );
+  }
+
+  private async recordException(txn: OpenTransaction, change: RemoteChange, binding: RelationBinding | undefined, error: unknown): Promise<void> {
+    const described =
+      binding && (change.kind === 'insert' || change.kind === 'update' || change.kind === 'delete')
+        ? describeChange(change, binding)
+        : { kind: change.kind };
+    const key = 'key' in described ? JSON.stringify(described.key) : null;
+    await this.session.unsafe(
+      `INSERT INTO pgmesh.exception (peer, relation, change_kind, pkey, change, remote_ts, remote_commit_lsn, sqlstate, error)
+       VALUES ($1::text, $2::text, $3::text, $4::text, $5::text::jsonb, $6::text::timestamptz, $7::text::pg_lsn, $8::text, $9::text)`,
+      [
+        this.options.peer,
+        binding ? `${binding.local.schema}.${binding.local.name}` : null,
+        change.kind,
+        key,
+        JSON.stringify(described),
+        formatPgTimestamp(txn.commitTime),
+        formatLsn(txn.finalLsn),
+        sqlState(error) ?? null,
+        error === undefined ? 'not applied: another change of its transaction failed (exception policy skip_transaction)' : errorMessage(error),
+      ] as string[],
+    );
+    this.stats.exceptions++;
+  }
+
+  // ---- the pipeline ----
 
   /** Sends a statement without waiting for its reply; waits only when too many replies are outstanding. */
   private issue(text: string, params: readonly (string | null)[], what: string, onResult?: (result: unknown) => void): Promise<void> | undefined {
@@ -317,6 +466,7 @@ export class Applier {
     for (const p of params) bytes += p === null ? 0 : p.length;
     this.inflight++;
     this.inflightBytes += bytes;
+    const finalLsn = this.txn?.finalLsn;
     const query = params.length > 0 ? this.session.unsafe(text, params as string[], { prepare: true }) : this.session.unsafe(text);
     query.then(
       (result) => {
@@ -324,7 +474,7 @@ export class Applier {
         this.settled(bytes);
       },
       (error: unknown) => {
-        if (!this.failure) this.failure = { error, what };
+        if (!this.failure) this.failure = { error, what, finalLsn };
         this.settled(bytes);
       },
     );
@@ -358,7 +508,7 @@ export class Applier {
 
   private async bind(relation: RelationMessage): Promise<RelationBinding> {
     const cached = this.bindings.get(relation);
-    if (cached) return cached;
+    if (cached && Date.now() - cached.at < BINDING_TTL_MS) return cached.binding;
     const local = await loadLocalRelation(this.catalog, relation.schema, relation.name);
     if (!local) {
       throw new PgmeshError(
@@ -368,8 +518,11 @@ export class Applier {
       );
     }
     const binding = bindRelation(relation, local, { peer: this.options.peer, node: this.options.localNode });
-    this.bindings.set(relation, binding);
-    return binding;
+    // A binding is replaced only when something in it changed, so batches keep their identity.
+    const same = cached && JSON.stringify({ ...cached.binding.local, columns: [...cached.binding.local.columns] }) === JSON.stringify({ ...local, columns: [...local.columns] });
+    const kept = same && cached ? cached.binding : binding;
+    this.bindings.set(relation, { binding: kept, at: Date.now() });
+    return kept;
   }
 
   async close(): Promise<void> {
@@ -378,29 +531,28 @@ export class Applier {
   }
 }
 
-function keyChanged(binding: RelationBinding, oldTuple: Tuple, newTuple: Tuple): boolean {
-  return binding.keyPositions.some((p) => {
-    const a = oldTuple[p];
-    const b = newTuple[p];
-    return a?.kind !== b?.kind || (a?.kind === 'text' && b?.kind === 'text' && a.value !== b.value);
-  });
+async function readProgress(session: ReservedSql, options: ApplierOptions): Promise<Lsn> {
+  const rows = await session.unsafe<{ end_lsn: string; origin_lsn: string | null }[]>(
+    `SELECT p.end_lsn::text AS end_lsn, pg_catalog.pg_replication_origin_progress(${quoteLiteral(options.origin)}, false)::text AS origin_lsn
+       FROM pgmesh.apply_progress p WHERE p.peer = ${quoteLiteral(options.peer)}`,
+  );
+  const row = rows[0];
+  if (!row) {
+    throw new PgmeshError('NOT_INITIALIZED', `node ${options.localNode} has no progress row for peer ${options.peer}; run "pgmesh cluster create" to link them`);
+  }
+  if (row.origin_lsn !== null && row.origin_lsn !== row.end_lsn) {
+    options.logger.warn({ peer: options.peer, progress: row.end_lsn, origin: row.origin_lsn }, 'origin progress differs from the progress row; resuming from the progress row');
+  }
+  return parseLsn(row.end_lsn);
 }
 
-function textOf(value: TupleValue | undefined, binding: RelationBinding, position: number): string | null {
-  if (value === undefined) {
-    throw new PgmeshError('PROTOCOL', `tuple for ${binding.local.qualified} has no column ${position}`);
-  }
-  switch (value.kind) {
-    case 'null':
-      return null;
-    case 'text':
-      return value.value;
-    case 'binary':
-      throw new PgmeshError('PROTOCOL', `binary column value for ${binding.local.qualified}; pgmesh streams in text mode`);
-    case 'unchanged':
-      throw new PgmeshError(
-        'PROTOCOL',
-        `column ${binding.columns[position]?.name ?? position} of ${binding.local.qualified} was not sent (unchanged TOAST) where a value is needed`,
-      );
+function countConflicts(into: Map<string, number>, table: string, result: unknown): void {
+  if (!Array.isArray(result)) return;
+  for (const row of result as { conflict?: string; n?: number }[]) {
+    if (!row.conflict) continue;
+    const key = `${row.conflict}\u0000${table}`;
+    into.set(key, (into.get(key) ?? 0) + Number(row.n ?? 0));
   }
 }
+
+export type { BatchKind };

@@ -13,12 +13,20 @@ export interface LocalColumn {
   readonly type: string;
 }
 
+export type ConflictPolicy = 'last_update_wins' | 'keep_local' | 'apply_remote' | 'pause';
+export type ExceptionPolicy = 'skip_change' | 'skip_transaction' | 'pause';
+
 export interface LocalRelation {
+  readonly oid: number;
   readonly schema: string;
   readonly name: string;
   readonly qualified: string;
   readonly columns: ReadonlyMap<string, LocalColumn>;
   readonly primaryKey: readonly string[];
+  readonly conflictPolicy: ConflictPolicy;
+  readonly exceptionPolicy: ExceptionPolicy;
+  /** Numeric columns applied as `local + (new - old)`. */
+  readonly deltaColumns: readonly string[];
 }
 
 /** A remote relation bound to its local table: for each remote column position, the local column (or none). */
@@ -28,11 +36,13 @@ export interface RelationBinding {
   readonly columns: readonly LocalColumn[];
   /** Remote column positions of the local primary key columns, in key order. */
   readonly keyPositions: readonly number[];
+  /** Remote column positions of the delta columns. */
+  readonly deltaPositions: readonly number[];
 }
 
 export async function loadLocalRelation(sql: Sql, schema: string, name: string): Promise<LocalRelation | undefined> {
-  const rows = await sql.unsafe<{ attname: string; type: string; pk_pos: number | null }[]>(
-    `SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) AS type,
+  const rows = await sql.unsafe<{ oid: number; attname: string; type: string; pk_pos: number | null }[]>(
+    `SELECT c.oid::int8 AS oid, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) AS type,
             array_position(i.indkey::int2[], a.attnum) AS pk_pos
        FROM pg_catalog.pg_class c
        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -42,7 +52,8 @@ export async function loadLocalRelation(sql: Sql, schema: string, name: string):
       ORDER BY a.attnum`,
     [schema, name],
   );
-  if (rows.length === 0) return undefined;
+  const first = rows[0];
+  if (!first) return undefined;
   const columns = new Map<string, LocalColumn>();
   const keyed: { pos: number; name: string }[] = [];
   for (const row of rows) {
@@ -50,7 +61,48 @@ export async function loadLocalRelation(sql: Sql, schema: string, name: string):
     if (row.pk_pos !== null) keyed.push({ pos: row.pk_pos, name: row.attname });
   }
   keyed.sort((a, b) => a.pos - b.pos);
-  return { schema, name, qualified: qualifiedName(schema, name), columns, primaryKey: keyed.map((k) => k.name) };
+  const policies = await sql.unsafe<{ conflict_policy: ConflictPolicy; exception_policy: ExceptionPolicy; delta_columns: string }[]>(
+    `SELECT conflict_policy, exception_policy, delta_columns::text AS delta_columns FROM pgmesh.table_policy
+      WHERE relation_schema = $1 AND relation_name = $2`,
+    [schema, name],
+  );
+  const policy = policies[0];
+  return {
+    oid: Number(first.oid),
+    schema,
+    name,
+    qualified: qualifiedName(schema, name),
+    columns,
+    primaryKey: keyed.map((k) => k.name),
+    conflictPolicy: policy?.conflict_policy ?? 'last_update_wins',
+    exceptionPolicy: policy?.exception_policy ?? 'skip_change',
+    deltaColumns: policy ? parseTextArray(policy.delta_columns) : [],
+  };
+}
+
+/** Parses a one-dimensional text[] as PostgreSQL prints it: {a,"b c","d\"e"}. */
+export function parseTextArray(text: string): string[] {
+  const out: string[] = [];
+  const body = text.trim().replace(/^\{|\}$/g, '');
+  if (body === '') return out;
+  let i = 0;
+  while (i < body.length) {
+    let value = '';
+    if (body[i] === '"') {
+      i++;
+      while (i < body.length && body[i] !== '"') {
+        if (body[i] === '\\') i++;
+        value += body[i] ?? '';
+        i++;
+      }
+      i++;
+    } else {
+      while (i < body.length && body[i] !== ',') value += body[i++];
+    }
+    out.push(value);
+    i++; // the comma
+  }
+  return out;
 }
 
 export function bindRelation(remote: RelationMessage, local: LocalRelation, context: { peer: string; node: string }): RelationBinding {
@@ -85,5 +137,14 @@ export function bindRelation(remote: RelationMessage, local: LocalRelation, cont
     }
     return position;
   });
-  return { remote, local, columns, keyPositions };
+  const deltaPositions = local.deltaColumns.map((name) => {
+    const position = remote.columns.findIndex((c) => c.name === name);
+    if (position < 0) {
+      throw new PgmeshError('SCHEMA_MISMATCH', `${where}: delta column "${name}" is not sent by ${context.peer}; the table definitions differ`, {
+        context: { peer: context.peer, relation: local.qualified },
+      });
+    }
+    return position;
+  });
+  return { remote, local, columns, keyPositions, deltaPositions };
 }

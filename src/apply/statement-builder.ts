@@ -1,74 +1,258 @@
 /**
- * SQL for applying row changes, one statement for many rows of the same table and kind (the values travel as
- * text arrays and are unnested), or for one row (the values as scalar parameters). Every statement carries the
- * last-update-wins check; values are cast from their text form to the local column type.
+ * SQL that applies a batch of row changes of one table and one kind, with conflict detection, resolution and
+ * recording done by the server in the same statement (no round trip per row).
  *
- * Parameters: first the value columns (one per source column), then $remote_ts, $remote_node, $local_node.
+ * Values travel as text (arrays of text for many rows, scalars for one row) and are cast to the local column
+ * types. Every statement has the same pipeline of CTEs:
+ *   s    the rows as sent, with their position (ord)
+ *   u    typed values, and `pkey`, the primary key as a jsonb array (the tombstone key)
+ *   cur  the local row's version (commit timestamp, node), if the row exists
+ *   tomb the tombstone's version, if the row does not exist but was deleted
+ *   d    per row: the conflict type (PostgreSQL 18 names), whether the remote version is newer, whether to apply
+ *   ...  the write, the tombstone write, the conflict log, and a summary (conflict counts by type)
+ * All CTEs read the snapshot from before the statement, so `cur` and the conflict log see the old local row.
+ *
+ * Parameters: the value columns ($1..$n), then $n+1 remote commit timestamp, $n+2 remote commit LSN.
  */
-import { quoteIdent } from '../pg/quote.ts';
-import type { LocalColumn, RelationBinding } from './local-relation.ts';
+import { quoteIdent, quoteLiteral } from '../pg/quote.ts';
+import type { ConflictPolicy, LocalColumn, RelationBinding } from './local-relation.ts';
 
-export type BatchKind = 'insert' | 'update' | 'delete';
+export type BatchKind = 'upsert' | 'partial_update' | 'delta_update' | 'delete';
+
+export interface StatementContext {
+  readonly peer: string;
+  readonly localNode: string;
+  /** Local versions written by another node less than this long before a remote change make it a conflict. */
+  readonly conflictWindowMs: number;
+}
 
 export interface StatementShape {
   readonly kind: BatchKind;
   readonly binding: RelationBinding;
-  /** Remote column positions that the statement writes (insert: all; update: all sent, not unchanged TOAST). */
+  /** Remote column positions whose values are sent (upsert: all; partial update: those not unchanged TOAST). */
   readonly valuePositions: readonly number[];
   readonly multiRow: boolean;
 }
 
-function source(count: number, multiRow: boolean, aliases: readonly string[]): string {
-  const params = Array.from({ length: count }, (_, i) => `$${i + 1}::text${multiRow ? '[]' : ''}`);
-  return multiRow
-    ? `unnest(${params.join(', ')}) AS u(${aliases.join(', ')})`
-    : `(VALUES (${params.join(', ')})) AS u(${aliases.join(', ')})`;
-}
-
-function cast(alias: string, column: LocalColumn): string {
-  return `u.${alias}::${column.type}`;
-}
-
-function versionCheck(paramBase: number): string {
-  return `pgmesh.remote_wins(x.xmin, $${paramBase + 1}::text::timestamptz, $${paramBase + 2}::text, $${paramBase + 3}::text)`;
-}
-
-export function buildStatement(shape: StatementShape): string {
-  const { binding, valuePositions } = shape;
-  const table = binding.local.qualified;
-  const keyColumns = binding.keyPositions.map((p) => binding.columns[p] as LocalColumn);
+/** The number of value parameters of a shape, in the order the applier fills them. */
+export function valueParameterCount(shape: StatementShape): number {
+  const keys = shape.binding.keyPositions.length;
   switch (shape.kind) {
-    case 'insert': {
-      const columns = valuePositions.map((p) => binding.columns[p] as LocalColumn);
-      const aliases = columns.map((_, i) => `v${i}`);
-      const names = columns.map((c) => quoteIdent(c.name));
-      const nonKey = columns.filter((c) => !binding.local.primaryKey.includes(c.name));
-      const set = (nonKey.length > 0 ? nonKey : keyColumns).map((c) => `${quoteIdent(c.name)} = EXCLUDED.${quoteIdent(c.name)}`);
+    case 'upsert':
+      return shape.valuePositions.length + 1; // + op ('i' insert, 'u' full-row update)
+    case 'partial_update':
+      return keys + shape.valuePositions.length;
+    case 'delta_update':
+      return keys + shape.valuePositions.length + shape.binding.deltaPositions.length;
+    case 'delete':
+      return keys;
+  }
+}
+
+interface Gen {
+  readonly b: RelationBinding;
+  readonly ctx: StatementContext;
+  readonly table: string;
+  readonly ts: string;
+  readonly lsn: string;
+  readonly remote: string;
+  readonly local: string;
+  readonly rel: string;
+}
+
+function col(b: RelationBinding, position: number): LocalColumn {
+  return b.columns[position] as LocalColumn;
+}
+
+function source(aliases: readonly string[], multiRow: boolean): string {
+  const params = aliases.map((_, i) => `$${i + 1}::text${multiRow ? '[]' : ''}`);
+  return multiRow
+    ? `unnest(${params.join(', ')}) WITH ORDINALITY AS s(${[...aliases, 'ord'].join(', ')})`
+    : `(VALUES (${[...params, '1::bigint'].join(', ')})) AS s(${[...aliases, 'ord'].join(', ')})`;
+}
+
+/** The version of local row x: from its xmin, or for delta tables from the override kept when a change lost. */
+function versionOf(g: Gen, alias: string, pkey: string): string {
+  return g.b.deltaPositions.length > 0
+    ? `pgmesh.row_version_keyed(${g.rel}, ${pkey}, ${alias}.xmin, ${g.local})`
+    : `pgmesh.row_version(${alias}.xmin, ${g.local})`;
+}
+
+function keyMatch(g: Gen, alias: string): string {
+  return g.b.keyPositions.map((p, i) => `${alias}.${quoteIdent(col(g.b, p).name)} = u.k${i}`).join(' AND ');
+}
+
+function remoteNewer(ts: string, node: string, g: Gen): string {
+  return `(${ts}, ${node} COLLATE "C") < (${g.ts}, ${g.remote} COLLATE "C")`;
+}
+
+function concurrent(g: Gen): string {
+  return `cur.lnode <> ${g.remote} AND cur.lts > ${g.ts} - interval '${Math.round(g.ctx.conflictWindowMs)} milliseconds'`;
+}
+
+/** CTEs common to every kind: typed rows (u), local versions (cur), tombstones (tomb). */
+function prelude(g: Gen, aliases: readonly string[], typed: readonly string[], multiRow: boolean): string {
+  const keys = g.b.keyPositions.map((_, i) => `u0.k${i}`);
+  return (
+    `WITH u0 AS (SELECT s.ord, ${typed.join(', ')} FROM ${source(aliases, multiRow)}), ` +
+    `u AS MATERIALIZED (SELECT u0.*, jsonb_build_array(${keys.join(', ')})::text AS pkey FROM u0), ` +
+    `cur AS MATERIALIZED (SELECT u.ord, v.ts AS lts, v.node AS lnode FROM u JOIN ${g.table} x ON ${keyMatch(g, 'x')} ` +
+    `CROSS JOIN LATERAL ${versionOf(g, 'x', 'u.pkey')} v), ` +
+    // The tombstone probe runs only when the table has tombstones at all (an init plan evaluated once).
+    `tomb AS MATERIALIZED (SELECT u.ord, v.ts AS tts, v.node AS tnode FROM u JOIN pgmesh.tombstone t ON t.relid = ${g.rel} AND t.pkey = u.pkey ` +
+    `CROSS JOIN LATERAL pgmesh.row_version(t.xmin, ${g.local}) v WHERE EXISTS (SELECT 1 FROM pgmesh.tombstone t0 WHERE t0.relid = ${g.rel}) ` +
+    `AND NOT EXISTS (SELECT 1 FROM cur WHERE cur.ord = u.ord))`
+  );
+}
+
+function applyRule(policy: ConflictPolicy): string {
+  switch (policy) {
+    case 'last_update_wins':
+      return 'd.newer';
+    case 'apply_remote':
+      return 'true';
+    case 'keep_local':
+    case 'pause':
+      return 'd.conflict IS NULL';
+  }
+}
+
+/** Logs every conflict, returns counts by type; under the pause policy raises instead (the peer is paused). */
+function epilogue(g: Gen, policy: ConflictPolicy, remoteRow: string, resolution: string): string {
+  const localRow = `(SELECT to_jsonb(x) FROM ${g.table} x WHERE ${keyMatch(g, 'x')})`;
+  const log =
+    `l AS (INSERT INTO pgmesh.conflict (peer, relation, pkey, conflict_type, resolution, local_ts, local_node, local_row, ` +
+    `remote_ts, remote_node, remote_row, remote_commit_lsn) ` +
+    `SELECT ${g.remote}, ${quoteLiteral(`${g.b.local.schema}.${g.b.local.name}`)}, u.pkey, a.conflict, ${resolution}, ` +
+    `coalesce(a.lts, a.tts), coalesce(a.lnode, a.tnode), ${localRow}, ${g.ts}, ${g.remote}, ${remoteRow}, ${g.lsn} ` +
+    `FROM a JOIN u USING (ord) WHERE a.conflict IS NOT NULL)`;
+  const pause =
+    policy === 'pause'
+      ? `, p AS (SELECT pgmesh.raise_conflict(${g.remote}, ${quoteLiteral(`${g.b.local.schema}.${g.b.local.name}`)}, u.pkey, a.conflict) AS r ` +
+        `FROM a JOIN u USING (ord) WHERE a.conflict IS NOT NULL LIMIT 1)`
+      : '';
+  const summary =
+    policy === 'pause'
+      ? `SELECT a.conflict, count(*)::int AS n, (SELECT count(*) FROM p)::int AS paused FROM a WHERE a.conflict IS NOT NULL GROUP BY 1`
+      : `SELECT a.conflict, count(*)::int AS n FROM a WHERE a.conflict IS NOT NULL GROUP BY 1`;
+  return `, ${log}${pause} ${summary}`;
+}
+
+function remoteRowOf(g: Gen, positions: readonly number[], aliasOf: (i: number) => string): string {
+  const pairs = positions.flatMap((p, i) => [quoteLiteral(col(g.b, p).name), `u.${aliasOf(i)}`]);
+  // jsonb_build_object takes at most 100 arguments: build wide rows from several objects.
+  const chunks: string[] = [];
+  for (let i = 0; i < pairs.length; i += 100) chunks.push(`jsonb_build_object(${pairs.slice(i, i + 100).join(', ')})`);
+  return chunks.length === 0 ? `'{}'::jsonb` : chunks.join(' || ');
+}
+
+export function buildStatement(shape: StatementShape, ctx: StatementContext, policy: ConflictPolicy): string {
+  const b = shape.binding;
+  const values = shape.valuePositions.length;
+  const n = valueParameterCount(shape);
+  const g: Gen = {
+    b,
+    ctx,
+    table: b.local.qualified,
+    ts: `$${n + 1}::text::timestamptz`,
+    lsn: `$${n + 2}::text::pg_lsn`,
+    remote: quoteLiteral(ctx.peer),
+    local: quoteLiteral(ctx.localNode),
+    rel: `${b.local.oid}::oid`,
+  };
+  const keyTyped = b.keyPositions.map((p, i) => `s.k${i}::${col(b, p).type} AS k${i}`);
+  const keyAliases = b.keyPositions.map((_, i) => `k${i}`);
+  const newerLocal = remoteNewer('cur.lts', 'cur.lnode', g);
+  const newerTomb = remoteNewer('tomb.tts', 'tomb.tnode', g);
+  const recheck =
+    policy === 'last_update_wins' ? ` AND (SELECT ${remoteNewer('rv.ts', 'rv.node', g)} FROM ${versionOf(g, 'x', 'u.pkey')} rv)` : '';
+  switch (shape.kind) {
+    case 'upsert': {
+      const aliases = [...shape.valuePositions.map((_, i) => `v${i}`), 'op'];
+      // Key values are taken from the row values (an upsert carries the whole row).
+      const keyFromValues = b.keyPositions.map((p, i) => `s.v${shape.valuePositions.indexOf(p)}::${col(b, p).type} AS k${i}`);
+      const typed = [...shape.valuePositions.map((p, i) => `s.v${i}::${col(b, p).type} AS v${i}`), 's.op', ...keyFromValues];
+      const names = shape.valuePositions.map((p) => quoteIdent(col(b, p).name));
+      const nonKey = names.filter((_, i) => !b.keyPositions.includes(shape.valuePositions[i] as number));
+      const set = (nonKey.length > 0 ? nonKey : names).map((c) => `${c} = EXCLUDED.${c}`);
+      const conflictTarget = b.local.primaryKey.map(quoteIdent).join(', ');
+      const onConflictCheck = policy === 'last_update_wins' ? ` WHERE (SELECT ${remoteNewer('rv.ts', 'rv.node', g)} FROM ${versionOf(g, 'x', `jsonb_build_array(${b.keyPositions.map((p) => `x.${quoteIdent(col(b, p).name)}`).join(', ')})::text`)} rv)` : '';
       return (
-        `INSERT INTO ${table} AS x (${names.join(', ')}) ` +
-        `SELECT ${columns.map((c, i) => cast(aliases[i] as string, c)).join(', ')} FROM ${source(columns.length, shape.multiRow, aliases)} ` +
-        `ON CONFLICT (${binding.local.primaryKey.map(quoteIdent).join(', ')}) DO UPDATE SET ${set.join(', ')} ` +
-        `WHERE ${versionCheck(columns.length)}`
+        prelude(g, aliases, typed, shape.multiRow) +
+        `, d AS MATERIALIZED (SELECT u.ord, cur.ord IS NOT NULL AS found, cur.lts, cur.lnode, tomb.tts, tomb.tnode, ` +
+        `CASE WHEN cur.ord IS NOT NULL THEN CASE WHEN u.op = 'i' THEN 'insert_exists' WHEN ${concurrent(g)} THEN 'update_origin_differs' END ` +
+        `WHEN u.op = 'u' THEN 'update_missing' WHEN tomb.ord IS NOT NULL AND NOT ${newerTomb} THEN 'insert_exists' END AS conflict, ` +
+        `CASE WHEN cur.ord IS NOT NULL THEN ${newerLocal} WHEN tomb.ord IS NOT NULL THEN ${newerTomb} ELSE true END AS newer ` +
+        `FROM u LEFT JOIN cur USING (ord) LEFT JOIN tomb USING (ord)), ` +
+        `a AS MATERIALIZED (SELECT d.*, ${applyRule(policy)} AS apply FROM d), ` +
+        `w AS (INSERT INTO ${g.table} AS x (${names.join(', ')}) SELECT ${shape.valuePositions.map((_, i) => `u.v${i}`).join(', ')} ` +
+        `FROM u JOIN a USING (ord) WHERE a.apply ORDER BY u.ord ON CONFLICT (${conflictTarget}) DO UPDATE SET ${set.join(', ')}${onConflictCheck})` +
+        epilogue(g, policy, remoteRowOf(g, shape.valuePositions, (i) => `v${i}`), `CASE WHEN a.apply THEN 'apply_remote' WHEN a.found THEN 'keep_local' ELSE 'skip' END`)
       );
     }
-    case 'update': {
-      const columns = valuePositions.map((p) => binding.columns[p] as LocalColumn);
-      const keyAliases = keyColumns.map((_, i) => `k${i}`);
-      const valueAliases = columns.map((_, i) => `v${i}`);
-      const count = keyColumns.length + columns.length;
-      const set = columns.map((c, i) => `${quoteIdent(c.name)} = ${cast(valueAliases[i] as string, c)}`);
-      const match = keyColumns.map((c, i) => `x.${quoteIdent(c.name)} = ${cast(keyAliases[i] as string, c)}`);
+    case 'partial_update':
+    case 'delta_update': {
+      const delta = shape.kind === 'delta_update';
+      const valueAliases = shape.valuePositions.map((_, i) => `v${i}`);
+      const oldAliases = delta ? b.deltaPositions.map((_, i) => `o${i}`) : [];
+      const aliases = [...keyAliases, ...valueAliases, ...oldAliases];
+      const typed = [
+        ...keyTyped,
+        ...shape.valuePositions.map((p, i) => `s.v${i}::${col(b, p).type} AS v${i}`),
+        ...b.deltaPositions.filter(() => delta).map((p, i) => `s.o${i}::${col(b, p).type} AS o${i}`),
+      ];
+      const set = shape.valuePositions.map((p, i) => {
+        const name = quoteIdent(col(b, p).name);
+        const d = delta ? b.deltaPositions.indexOf(p) : -1;
+        if (d >= 0) return `${name} = x.${name} + (u.v${i} - u.o${d})`;
+        if (delta) return `${name} = CASE WHEN a.apply THEN u.v${i} ELSE x.${name} END`;
+        return `${name} = u.v${i}`;
+      });
+      // Delta columns always add up; the other columns follow the policy. A losing change still rewrites the
+      // row, so its winning version is kept in version_override.
+      const where = delta ? `a.found` : `a.found AND a.apply`;
+      const names = shape.valuePositions.map((p) => quoteIdent(col(b, p).name));
+      const write = delta
+        ? `w AS (UPDATE ${g.table} AS x SET ${set.join(', ')} FROM u JOIN a USING (ord) WHERE ${keyMatch(g, 'x')} AND ${where} ` +
+          `RETURNING u.ord, u.pkey, x.xmin AS new_xmin, a.apply, a.lts, a.lnode), ` +
+          `ov AS (INSERT INTO pgmesh.version_override (relid, pkey, row_xmin, ts, node) SELECT ${g.rel}, w.pkey, w.new_xmin, w.lts, w.lnode ` +
+          `FROM w WHERE NOT w.apply ON CONFLICT (relid, pkey) DO UPDATE SET row_xmin = EXCLUDED.row_xmin, ts = EXCLUDED.ts, node = EXCLUDED.node), ` +
+          // An update whose row has not arrived yet (or was deleted by an older delete) creates it.
+          `ins AS (INSERT INTO ${g.table} (${names.join(', ')}) SELECT ${valueAliases.map((a) => `u.${a}`).join(', ')} FROM u JOIN a USING (ord) ` +
+          `WHERE NOT a.found AND a.apply ON CONFLICT DO NOTHING)`
+        : `w AS (UPDATE ${g.table} AS x SET ${set.join(', ')} FROM u JOIN a USING (ord) WHERE ${keyMatch(g, 'x')} AND ${where}${recheck})`;
       return (
-        `UPDATE ${table} AS x SET ${set.join(', ')} FROM ${source(count, shape.multiRow, [...keyAliases, ...valueAliases])} ` +
-        `WHERE ${match.join(' AND ')} AND ${versionCheck(count)}`
+        prelude(g, aliases, typed, shape.multiRow) +
+        `, d AS MATERIALIZED (SELECT u.ord, cur.ord IS NOT NULL AS found, cur.lts, cur.lnode, tomb.tts, tomb.tnode, ` +
+        `CASE WHEN cur.ord IS NOT NULL THEN CASE WHEN ${concurrent(g)} THEN 'update_origin_differs' END ` +
+        `ELSE 'update_missing' END AS conflict, ` +
+        `CASE WHEN cur.ord IS NOT NULL THEN ${newerLocal} WHEN tomb.ord IS NOT NULL THEN ${newerTomb} ELSE true END AS newer ` +
+        `FROM u LEFT JOIN cur USING (ord) LEFT JOIN tomb USING (ord)), ` +
+        `a AS MATERIALIZED (SELECT d.*, ${applyRule(policy)} AS apply FROM d), ${write}` +
+        epilogue(
+          g,
+          policy,
+          remoteRowOf(g, shape.valuePositions, (i) => `v${i}`),
+          delta
+            ? `CASE WHEN a.apply THEN 'apply_remote' WHEN a.found THEN 'keep_local' ELSE 'skip' END`
+            : // Without its unchanged TOAST values the row cannot be created: a missing row is skipped.
+              `CASE WHEN NOT a.found THEN 'skip' WHEN a.apply THEN 'apply_remote' ELSE 'keep_local' END`,
+        )
       );
     }
     case 'delete': {
-      const keyAliases = keyColumns.map((_, i) => `k${i}`);
-      const match = keyColumns.map((c, i) => `x.${quoteIdent(c.name)} = ${cast(keyAliases[i] as string, c)}`);
       return (
-        `DELETE FROM ${table} AS x USING ${source(keyColumns.length, shape.multiRow, keyAliases)} ` +
-        `WHERE ${match.join(' AND ')} AND ${versionCheck(keyColumns.length)}`
+        prelude(g, keyAliases, keyTyped, shape.multiRow) +
+        `, d AS MATERIALIZED (SELECT u.ord, cur.ord IS NOT NULL AS found, cur.lts, cur.lnode, tomb.tts, tomb.tnode, ` +
+        `CASE WHEN cur.ord IS NULL THEN 'delete_missing' WHEN ${concurrent(g)} THEN 'delete_origin_differs' END AS conflict, ` +
+        `CASE WHEN cur.ord IS NOT NULL THEN ${newerLocal} WHEN tomb.ord IS NOT NULL THEN ${newerTomb} ELSE true END AS newer ` +
+        `FROM u LEFT JOIN cur USING (ord) LEFT JOIN tomb USING (ord)), ` +
+        `a AS MATERIALIZED (SELECT d.*, CASE WHEN NOT d.found THEN d.newer ELSE ${applyRule(policy)} END AS apply FROM d), ` +
+        `w AS (DELETE FROM ${g.table} AS x USING u JOIN a USING (ord) WHERE ${keyMatch(g, 'x')} AND a.apply AND a.found${recheck}), ` +
+        // The delete's version lives on in a tombstone, so an older insert or update arriving later loses to it.
+        `tw AS (INSERT INTO pgmesh.tombstone AS t (relid, pkey) SELECT ${g.rel}, u.pkey FROM u JOIN a USING (ord) WHERE a.apply ` +
+        `ON CONFLICT (relid, pkey) DO UPDATE SET pkey = EXCLUDED.pkey WHERE (SELECT ${remoteNewer('tv.ts', 'tv.node', g)} FROM pgmesh.row_version(t.xmin, ${g.local}) tv))` +
+        epilogue(g, policy, remoteRowOf(g, b.keyPositions, (i) => `k${i}`), `CASE WHEN NOT a.found THEN 'skip' WHEN a.apply THEN 'apply_remote' ELSE 'keep_local' END`)
       );
     }
   }

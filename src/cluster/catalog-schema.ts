@@ -16,6 +16,11 @@ export function originName(peer: string): string {
   return `pgmesh_${peer}`;
 }
 
+/** Origin used when an operator replays an exception of peer P: it keeps P's version and is not re-published. */
+export function replayOriginName(peer: string): string {
+  return `pgmeshr_${peer}`;
+}
+
 export const MIGRATIONS: readonly string[] = [
   /* 1: identity, peers, apply progress, last-update-wins helpers */ `
 CREATE SCHEMA pgmesh;
@@ -91,6 +96,171 @@ BEGIN
       USING ERRCODE = 'PM001';
   END IF;
   PERFORM pg_catalog.pg_replication_origin_xact_setup(end_lsn, commit_ts);
+END
+$fn$;
+`,
+  /* 2: convergence: row versions, tombstones, conflicts, exceptions, table policies, delta columns */ `
+-- Which node wrote a version: streaming origins are pgmesh_<node>, replay origins pgmeshr_<node>.
+CREATE OR REPLACE FUNCTION pgmesh.origin_node(roident oid, local_node text) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE AS $fn$
+  SELECT CASE WHEN roident = 0 THEN local_node
+    ELSE coalesce((SELECT CASE WHEN o.roname LIKE 'pgmesh\\_%' THEN substr(o.roname, 8)
+                               WHEN o.roname LIKE 'pgmeshr\\_%' THEN substr(o.roname, 9)
+                               ELSE o.roname END
+                   FROM pg_catalog.pg_replication_origin o WHERE o.roident = origin_node.roident), '?' || roident)
+  END
+$fn$;
+
+-- The version (commit timestamp, node) of the transaction that wrote a tuple. Versions of rows from before
+-- track_commit_timestamp, or whose commit timestamp was truncated, are the oldest possible.
+-- A tuple written by a transaction still in progress (this apply transaction) has no timestamp either: oldest, so
+-- later changes of the same transaction always apply.
+CREATE FUNCTION pgmesh.row_version(row_xmin xid, local_node text, OUT ts timestamptz, OUT node text)
+LANGUAGE sql STABLE PARALLEL SAFE AS $fn$
+  SELECT coalesce(c.timestamp, '-infinity'::timestamptz), pgmesh.origin_node(c.roident, local_node)
+    FROM pg_catalog.pg_xact_commit_timestamp_origin(row_xmin) c
+$fn$;
+
+-- Rows of tables with delta columns whose last applied change lost on the other columns keep the winning
+-- version here (their xmin alone would say the older remote version), so versions stay the maximum of all
+-- changes applied and every node compares the same versions.
+CREATE TABLE pgmesh.version_override (
+  relid oid NOT NULL,
+  pkey text NOT NULL,
+  row_xmin xid NOT NULL,
+  ts timestamptz NOT NULL,
+  node text NOT NULL,
+  PRIMARY KEY (relid, pkey)
+);
+
+CREATE FUNCTION pgmesh.row_version_keyed(relid oid, pkey text, row_xmin xid, local_node text, OUT ts timestamptz, OUT node text)
+LANGUAGE sql STABLE PARALLEL SAFE AS $fn$
+  SELECT coalesce(o.ts, v.ts), coalesce(o.node, v.node)
+    FROM pgmesh.row_version(row_xmin, local_node) v
+    LEFT JOIN pgmesh.version_override o
+      ON o.relid = row_version_keyed.relid AND o.pkey = row_version_keyed.pkey AND o.row_xmin = row_version_keyed.row_xmin
+$fn$;
+
+-- Deleted rows. The tombstone's own xmin carries the delete's version: the local transaction for local deletes,
+-- the apply transaction (remote commit timestamp and origin) for applied ones. The key is the jsonb array of the
+-- primary key values, written in UTC and ISO styles so every node and session spells it the same.
+CREATE TABLE pgmesh.tombstone (
+  relid oid NOT NULL,
+  pkey text NOT NULL,
+  PRIMARY KEY (relid, pkey)
+);
+
+-- Statement-level trigger on every replicated table: local deletes leave tombstones. It does not fire in the
+-- apply session (session_replication_role = replica), where tombstones are written by the apply statements.
+CREATE FUNCTION pgmesh.record_deletes() RETURNS trigger
+LANGUAGE plpgsql
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
+AS $fn$
+BEGIN
+  INSERT INTO pgmesh.tombstone (relid, pkey)
+  SELECT TG_RELID, (SELECT jsonb_agg(j -> k ORDER BY n)::text FROM unnest(TG_ARGV) WITH ORDINALITY AS a(k, n))
+    FROM (SELECT to_jsonb(o) AS j FROM pgmesh_deleted o) d
+  ON CONFLICT (relid, pkey) DO UPDATE SET pkey = EXCLUDED.pkey;
+  RETURN NULL;
+END
+$fn$;
+
+-- Raised by apply statements of tables whose conflict policy is 'pause': the transaction rolls back and the
+-- agent pauses the peer until an operator has repaired the row and resumed it.
+CREATE FUNCTION pgmesh.raise_conflict(peer text, relation text, pkey text, conflict_type text) RETURNS boolean
+LANGUAGE plpgsql AS $fn$
+BEGIN
+  RAISE EXCEPTION 'pgmesh: % on % key % from peer % (table policy: pause)', conflict_type, relation, pkey, peer
+    USING ERRCODE = 'PM002', DETAIL = conflict_type;
+END
+$fn$;
+
+CREATE TABLE pgmesh.conflict (
+  id bigserial PRIMARY KEY,
+  recorded_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+  peer text NOT NULL,
+  relation text NOT NULL,
+  pkey text NOT NULL,
+  conflict_type text NOT NULL CHECK (conflict_type IN ('insert_exists', 'update_origin_differs', 'update_exists',
+    'update_missing', 'delete_origin_differs', 'delete_missing', 'multiple_unique_conflicts')),
+  resolution text NOT NULL CHECK (resolution IN ('apply_remote', 'keep_local', 'skip', 'exception', 'pause')),
+  local_ts timestamptz,
+  local_node text,
+  local_row jsonb,
+  remote_ts timestamptz NOT NULL,
+  remote_node text NOT NULL,
+  remote_row jsonb,
+  remote_commit_lsn pg_lsn
+);
+CREATE INDEX ON pgmesh.conflict (recorded_at);
+CREATE INDEX ON pgmesh.conflict (relation, pkey);
+
+-- Changes that could not be applied (a secondary unique key taken, a check constraint, a bad value): kept whole
+-- until an operator replays or discards them.
+CREATE TABLE pgmesh.exception (
+  id bigserial PRIMARY KEY,
+  recorded_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+  peer text NOT NULL,
+  relation text,
+  change_kind text NOT NULL,
+  pkey text,
+  change jsonb NOT NULL,
+  remote_ts timestamptz NOT NULL,
+  remote_commit_lsn pg_lsn NOT NULL,
+  sqlstate text,
+  error text NOT NULL,
+  conflict_type text,
+  state text NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'replayed', 'discarded')),
+  resolved_at timestamptz,
+  resolution_note text
+);
+CREATE INDEX ON pgmesh.exception (state, id);
+
+CREATE TABLE pgmesh.table_policy (
+  relation_schema text NOT NULL,
+  relation_name text NOT NULL,
+  conflict_policy text NOT NULL DEFAULT 'last_update_wins'
+    CHECK (conflict_policy IN ('last_update_wins', 'keep_local', 'apply_remote', 'pause')),
+  exception_policy text NOT NULL DEFAULT 'skip_change'
+    CHECK (exception_policy IN ('skip_change', 'skip_transaction', 'pause')),
+  delta_columns text[] NOT NULL DEFAULT '{}',
+  PRIMARY KEY (relation_schema, relation_name)
+);
+
+-- A paused peer is not streamed until an operator resumes it ("pgmesh resume").
+ALTER TABLE pgmesh.apply_progress
+  ADD COLUMN paused_at timestamptz,
+  ADD COLUMN paused_reason text;
+
+-- The peer's clock reading at which everything it had committed was applied here (from its keepalives); with the
+-- last applied commit timestamp it bounds what the peer can still send, so older tombstones can go.
+CREATE TABLE pgmesh.peer_horizon (
+  peer text PRIMARY KEY,
+  caught_up_ts timestamptz NOT NULL
+);
+
+-- Removes tombstones (and stale version overrides) that no peer can still need: older than what every peer
+-- has been applied up to, less a margin for commit timestamps that are not strictly in commit order.
+CREATE FUNCTION pgmesh.gc_tombstones(margin interval) RETURNS bigint
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  horizon timestamptz;
+  peers integer;
+  removed bigint;
+BEGIN
+  SELECT min(greatest(p.remote_commit_ts, h.caught_up_ts)), count(*) FILTER (WHERE greatest(p.remote_commit_ts, h.caught_up_ts) IS NULL)
+    INTO horizon, peers
+    FROM pgmesh.apply_progress p LEFT JOIN pgmesh.peer_horizon h USING (peer);
+  IF horizon IS NULL OR peers > 0 THEN
+    RETURN 0;
+  END IF;
+  DELETE FROM pgmesh.tombstone t
+   WHERE coalesce(pg_catalog.pg_xact_commit_timestamp(t.xmin), '-infinity') < horizon - margin;
+  GET DIAGNOSTICS removed = ROW_COUNT;
+  DELETE FROM pgmesh.version_override o
+   WHERE o.ts < horizon - margin
+     AND coalesce(pg_catalog.pg_xact_commit_timestamp(o.row_xmin), '-infinity') < horizon - margin;
+  RETURN removed;
 END
 $fn$;
 `,

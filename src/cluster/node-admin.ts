@@ -203,9 +203,32 @@ export async function addTables(sql: Sql, tables: readonly TableRef[] | 'all'): 
       continue;
     }
     await sql.unsafe(`ALTER PUBLICATION ${PUBLICATION} ADD TABLE ${qualified}`);
+    await ensureDeleteTrigger(sql, table);
     added.push(table);
   }
+  for (const table of alreadyReplicated) await ensureDeleteTrigger(sql, table);
   return { added, alreadyReplicated, refused };
+}
+
+/**
+ * Local deletes must leave tombstones (the delete's version), so that an older change of the same row arriving
+ * later from another node loses to the delete everywhere. A statement-level trigger with a transition table
+ * records them; it does not fire in apply sessions (replica mode), whose statements write tombstones themselves.
+ */
+export async function ensureDeleteTrigger(sql: Sql, table: TableRef): Promise<void> {
+  const keys = await sql.unsafe<{ attname: string }[]>(
+    `SELECT a.attname FROM pg_catalog.pg_index i
+       JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) ON true
+       JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+      WHERE i.indrelid = $1::text::regclass AND i.indisprimary ORDER BY k.n`,
+    [qualifiedName(table.schema, table.name)],
+  );
+  if (keys.length === 0) return;
+  const args = keys.map((k) => quoteLiteral(k.attname)).join(', ');
+  await sql.unsafe(
+    `CREATE OR REPLACE TRIGGER pgmesh_record_deletes AFTER DELETE ON ${qualifiedName(table.schema, table.name)}
+       REFERENCING OLD TABLE AS pgmesh_deleted FOR EACH STATEMENT EXECUTE FUNCTION pgmesh.record_deletes(${args})`,
+  );
 }
 
 export interface PeerLink {

@@ -28,6 +28,15 @@ export interface AgentTuning {
   readonly highWaterEvents: number;
   readonly retryBaseMs: number;
   readonly retryMaxMs: number;
+  /**
+   * An update or delete that meets a local version written by another node less than this long before it (by
+   * commit timestamps) is a conflict: recorded, and resolved by the table's policy.
+   */
+  readonly conflictWindowMs: number;
+  /** Clock difference to a peer above which status and logs warn (last-update-wins trusts clocks). */
+  readonly clockSkewWarnMs: number;
+  /** How often tombstones that every peer is past are removed. */
+  readonly tombstoneGcIntervalMs: number;
 }
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
@@ -47,6 +56,9 @@ export const DEFAULT_TUNING: AgentTuning = {
   highWaterEvents: 20_000,
   retryBaseMs: 500,
   retryMaxMs: 15_000,
+  conflictWindowMs: 10_000,
+  clockSkewWarnMs: 500,
+  tombstoneGcIntervalMs: 60_000,
 };
 
 const TUNING_LIMITS: Record<keyof AgentTuning, readonly [number, number]> = {
@@ -57,6 +69,9 @@ const TUNING_LIMITS: Record<keyof AgentTuning, readonly [number, number]> = {
   highWaterEvents: [10, 10_000_000],
   retryBaseMs: [10, 600_000],
   retryMaxMs: [10, 3_600_000],
+  conflictWindowMs: [0, 86_400_000],
+  clockSkewWarnMs: [1, 3_600_000],
+  tombstoneGcIntervalMs: [100, 86_400_000],
 };
 
 const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'warn', 'error', 'silent'];

@@ -29,6 +29,10 @@ export const SQLSTATE = {
   deadlockDetected: '40P01',
   /** Raised by pgmesh.finish_apply when the previous pipelined transaction did not commit. */
   predecessorNotCommitted: 'PM001',
+  /** Raised by an apply statement when a table with the 'pause' policy has a conflict. */
+  conflictPause: 'PM002',
+  /** A change failed and its table's exception policy is 'pause'. */
+  exceptionPause: 'PM003',
 } as const;
 
 /** Errors after which the same work may succeed if tried again later (server restarting, connection lost). */

@@ -14,7 +14,7 @@ import type { Duplex } from 'node:stream';
 import { PgmeshError } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
 import { LSN_ZERO, formatLsn, maxLsn, type Lsn } from '../core/lsn.ts';
-import { pgTimestampFromDate } from '../core/pg-time.ts';
+import { pgTimestampFromDate, type PgTimestamp } from '../core/pg-time.ts';
 import type { PgOutputMessage, RelationMessage } from '../protocol/messages.ts';
 import { decodePgOutput } from '../protocol/pgoutput-decoder.ts';
 import { decodeReplicationMessage, encodeStandbyStatusUpdate } from '../protocol/replication-messages.ts';
@@ -40,6 +40,8 @@ export interface PeerStreamStats {
   lastMessageAt: number;
   /** Commit time of the last transaction received, as the peer's clock read it. */
   lastCommitTime: bigint;
+  /** Send time (peer's clock) of the last keepalive. */
+  lastKeepaliveSendTime: PgTimestamp | undefined;
 }
 
 export class PeerStream implements ProgressSink {
@@ -50,6 +52,7 @@ export class PeerStream implements ProgressSink {
     lastKeepaliveLsn: LSN_ZERO,
     lastMessageAt: 0,
     lastCommitTime: 0n,
+    lastKeepaliveSendTime: undefined,
   };
   private readonly relations = new Map<number, RelationMessage>();
   private queue: StreamEvent[] = [];
@@ -103,6 +106,7 @@ export class PeerStream implements ProgressSink {
     const message = decodeReplicationMessage(chunk);
     if (message.kind === 'keepalive') {
       this.stats.lastKeepaliveLsn = maxLsn(this.stats.lastKeepaliveLsn, message.walEnd);
+      this.stats.lastKeepaliveSendTime = message.sendTime;
       if (message.replyRequested) this.sendFeedback(true);
       return;
     }
@@ -216,6 +220,15 @@ export class PeerStream implements ProgressSink {
   flushPosition(): Lsn {
     const caughtUp = !this.inTransaction && this.queue.length === 0 && this.durable >= this.lastCommitEnd;
     return caughtUp ? maxLsn(this.durable, this.stats.lastKeepaliveLsn) : this.durable;
+  }
+
+  /**
+   * When everything received is durably applied and the peer has said (keepalive) that nothing else was sent:
+   * the peer's clock reading of that keepalive. Everything the peer committed before it is applied here.
+   */
+  caughtUpPeerTime(): PgTimestamp | undefined {
+    const caughtUp = !this.inTransaction && this.queue.length === 0 && this.durable >= this.lastCommitEnd;
+    return caughtUp ? this.stats.lastKeepaliveSendTime : undefined;
   }
 
   private sendFeedback(replyRequested: boolean): void {

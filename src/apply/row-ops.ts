@@ -1,0 +1,138 @@
+/**
+ * Turns a remote row change into the row operations that apply it: the statement kind, the positions of the values
+ * it sends, and the text values in parameter order (see statement-builder). One change may be two operations:
+ * an update that changes the primary key is the old key's delete and the new row's upsert.
+ */
+import { PgmeshError } from '../core/errors.ts';
+import type { Tuple, TupleValue } from '../protocol/messages.ts';
+import type { RemoteChange } from '../stream/remote-transaction.ts';
+import type { RelationBinding } from './local-relation.ts';
+import type { BatchKind } from './statement-builder.ts';
+
+export interface RowOp {
+  readonly kind: BatchKind;
+  readonly binding: RelationBinding;
+  readonly valuePositions: readonly number[];
+  /** The values of one row, in the statement's parameter order. */
+  readonly values: readonly (string | null)[];
+  /** The primary key values joined, to keep one batch from touching a row twice. */
+  readonly key: string;
+}
+
+type RowChange = Extract<RemoteChange, { kind: 'insert' | 'update' | 'delete' }>;
+
+export function rowOps(change: RowChange, binding: RelationBinding): RowOp[] {
+  switch (change.kind) {
+    case 'insert':
+      return [upsert(binding, change.newTuple, 'i')];
+    case 'update': {
+      const sent = change.newTuple.flatMap((v, i) => (v.kind === 'unchanged' ? [] : [i]));
+      if (binding.deltaPositions.length > 0) {
+        if (!change.oldTuple || change.oldTuple.length !== change.newTuple.length) {
+          throw new PgmeshError(
+            'SCHEMA_MISMATCH',
+            `table ${binding.local.qualified} has delta columns, but the peer did not send the old row: set REPLICA IDENTITY FULL on it on every node (pgmesh tables delta does that)`,
+            { context: { relation: binding.local.qualified } },
+          );
+        }
+        const keyValues = keyOf(binding, change.oldTuple);
+        const values = [
+          ...keyValues,
+          ...sent.map((p) => textOf(change.newTuple[p], binding, p)),
+          ...binding.deltaPositions.map((p) => textOf(change.oldTuple?.[p], binding, p)),
+        ];
+        return [{ kind: 'delta_update', binding, valuePositions: sent, values, key: keyValues.join('\u0000') }];
+      }
+      if (sent.length < change.newTuple.length) {
+        // Unchanged TOAST values were not sent: only an UPDATE of the existing row can keep them.
+        const keyValues = keyOf(binding, change.oldTuple ?? change.newTuple);
+        const values = [...keyValues, ...sent.map((p) => textOf(change.newTuple[p], binding, p))];
+        return [{ kind: 'partial_update', binding, valuePositions: sent, values, key: keyValues.join('\u0000') }];
+      }
+      const ops: RowOp[] = [];
+      if (change.oldTuple && keyChanged(binding, change.oldTuple, change.newTuple)) {
+        // A changed primary key is the old row's delete and the new row's write, both under the remote version.
+        ops.push(remove(binding, change.oldTuple));
+      }
+      // An update carries the whole row, so it is applied as an upsert: if the row has not arrived yet (its insert
+      // comes from a third node), it is created now and the late insert then loses to this newer version.
+      ops.push(upsert(binding, change.newTuple, 'u'));
+      return ops;
+    }
+    case 'delete':
+      return [remove(binding, change.oldTuple)];
+  }
+}
+
+function upsert(binding: RelationBinding, tuple: Tuple, op: 'i' | 'u'): RowOp {
+  const positions = binding.columns.map((_, i) => i);
+  return {
+    kind: 'upsert',
+    binding,
+    valuePositions: positions,
+    values: [...positions.map((p) => textOf(tuple[p], binding, p)), op],
+    key: keyOf(binding, tuple).join('\u0000'),
+  };
+}
+
+function remove(binding: RelationBinding, oldTuple: Tuple): RowOp {
+  const keyValues = keyOf(binding, oldTuple);
+  return { kind: 'delete', binding, valuePositions: [], values: keyValues, key: keyValues.join('\u0000') };
+}
+
+function keyOf(binding: RelationBinding, tuple: Tuple): (string | null)[] {
+  return binding.keyPositions.map((p) => textOf(tuple[p], binding, p));
+}
+
+function keyChanged(binding: RelationBinding, oldTuple: Tuple, newTuple: Tuple): boolean {
+  return binding.keyPositions.some((p) => {
+    const a = oldTuple[p];
+    const b = newTuple[p];
+    return a?.kind !== b?.kind || (a?.kind === 'text' && b?.kind === 'text' && a.value !== b.value);
+  });
+}
+
+export function textOf(value: TupleValue | undefined, binding: RelationBinding, position: number): string | null {
+  if (value === undefined) {
+    throw new PgmeshError('PROTOCOL', `tuple for ${binding.local.qualified} has no column ${position}`);
+  }
+  switch (value.kind) {
+    case 'null':
+      return null;
+    case 'text':
+      return value.value;
+    case 'binary':
+      throw new PgmeshError('PROTOCOL', `binary column value for ${binding.local.qualified}; pgmesh streams in text mode`);
+    case 'unchanged':
+      throw new PgmeshError(
+        'PROTOCOL',
+        `column ${binding.columns[position]?.name ?? position} of ${binding.local.qualified} was not sent (unchanged TOAST) where a value is needed`,
+      );
+  }
+}
+
+/** The change as an operator reads it in the exception table: column names to text values. */
+export function describeChange(change: RowChange, binding: RelationBinding): Record<string, unknown> {
+  const row = (tuple: Tuple | undefined) =>
+    tuple
+      ? Object.fromEntries(
+          tuple.map((v, i): [string, unknown] => {
+            const name = binding.remote.columns[i]?.name ?? String(i);
+            if (v.kind === 'unchanged') return [name, { unchanged_toast: true }];
+            return [name, v.kind === 'null' ? null : v.kind === 'text' ? v.value : `\\x${v.value.toString('hex')}`];
+          }),
+        )
+      : null;
+  const keyTuple = change.kind === 'insert' ? change.newTuple : change.kind === 'delete' ? change.oldTuple : (change.oldTuple ?? change.newTuple);
+  return {
+    kind: change.kind,
+    relation: `${binding.local.schema}.${binding.local.name}`,
+    key: Object.fromEntries(binding.keyPositions.map((p) => [binding.columns[p]?.name, textOfSafe(keyTuple[p])])),
+    new: change.kind === 'delete' ? null : row(change.newTuple),
+    old: change.kind === 'insert' ? null : row(change.oldTuple),
+  };
+}
+
+function textOfSafe(value: TupleValue | undefined): string | null {
+  return value?.kind === 'text' ? value.value : null;
+}
