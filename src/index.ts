@@ -15,3 +15,15 @@ export { silentLogger } from './core/logger.ts';
 export { createLogger } from './core/pino-logger.ts';
 export { EmbeddedServer } from './embedded/embedded-server.ts';
 export { formatLsn, parseLsn } from './core/lsn.ts';
+export {
+  listConflicts,
+  listExceptions,
+  discardException,
+  replayException,
+  setTablePolicy,
+  setDeltaColumns,
+  resumePeer,
+  CONFLICT_POLICIES,
+  EXCEPTION_POLICIES,
+} from './cluster/repair.ts';
+export type { ConflictRecord, ExceptionRecord } from './cluster/repair.ts';

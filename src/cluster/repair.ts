@@ -1,0 +1,273 @@
+/**
+ * What an operator does about conflicts and failed changes: read the conflict log, list, replay or discard
+ * exceptions, set a table's policies, declare delta columns, resume a paused peer. The CLI commands
+ * `conflicts`, `exceptions`, `tables policy`, `tables delta` and `resume` are thin shells over these.
+ */
+import { PgmeshError, errorMessage } from '../core/errors.ts';
+import type { Logger } from '../core/logger.ts';
+import { bindRelation, loadLocalRelation, type ConflictPolicy, type ExceptionPolicy } from '../apply/local-relation.ts';
+import { rowOps } from '../apply/row-ops.ts';
+import { buildStatement } from '../apply/statement-builder.ts';
+import { openSql, type Sql } from '../pg/connect.ts';
+import { qualifiedName, quoteLiteral } from '../pg/quote.ts';
+import type { RelationMessage, Tuple, TupleValue } from '../protocol/messages.ts';
+import { replayOriginName } from './catalog-schema.ts';
+import type { TableRef } from './node-admin.ts';
+
+export const CONFLICT_POLICIES: readonly ConflictPolicy[] = ['last_update_wins', 'keep_local', 'apply_remote', 'pause'];
+export const EXCEPTION_POLICIES: readonly ExceptionPolicy[] = ['skip_change', 'skip_transaction', 'pause'];
+
+export interface ConflictRecord {
+  readonly id: number;
+  readonly recordedAt: string;
+  readonly peer: string;
+  readonly relation: string;
+  readonly key: string;
+  readonly type: string;
+  readonly resolution: string;
+  readonly local: { readonly ts: string | null; readonly node: string | null; readonly row: unknown };
+  readonly remote: { readonly ts: string; readonly node: string; readonly row: unknown; readonly commitLsn: string | null };
+}
+
+export async function listConflicts(
+  sql: Sql,
+  filter: { limit?: number; relation?: string; type?: string; peer?: string } = {},
+): Promise<ConflictRecord[]> {
+  const rows = await sql.unsafe<Record<string, string | null>[]>(
+    `SELECT id::text, recorded_at::text, peer, relation, pkey, conflict_type, resolution, local_ts::text, local_node,
+            local_row::text, remote_ts::text, remote_node, remote_row::text, remote_commit_lsn::text
+       FROM pgmesh.conflict
+      WHERE ($1::text IS NULL OR relation = $1::text) AND ($2::text IS NULL OR conflict_type = $2::text) AND ($3::text IS NULL OR peer = $3::text)
+      ORDER BY id DESC LIMIT $4::text::int`,
+    [filter.relation ?? null, filter.type ?? null, filter.peer ?? null, String(filter.limit ?? 100)],
+  );
+  return rows.map((r) => ({
+    id: Number(r.id),
+    recordedAt: r.recorded_at ?? '',
+    peer: r.peer ?? '',
+    relation: r.relation ?? '',
+    key: r.pkey ?? '',
+    type: r.conflict_type ?? '',
+    resolution: r.resolution ?? '',
+    local: { ts: r.local_ts ?? null, node: r.local_node ?? null, row: r.local_row ? JSON.parse(r.local_row) : null },
+    remote: { ts: r.remote_ts ?? '', node: r.remote_node ?? '', row: r.remote_row ? JSON.parse(r.remote_row) : null, commitLsn: r.remote_commit_lsn ?? null },
+  }));
+}
+
+export interface ExceptionRecord {
+  readonly id: number;
+  readonly recordedAt: string;
+  readonly peer: string;
+  readonly relation: string | null;
+  readonly kind: string;
+  readonly key: unknown;
+  readonly change: Record<string, unknown>;
+  readonly remoteTs: string;
+  readonly remoteCommitLsn: string;
+  readonly sqlstate: string | null;
+  readonly error: string;
+  readonly state: 'open' | 'replayed' | 'discarded';
+  readonly resolvedAt: string | null;
+  readonly note: string | null;
+}
+
+export async function listExceptions(sql: Sql, filter: { state?: string; limit?: number } = {}): Promise<ExceptionRecord[]> {
+  const rows = await sql.unsafe<Record<string, string | null>[]>(
+    `SELECT id::text, recorded_at::text, peer, relation, change_kind, pkey, change::text, remote_ts::text, remote_commit_lsn::text,
+            sqlstate, error, state, resolved_at::text, resolution_note
+       FROM pgmesh.exception WHERE ($1::text IS NULL OR state = $1::text) ORDER BY id LIMIT $2::text::int`,
+    [filter.state ?? null, String(filter.limit ?? 1000)],
+  );
+  return rows.map((r) => ({
+    id: Number(r.id),
+    recordedAt: r.recorded_at ?? '',
+    peer: r.peer ?? '',
+    relation: r.relation ?? null,
+    kind: r.change_kind ?? '',
+    key: r.pkey ? JSON.parse(r.pkey) : null,
+    change: JSON.parse(r.change ?? '{}') as Record<string, unknown>,
+    remoteTs: r.remote_ts ?? '',
+    remoteCommitLsn: r.remote_commit_lsn ?? '',
+    sqlstate: r.sqlstate ?? null,
+    error: r.error ?? '',
+    state: (r.state ?? 'open') as ExceptionRecord['state'],
+    resolvedAt: r.resolved_at ?? null,
+    note: r.resolution_note ?? null,
+  }));
+}
+
+async function openException(sql: Sql, id: number): Promise<ExceptionRecord> {
+  const rows = await sql.unsafe<{ id: string }[]>(`SELECT id::text FROM pgmesh.exception WHERE id = $1::text::bigint`, [String(id)]);
+  if (rows.length === 0) throw new PgmeshError('CONFIG_INVALID', `there is no exception ${id} on this node; "pgmesh exceptions list" shows them`);
+  const all = await listExceptions(sql, { limit: 1_000_000 });
+  const found = all.find((e) => e.id === id);
+  if (!found) throw new PgmeshError('INTERNAL', `exception ${id} vanished`);
+  if (found.state !== 'open') throw new PgmeshError('CONFIG_INVALID', `exception ${id} is already ${found.state}`);
+  return found;
+}
+
+export async function discardException(sql: Sql, id: number, note: string): Promise<void> {
+  await openException(sql, id);
+  await sql.unsafe(`UPDATE pgmesh.exception SET state = 'discarded', resolved_at = now(), resolution_note = $2 WHERE id = $1::text::bigint`, [
+    String(id),
+    note,
+  ]);
+}
+
+function tupleFrom(row: Record<string, unknown> | null, names: readonly string[]): Tuple {
+  return names.map((name): TupleValue => {
+    const value = row?.[name];
+    if (value === null || value === undefined) return { kind: 'null' };
+    if (typeof value === 'object') return { kind: 'unchanged' };
+    return { kind: 'text', value: String(value) };
+  });
+}
+
+/**
+ * Applies an exception's change again, after the operator fixed what made it fail. It runs with the original
+ * remote version (the peer's replay origin and commit timestamp), so last-update-wins still judges it fairly and
+ * it is not sent on to other nodes (they applied it already). On success the exception is marked replayed.
+ */
+export async function replayException(localDsn: string, localNode: string, id: number, logger: Logger): Promise<void> {
+  const sql = openSql(localDsn, {
+    node: localNode,
+    applicationName: 'pgmesh replay',
+    logger,
+    max: 1,
+    parameters: { session_replication_role: 'replica' },
+  });
+  try {
+    await sql.unsafe('SELECT 1');
+    const exception = await openException(sql, id);
+    const change = exception.change as { kind?: string; relation?: string; new?: Record<string, unknown> | null; old?: Record<string, unknown> | null };
+    if (!exception.relation || !change.relation || (change.kind !== 'insert' && change.kind !== 'update' && change.kind !== 'delete')) {
+      throw new PgmeshError('CONFIG_INVALID', `exception ${id} is a ${exception.kind} change, which cannot be replayed; discard it`);
+    }
+    const dot = exception.relation.indexOf('.');
+    const schema = exception.relation.slice(0, dot);
+    const name = exception.relation.slice(dot + 1);
+    const local = await loadLocalRelation(sql, schema, name);
+    if (!local) throw new PgmeshError('UNKNOWN_TABLE', `table ${exception.relation} of exception ${id} does not exist on ${localNode}`);
+    const names = Object.keys(change.new ?? change.old ?? {});
+    const relation: RelationMessage = {
+      tag: 'relation',
+      relationOid: 0,
+      schema,
+      name,
+      replicaIdentity: 'd',
+      columns: names.map((n) => ({ isKey: local.primaryKey.includes(n), name: n, typeOid: 0, typeModifier: -1 })),
+    };
+    const binding = bindRelation(relation, local, { peer: exception.peer, node: localNode });
+    const newTuple = tupleFrom(change.new ?? null, names);
+    const oldTuple = change.old ? tupleFrom(change.old, names) : undefined;
+    const ops =
+      change.kind === 'insert'
+        ? rowOps({ kind: 'insert', relation, newTuple }, binding)
+        : change.kind === 'update'
+          ? rowOps({ kind: 'update', relation, oldTuple, newTuple }, binding)
+          : rowOps({ kind: 'delete', relation, oldTuple: oldTuple ?? newTuple }, binding);
+    const origin = replayOriginName(exception.peer);
+    await sql.begin(async (tx) => {
+      await tx.unsafe(
+        `SELECT pg_catalog.pg_replication_origin_create($1) WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1)`,
+        [origin],
+      );
+    });
+    const session = await sql.reserve();
+    try {
+      await session.unsafe(`SELECT pg_catalog.pg_replication_origin_session_setup(${quoteLiteral(origin)})`);
+      await session.unsafe('BEGIN');
+      for (const op of ops) {
+        const text = buildStatement({ kind: op.kind, binding, valuePositions: op.valuePositions, multiRow: false }, { peer: exception.peer, localNode, conflictWindowMs: 0 }, local.conflictPolicy);
+        await session.unsafe(text, [...op.values, exception.remoteTs, exception.remoteCommitLsn] as string[]);
+      }
+      await session.unsafe(`UPDATE pgmesh.exception SET state = 'replayed', resolved_at = now() WHERE id = $1::text::bigint`, [String(id)]);
+      await session.unsafe(`SELECT pg_catalog.pg_replication_origin_xact_setup($1::text::pg_lsn, $2::text::timestamptz)`, [
+        exception.remoteCommitLsn,
+        exception.remoteTs,
+      ]);
+      await session.unsafe('COMMIT');
+    } catch (error) {
+      await session.unsafe('ROLLBACK').catch(() => undefined);
+      throw new PgmeshError('APPLY_FAILED', `replaying exception ${id} failed again: ${errorMessage(error)}; fix the cause (or discard it)`, { cause: error });
+    } finally {
+      await session.unsafe('SELECT pg_catalog.pg_replication_origin_session_reset()').catch(() => undefined);
+      session.release();
+    }
+  } finally {
+    await sql.end({ timeout: 2 });
+  }
+}
+
+async function requireTable(sql: Sql, table: TableRef): Promise<void> {
+  const rows = await sql.unsafe(`SELECT 1 FROM pg_catalog.pg_publication_tables WHERE pubname = 'pgmesh' AND schemaname = $1 AND tablename = $2`, [
+    table.schema,
+    table.name,
+  ]);
+  if (rows.length === 0) {
+    throw new PgmeshError('UNKNOWN_TABLE', `${table.schema}.${table.name} is not replicated on this node; add it first (pgmesh tables add)`);
+  }
+}
+
+/** Sets a table's conflict and/or exception policy on one node (the CLI does it on every node). */
+export async function setTablePolicy(
+  sql: Sql,
+  table: TableRef,
+  policy: { conflictPolicy?: ConflictPolicy | undefined; exceptionPolicy?: ExceptionPolicy | undefined },
+): Promise<void> {
+  if (policy.conflictPolicy && !CONFLICT_POLICIES.includes(policy.conflictPolicy)) {
+    throw new PgmeshError('CONFIG_INVALID', `conflict policy "${policy.conflictPolicy}" is not one of ${CONFLICT_POLICIES.join(', ')}`);
+  }
+  if (policy.exceptionPolicy && !EXCEPTION_POLICIES.includes(policy.exceptionPolicy)) {
+    throw new PgmeshError('CONFIG_INVALID', `exception policy "${policy.exceptionPolicy}" is not one of ${EXCEPTION_POLICIES.join(', ')}`);
+  }
+  await requireTable(sql, table);
+  await sql.unsafe(
+    `INSERT INTO pgmesh.table_policy (relation_schema, relation_name, conflict_policy, exception_policy)
+     VALUES ($1, $2, coalesce($3::text, 'last_update_wins'), coalesce($4::text, 'skip_change'))
+     ON CONFLICT (relation_schema, relation_name) DO UPDATE
+       SET conflict_policy = coalesce($3::text, pgmesh.table_policy.conflict_policy),
+           exception_policy = coalesce($4::text, pgmesh.table_policy.exception_policy)`,
+    [table.schema, table.name, policy.conflictPolicy ?? null, policy.exceptionPolicy ?? null],
+  );
+}
+
+/**
+ * Declares numeric columns as delta columns on one node (the CLI does it on every node): concurrent changes add up
+ * (`local + (new - old)`). The peer must send the old row, so the table gets REPLICA IDENTITY FULL.
+ */
+export async function setDeltaColumns(sql: Sql, table: TableRef, columns: readonly string[]): Promise<void> {
+  await requireTable(sql, table);
+  const qualified = qualifiedName(table.schema, table.name);
+  const types = await sql.unsafe<{ attname: string; numeric: boolean; is_key: boolean }[]>(
+    `SELECT a.attname, t.typcategory = 'N' AS numeric,
+            EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = a.attrelid AND i.indisprimary AND a.attnum = ANY (i.indkey)) AS is_key
+       FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = pg_catalog.getbasetype(a.atttypid)
+      WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped`,
+    [qualified],
+  );
+  const problems: string[] = [];
+  for (const column of columns) {
+    const found = types.find((t) => t.attname === column);
+    if (!found) problems.push(`column "${column}" does not exist in ${qualified}`);
+    else if (!found.numeric) problems.push(`column "${column}" of ${qualified} is not numeric; only numbers can be added up`);
+    else if (found.is_key) problems.push(`column "${column}" of ${qualified} is part of the primary key and cannot be a delta column`);
+  }
+  if (problems.length > 0) throw new PgmeshError('CONFIG_INVALID', problems.join('; '));
+  await sql.begin(async (tx) => {
+    await tx.unsafe(`ALTER TABLE ${qualified} REPLICA IDENTITY FULL`);
+    await tx.unsafe(
+      `INSERT INTO pgmesh.table_policy (relation_schema, relation_name, delta_columns) VALUES ($1, $2, $3::text::text[])
+       ON CONFLICT (relation_schema, relation_name) DO UPDATE SET delta_columns = EXCLUDED.delta_columns`,
+      [table.schema, table.name, `{${columns.map((c) => `"${c.replace(/[\\"]/g, '\\$&')}"`).join(',')}}`],
+    );
+  });
+}
+
+/** Lets a paused peer stream again; its agent notices within a second. */
+export async function resumePeer(sql: Sql, peer: string): Promise<boolean> {
+  const rows = await sql.unsafe(`UPDATE pgmesh.apply_progress SET paused_at = NULL, paused_reason = NULL WHERE peer = $1 AND paused_at IS NOT NULL RETURNING 1`, [
+    peer,
+  ]);
+  return rows.length > 0;
+}
