@@ -8,22 +8,43 @@ import { connectionError, openSql, type Sql } from '../pg/connect.ts';
 import { requireLocalNode } from '../cluster/node-admin.ts';
 import { checkServerFacts, formatProblems, readServerFacts } from '../cluster/server-checks.ts';
 import { findNode, type ClusterConfig } from '../config/config.ts';
+import { errorMessage } from '../core/errors.ts';
+import { ClockMonitor, type ClockReading } from './clock-monitor.ts';
 import { PeerReplicator, type PeerStatus } from './peer-replicator.ts';
+
+/** Tombstones are kept this much longer than strictly needed: commit timestamps are not strictly in commit order. */
+const TOMBSTONE_MARGIN = '60 seconds';
 
 export interface AgentStatus {
   readonly node: string;
   readonly startedAt: string;
-  readonly peers: readonly PeerStatus[];
+  readonly peers: readonly (PeerStatus & { readonly clock: ClockReading | null })[];
 }
 
 export class Agent {
   private readonly startedAt = new Date();
+  private gcTimer: NodeJS.Timeout | undefined;
 
   private constructor(
     readonly node: string,
     private readonly catalog: Sql,
     private readonly replicators: readonly PeerReplicator[],
+    private readonly clocks: ReadonlyMap<string, ClockMonitor>,
+    private readonly logger: Logger,
   ) {}
+
+  private startMaintenance(intervalMs: number): void {
+    this.gcTimer = setInterval(() => {
+      this.catalog
+        .unsafe<{ removed: string }[]>(`SELECT pgmesh.gc_tombstones(interval '${TOMBSTONE_MARGIN}')::text AS removed`)
+        .then((rows) => {
+          const removed = Number(rows[0]?.removed ?? 0);
+          if (removed > 0) this.logger.debug({ removed }, 'tombstones collected');
+        })
+        .catch((error) => this.logger.warn({ err: errorMessage(error) }, 'tombstone collection failed'));
+    }, intervalMs);
+    this.gcTimer.unref();
+  }
 
   static async start(config: ClusterConfig, nodeName: string, logger: Logger): Promise<Agent> {
     const self = findNode(config, nodeName);
@@ -64,16 +85,42 @@ export class Agent {
           logger: log,
         }),
     );
+    const clocks = new Map(
+      peers.map((peer) => [
+        peer.name,
+        new ClockMonitor({
+          peer: peer.name,
+          peerDsn: peer.dsn,
+          localNode: nodeName,
+          catalog,
+          warnMs: config.tuning.clockSkewWarnMs,
+          intervalMs: 10_000,
+          logger: log,
+        }),
+      ]),
+    );
     for (const r of replicators) r.start();
+    for (const c of clocks.values()) c.start();
+    const agent = new Agent(nodeName, catalog, replicators, clocks, log);
+    agent.startMaintenance(config.tuning.tombstoneGcIntervalMs);
     log.info({ peers: peers.map((p) => p.name) }, 'agent started');
-    return new Agent(nodeName, catalog, replicators);
+    return agent;
   }
 
   status(): AgentStatus {
-    return { node: this.node, startedAt: this.startedAt.toISOString(), peers: this.replicators.map((r) => r.status()) };
+    return {
+      node: this.node,
+      startedAt: this.startedAt.toISOString(),
+      peers: this.replicators.map((r) => {
+        const status = r.status();
+        return { ...status, clock: this.clocks.get(status.peer)?.current() ?? null };
+      }),
+    };
   }
 
   async stop(): Promise<void> {
+    if (this.gcTimer) clearInterval(this.gcTimer);
+    await Promise.all([...this.clocks.values()].map((c) => c.stop()));
     await Promise.all(this.replicators.map((r) => r.stop()));
     await this.catalog.end({ timeout: 2 }).catch(() => undefined);
   }

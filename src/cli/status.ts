@@ -30,7 +30,7 @@ export function renderTable(rows: readonly (readonly string[])[]): string {
 /** The human view of a cluster: one line per node, one per directed link. */
 export function formatStatus(status: ClusterStatus): string {
   const now = Date.parse(status.at);
-  const nodes = [['NODE', 'ENDPOINT', 'STATE', 'VERSION', 'TABLES']];
+  const nodes = [['NODE', 'ENDPOINT', 'STATE', 'VERSION', 'TABLES', 'OPEN EXCEPTIONS']];
   for (const n of status.nodes) {
     nodes.push([
       n.name,
@@ -38,21 +38,27 @@ export function formatStatus(status: ClusterStatus): string {
       !n.reachable ? 'UNREACHABLE' : n.initialized ? 'up' : 'not initialized',
       n.serverVersion ?? '-',
       n.replicatedTables === null ? '-' : String(n.replicatedTables),
+      n.openExceptions === null ? '-' : String(n.openExceptions),
     ]);
   }
-  const links = [['FROM', 'TO', 'STREAMING', 'SLOT', 'LAG', 'APPLIED XACTS', 'LAST APPLY']];
+  const links = [['FROM', 'TO', 'STREAMING', 'SLOT', 'LAG', 'APPLIED XACTS', 'LAST APPLY', 'CONFLICTS', 'CLOCK SKEW']];
   for (const l of status.links) {
     links.push([
       l.from,
       l.to,
-      l.streaming ? 'yes' : 'NO',
+      l.pausedReason ? 'PAUSED' : l.streaming ? 'yes' : 'NO',
       l.slotStatus,
       bytes(l.lagBytes),
       l.appliedXacts === null ? '-' : String(l.appliedXacts),
       ago(l.lastAppliedAt, now),
+      l.conflicts === null ? '-' : String(l.conflicts),
+      l.clockSkewMs === null ? '-' : `${l.clockSkewMs >= 0 ? '+' : ''}${l.clockSkewMs.toFixed(1)} ms`,
     ]);
   }
-  const errors = status.nodes.filter((n) => n.error).map((n) => `! ${n.error}`);
+  const errors = [
+    ...status.nodes.filter((n) => n.error).map((n) => `! ${n.error}`),
+    ...status.links.filter((l) => l.pausedReason).map((l) => `! ${l.from} -> ${l.to} paused: ${l.pausedReason}`),
+  ];
   return [renderTable(nodes), '', renderTable(links), ...(errors.length ? ['', ...errors] : [])].join('\n');
 }
 

@@ -239,6 +239,15 @@ CREATE TABLE pgmesh.peer_horizon (
   caught_up_ts timestamptz NOT NULL
 );
 
+-- Clock offset of each peer as this node's agent measured it (peer clock minus local clock); last-update-wins
+-- trusts commit timestamps, so operators must see skew.
+CREATE TABLE pgmesh.peer_clock (
+  peer text PRIMARY KEY,
+  skew_ms double precision NOT NULL,
+  rtt_ms double precision NOT NULL,
+  measured_at timestamptz NOT NULL
+);
+
 -- Removes tombstones (and stale version overrides) that no peer can still need: older than what every peer
 -- has been applied up to, less a margin for commit timestamps that are not strictly in commit order.
 CREATE FUNCTION pgmesh.gc_tombstones(margin interval) RETURNS bigint

@@ -92,6 +92,10 @@ export interface LinkStatus {
   readonly appliedXacts: number | null;
   readonly lastAppliedAt: string | null;
   readonly lastRemoteCommit: string | null;
+  /** The publisher's clock minus the subscriber's, as the subscriber's agent last measured it. */
+  readonly clockSkewMs: number | null;
+  readonly conflicts: number | null;
+  readonly pausedReason: string | null;
 }
 
 export interface NodeStatus {
@@ -102,6 +106,7 @@ export interface NodeStatus {
   readonly serverVersion: string | null;
   readonly initialized: boolean;
   readonly replicatedTables: number | null;
+  readonly openExceptions: number | null;
 }
 
 export interface ClusterStatus {
@@ -113,7 +118,16 @@ export interface ClusterStatus {
 interface NodeFacts {
   status: NodeStatus;
   slots: Map<string, { active: boolean; walStatus: string | null; lagBytes: number | null }>;
-  progress: Map<string, { appliedXacts: number; appliedAt: string | null; remoteCommit: string | null }>;
+  progress: Map<string, PeerProgress>;
+}
+
+interface PeerProgress {
+  appliedXacts: number;
+  appliedAt: string | null;
+  remoteCommit: string | null;
+  skewMs: number | null;
+  conflicts: number;
+  pausedReason: string | null;
 }
 
 async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
@@ -131,25 +145,42 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
     )) {
       slots.set(row.slot_name, { active: row.active, walStatus: row.wal_status, lagBytes: row.lag === null ? null : Number(row.lag) });
     }
-    const progress = new Map<string, { appliedXacts: number; appliedAt: string | null; remoteCommit: string | null }>();
+    const progress = new Map<string, PeerProgress>();
     let tables: number | null = null;
+    let openExceptions: number | null = null;
     if (initialized) {
-      for (const row of await sql.unsafe<{ peer: string; applied_xacts: string; applied_at: string | null; remote_commit_ts: string | null }[]>(
-        `SELECT peer, applied_xacts::text, applied_at::text, remote_commit_ts::text FROM pgmesh.apply_progress`,
+      for (const row of await sql.unsafe<
+        { peer: string; applied_xacts: string; applied_at: string | null; remote_commit_ts: string | null; skew: string | null; conflicts: string; paused_reason: string | null; paused: boolean }[]
+      >(
+        `SELECT p.peer, p.applied_xacts::text, p.applied_at::text, p.remote_commit_ts::text, c.skew_ms::text AS skew,
+                (SELECT count(*) FROM pgmesh.conflict f WHERE f.peer = p.peer)::text AS conflicts,
+                p.paused_reason, p.paused_at IS NOT NULL AS paused
+           FROM pgmesh.apply_progress p LEFT JOIN pgmesh.peer_clock c USING (peer)`,
       )) {
-        progress.set(row.peer, { appliedXacts: Number(row.applied_xacts), appliedAt: row.applied_at, remoteCommit: row.remote_commit_ts });
+        progress.set(row.peer, {
+          appliedXacts: Number(row.applied_xacts),
+          appliedAt: row.applied_at,
+          remoteCommit: row.remote_commit_ts,
+          skewMs: row.skew === null ? null : Number(row.skew),
+          conflicts: Number(row.conflicts),
+          pausedReason: row.paused ? (row.paused_reason ?? 'paused') : null,
+        });
       }
-      const t = await sql.unsafe<{ n: string }[]>(`SELECT count(*)::text AS n FROM pg_catalog.pg_publication_tables WHERE pubname = 'pgmesh'`);
+      const t = await sql.unsafe<{ n: string; e: string }[]>(
+        `SELECT (SELECT count(*) FROM pg_catalog.pg_publication_tables WHERE pubname = 'pgmesh')::text AS n,
+                (SELECT count(*) FROM pgmesh.exception WHERE state = 'open')::text AS e`,
+      );
       tables = Number(t[0]?.n ?? 0);
+      openExceptions = Number(t[0]?.e ?? 0);
     }
     return {
-      status: { ...base, reachable: true, error: null, serverVersion: info[0]?.version ?? null, initialized, replicatedTables: tables },
+      status: { ...base, reachable: true, error: null, serverVersion: info[0]?.version ?? null, initialized, replicatedTables: tables, openExceptions },
       slots,
       progress,
     };
   } catch (error) {
     return {
-      status: { ...base, reachable: false, error: connectionError(error, node.name, node.dsn).message, serverVersion: null, initialized: false, replicatedTables: null },
+      status: { ...base, reachable: false, error: connectionError(error, node.name, node.dsn).message, serverVersion: null, initialized: false, replicatedTables: null, openExceptions: null },
       slots: new Map(),
       progress: new Map(),
     };
@@ -175,6 +206,9 @@ export async function clusterStatus(config: ClusterConfig, logger: Logger): Prom
         appliedXacts: progress?.appliedXacts ?? null,
         lastAppliedAt: progress?.appliedAt ?? null,
         lastRemoteCommit: progress?.remoteCommit ?? null,
+        clockSkewMs: progress?.skewMs ?? null,
+        conflicts: progress?.conflicts ?? null,
+        pausedReason: progress?.pausedReason ?? null,
       });
     }
   }

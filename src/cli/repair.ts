@@ -1,0 +1,140 @@
+import type { Command } from 'commander';
+import { PgmeshError } from '../core/errors.ts';
+import {
+  CONFLICT_POLICIES,
+  EXCEPTION_POLICIES,
+  discardException,
+  listConflicts,
+  listExceptions,
+  replayException,
+  resumePeer,
+  setDeltaColumns,
+  setTablePolicy,
+} from '../cluster/repair.ts';
+import type { ConflictPolicy, ExceptionPolicy } from '../apply/local-relation.ts';
+import type { ClusterConfig, NodeConfig } from '../config/config.ts';
+import { findNode } from '../config/config.ts';
+import { connectionError, openSql, type Sql } from '../pg/connect.ts';
+import { configFrom, loggerFor, printJson, type GlobalOptions } from './common.ts';
+import { renderTable } from './status.ts';
+import { parseTableName } from './tables.ts';
+
+async function onNode<T>(config: ClusterConfig, node: NodeConfig, fn: (sql: Sql) => Promise<T>): Promise<T> {
+  const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh repair', logger: loggerFor(config) });
+  try {
+    await sql.unsafe('SELECT 1').catch((error) => {
+      throw connectionError(error, node.name, node.dsn);
+    });
+    return await fn(sql);
+  } finally {
+    await sql.end({ timeout: 2 });
+  }
+}
+
+function short(value: unknown, width = 60): string {
+  const text = typeof value === 'string' ? value : JSON.stringify(value);
+  return text.length > width ? `${text.slice(0, width - 1)}…` : text;
+}
+
+export function registerRepair(program: Command): void {
+  program
+    .command('conflicts')
+    .description('list the conflicts a node recorded (newest first): type, resolution, both versions, both rows')
+    .requiredOption('--node <name>', 'the node whose conflict log to read')
+    .option('--table <schema.table>', 'only this table')
+    .option('--type <type>', 'only this conflict type (insert_exists, update_origin_differs, ...)')
+    .option('--limit <n>', 'at most this many', '50')
+    .option('--json', 'print as JSON (with the whole rows)')
+    .action(async (options: { node: string; table?: string; type?: string; limit: string; json?: boolean }, command: Command) => {
+      const config = configFrom(command.optsWithGlobals<GlobalOptions>());
+      const records = await onNode(config, findNode(config, options.node), (sql) =>
+        listConflicts(sql, { relation: options.table, type: options.type, limit: Number(options.limit) || 50 }),
+      );
+      if (options.json) return printJson(records);
+      const rows = [['ID', 'AT', 'FROM', 'TABLE', 'KEY', 'TYPE', 'RESOLUTION', 'LOCAL VERSION', 'REMOTE VERSION']];
+      for (const r of records) {
+        rows.push([String(r.id), r.recordedAt.slice(0, 19), r.peer, r.relation, short(r.key, 30), r.type, r.resolution,
+          r.local.ts ? `${r.local.ts.slice(11, 26)} ${r.local.node}` : '-', `${r.remote.ts.slice(11, 26)} ${r.remote.node}`]);
+      }
+      process.stdout.write(`${records.length === 0 ? 'no conflicts recorded' : renderTable(rows)}\n`);
+    });
+
+  const exceptions = program.command('exceptions').description('changes that could not be applied: list, replay after a fix, or discard');
+  exceptions
+    .command('list')
+    .requiredOption('--node <name>', 'the node whose exceptions to read')
+    .option('--all', 'also replayed and discarded ones')
+    .option('--json', 'print as JSON (with the whole change)')
+    .action(async (options: { node: string; all?: boolean; json?: boolean }, command: Command) => {
+      const config = configFrom(command.optsWithGlobals<GlobalOptions>());
+      const records = await onNode(config, findNode(config, options.node), (sql) => listExceptions(sql, options.all ? {} : { state: 'open' }));
+      if (options.json) return printJson(records);
+      const rows = [['ID', 'AT', 'FROM', 'TABLE', 'CHANGE', 'KEY', 'STATE', 'ERROR']];
+      for (const e of records) rows.push([String(e.id), e.recordedAt.slice(0, 19), e.peer, e.relation ?? '-', e.kind, short(e.key, 30), e.state, short(e.error, 70)]);
+      process.stdout.write(`${records.length === 0 ? 'no exceptions' : renderTable(rows)}\n`);
+    });
+  exceptions
+    .command('replay')
+    .description('apply an exception\'s change again (after fixing its cause), with its original version')
+    .argument('<id>', 'exception id')
+    .requiredOption('--node <name>', 'the node the exception is on')
+    .action(async (id: string, options: { node: string }, command: Command) => {
+      const config = configFrom(command.optsWithGlobals<GlobalOptions>());
+      const node = findNode(config, options.node);
+      await replayException(node.dsn, node.name, Number(id), loggerFor(config));
+      process.stdout.write(`exception ${id} replayed on ${node.name}\n`);
+    });
+  exceptions
+    .command('discard')
+    .description('mark an exception as dealt with, without applying it')
+    .argument('<id>', 'exception id')
+    .requiredOption('--node <name>', 'the node the exception is on')
+    .option('--note <text>', 'why', 'discarded by operator')
+    .action(async (id: string, options: { node: string; note: string }, command: Command) => {
+      const config = configFrom(command.optsWithGlobals<GlobalOptions>());
+      await onNode(config, findNode(config, options.node), (sql) => discardException(sql, Number(id), options.note));
+      process.stdout.write(`exception ${id} discarded on ${options.node}\n`);
+    });
+
+  const tables = program.commands.find((c) => c.name() === 'tables');
+  if (!tables) throw new PgmeshError('INTERNAL', 'tables command missing');
+  tables
+    .command('policy')
+    .description('set how a table resolves conflicts and what happens to changes that cannot be applied (on every node)')
+    .argument('<table>', 'schema.table')
+    .option('--conflicts <policy>', CONFLICT_POLICIES.join(' | '))
+    .option('--exceptions <policy>', EXCEPTION_POLICIES.join(' | '))
+    .action(async (table: string, options: { conflicts?: string; exceptions?: string }, command: Command) => {
+      if (!options.conflicts && !options.exceptions) throw new PgmeshError('CONFIG_INVALID', 'give --conflicts and/or --exceptions');
+      const config = configFrom(command.optsWithGlobals<GlobalOptions>());
+      const ref = parseTableName(table);
+      for (const node of config.nodes) {
+        await onNode(config, node, (sql) =>
+          setTablePolicy(sql, ref, { conflictPolicy: options.conflicts as ConflictPolicy | undefined, exceptionPolicy: options.exceptions as ExceptionPolicy | undefined }),
+        );
+      }
+      process.stdout.write(`${table}: policy set on ${config.nodes.map((n) => n.name).join(', ')}\n`);
+    });
+  tables
+    .command('delta')
+    .description('declare numeric columns whose concurrent changes add up (local + (new - old)); sets REPLICA IDENTITY FULL (on every node)')
+    .argument('<table>', 'schema.table')
+    .argument('<columns...>', 'column names')
+    .action(async (table: string, columns: string[], _options: unknown, command: Command) => {
+      const config = configFrom(command.optsWithGlobals<GlobalOptions>());
+      const ref = parseTableName(table);
+      for (const node of config.nodes) await onNode(config, node, (sql) => setDeltaColumns(sql, ref, columns));
+      process.stdout.write(`${table}: delta columns ${columns.join(', ')} on ${config.nodes.map((n) => n.name).join(', ')}\n`);
+    });
+
+  program
+    .command('resume')
+    .description('let a paused peer stream again (after repairing what paused it)')
+    .requiredOption('--node <name>', 'the node that paused')
+    .requiredOption('--peer <name>', 'the peer whose stream is paused')
+    .action(async (options: { node: string; peer: string }, command: Command) => {
+      const config = configFrom(command.optsWithGlobals<GlobalOptions>());
+      const resumed = await onNode(config, findNode(config, options.node), (sql) => resumePeer(sql, options.peer));
+      process.stdout.write(resumed ? `${options.node} resumes streaming from ${options.peer}\n` : `${options.peer} was not paused on ${options.node}\n`);
+    });
+}
