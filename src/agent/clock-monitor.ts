@@ -46,13 +46,17 @@ export class ClockMonitor {
 
   async measure(): Promise<void> {
     const now = this.options.now ?? Date.now;
-    this.peerSql ??= openSql(this.options.peerDsn, {
-      node: this.options.peer,
-      applicationName: `pgmesh clock ${this.options.localNode}`,
-      logger: this.options.logger,
-      max: 1,
-      connectTimeoutS: 5,
-    });
+    if (!this.peerSql) {
+      this.peerSql = openSql(this.options.peerDsn, {
+        node: this.options.peer,
+        applicationName: `pgmesh clock ${this.options.localNode}`,
+        logger: this.options.logger,
+        max: 1,
+        connectTimeoutS: 5,
+      });
+      // Connect first: a reading that includes the connection set-up has a long, lopsided round trip.
+      await this.peerSql.unsafe('SELECT 1');
+    }
     const t0 = now();
     const rows = await this.peerSql.unsafe<{ ms: string }[]>(`SELECT (extract(epoch FROM clock_timestamp()) * 1000)::text AS ms`);
     const t1 = now();
