@@ -6,7 +6,7 @@ import postgres from 'postgres';
 import { PgmeshError } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
 import { SQLSTATE, sqlState } from '../core/sqlstate.ts';
-import { describeEndpoint, scrubSecrets } from './dsn.ts';
+import { describeEndpoint, dsnPassword, dsnProblem, scrubSecrets } from './dsn.ts';
 
 export type Sql = postgres.Sql<Record<string, never>>;
 export type ReservedSql = postgres.ReservedSql<Record<string, never>>;
@@ -25,6 +25,11 @@ export interface OpenOptions {
 }
 
 export function openSql(dsn: string, options: OpenOptions): Sql {
+  // The driver throws a TypeError whose `input` is the whole string, password included: never let it out.
+  const problem = dsnProblem(dsn);
+  if (problem) {
+    throw new PgmeshError('CONFIG_INVALID', `the connection string of node ${options.node} ${problem}`, { context: { node: options.node } });
+  }
   const log = options.logger;
   return postgres(dsn, {
     max: options.max ?? 1,
@@ -56,7 +61,8 @@ export function connectionError(error: unknown, node: string, dsn: string, secre
   if (error instanceof PgmeshError) return error;
   const endpoint = describeEndpoint(dsn);
   const code = sqlState(error);
-  const raw = scrubSecrets(error instanceof Error ? error.message : String(error), secrets);
+  const password = dsnPassword(dsn);
+  const raw = scrubSecrets(error instanceof Error ? error.message : String(error), password ? [...secrets, password] : secrets);
   const errno = (error as { code?: unknown }).code;
   const context = { node, endpoint };
   if (code === SQLSTATE.invalidPassword || code === SQLSTATE.invalidAuthorization || /SASL|password/i.test(raw)) {
