@@ -80,15 +80,21 @@ export function checkServerFacts(facts: ServerFacts, peerCount: number): Setting
       fix: 'pgmesh replicates text in UTF-8; create the database with ENCODING UTF8',
     });
   }
-  // One slot per peer that streams from this node; on 16 and 17 replication origins count against this limit too.
-  const slotsNeeded = facts.major >= 18 ? peerCount + 1 : 2 * peerCount + 1;
+  // One slot per peer that streams from this node and one origin per peer this node applies from, plus one of each
+  // spare for a joining node. Slots and origins are separate pools: up to 17 each pool is max_replication_slots
+  // entries (2 slots and 2 origins fit in max_replication_slots = 2); 18 sizes origins by max_active_replication_origins.
+  const slotsNeeded = peerCount + 1;
+  const originsNeeded = peerCount + 1;
   const slots = Number(s.max_replication_slots ?? 0);
-  if (slots < slotsNeeded) {
+  const slotsLimitNeeded = facts.major >= 18 ? slotsNeeded : Math.max(slotsNeeded, originsNeeded);
+  if (slots < slotsLimitNeeded) {
     problems.push({
       setting: 'max_replication_slots',
       actual: String(slots),
-      required: `>= ${slotsNeeded}`,
-      fix: `set max_replication_slots = ${Math.max(slotsNeeded, 10)} ${restart}`,
+      required: `>= ${slotsLimitNeeded}`,
+      fix:
+        `set max_replication_slots = ${Math.max(slotsLimitNeeded, 10)} (ALTER SYSTEM SET max_replication_slots = ${Math.max(slotsLimitNeeded, 10)}) ${restart}` +
+        (facts.major >= 18 ? '' : ` (on PostgreSQL ${facts.major} it also limits replication origins)`),
     });
   }
   const senders = Number(s.max_wal_senders ?? 0);
@@ -97,17 +103,17 @@ export function checkServerFacts(facts: ServerFacts, peerCount: number): Setting
       setting: 'max_wal_senders',
       actual: String(senders),
       required: `>= ${peerCount + 1}`,
-      fix: `set max_wal_senders = ${Math.max(peerCount + 1, 10)} ${restart}`,
+      fix: `set max_wal_senders = ${Math.max(peerCount + 1, 10)} (ALTER SYSTEM SET max_wal_senders = ${Math.max(peerCount + 1, 10)}) ${restart}`,
     });
   }
   if (facts.major >= 18) {
     const origins = Number(s.max_active_replication_origins ?? 0);
-    if (origins < peerCount + 1) {
+    if (origins < originsNeeded) {
       problems.push({
         setting: 'max_active_replication_origins',
         actual: String(origins),
-        required: `>= ${peerCount + 1}`,
-        fix: `set max_active_replication_origins = ${Math.max(peerCount + 1, 10)} ${restart}`,
+        required: `>= ${originsNeeded}`,
+        fix: `set max_active_replication_origins = ${Math.max(originsNeeded, 10)} (ALTER SYSTEM SET max_active_replication_origins = ${Math.max(originsNeeded, 10)}) ${restart}`,
       });
     }
   }
