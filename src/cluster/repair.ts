@@ -242,7 +242,8 @@ export async function setDeltaColumns(sql: Sql, table: TableRef, columns: readon
   const types = await sql.unsafe<{ attname: string; numeric: boolean; is_key: boolean }[]>(
     `SELECT a.attname, t.typcategory = 'N' AS numeric,
             EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = a.attrelid AND i.indisprimary AND a.attnum = ANY (i.indkey)) AS is_key
-       FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = pg_catalog.getbasetype(a.atttypid)
+       FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t0 ON t0.oid = a.atttypid
+       JOIN pg_catalog.pg_type t ON t.oid = CASE WHEN t0.typtype = 'd' THEN t0.typbasetype ELSE t0.oid END
       WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 AND NOT a.attisdropped`,
     [qualified],
   );

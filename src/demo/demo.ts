@@ -10,6 +10,7 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from '../core/logger.ts';
 import { loadConfig, type ClusterConfig } from '../config/config.ts';
 import { createCluster, clusterStatus } from '../cluster/cluster-ops.ts';
+import { setDeltaColumns } from '../cluster/repair.ts';
 import { EmbeddedServer } from '../embedded/embedded-server.ts';
 import type { PgMajor } from '../embedded/postgres-binaries.ts';
 import { openSql, type Sql } from '../pg/connect.ts';
@@ -82,6 +83,8 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     }
     const created = await createCluster(config, logger);
     out(`cluster created: ${created.nodes.map((n) => n.name).join(', ')} replicate ${created.nodes[0]?.tables.added.map((t) => t.name).join(', ')}\n`);
+    // Every node decrements stock concurrently: as a delta column the decrements add up instead of overwriting.
+    for (const sql of conns) await setDeltaColumns(sql, { schema: 'public', name: 'stock' }, ['on_hand']);
     for (const s of servers) agents.push(startAgent(configPath, s.name, join(dir, `${s.name}-agent.log`)));
     out(`agents started (logs: ${dir}/<node>-agent.log)\n`);
     out(`try, in another terminal:  npx pgmesh status --config ${configPath}\n`);
@@ -126,20 +129,22 @@ async function live(config: ClusterConfig, conns: readonly Sql[], servers: reado
   try {
     while (!stopping && (options.durationS === 0 || Date.now() - started < options.durationS * 1000)) {
       const status = await clusterStatus(config, options.logger);
-      const rows = [['NODE', 'ORDERS', 'STOCK ON HAND', 'CONTENT HASH']];
+      const rows = [['NODE', 'ORDERS', 'ITEMS ORDERED', 'STOCK ON HAND', 'STOCK + ORDERED', 'CONTENT HASH']];
       const hashes = new Set<string>();
       for (const [i, sql] of conns.entries()) {
         const r = await sql
-          .unsafe<{ orders: string; stock: string; hash: string }[]>(
+          .unsafe<{ orders: string; ordered: string; stock: string; hash: string }[]>(
             `SELECT (SELECT count(*) FROM public.orders)::text AS orders,
+                    (SELECT coalesce(sum(quantity), 0) FROM public.orders)::text AS ordered,
                     (SELECT sum(on_hand) FROM public.stock)::text AS stock,
                     md5((SELECT coalesce(string_agg(o::text, ',' ORDER BY id), '') FROM public.orders o) ||
                         (SELECT string_agg(s::text, ',' ORDER BY sku) FROM public.stock s)) AS hash`,
           )
-          .catch(() => [{ orders: '?', stock: '?', hash: 'unreachable' }]);
-        const row = r[0] ?? { orders: '?', stock: '?', hash: '?' };
+          .catch(() => [{ orders: '?', ordered: '?', stock: '?', hash: 'unreachable' }]);
+        const row = r[0] ?? { orders: '?', ordered: '?', stock: '?', hash: '?' };
         hashes.add(row.hash);
-        rows.push([servers[i]?.name ?? '?', row.orders, row.stock, row.hash.slice(0, 12)]);
+        const total = Number(row.stock) + Number(row.ordered);
+        rows.push([servers[i]?.name ?? '?', row.orders, row.ordered, row.stock, Number.isFinite(total) ? String(total) : '?', row.hash.slice(0, 12)]);
       }
       const verdict = hashes.size === 1 ? 'all nodes identical' : 'nodes differ (changes in flight)';
       const screen = [
@@ -149,6 +154,7 @@ async function live(config: ClusterConfig, conns: readonly Sql[], servers: reado
         '',
         renderTable(rows),
         `=> ${verdict}; ${writes} writes so far; last: ${lastWrite}`,
+        `   stock.on_hand is a delta column: decrements made on different nodes at once add up, so stock + ordered stays 500.`,
       ].join('\n');
       options.out(options.interactive ? `\x1b[2J\x1b[H${screen}\n` : `${screen}\n\n`);
       await new Promise((r) => setTimeout(r, 1000));
