@@ -100,7 +100,7 @@ export function loadConfig(sources: ConfigSources): ClusterConfig {
     try {
       raw = JSON.parse(text);
     } catch (error) {
-      throw new PgmeshError('CONFIG_INVALID', `config file ${path} is not valid JSON: ${(error as Error).message}`);
+      throw new PgmeshError('CONFIG_INVALID', `config file ${path} is not valid JSON: ${describeJsonError((error as Error).message, text)}`);
     }
   }
   const config = parseConfig(raw, problems, path ?? '(no file)');
@@ -109,6 +109,23 @@ export function loadConfig(sources: ConfigSources): ClusterConfig {
     throw new PgmeshError('CONFIG_INVALID', `the configuration has ${problems.length} problem(s):\n- ${problems.join('\n- ')}`);
   }
   return merged;
+}
+
+/**
+ * The parser's complaint without the piece of the file that V8 quotes in it (that piece may be a password);
+ * a position becomes line and column.
+ */
+function describeJsonError(message: string, text: string): string {
+  let out = message.replace(/^(Unexpected token .+?), (?:\.\.\.)?".*$/s, '$1');
+  const position = /at position (\d+)/.exec(out);
+  if (position) {
+    const before = text.slice(0, Number(position[1]));
+    const line = before.split('\n').length;
+    const column = before.length - before.lastIndexOf('\n');
+    out = `${out.replace(/ (?:in JSON )?at position \d+.*$/s, '')} at line ${line}, column ${column}`;
+  }
+  // Whatever else V8 may quote is dropped too.
+  return out.includes('"') ? out.slice(0, out.indexOf('"')).replace(/[\s,]+$/, '') : out;
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {
