@@ -8,6 +8,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { PgmeshError } from '../core/errors.ts';
+import { dsnProblem } from '../pg/dsn.ts';
 import { NODE_NAME_PATTERN } from '../pg/quote.ts';
 
 export interface NodeConfig {
@@ -206,15 +207,19 @@ function applyOverrides(
     if (Number.isInteger(n)) maxNodes = n;
     else problems.push(`max nodes "${maxText}" must be a whole number`);
   }
-  const nodes = config.nodes.map((node) => {
-    const override = env[`PGMESH_DSN_${node.name.toUpperCase()}`];
+  const dsnSources: string[] = [];
+  const nodes = config.nodes.map((node, i) => {
+    const variable = `PGMESH_DSN_${node.name.toUpperCase()}`;
+    const override = env[variable];
+    dsnSources.push(override ? variable : `nodes[${i}].dsn`);
     return override ? { ...node, dsn: override } : node;
   });
-  validate({ ...config, nodes, maxNodes, logLevel }, problems);
+  validate({ ...config, nodes, maxNodes, logLevel }, dsnSources, problems);
   return { ...config, nodes, maxNodes, logLevel };
 }
 
-function validate(config: ClusterConfig, problems: string[]): void {
+/** @param dsnSources where each node's connection string came from, to point at the right place */
+function validate(config: ClusterConfig, dsnSources: readonly string[], problems: string[]): void {
   const seen = new Set<string>();
   config.nodes.forEach((node, i) => {
     if (!NODE_NAME_PATTERN.test(node.name)) {
@@ -222,9 +227,8 @@ function validate(config: ClusterConfig, problems: string[]): void {
     }
     if (seen.has(node.name)) problems.push(`nodes[${i}].name "${node.name}" appears twice`);
     seen.add(node.name);
-    if (!/^postgres(ql)?:\/\//.test(node.dsn) && !/=/.test(node.dsn)) {
-      problems.push(`nodes[${i}].dsn for ${node.name} is not a connection string (postgres://user@host:port/db or key=value)`);
-    }
+    const dsn = dsnProblem(node.dsn);
+    if (dsn) problems.push(`${dsnSources[i]}: the connection string of node ${node.name} ${dsn}`);
   });
   if (!Number.isInteger(config.maxNodes) || config.maxNodes < 2 || config.maxNodes > 1024) {
     problems.push(`maxNodes ${config.maxNodes} must be a whole number from 2 to 1024`);
