@@ -116,6 +116,9 @@ export class Applier {
   private roomWaiter: (() => void) | undefined;
   private drainWaiter: (() => void) | undefined;
   private failure: Failure | undefined;
+  /** Resolves (with null, like an ended stream) when a statement fails, so run() does not wait for events first. */
+  private readonly failed: Promise<null>;
+  private signalFailure: () => void = () => undefined;
 
   private constructor(
     private readonly sql: Sql,
@@ -127,6 +130,9 @@ export class Applier {
     this.appliedEnd = start;
     this.issuedEnd = start;
     this.ctx = { peer: options.peer, localNode: options.localNode, conflictWindowMs: options.conflictWindowMs };
+    this.failed = new Promise((resolve) => {
+      this.signalFailure = () => resolve(null);
+    });
   }
 
   /**
@@ -169,7 +175,8 @@ export class Applier {
   async run(source: EventSource): Promise<void> {
     try {
       for (;;) {
-        const events = await source.next();
+        // A failed statement must end the session even when the peer sends nothing more (an idle stream).
+        const events = await Promise.race([source.next(), this.failed]);
         if (events === null) break;
         for (const event of events) {
           const wait = this.handle(event);
@@ -475,6 +482,7 @@ export class Applier {
       },
       (error: unknown) => {
         if (!this.failure) this.failure = { error, what, finalLsn };
+        this.signalFailure();
         this.settled(bytes);
       },
     );
