@@ -1,0 +1,679 @@
+/**
+ * Topology: 3 nodes (n1, n2, n3), full mesh, agents in this process; one cluster shared by the scenarios below,
+ * which run one after the other, each on its own rows or its own table.
+ * Scenario: every conflict type (PostgreSQL 18 names) is provoked by "holding the streams": the agent of the node
+ * that writes second is stopped (so it does not see the first write), and n3's agent runs while the two writes
+ * happen, so n3 receives them in a known order. Then the held agents start and every node applies the other
+ * writes. Each scenario asserts the rows on every node, the conflict records on every node (type, resolution,
+ * both versions and both rows: the local node of a conflict is the one applying the remote change), the
+ * agents' per-peer conflict counters, and where they apply, tombstones, exceptions, pauses and repairs.
+ * Without the code under test: concurrent writes leave nodes different (each keeps what arrived last), a
+ * delete is undone by an older update that arrives after it (no tombstone), a duplicate secondary key stops
+ * replication for good or loses the change, conflicts are neither recorded nor counted, table policies and
+ * delta columns have no effect, and a paused peer cannot be resumed.
+ */
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { isDeepStrictEqual } from 'node:util';
+import {
+  discardException,
+  listConflicts,
+  listExceptions,
+  replayException,
+  resumePeer,
+  setDeltaColumns,
+  setTablePolicy,
+  type ConflictRecord,
+  type ExceptionRecord,
+} from '../../src/cluster/repair.ts';
+import { silentLogger } from '../../src/core/logger.ts';
+import { eventually, withCluster, type TestCluster, type TestNode } from '../support/cluster.ts';
+
+const SCHEMA = `
+CREATE TABLE item (id integer PRIMARY KEY, v text);
+CREATE TABLE uq (id integer PRIMARY KEY, email text NOT NULL UNIQUE, v text);
+CREATE TABLE kl (id integer PRIMARY KEY, v text);
+CREATE TABLE ar (id integer PRIMARY KEY, v text);
+CREATE TABLE pz (id integer PRIMARY KEY, v text);
+CREATE TABLE st (id integer PRIMARY KEY, code text UNIQUE);
+CREATE TABLE acct (id integer PRIMARY KEY, balance numeric(12, 2) NOT NULL, note text);
+`;
+
+type Node = 'n1' | 'n2' | 'n3';
+type Row = Record<string, unknown> | null;
+
+interface Version {
+  readonly ts: string | null;
+  readonly node: string | null;
+}
+
+/** The parts of a conflict record a scenario predicts exactly. */
+interface Conflict {
+  readonly peer: string;
+  readonly relation: string;
+  readonly key: string;
+  readonly type: string;
+  readonly resolution: string;
+  readonly local: Version & { readonly row: unknown };
+  readonly remote: Version & { readonly row: unknown };
+}
+
+type PerNode<T> = Record<Node, T>;
+
+// ---- helpers ----
+
+/** Stops every agent (so the scenario's counters start at zero), then starts these. */
+async function restartAgents(cluster: TestCluster, running: readonly Node[]): Promise<void> {
+  await Promise.all(cluster.nodes.map((node) => cluster.stopAgent(node.name)));
+  await cluster.startAgents(running);
+}
+
+/** Runs the statements in one transaction on a node; returns the commit timestamp as the servers print it. */
+async function commit(node: TestNode, ...statements: string[]): Promise<string> {
+  const xid = await node.sql.begin(async (tx) => {
+    for (const statement of statements) await tx.unsafe(statement);
+    const rows = await tx.unsafe<{ xid: string }[]>(`SELECT xid(pg_current_xact_id())::text AS xid`);
+    return rows[0]?.xid ?? '';
+  });
+  const rows = await node.sql.unsafe<{ ts: string | null }[]>(`SELECT pg_xact_commit_timestamp($1::text::xid)::text AS ts`, [xid]);
+  const ts = rows[0]?.ts;
+  assert.ok(ts, `commit timestamp of transaction ${xid} on ${node.name}`);
+  return ts;
+}
+
+async function rowOf(node: TestNode, table: string, id: number): Promise<Row> {
+  const rows = await node.sql.unsafe<{ r: string }[]>(`SELECT to_jsonb(t)::text AS r FROM ${table} t WHERE id = $1::int`, [id]);
+  return rows[0] ? (JSON.parse(rows[0].r) as Row) : null;
+}
+
+async function rowsOn(cluster: TestCluster, table: string, id: number): Promise<PerNode<Row>> {
+  return {
+    n1: await rowOf(cluster.node('n1'), table, id),
+    n2: await rowOf(cluster.node('n2'), table, id),
+    n3: await rowOf(cluster.node('n3'), table, id),
+  };
+}
+
+async function waitRow(node: TestNode, table: string, id: number, expected: Row): Promise<void> {
+  let last: Row = null;
+  await eventually(
+    async () => {
+      last = await rowOf(node, table, id);
+      return isDeepStrictEqual(last, expected);
+    },
+    { timeoutMs: 20_000, what: () => `${table} ${id} on ${node.name} to be ${JSON.stringify(expected)} (is ${JSON.stringify(last)})` },
+  );
+}
+
+/** The version (commit timestamp, node) of a live row, as the apply statements read it. */
+async function rowVersion(node: TestNode, table: string, id: number): Promise<Version | null> {
+  const rows = await node.sql.unsafe<{ ts: string; node: string }[]>(
+    `SELECT v.ts::text AS ts, v.node FROM ${table} x CROSS JOIN LATERAL pgmesh.row_version_keyed($1::text::regclass, jsonb_build_array(x.id)::text, x.xmin, $2) v
+      WHERE x.id = $3::int`,
+    [table, node.name, id],
+  );
+  return rows[0] ? { ts: rows[0].ts, node: rows[0].node } : null;
+}
+
+/** The version a delete left behind in its tombstone. */
+async function tombstoneVersion(node: TestNode, table: string, id: number): Promise<Version | null> {
+  const rows = await node.sql.unsafe<{ ts: string; node: string }[]>(
+    `SELECT v.ts::text AS ts, v.node FROM pgmesh.tombstone t CROSS JOIN LATERAL pgmesh.row_version(t.xmin, $2) v
+      WHERE t.relid = $1::text::regclass AND t.pkey = jsonb_build_array($3::int)::text`,
+    [table, node.name, id],
+  );
+  return rows[0] ? { ts: rows[0].ts, node: rows[0].node } : null;
+}
+
+async function maxId(node: TestNode, table: 'conflict' | 'exception'): Promise<number> {
+  const rows = await node.sql.unsafe<{ id: string }[]>(`SELECT coalesce(max(id), 0)::text AS id FROM pgmesh.${table}`);
+  return Number(rows[0]?.id ?? 0);
+}
+
+interface Baseline {
+  readonly conflict: PerNode<number>;
+  readonly exception: PerNode<number>;
+}
+
+async function baseline(cluster: TestCluster): Promise<Baseline> {
+  const of = async (table: 'conflict' | 'exception'): Promise<PerNode<number>> => ({
+    n1: await maxId(cluster.node('n1'), table),
+    n2: await maxId(cluster.node('n2'), table),
+    n3: await maxId(cluster.node('n3'), table),
+  });
+  return { conflict: await of('conflict'), exception: await of('exception') };
+}
+
+function shape(record: ConflictRecord): Conflict {
+  return {
+    peer: record.peer,
+    relation: record.relation,
+    key: record.key,
+    type: record.type,
+    resolution: record.resolution,
+    local: { ts: record.local.ts, node: record.local.node, row: record.local.row },
+    remote: { ts: record.remote.ts, node: record.remote.node, row: record.remote.row },
+  };
+}
+
+async function conflictsSince(cluster: TestCluster, since: Baseline): Promise<PerNode<Conflict[]>> {
+  const on = async (name: Node) =>
+    (await listConflicts(cluster.node(name).sql, { limit: 10_000 }))
+      .filter((c) => c.id > since.conflict[name])
+      .sort((a, b) => a.id - b.id)
+      .map(shape);
+  return { n1: await on('n1'), n2: await on('n2'), n3: await on('n3') };
+}
+
+/**
+ * Waits until exactly these conflict records (in the order they were recorded on each node) are the new ones on
+ * every node, then fails with a diff if they never are.
+ */
+async function expectConflicts(cluster: TestCluster, since: Baseline, expected: PerNode<Conflict[]>): Promise<void> {
+  let actual: PerNode<Conflict[]> | undefined;
+  await eventually(
+    async () => {
+      actual = await conflictsSince(cluster, since);
+      return isDeepStrictEqual(actual, expected);
+    },
+    { timeoutMs: 20_000, what: 'the conflict records' },
+  ).catch(() => undefined);
+  assert.deepEqual(actual, expected);
+}
+
+type Counters = Record<string, Record<string, Record<string, number>>>;
+
+/** Conflict counters of the running agents: node -> peer -> type -> count (peers without conflicts left out). */
+function counters(cluster: TestCluster): Counters {
+  const out: Counters = {};
+  for (const [name, agent] of cluster.agents) {
+    for (const peer of agent.status().peers) {
+      const nonZero = Object.fromEntries(Object.entries(peer.conflicts).filter(([, n]) => n > 0));
+      if (Object.keys(nonZero).length > 0) (out[name] ??= {})[peer.peer] = nonZero;
+    }
+  }
+  return out;
+}
+
+/** The counters the agents must show for these conflict records (agents started at the scenario's start). */
+function countersOf(records: PerNode<Conflict[]>): Counters {
+  const out: Counters = {};
+  for (const [node, list] of Object.entries(records)) {
+    for (const c of list) {
+      const byType = ((out[node] ??= {})[c.peer] ??= {});
+      byType[c.type] = (byType[c.type] ?? 0) + 1;
+    }
+  }
+  return out;
+}
+
+async function expectCounters(cluster: TestCluster, expected: Counters): Promise<void> {
+  let actual: Counters = {};
+  await eventually(
+    () => {
+      actual = counters(cluster);
+      return isDeepStrictEqual(actual, expected);
+    },
+    { timeoutMs: 10_000, what: 'the conflict counters' },
+  ).catch(() => undefined);
+  assert.deepEqual(actual, expected);
+}
+
+async function exceptionsSince(node: TestNode, since: Baseline): Promise<ExceptionRecord[]> {
+  return (await listExceptions(node.sql, { limit: 100_000 })).filter((e) => e.id > since.exception[node.name as Node]);
+}
+
+async function waitExceptions(node: TestNode, since: Baseline, count: number): Promise<ExceptionRecord[]> {
+  let found: ExceptionRecord[] = [];
+  await eventually(
+    async () => {
+      found = await exceptionsSince(node, since);
+      return found.length >= count;
+    },
+    { timeoutMs: 20_000, what: () => `${count} exception(s) on ${node.name} (found ${found.length})` },
+  );
+  assert.equal(found.length, count, `exceptions on ${node.name}: ${JSON.stringify(found)}`);
+  return found;
+}
+
+function peerStatus(cluster: TestCluster, node: Node, peer: Node) {
+  const status = cluster.agents.get(node)?.status().peers.find((p) => p.peer === peer);
+  assert.ok(status, `agent ${node} runs and streams from ${peer}`);
+  return status;
+}
+
+const conflict = (c: Omit<Conflict, 'relation'> & { relation?: string }): Conflict => ({ ...c, relation: c.relation ?? 'public.item' });
+const NO_LOCAL = { ts: null, node: null, row: null };
+
+// ---- the scenarios ----
+
+test('every conflict type is detected, resolved by the table policy, recorded and counted on the right node', { timeout: 300_000 }, async (t) => {
+  await withCluster(
+    { nodes: 3, schema: SCHEMA, tuning: { retryBaseMs: 100, retryMaxMs: 1_000, progressPollMs: 100 } },
+    async (cluster) => {
+      const [n1, n2, n3] = [cluster.node('n1'), cluster.node('n2'), cluster.node('n3')];
+      let failed = false;
+      const step = async (name: string, body: () => Promise<void>) =>
+        t.test(name, async () => {
+          try {
+            await body();
+          } catch (error) {
+            if (!failed) process.stderr.write(`\n${cluster.diagnostics()}\n`);
+            failed = true;
+            throw error;
+          }
+        });
+
+      // Rows that scenarios later change concurrently. Each is written by the node that writes it first in its
+      // scenario, so no scenario compares these seed versions with another node's change (conflicts come only
+      // from the scenario, whatever the time since seeding and the conflict window).
+      await cluster.startAgents();
+      await commit(n1, `INSERT INTO item VALUES (2, 'seed'), (4, 'seed'), (6, 'seed')`, `INSERT INTO kl VALUES (1, 'seed')`, `INSERT INTO ar VALUES (1, 'seed')`);
+      await commit(n1, `INSERT INTO pz VALUES (1, 'seed')`, `INSERT INTO acct VALUES (1, 100, 'seed')`);
+      await commit(n2, `INSERT INTO item VALUES (3, 'seed')`);
+      await cluster.waitConverged(['item', 'kl', 'ar', 'pz', 'acct']);
+      // Policies are read when an agent starts streaming: set them on every node before the scenarios.
+      for (const node of cluster.nodes) {
+        await setTablePolicy(node.sql, { schema: 'public', name: 'kl' }, { conflictPolicy: 'keep_local' });
+        await setTablePolicy(node.sql, { schema: 'public', name: 'ar' }, { conflictPolicy: 'apply_remote' });
+        await setTablePolicy(node.sql, { schema: 'public', name: 'pz' }, { conflictPolicy: 'pause' });
+        await setTablePolicy(node.sql, { schema: 'public', name: 'st' }, { exceptionPolicy: 'skip_transaction' });
+        await setDeltaColumns(node.sql, { schema: 'public', name: 'acct' }, ['balance']);
+      }
+
+      await step('insert_exists: the same key inserted on n1 and n2; the later insert wins on every node', async () => {
+        const since = await baseline(cluster);
+        await restartAgents(cluster, ['n1', 'n3']);
+        const ts1 = await commit(n1, `INSERT INTO item VALUES (1, 'from n1')`);
+        const row1 = { id: 1, v: 'from n1' };
+        await waitRow(n3, 'item', 1, row1);
+        const ts2 = await commit(n2, `INSERT INTO item VALUES (1, 'from n2')`);
+        const row2 = { id: 1, v: 'from n2' };
+        assert.ok(ts2 > ts1);
+        await waitRow(n1, 'item', 1, row2);
+        await waitRow(n3, 'item', 1, row2);
+        await cluster.startAgents(['n2']);
+        await cluster.waitConverged(['item']);
+        assert.deepEqual(await rowsOn(cluster, 'item', 1), { n1: row2, n2: row2, n3: row2 });
+        // On n1 and n3 the local row is n1's (on n3 it was applied from n1, so its version names n1).
+        const lost = { ts: ts1, node: 'n1', row: row1 };
+        const won = { ts: ts2, node: 'n2', row: row2 };
+        const expected: PerNode<Conflict[]> = {
+          n1: [conflict({ peer: 'n2', key: '[1]', type: 'insert_exists', resolution: 'apply_remote', local: lost, remote: won })],
+          n2: [conflict({ peer: 'n1', key: '[1]', type: 'insert_exists', resolution: 'keep_local', local: won, remote: lost })],
+          n3: [conflict({ peer: 'n2', key: '[1]', type: 'insert_exists', resolution: 'apply_remote', local: lost, remote: won })],
+        };
+        await expectConflicts(cluster, since, expected);
+        await expectCounters(cluster, countersOf(expected));
+        for (const node of cluster.nodes) assert.deepEqual(await rowVersion(node, 'item', 1), { ts: ts2, node: 'n2' }, node.name);
+      });
+
+      await step('update_origin_differs: one row updated on n1 and on n2; the later update wins on every node', async () => {
+        const since = await baseline(cluster);
+        await restartAgents(cluster, ['n1', 'n3']);
+        const ts1 = await commit(n1, `UPDATE item SET v = 'n1 was here' WHERE id = 2`);
+        const row1 = { id: 2, v: 'n1 was here' };
+        await waitRow(n3, 'item', 2, row1);
+        const ts2 = await commit(n2, `UPDATE item SET v = 'n2 was here' WHERE id = 2`);
+        const row2 = { id: 2, v: 'n2 was here' };
+        await waitRow(n1, 'item', 2, row2);
+        await cluster.startAgents(['n2']);
+        await cluster.waitConverged(['item']);
+        assert.deepEqual(await rowsOn(cluster, 'item', 2), { n1: row2, n2: row2, n3: row2 });
+        const older = { ts: ts1, node: 'n1', row: row1 };
+        const newer = { ts: ts2, node: 'n2', row: row2 };
+        const expected: PerNode<Conflict[]> = {
+          n1: [conflict({ peer: 'n2', key: '[2]', type: 'update_origin_differs', resolution: 'apply_remote', local: older, remote: newer })],
+          n2: [conflict({ peer: 'n1', key: '[2]', type: 'update_origin_differs', resolution: 'keep_local', local: newer, remote: older })],
+          // n3 applied n1's update without a conflict (the row was n1's), then n2's against it.
+          n3: [conflict({ peer: 'n2', key: '[2]', type: 'update_origin_differs', resolution: 'apply_remote', local: older, remote: newer })],
+        };
+        await expectConflicts(cluster, since, expected);
+        await expectCounters(cluster, countersOf(expected));
+      });
+
+      await step('update_missing: n2 updates a row that n1 deletes later; the delete wins and the row stays deleted everywhere', async () => {
+        const since = await baseline(cluster);
+        await restartAgents(cluster, ['n3']);
+        const tsUpdate = await commit(n2, `UPDATE item SET v = 'updated on n2' WHERE id = 3`);
+        const updated = { id: 3, v: 'updated on n2' };
+        await waitRow(n3, 'item', 3, updated);
+        const tsDelete = await commit(n1, `DELETE FROM item WHERE id = 3`);
+        await waitRow(n3, 'item', 3, null);
+        await cluster.startAgents(['n1', 'n2']);
+        const update = { ts: tsUpdate, node: 'n2', row: updated };
+        const del = { ts: tsDelete, node: 'n1', row: { id: 3 } };
+        const expected: PerNode<Conflict[]> = {
+          // n1 meets the update after its own delete: the tombstone is newer, the update is dropped.
+          n1: [conflict({ peer: 'n2', key: '[3]', type: 'update_missing', resolution: 'skip', local: { ts: tsDelete, node: 'n1', row: null }, remote: update })],
+          n2: [conflict({ peer: 'n1', key: '[3]', type: 'delete_origin_differs', resolution: 'apply_remote', local: update, remote: del })],
+          n3: [conflict({ peer: 'n1', key: '[3]', type: 'delete_origin_differs', resolution: 'apply_remote', local: update, remote: del })],
+        };
+        await expectConflicts(cluster, since, expected);
+        await expectCounters(cluster, countersOf(expected));
+        await cluster.waitConverged(['item']);
+        assert.deepEqual(await rowsOn(cluster, 'item', 3), { n1: null, n2: null, n3: null });
+        for (const node of cluster.nodes) assert.deepEqual(await tombstoneVersion(node, 'item', 3), { ts: tsDelete, node: 'n1' }, node.name);
+      });
+
+      await step('update_missing: n1 deletes a row that n2 updates later; the update wins and the row comes back everywhere', async () => {
+        const since = await baseline(cluster);
+        await restartAgents(cluster, ['n3']);
+        const tsDelete = await commit(n1, `DELETE FROM item WHERE id = 4`);
+        await waitRow(n3, 'item', 4, null);
+        const tsUpdate = await commit(n2, `UPDATE item SET v = 'updated on n2' WHERE id = 4`);
+        const updated = { id: 4, v: 'updated on n2' };
+        await waitRow(n3, 'item', 4, updated);
+        await cluster.startAgents(['n1', 'n2']);
+        await cluster.waitConverged(['item']);
+        assert.deepEqual(await rowsOn(cluster, 'item', 4), { n1: updated, n2: updated, n3: updated });
+        const tomb = { ts: tsDelete, node: 'n1', row: null };
+        const update = { ts: tsUpdate, node: 'n2', row: updated };
+        const expected: PerNode<Conflict[]> = {
+          n1: [conflict({ peer: 'n2', key: '[4]', type: 'update_missing', resolution: 'apply_remote', local: tomb, remote: update })],
+          n2: [conflict({ peer: 'n1', key: '[4]', type: 'delete_origin_differs', resolution: 'keep_local', local: update, remote: { ts: tsDelete, node: 'n1', row: { id: 4 } } })],
+          n3: [conflict({ peer: 'n2', key: '[4]', type: 'update_missing', resolution: 'apply_remote', local: tomb, remote: update })],
+        };
+        await expectConflicts(cluster, since, expected);
+        await expectCounters(cluster, countersOf(expected));
+        for (const node of cluster.nodes) assert.deepEqual(await rowVersion(node, 'item', 4), { ts: tsUpdate, node: 'n2' }, node.name);
+      });
+
+      await step('delete_origin_differs: n1 deletes a row that n2 wrote moments before; deleted everywhere', async () => {
+        await restartAgents(cluster, ['n1', 'n2', 'n3']);
+        const tsInsert = await commit(n2, `INSERT INTO item VALUES (5, 'from n2')`);
+        await cluster.waitConverged(['item']);
+        const since = await baseline(cluster);
+        // Not concurrent, but within the conflict window (10 s): PostgreSQL 18 reports it as well.
+        const tsDelete = await commit(n1, `DELETE FROM item WHERE id = 5`);
+        await cluster.waitConverged(['item']);
+        assert.deepEqual(await rowsOn(cluster, 'item', 5), { n1: null, n2: null, n3: null });
+        const local = { ts: tsInsert, node: 'n2', row: { id: 5, v: 'from n2' } };
+        const remote = { ts: tsDelete, node: 'n1', row: { id: 5 } };
+        const expected: PerNode<Conflict[]> = {
+          n1: [],
+          n2: [conflict({ peer: 'n1', key: '[5]', type: 'delete_origin_differs', resolution: 'apply_remote', local, remote })],
+          n3: [conflict({ peer: 'n1', key: '[5]', type: 'delete_origin_differs', resolution: 'apply_remote', local, remote })],
+        };
+        await expectConflicts(cluster, since, expected);
+        await expectCounters(cluster, countersOf(expected));
+      });
+
+      await step('delete_missing: the same row deleted on n1 and on n2; every tombstone ends with the later delete', async () => {
+        const since = await baseline(cluster);
+        await restartAgents(cluster, ['n3']);
+        const ts1 = await commit(n1, `DELETE FROM item WHERE id = 6`);
+        await waitRow(n3, 'item', 6, null);
+        const ts2 = await commit(n2, `DELETE FROM item WHERE id = 6`);
+        await eventually(async () => (await tombstoneVersion(n3, 'item', 6))?.node === 'n2', { what: `n2's delete applied on n3` });
+        await cluster.startAgents(['n1', 'n2']);
+        const first = { ts: ts1, node: 'n1' };
+        const second = { ts: ts2, node: 'n2' };
+        const expected: PerNode<Conflict[]> = {
+          n1: [conflict({ peer: 'n2', key: '[6]', type: 'delete_missing', resolution: 'skip', local: { ...first, row: null }, remote: { ...second, row: { id: 6 } } })],
+          n2: [conflict({ peer: 'n1', key: '[6]', type: 'delete_missing', resolution: 'skip', local: { ...second, row: null }, remote: { ...first, row: { id: 6 } } })],
+          n3: [conflict({ peer: 'n2', key: '[6]', type: 'delete_missing', resolution: 'skip', local: { ...first, row: null }, remote: { ...second, row: { id: 6 } } })],
+        };
+        await expectConflicts(cluster, since, expected);
+        await expectCounters(cluster, countersOf(expected));
+        await cluster.waitConverged(['item']);
+        for (const node of cluster.nodes) assert.deepEqual(await tombstoneVersion(node, 'item', 6), second, node.name);
+      });
+
+      await step('a secondary unique key taken on both sides: each losing change is kept as an exception, replayed or discarded', async () => {
+        const since = await baseline(cluster);
+        await restartAgents(cluster, ['n1', 'n3']);
+        const ts1 = await commit(n1, `INSERT INTO uq VALUES (1, 'a@x', 'n1')`);
+        await waitRow(n3, 'uq', 1, { id: 1, email: 'a@x', v: 'n1' });
+        const ts2 = await commit(n2, `INSERT INTO uq VALUES (2, 'a@x', 'n2')`);
+        // n2's row cannot be applied on n1 and n3 (a@x is taken there): it goes to the exception table.
+        const onN1 = await waitExceptions(n1, since, 1);
+        const onN3 = await waitExceptions(n3, since, 1);
+        // Replication goes on behind the exception.
+        await commit(n2, `INSERT INTO uq VALUES (3, 'c@x', 'later')`);
+        await waitRow(n1, 'uq', 3, { id: 3, email: 'c@x', v: 'later' });
+        await waitRow(n3, 'uq', 3, { id: 3, email: 'c@x', v: 'later' });
+        for (const node of ['n1', 'n3'] as const) {
+          const status = peerStatus(cluster, node, 'n2');
+          assert.equal(status.state, 'streaming');
+          assert.equal(status.exceptions, 1);
+        }
+        await cluster.startAgents(['n2']);
+        const onN2 = await waitExceptions(n2, since, 1);
+        const fromN2 = {
+          peer: 'n2',
+          relation: 'public.uq',
+          kind: 'insert',
+          key: { id: '2' },
+          change: { kind: 'insert', relation: 'public.uq', key: { id: '2' }, new: { id: '2', email: 'a@x', v: 'n2' }, old: null },
+          remoteTs: ts2,
+          sqlstate: '23505',
+          state: 'open',
+        };
+        const fromN1 = {
+          peer: 'n1',
+          relation: 'public.uq',
+          kind: 'insert',
+          key: { id: '1' },
+          change: { kind: 'insert', relation: 'public.uq', key: { id: '1' }, new: { id: '1', email: 'a@x', v: 'n1' }, old: null },
+          remoteTs: ts1,
+          sqlstate: '23505',
+          state: 'open',
+        };
+        const pick = (e: ExceptionRecord) => ({
+          peer: e.peer,
+          relation: e.relation,
+          kind: e.kind,
+          key: e.key,
+          change: e.change,
+          remoteTs: e.remoteTs,
+          sqlstate: e.sqlstate,
+          state: e.state,
+        });
+        assert.deepEqual(onN1.map(pick), [fromN2]);
+        assert.deepEqual(onN3.map(pick), [fromN2]);
+        assert.deepEqual(onN2.map(pick), [fromN1]);
+        for (const e of [...onN1, ...onN2, ...onN3]) assert.match(e.error, /duplicate key value violates unique constraint "uq_email_key"/);
+        await waitRow(n2, 'uq', 3, { id: 3, email: 'c@x', v: 'later' });
+        assert.equal(peerStatus(cluster, 'n2', 'n1').state, 'streaming');
+        assert.deepEqual(await rowsOn(cluster, 'uq', 1), { n1: { id: 1, email: 'a@x', v: 'n1' }, n2: null, n3: { id: 1, email: 'a@x', v: 'n1' } });
+        assert.deepEqual(await rowsOn(cluster, 'uq', 2), { n1: null, n2: { id: 2, email: 'a@x', v: 'n2' }, n3: null });
+
+        // Replaying before the value is free fails and keeps the exception open.
+        const onN2Id = onN2[0]?.id ?? 0;
+        await assert.rejects(replayException(n2.server.dsn, 'n2', onN2Id, silentLogger), /replaying exception \d+ failed again/);
+        assert.equal((await exceptionsSince(n2, since))[0]?.state, 'open');
+
+        // The operator frees a@x on n2 by giving row 2 another address: the update reaches n1 and n3, which lack
+        // the row (update_missing) and create it. Then n1's row is replayed on n2, and the stale exceptions on n1
+        // and n3 (row 2 with a@x) are discarded.
+        const ts3 = await commit(n2, `UPDATE uq SET email = 'b@x' WHERE id = 2`);
+        const row2 = { id: 2, email: 'b@x', v: 'n2' };
+        await waitRow(n1, 'uq', 2, row2);
+        await waitRow(n3, 'uq', 2, row2);
+        await replayException(n2.server.dsn, 'n2', onN2Id, silentLogger);
+        await discardException(n1.sql, onN1[0]?.id ?? 0, 'row 2 now has b@x');
+        await discardException(n3.sql, onN3[0]?.id ?? 0, 'row 2 now has b@x');
+        await cluster.waitConverged(['uq']);
+        assert.deepEqual(await rowsOn(cluster, 'uq', 1), { n1: { id: 1, email: 'a@x', v: 'n1' }, n2: { id: 1, email: 'a@x', v: 'n1' }, n3: { id: 1, email: 'a@x', v: 'n1' } });
+        // The replayed row carries n1's version, as if it had been applied from the stream.
+        assert.deepEqual(await rowVersion(n2, 'uq', 1), { ts: ts1, node: 'n1' });
+        assert.deepEqual((await exceptionsSince(n2, since)).map((e) => e.state), ['replayed']);
+        for (const node of [n1, n3]) {
+          assert.deepEqual((await exceptionsSince(node, since)).map((e) => [e.state, e.note]), [['discarded', 'row 2 now has b@x']]);
+        }
+        const created = { ts: ts3, node: 'n2', row: row2 };
+        const expected: PerNode<Conflict[]> = {
+          n1: [conflict({ relation: 'public.uq', peer: 'n2', key: '[2]', type: 'update_missing', resolution: 'apply_remote', local: NO_LOCAL, remote: created })],
+          n2: [],
+          n3: [conflict({ relation: 'public.uq', peer: 'n2', key: '[2]', type: 'update_missing', resolution: 'apply_remote', local: NO_LOCAL, remote: created })],
+        };
+        await expectConflicts(cluster, since, expected);
+        await expectCounters(cluster, countersOf(expected));
+      });
+
+      const concurrentUpdates = async (table: string) => {
+        await restartAgents(cluster, ['n1', 'n3']);
+        const ts1 = await commit(n1, `UPDATE ${table} SET v = 'n1' WHERE id = 1`);
+        await waitRow(n3, table, 1, { id: 1, v: 'n1' });
+        const ts2 = await commit(n2, `UPDATE ${table} SET v = 'n2' WHERE id = 1`);
+        return { n1: { ts: ts1, node: 'n1', row: { id: 1, v: 'n1' } }, n2: { ts: ts2, node: 'n2', row: { id: 1, v: 'n2' } } };
+      };
+
+      await step('keep_local: concurrent updates on n1 and n2; every node keeps what it had (no convergence by design)', async () => {
+        const since = await baseline(cluster);
+        const v = await concurrentUpdates('kl');
+        const expected: PerNode<Conflict[]> = {
+          n1: [conflict({ relation: 'public.kl', peer: 'n2', key: '[1]', type: 'update_origin_differs', resolution: 'keep_local', local: v.n1, remote: v.n2 })],
+          n2: [conflict({ relation: 'public.kl', peer: 'n1', key: '[1]', type: 'update_origin_differs', resolution: 'keep_local', local: v.n2, remote: v.n1 })],
+          n3: [conflict({ relation: 'public.kl', peer: 'n2', key: '[1]', type: 'update_origin_differs', resolution: 'keep_local', local: v.n1, remote: v.n2 })],
+        };
+        await cluster.startAgents(['n2']);
+        await expectConflicts(cluster, since, expected);
+        await expectCounters(cluster, countersOf(expected));
+        assert.deepEqual(await rowsOn(cluster, 'kl', 1), { n1: v.n1.row, n2: v.n2.row, n3: v.n1.row });
+      });
+
+      await step('apply_remote: concurrent updates on n1 and n2; every node applies what arrives (no convergence by design)', async () => {
+        const since = await baseline(cluster);
+        const v = await concurrentUpdates('ar');
+        const expected: PerNode<Conflict[]> = {
+          n1: [conflict({ relation: 'public.ar', peer: 'n2', key: '[1]', type: 'update_origin_differs', resolution: 'apply_remote', local: v.n1, remote: v.n2 })],
+          // Under last-update-wins n2 would keep its newer row; apply_remote takes n1's older one.
+          n2: [conflict({ relation: 'public.ar', peer: 'n1', key: '[1]', type: 'update_origin_differs', resolution: 'apply_remote', local: v.n2, remote: v.n1 })],
+          n3: [conflict({ relation: 'public.ar', peer: 'n2', key: '[1]', type: 'update_origin_differs', resolution: 'apply_remote', local: v.n1, remote: v.n2 })],
+        };
+        await cluster.startAgents(['n2']);
+        await expectConflicts(cluster, since, expected);
+        await expectCounters(cluster, countersOf(expected));
+        assert.deepEqual(await rowsOn(cluster, 'ar', 1), { n1: v.n2.row, n2: v.n1.row, n3: v.n2.row });
+      });
+
+      await step('pause: a conflict pauses the peer on every node that meets it; after repair, resume lets the streams go on', async () => {
+        const since = await baseline(cluster);
+        const v = await concurrentUpdates('pz');
+        const paused = async (node: Node, peer: Node) =>
+          eventually(() => peerStatus(cluster, node, peer).state === 'paused', { timeoutMs: 20_000, what: `${peer} paused on ${node}` });
+        await paused('n1', 'n2');
+        await paused('n3', 'n2');
+        // What n2 writes after the conflicting update waits behind the pause.
+        await commit(n2, `INSERT INTO item VALUES (7, 'behind the pause')`);
+        await cluster.startAgents(['n2']);
+        await paused('n2', 'n1');
+        for (const [node, peer] of [['n1', 'n2'], ['n3', 'n2'], ['n2', 'n1']] as const) {
+          const status = peerStatus(cluster, node, peer);
+          assert.match(status.pausedReason ?? '', /update_origin_differs on public\.pz key \[1\] from peer/);
+          const rows = await cluster.node(node).sql.unsafe<{ paused: boolean }[]>(`SELECT paused_at IS NOT NULL AS paused FROM pgmesh.apply_progress WHERE peer = $1`, [peer]);
+          assert.equal(rows[0]?.paused, true, `the pause of ${peer} on ${node} is in the catalog`);
+        }
+        assert.deepEqual(await rowsOn(cluster, 'pz', 1), { n1: v.n1.row, n2: v.n2.row, n3: v.n1.row });
+        assert.deepEqual(await rowsOn(cluster, 'item', 7), { n1: null, n2: { id: 7, v: 'behind the pause' }, n3: null });
+        assert.deepEqual(counters(cluster), {});
+        assert.deepEqual(await conflictsSince(cluster, since), { n1: [], n2: [], n3: [] });
+
+        // Repair: the operator decides last-update-wins is right for this table, then resumes the peers.
+        for (const node of cluster.nodes) await setTablePolicy(node.sql, { schema: 'public', name: 'pz' }, { conflictPolicy: 'last_update_wins' });
+        assert.equal(await resumePeer(n1.sql, 'n2'), true);
+        assert.equal(await resumePeer(n3.sql, 'n2'), true);
+        assert.equal(await resumePeer(n2.sql, 'n1'), true);
+        assert.equal(await resumePeer(n2.sql, 'n3'), false);
+        await cluster.waitConverged(['pz', 'item']);
+        assert.deepEqual(await rowsOn(cluster, 'pz', 1), { n1: v.n2.row, n2: v.n2.row, n3: v.n2.row });
+        assert.deepEqual((await rowsOn(cluster, 'item', 7)).n1, { id: 7, v: 'behind the pause' });
+        const expected: PerNode<Conflict[]> = {
+          n1: [conflict({ relation: 'public.pz', peer: 'n2', key: '[1]', type: 'update_origin_differs', resolution: 'apply_remote', local: v.n1, remote: v.n2 })],
+          n2: [conflict({ relation: 'public.pz', peer: 'n1', key: '[1]', type: 'update_origin_differs', resolution: 'keep_local', local: v.n2, remote: v.n1 })],
+          n3: [conflict({ relation: 'public.pz', peer: 'n2', key: '[1]', type: 'update_origin_differs', resolution: 'apply_remote', local: v.n1, remote: v.n2 })],
+        };
+        await expectConflicts(cluster, since, expected);
+        await expectCounters(cluster, countersOf(expected));
+        for (const [node, peer] of [['n1', 'n2'], ['n3', 'n2'], ['n2', 'n1']] as const) {
+          await eventually(() => peerStatus(cluster, node, peer).state === 'streaming', { what: `${peer} streaming again on ${node}` });
+          assert.equal(peerStatus(cluster, node, peer).pausedReason, null);
+        }
+      });
+
+      await step('skip_transaction: a remote transaction with a failing change lands whole in the exception table; progress goes on', async () => {
+        const since = await baseline(cluster);
+        await restartAgents(cluster, ['n1', 'n3']);
+        const ts1 = await commit(n1, `INSERT INTO st VALUES (1, 'A')`);
+        await waitRow(n3, 'st', 1, { id: 1, code: 'A' });
+        // One transaction on n2 over two tables; its second row takes code A, which n1 and n3 already have.
+        const ts2 = await commit(n2, `INSERT INTO st VALUES (2, 'B')`, `INSERT INTO st VALUES (3, 'A')`, `INSERT INTO item VALUES (8, 'with st 2 and 3')`);
+        await commit(n2, `INSERT INTO item VALUES (9, 'after')`);
+        await waitRow(n1, 'item', 9, { id: 9, v: 'after' });
+        await waitRow(n3, 'item', 9, { id: 9, v: 'after' });
+        const pick = (e: ExceptionRecord) => [e.peer, e.relation, e.kind, e.key, e.remoteTs, e.sqlstate, e.state];
+        const whole = [
+          ['n2', 'public.st', 'insert', { id: '2' }, ts2, null, 'open'],
+          ['n2', 'public.st', 'insert', { id: '3' }, ts2, '23505', 'open'],
+          ['n2', 'public.item', 'insert', { id: '8' }, ts2, null, 'open'],
+        ];
+        for (const node of [n1, n3]) {
+          const found = await waitExceptions(node, since, 3);
+          assert.deepEqual(found.map(pick), whole, node.name);
+          assert.match(found[0]?.error ?? '', /another change of its transaction failed \(exception policy skip_transaction\)/);
+          assert.match(found[1]?.error ?? '', /duplicate key value violates unique constraint "st_code_key"/);
+          assert.equal(new Set(found.map((e) => e.remoteCommitLsn)).size, 1, 'one remote transaction');
+          assert.deepEqual((await rowsOn(cluster, 'st', 2))[node.name as Node], null);
+          assert.deepEqual((await rowsOn(cluster, 'item', 8))[node.name as Node], null);
+          const status = peerStatus(cluster, node.name as Node, 'n2');
+          assert.equal(status.state, 'streaming');
+          assert.equal(status.exceptions, 3);
+        }
+        await cluster.startAgents(['n2']);
+        const onN2 = await waitExceptions(n2, since, 1);
+        assert.deepEqual(onN2.map(pick), [['n1', 'public.st', 'insert', { id: '1' }, ts1, '23505', 'open']]);
+
+        // Repair: n2's transaction wins. Row 1 is deleted on n1 (n3 follows; n2 never had it), then n2's
+        // transaction is replayed on n1 and n3, and n1's insert is discarded on n2.
+        const tsDelete = await commit(n1, `DELETE FROM st WHERE id = 1`);
+        await waitRow(n3, 'st', 1, null);
+        for (const node of [n1, n3]) {
+          for (const e of await exceptionsSince(node, since)) await replayException(node.server.dsn, node.name, e.id, silentLogger);
+        }
+        await discardException(n2.sql, onN2[0]?.id ?? 0, 'row 1 was deleted on n1');
+        await cluster.waitConverged(['st', 'item']);
+        for (const node of cluster.nodes) {
+          const rows = await node.sql.unsafe<{ id: number; code: string }[]>(`SELECT id, code FROM st ORDER BY id`);
+          assert.deepEqual(rows.map((r) => [r.id, r.code]), [[2, 'B'], [3, 'A']], node.name);
+          assert.deepEqual(await rowVersion(node, 'st', 3), { ts: ts2, node: 'n2' }, node.name);
+        }
+        const expected: PerNode<Conflict[]> = {
+          n1: [],
+          n2: [conflict({ relation: 'public.st', peer: 'n1', key: '[1]', type: 'delete_missing', resolution: 'skip', local: NO_LOCAL, remote: { ts: tsDelete, node: 'n1', row: { id: 1 } } })],
+          n3: [],
+        };
+        await expectConflicts(cluster, since, expected);
+        await expectCounters(cluster, countersOf(expected));
+      });
+
+      await step('delta columns: concurrent increments on n1 and n2 both count; the other columns follow last-update-wins', async () => {
+        const since = await baseline(cluster);
+        await restartAgents(cluster, ['n1', 'n3']);
+        const ts1 = await commit(n1, `UPDATE acct SET balance = balance + 10, note = 'n1' WHERE id = 1`);
+        const row1 = { id: 1, balance: 110, note: 'n1' };
+        await waitRow(n3, 'acct', 1, row1);
+        const ts2 = await commit(n2, `UPDATE acct SET balance = balance + 5, note = 'n2' WHERE id = 1`);
+        const row2 = { id: 1, balance: 105, note: 'n2' };
+        const merged = { id: 1, balance: 115, note: 'n2' };
+        await waitRow(n1, 'acct', 1, merged);
+        await waitRow(n3, 'acct', 1, merged);
+        await cluster.startAgents(['n2']);
+        await cluster.waitConverged(['acct']);
+        assert.deepEqual(await rowsOn(cluster, 'acct', 1), { n1: merged, n2: merged, n3: merged });
+        const older = { ts: ts1, node: 'n1' };
+        const newer = { ts: ts2, node: 'n2' };
+        const expected: PerNode<Conflict[]> = {
+          n1: [conflict({ relation: 'public.acct', peer: 'n2', key: '[1]', type: 'update_origin_differs', resolution: 'apply_remote', local: { ...older, row: row1 }, remote: { ...newer, row: row2 } })],
+          n2: [conflict({ relation: 'public.acct', peer: 'n1', key: '[1]', type: 'update_origin_differs', resolution: 'keep_local', local: { ...newer, row: row2 }, remote: { ...older, row: row1 } })],
+          n3: [conflict({ relation: 'public.acct', peer: 'n2', key: '[1]', type: 'update_origin_differs', resolution: 'apply_remote', local: { ...older, row: row1 }, remote: { ...newer, row: row2 } })],
+        };
+        await expectConflicts(cluster, since, expected);
+        await expectCounters(cluster, countersOf(expected));
+        // Every node holds the winning version, also n2, where n1's losing change still added its increment.
+        for (const node of cluster.nodes) assert.deepEqual(await rowVersion(node, 'acct', 1), newer, node.name);
+      });
+    },
+  );
+});
