@@ -8,7 +8,7 @@ import { connectionError, openSql, type Sql } from '../pg/connect.ts';
 import { describeEndpoint } from '../pg/dsn.ts';
 import type { ClusterConfig, NodeConfig } from '../config/config.ts';
 import { slotName } from './catalog-schema.ts';
-import { addTables, ensurePeer, ensureSlotFor, initNode, type AddTablesResult, type TableRef } from './node-admin.ts';
+import { addTables, ensurePeer, ensureSlotFor, initNode, initProblems, type AddTablesResult, type TableRef } from './node-admin.ts';
 
 export interface CreateClusterResult {
   readonly nodes: readonly { readonly name: string; readonly created: boolean; readonly tables: AddTablesResult }[];
@@ -47,23 +47,24 @@ export async function createCluster(
   if (config.nodes.length < 2) throw new PgmeshError('CONFIG_INVALID', 'a cluster needs at least two nodes in the configuration');
   return withNodes(config, logger, async (conns) => {
     const nodes: { name: string; created: boolean; tables: AddTablesResult }[] = [];
-    // Init all first: settings problems of every node are reported before anything is linked.
-    const problems: string[] = [];
+    const initOptions = (index: number, node: NodeConfig) => ({
+      nodeName: node.name,
+      nodeSlot: index + 1,
+      maxNodes: config.maxNodes,
+      expectedPeers: config.nodes.length - 1,
+    });
+    // Every node's problems are reported, and fixed, before anything is installed anywhere.
+    const problems: PgmeshError[] = [];
+    for (const [index, node] of config.nodes.entries()) {
+      problems.push(...(await initProblems(conns.get(node.name) as Sql, initOptions(index, node))));
+    }
+    if (problems.length > 0) {
+      throw new PgmeshError(problems[0]?.code ?? 'SERVER_SETTINGS', problems.map((p) => p.message).join('\n'));
+    }
     const inits = new Map<string, boolean>();
     for (const [index, node] of config.nodes.entries()) {
-      try {
-        const result = await initNode(conns.get(node.name) as Sql, {
-          nodeName: node.name,
-          nodeSlot: index + 1,
-          maxNodes: config.maxNodes,
-          expectedPeers: config.nodes.length - 1,
-        });
-        inits.set(node.name, result.created);
-      } catch (error) {
-        problems.push(errorMessage(error));
-      }
+      inits.set(node.name, (await initNode(conns.get(node.name) as Sql, initOptions(index, node))).created);
     }
-    if (problems.length > 0) throw new PgmeshError('SERVER_SETTINGS', problems.join('\n'));
     for (const node of config.nodes) {
       const tables = await addTables(conns.get(node.name) as Sql, options.tables);
       nodes.push({ name: node.name, created: inits.get(node.name) ?? false, tables });

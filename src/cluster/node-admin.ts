@@ -79,29 +79,49 @@ export interface InitResult {
 }
 
 /**
- * Prepares a server to be a pgmesh node: checks settings (all problems at once), installs or upgrades the catalog,
- * creates the publication. Safe to run again on the same node.
+ * Everything that stops `init` on this server, each with what to do; changes nothing. Empty when init can run.
+ * `cluster create` asks every node first, so that a refusal leaves no node half-installed.
  */
-export async function initNode(sql: Sql, options: InitOptions): Promise<InitResult> {
+export async function initProblems(sql: Sql, options: InitOptions): Promise<PgmeshError[]> {
   validateNodeName(options.nodeName);
+  const found: PgmeshError[] = [];
+  const context = { node: options.nodeName };
   const facts = await readServerFacts(sql);
   const problems = checkServerFacts(facts, options.expectedPeers);
-  if (problems.length > 0) {
-    throw new PgmeshError('SERVER_SETTINGS', formatProblems(options.nodeName, problems), { context: { node: options.nodeName } });
-  }
+  if (problems.length > 0) found.push(new PgmeshError('SERVER_SETTINGS', formatProblems(options.nodeName, problems), { context }));
   if (!facts.isSuperuser) {
-    throw new PgmeshError(
-      'SERVER_SETTINGS',
-      `node ${options.nodeName}: installing pgmesh needs a superuser once (it creates a publication and catalog functions); connect as a superuser for "init"`,
+    found.push(
+      new PgmeshError(
+        'SERVER_SETTINGS',
+        `node ${options.nodeName}: installing pgmesh needs a superuser once (it creates a publication and catalog functions); connect as a superuser for "init"`,
+        { context },
+      ),
     );
   }
   const existing = await readLocalNode(sql);
   if (existing && existing.nodeName !== options.nodeName) {
-    throw new PgmeshError(
-      'ALREADY_INITIALIZED',
-      `this server is already pgmesh node ${existing.nodeName}; it cannot also be node ${options.nodeName}`,
+    found.push(
+      new PgmeshError(
+        'ALREADY_INITIALIZED',
+        `the server configured as node ${options.nodeName} is already pgmesh node ${existing.nodeName}; it cannot also be node ${options.nodeName}: check its connection string in the configuration`,
+        { context },
+      ),
     );
   }
+  return found;
+}
+
+/**
+ * Prepares a server to be a pgmesh node: checks settings (all problems at once), installs or upgrades the catalog,
+ * creates the publication. Safe to run again on the same node.
+ */
+export async function initNode(sql: Sql, options: InitOptions): Promise<InitResult> {
+  const problems = await initProblems(sql, options);
+  const first = problems[0];
+  if (first) {
+    throw problems.length === 1 ? first : new PgmeshError(first.code, problems.map((p) => p.message).join('\n'), { context: first.context });
+  }
+  const existing = await readLocalNode(sql);
   await sql.begin(async (tx) => {
     await tx.unsafe(`SELECT pg_advisory_xact_lock(hashtext('pgmesh.catalog'))`);
     const versionRows = await tx.unsafe<{ v: number | null }[]>(
