@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { createCluster } from '../cluster/cluster-ops.ts';
 import { configFrom, loggerFor, printJson, type GlobalOptions } from './common.ts';
-import { parseTableName, printTables } from './tables.ts';
+import { parseTableName, printClusterTables } from './tables.ts';
 
 export function registerCluster(program: Command): void {
   const cluster = program.command('cluster').description('cluster membership');
@@ -14,14 +14,17 @@ export function registerCluster(program: Command): void {
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
       const tables = options.tables ? options.tables.split(',').map((t) => parseTableName(t.trim())) : 'all';
       const result = await createCluster(config, loggerFor(config), { tables });
+      // Tables named on the command line that could not be added are a failure; with the default (every table),
+      // tables without a primary key are only reported.
+      if (tables !== 'all' && result.nodes.some((n) => n.tables.refused.length > 0)) process.exitCode = 1;
       if (options.json) {
         printJson(result);
         return;
       }
       for (const node of result.nodes) {
         process.stdout.write(`node ${node.name}: ${node.created ? 'initialized' : 'already initialized'}\n`);
-        printTables(node.name, node.tables);
       }
+      printClusterTables(Object.fromEntries(result.nodes.map((n) => [n.name, n.tables])));
       process.stdout.write(`linked ${config.nodes.length} nodes (${result.slotsCreated} new slots); start an agent per node: pgmesh start --node <name>\n`);
     });
 }

@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { PgmeshError } from '../core/errors.ts';
-import { addTables, listReplicatedTables, type AddTablesResult, type TableRef } from '../cluster/node-admin.ts';
+import { addClusterTables } from '../cluster/cluster-ops.ts';
+import { listReplicatedTables, type AddTablesResult, type TableRef } from '../cluster/node-admin.ts';
 import { connectionError, openSql } from '../pg/connect.ts';
 import { configFrom, loggerFor, printJson, type GlobalOptions } from './common.ts';
 
@@ -14,7 +15,18 @@ export function parseTableName(text: string): TableRef {
 
 export function printTables(node: string, result: AddTablesResult): void {
   for (const t of result.added) process.stdout.write(`  ${node}: replicating ${t.schema}.${t.name}\n`);
+  for (const t of result.alreadyReplicated) process.stdout.write(`  ${node}: already replicating ${t.schema}.${t.name}\n`);
   for (const t of result.refused) process.stdout.write(`  ${node}: NOT replicated: ${t.reason}\n`);
+}
+
+/** The tables of every node; a table refused on every node (as addTablesEverywhere refuses) is printed once. */
+export function printClusterTables(results: Readonly<Record<string, AddTablesResult>>): void {
+  const refusals = new Set<string>();
+  for (const [node, result] of Object.entries(results)) {
+    printTables(node, { ...result, refused: [] });
+    for (const t of result.refused) refusals.add(t.reason);
+  }
+  for (const reason of refusals) process.stdout.write(`  NOT replicated: ${reason}\n`);
 }
 
 export function registerTables(program: Command): void {
@@ -27,19 +39,9 @@ export function registerTables(program: Command): void {
     .action(async (names: string[], options: { json?: boolean }, command: Command) => {
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
       const refs = names.map(parseTableName);
-      const results: Record<string, AddTablesResult> = {};
-      for (const node of config.nodes) {
-        const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh tables', logger: loggerFor(config) });
-        try {
-          results[node.name] = await addTables(sql, refs).catch((error) => {
-            throw connectionError(error, node.name, node.dsn);
-          });
-        } finally {
-          await sql.end({ timeout: 2 });
-        }
-      }
+      const results = await addClusterTables(config, loggerFor(config), refs);
       if (options.json) printJson(results);
-      else for (const [node, result] of Object.entries(results)) printTables(node, result);
+      else printClusterTables(results);
       if (Object.values(results).some((r) => r.refused.length > 0)) process.exitCode = 1;
     });
   tables

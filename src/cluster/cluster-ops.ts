@@ -8,7 +8,18 @@ import { connectionError, openSql, type Sql } from '../pg/connect.ts';
 import { describeEndpoint } from '../pg/dsn.ts';
 import type { ClusterConfig, NodeConfig } from '../config/config.ts';
 import { slotName } from './catalog-schema.ts';
-import { addTables, ensurePeer, ensureSlotFor, initNode, initProblems, type AddTablesResult, type TableRef } from './node-admin.ts';
+import {
+  addTables,
+  ensurePeer,
+  ensureSlotFor,
+  initNode,
+  initProblems,
+  listUserTables,
+  requireLocalNode,
+  type AddTablesResult,
+  type TableRef,
+  type TableRefusal,
+} from './node-admin.ts';
 
 export interface CreateClusterResult {
   readonly nodes: readonly { readonly name: string; readonly created: boolean; readonly tables: AddTablesResult }[];
@@ -65,9 +76,9 @@ export async function createCluster(
     for (const [index, node] of config.nodes.entries()) {
       inits.set(node.name, (await initNode(conns.get(node.name) as Sql, initOptions(index, node))).created);
     }
+    const tables = await addTablesEverywhere(conns, options.tables);
     for (const node of config.nodes) {
-      const tables = await addTables(conns.get(node.name) as Sql, options.tables);
-      nodes.push({ name: node.name, created: inits.get(node.name) ?? false, tables });
+      nodes.push({ name: node.name, created: inits.get(node.name) ?? false, tables: tables.get(node.name) as AddTablesResult });
     }
     let slotsCreated = 0;
     for (const [i, publisher] of config.nodes.entries()) {
@@ -79,6 +90,75 @@ export async function createCluster(
       }
     }
     return { nodes, slotsCreated };
+  });
+}
+
+function tableKey(table: TableRef): string {
+  return JSON.stringify([table.schema, table.name]);
+}
+
+/**
+ * Adds tables on every node or on none. A table that one node publishes and another cannot take (missing there, or
+ * without a primary key there) would stop that node's whole stream from the first: its changes cannot be placed.
+ * So each table is checked on every node first, and one refused anywhere is added nowhere, with every node's reason.
+ */
+export async function addTablesEverywhere(conns: ReadonlyMap<string, Sql>, tables: readonly TableRef[] | 'all'): Promise<Map<string, AddTablesResult>> {
+  const candidates = new Map<string, TableRef>();
+  if (tables === 'all') {
+    // Every node's tables: one that exists on only some nodes must be reported, not quietly added where it exists.
+    for (const sql of conns.values()) for (const t of await listUserTables(sql)) candidates.set(tableKey(t), t);
+  } else {
+    for (const t of tables) candidates.set(tableKey(t), t);
+  }
+  const reasons = new Map<string, { node: string; problem: TableRefusal['problem']; reason: string }[]>();
+  for (const [node, sql] of conns) {
+    for (const refusal of (await addTables(sql, [...candidates.values()], { dryRun: true })).refused) {
+      const key = tableKey(refusal);
+      reasons.set(key, [...(reasons.get(key) ?? []), { node, problem: refusal.problem, reason: refusal.reason }]);
+    }
+  }
+  const refusedEverywhere: TableRefusal[] = [];
+  for (const [key, byNode] of reasons) {
+    const table = candidates.get(key) as TableRef;
+    const first = byNode[0];
+    if (!first) continue;
+    if (byNode.length === conns.size && byNode.every((r) => r.reason === first.reason)) {
+      refusedEverywhere.push({ ...table, problem: first.problem, reason: first.reason });
+      continue;
+    }
+    const where = byNode.map((r) =>
+      r.problem === 'missing'
+        ? `it does not exist on ${r.node}; create it there with the same columns and primary key`
+        : `on ${r.node}: ${r.reason}`,
+    );
+    refusedEverywhere.push({
+      ...table,
+      problem: 'refused_elsewhere',
+      reason: `table ${table.schema}.${table.name} is not replicated on any node, because every node must replicate it: ${where.join('; ')}`,
+    });
+  }
+  const accepted = [...candidates.entries()].filter(([key]) => !reasons.has(key)).map(([, t]) => t);
+  const results = new Map<string, AddTablesResult>();
+  for (const [node, sql] of conns) {
+    const result = await addTables(sql, accepted);
+    results.set(node, { ...result, refused: [...result.refused, ...refusedEverywhere] });
+  }
+  return results;
+}
+
+/** `pgmesh tables add`: the tables on every node of the configuration, or on none. */
+export async function addClusterTables(
+  config: ClusterConfig,
+  logger: Logger,
+  tables: readonly TableRef[],
+): Promise<Record<string, AddTablesResult>> {
+  return withNodes(config, logger, async (conns) => {
+    const problems: string[] = [];
+    for (const node of config.nodes) {
+      await requireLocalNode(conns.get(node.name) as Sql, node.name).catch((error: unknown) => problems.push(errorMessage(error)));
+    }
+    if (problems.length > 0) throw new PgmeshError('NOT_INITIALIZED', problems.join('\n'));
+    return Object.fromEntries(await addTablesEverywhere(conns, tables));
   });
 }
 

@@ -20,6 +20,8 @@ export interface TableRef {
 }
 
 export interface TableRefusal extends TableRef {
+  readonly problem: 'missing' | 'not_a_table' | 'not_logged' | 'no_primary_key' | 'refused_elsewhere';
+  /** What is wrong and what to do, for the user. */
   readonly reason: string;
 }
 
@@ -178,10 +180,12 @@ export async function listReplicatedTables(sql: Sql): Promise<TableRef[]> {
 }
 
 /**
- * Adds tables to replication. A table needs a primary key: it is how a row is found on every node, and
+ * Adds tables to replication on this node. A table needs a primary key: it is how a row is found on every node, and
  * last-update-wins compares versions of the same key. Tables without one are refused with the fix.
+ * With `dryRun`, changes nothing and reports what would be added. (To add on every node or on none, as a cluster
+ * needs, use addTablesEverywhere in cluster-ops.)
  */
-export async function addTables(sql: Sql, tables: readonly TableRef[] | 'all'): Promise<AddTablesResult> {
+export async function addTables(sql: Sql, tables: readonly TableRef[] | 'all', options: { dryRun?: boolean } = {}): Promise<AddTablesResult> {
   const candidates = tables === 'all' ? await listUserTables(sql) : tables;
   const already = new Set((await listReplicatedTables(sql)).map((t) => `${t.schema}.${t.name}`));
   const added: TableRef[] = [];
@@ -198,20 +202,32 @@ export async function addTables(sql: Sql, tables: readonly TableRef[] | 'all'): 
     );
     const row = info[0];
     if (!row) {
-      refused.push({ ...table, reason: `table ${qualified} does not exist; check the schema and name (names are case-sensitive)` });
+      const near = await sql.unsafe<{ schema: string; name: string }[]>(
+        `SELECT n.nspname AS schema, c.relname AS name
+           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE lower(n.nspname) = lower($1) AND lower(c.relname) = lower($2) AND c.relkind IN ('r', 'p') LIMIT 1`,
+        [table.schema, table.name],
+      );
+      const hint = near[0] ? `; did you mean ${near[0].schema}.${near[0].name}?` : '';
+      refused.push({
+        ...table,
+        problem: 'missing',
+        reason: `table ${qualified} does not exist; check the schema and name (names are case-sensitive)${hint}`,
+      });
       continue;
     }
     if (row.kind !== 'r' && row.kind !== 'p') {
-      refused.push({ ...table, reason: `${qualified} is not a table (relkind ${row.kind}); only tables can be replicated` });
+      refused.push({ ...table, problem: 'not_a_table', reason: `${qualified} is not a table (relkind ${row.kind}); only tables can be replicated` });
       continue;
     }
     if (row.persistence !== 'p') {
-      refused.push({ ...table, reason: `${qualified} is unlogged or temporary; logical replication cannot see its changes` });
+      refused.push({ ...table, problem: 'not_logged', reason: `${qualified} is unlogged or temporary; logical replication cannot see its changes` });
       continue;
     }
     if (!row.has_pk) {
       refused.push({
         ...table,
+        problem: 'no_primary_key',
         reason:
           `table ${qualified} has no primary key; pgmesh needs one to find the same row on every node. ` +
           `Add one (ALTER TABLE ${qualified} ADD PRIMARY KEY (...)), then run "pgmesh tables add ${table.schema}.${table.name}"`,
@@ -222,11 +238,12 @@ export async function addTables(sql: Sql, tables: readonly TableRef[] | 'all'): 
       alreadyReplicated.push(table);
       continue;
     }
+    added.push(table);
+    if (options.dryRun) continue;
     await sql.unsafe(`ALTER PUBLICATION ${PUBLICATION} ADD TABLE ${qualified}`);
     await ensureDeleteTrigger(sql, table);
-    added.push(table);
   }
-  for (const table of alreadyReplicated) await ensureDeleteTrigger(sql, table);
+  if (!options.dryRun) for (const table of alreadyReplicated) await ensureDeleteTrigger(sql, table);
   return { added, alreadyReplicated, refused };
 }
 
