@@ -79,7 +79,7 @@ export function registerStatus(program: Command): void {
       };
       const status = await show();
       if (!options.watch) {
-        if (status.nodes.some((n) => !n.reachable)) process.exitCode = 1;
+        if (status.nodes.some((n) => !n.reachable || n.error)) process.exitCode = 1;
         return;
       }
       const everyMs = Math.max(0.5, Number(options.watch) || 2) * 1000;

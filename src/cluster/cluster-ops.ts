@@ -4,6 +4,7 @@
  */
 import { PgmeshError, errorMessage } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
+import { SQLSTATE, sqlState } from '../core/sqlstate.ts';
 import { connectionError, openSql, type Sql } from '../pg/connect.ts';
 import { describeEndpoint } from '../pg/dsn.ts';
 import type { ClusterConfig, NodeConfig } from '../config/config.ts';
@@ -214,11 +215,13 @@ interface PeerProgress {
 async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
   const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh status', logger, max: 1, connectTimeoutS: 5 });
   const base = { name: node.name, endpoint: describeEndpoint(node.dsn) };
+  let reached: { version: string | null; initialized: boolean } | undefined;
   try {
     const info = await sql.unsafe<{ version: string; initialized: boolean }[]>(
       `SELECT current_setting('server_version') AS version, to_regclass('pgmesh.local_node') IS NOT NULL AS initialized`,
     );
     const initialized = info[0]?.initialized === true;
+    reached = { version: info[0]?.version ?? null, initialized };
     const slots = new Map<string, { active: boolean; walStatus: string | null; lagBytes: number | null }>();
     for (const row of await sql.unsafe<{ slot_name: string; active: boolean; wal_status: string | null; lag: string | null }[]>(
       `SELECT slot_name, active, wal_status, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint::text AS lag
@@ -260,8 +263,23 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
       progress,
     };
   } catch (error) {
+    // A server that answered and then failed a query is not UNREACHABLE: say what failed instead.
+    const code = sqlState(error);
+    const message = !reached
+      ? connectionError(error, node.name, node.dsn).message
+      : code === SQLSTATE.undefinedTable || code === SQLSTATE.undefinedColumn
+        ? `node ${node.name}: its pgmesh catalog is older than this pgmesh (${errorMessage(error)}); run "pgmesh init --node ${node.name}" to upgrade it`
+        : `node ${node.name}: reading its status failed: ${errorMessage(error)}`;
     return {
-      status: { ...base, reachable: false, error: connectionError(error, node.name, node.dsn).message, serverVersion: null, initialized: false, replicatedTables: null, openExceptions: null },
+      status: {
+        ...base,
+        reachable: reached !== undefined,
+        error: message,
+        serverVersion: reached?.version ?? null,
+        initialized: reached?.initialized ?? false,
+        replicatedTables: null,
+        openExceptions: null,
+      },
       slots: new Map(),
       progress: new Map(),
     };
