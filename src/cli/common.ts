@@ -24,7 +24,8 @@ export function loggerFor(config: ClusterConfig, bindings: Record<string, unknow
 export function fail(error: unknown): never {
   if (error instanceof PgmeshError) {
     process.stderr.write(`pgmesh: ${error.message}\n`);
-    process.exit(error.code === 'CONFIG_INVALID' ? 2 : 1);
+    // 2: the input is wrong (the configuration, or a node name that it does not have); 1: the operation failed.
+    process.exit(error.code === 'CONFIG_INVALID' || error.code === 'UNKNOWN_NODE' ? 2 : 1);
   }
   process.stderr.write(`pgmesh: unexpected error: ${errorMessage(error)}\n`);
   if (error instanceof Error && error.stack && process.env.PGMESH_DEBUG) process.stderr.write(`${error.stack}\n`);

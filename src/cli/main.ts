@@ -16,7 +16,10 @@ const program = new Command('pgmesh')
   .option('-c, --config <file>', 'cluster configuration (JSON); or set PGMESH_CONFIG')
   .option('--log-level <level>', 'debug, info, warn, error or silent')
   .showHelpAfterError()
-  .configureOutput({ writeErr: (text) => process.stderr.write(text) });
+  .configureOutput({ writeErr: (text) => process.stderr.write(text) })
+  // Exit codes: 0 ok, 1 the operation failed, 2 bad input (configuration, or the command line itself).
+  // Subcommands registered below inherit this.
+  .exitOverride((error) => process.exit(error.exitCode === 0 ? 0 : 2));
 
 registerCheck(program);
 registerInit(program);
