@@ -28,6 +28,7 @@ import type { RemoteChange, StreamEvent } from '../stream/remote-transaction.ts'
 import { bindRelation, loadLocalRelation, type ExceptionPolicy, type RelationBinding } from './local-relation.ts';
 import { describeChange, rowOps, type RowOp } from './row-ops.ts';
 import { buildStatement, valueParameterCount, type BatchKind, type StatementContext } from './statement-builder.ts';
+import { findUniqueConflict, recordUniqueConflict, type UniqueConflict } from './unique-conflicts.ts';
 
 /** Parameter bytes in flight before the applier waits for replies (keeps a huge transaction's memory flat). */
 const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
@@ -80,7 +81,7 @@ interface OpenTransaction {
   /** Conflict counts of this transaction, added to the stats when it commits. */
   readonly conflicts: Map<string, number>;
   /** Careful mode: the exception policy decided by a failed change ('skip_transaction' or 'pause'). */
-  abandon: { policy: ExceptionPolicy; error: unknown; change: RemoteChange } | undefined;
+  abandon: { policy: ExceptionPolicy; error: unknown; change: RemoteChange; conflict: UniqueConflict | undefined } | undefined;
   /** Careful mode: the row changes seen, for skip_transaction. */
   readonly seen: { change: RemoteChange; binding: RelationBinding | undefined }[];
 }
@@ -391,11 +392,17 @@ export class Applier {
       await this.session.unsafe('ROLLBACK TO SAVEPOINT pgmesh_change');
       const code = sqlState(error);
       if (code === SQLSTATE.conflictPause || !binding) throw error;
+      // A secondary unique key taken here is a conflict as well (insert_exists, update_exists or
+      // multiple_unique_conflicts): it is recorded and counted with the exception.
+      const conflict =
+        code === SQLSTATE.uniqueViolation && (change.kind === 'insert' || change.kind === 'update')
+          ? await findUniqueConflict(this.session, binding, change.kind, change.newTuple, change.kind === 'update' ? change.oldTuple : undefined, this.options.localNode)
+          : undefined;
       const policy = binding.local.exceptionPolicy;
       if (policy === 'skip_change') {
-        await this.recordException(txn, change, binding, error);
+        await this.recordException(txn, change, binding, error, conflict);
       } else {
-        txn.abandon = { policy, error, change };
+        txn.abandon = { policy, error, change, conflict };
       }
     }
   }
@@ -414,11 +421,12 @@ export class Applier {
       // None of the transaction is applied; every change of it is kept in the exception table.
       await this.session.unsafe('ROLLBACK');
       await this.session.unsafe('BEGIN');
+      txn.conflicts.clear();
       for (const { change, binding } of txn.seen) {
         const bound = binding ?? (change.kind === 'insert' || change.kind === 'update' || change.kind === 'delete' ? await this.bind(change.relation) : undefined);
-        await this.recordException(txn, change, bound, change === abandon.change ? abandon.error : undefined);
+        const failed = change === abandon.change;
+        await this.recordException(txn, change, bound, failed ? abandon.error : undefined, failed ? abandon.conflict : undefined);
       }
-      txn.conflicts.clear();
     }
     const prev = this.issuedEnd;
     await this.session.unsafe('SELECT pgmesh.finish_apply($1::text, $2::text::pg_lsn, $3::text::pg_lsn, $4::text::timestamptz)', [
@@ -440,15 +448,21 @@ export class Applier {
     );
   }
 
-  private async recordException(txn: OpenTransaction, change: RemoteChange, binding: RelationBinding | undefined, error: unknown): Promise<void> {
+  private async recordException(
+    txn: OpenTransaction,
+    change: RemoteChange,
+    binding: RelationBinding | undefined,
+    error: unknown,
+    conflict?: UniqueConflict,
+  ): Promise<void> {
     const described =
       binding && (change.kind === 'insert' || change.kind === 'update' || change.kind === 'delete')
         ? describeChange(change, binding)
         : { kind: change.kind };
     const key = 'key' in described ? JSON.stringify(described.key) : null;
     await this.session.unsafe(
-      `INSERT INTO pgmesh.exception (peer, relation, change_kind, pkey, change, remote_ts, remote_commit_lsn, sqlstate, error)
-       VALUES ($1::text, $2::text, $3::text, $4::text, $5::text::jsonb, $6::text::timestamptz, $7::text::pg_lsn, $8::text, $9::text)`,
+      `INSERT INTO pgmesh.exception (peer, relation, change_kind, pkey, change, remote_ts, remote_commit_lsn, sqlstate, error, conflict_type)
+       VALUES ($1::text, $2::text, $3::text, $4::text, $5::text::jsonb, $6::text::timestamptz, $7::text::pg_lsn, $8::text, $9::text, $10::text)`,
       [
         this.options.peer,
         binding ? `${binding.local.schema}.${binding.local.name}` : null,
@@ -459,9 +473,21 @@ export class Applier {
         formatLsn(txn.finalLsn),
         sqlState(error) ?? null,
         error === undefined ? 'not applied: another change of its transaction failed (exception policy skip_transaction)' : errorMessage(error),
+        conflict?.type ?? null,
       ] as string[],
     );
     this.stats.exceptions++;
+    if (conflict && binding) {
+      const relation = `${binding.local.schema}.${binding.local.name}`;
+      await recordUniqueConflict(this.session, conflict, {
+        peer: this.options.peer,
+        relation,
+        remoteTs: formatPgTimestamp(txn.commitTime),
+        remoteCommitLsn: formatLsn(txn.finalLsn),
+      });
+      const key = `${conflict.type}\u0000${relation}`;
+      txn.conflicts.set(key, (txn.conflicts.get(key) ?? 0) + 1);
+    }
   }
 
   // ---- the pipeline ----

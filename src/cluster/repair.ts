@@ -66,6 +66,8 @@ export interface ExceptionRecord {
   readonly remoteCommitLsn: string;
   readonly sqlstate: string | null;
   readonly error: string;
+  /** The conflict type when the change failed on a unique constraint (insert_exists, update_exists, multiple_unique_conflicts). */
+  readonly conflictType: string | null;
   readonly state: 'open' | 'replayed' | 'discarded';
   readonly resolvedAt: string | null;
   readonly note: string | null;
@@ -74,7 +76,7 @@ export interface ExceptionRecord {
 export async function listExceptions(sql: Sql, filter: { state?: string; limit?: number } = {}): Promise<ExceptionRecord[]> {
   const rows = await sql.unsafe<Record<string, string | null>[]>(
     `SELECT id::text, recorded_at::text, peer, relation, change_kind, pkey, change::text, remote_ts::text, remote_commit_lsn::text,
-            sqlstate, error, state, resolved_at::text, resolution_note
+            sqlstate, error, conflict_type, state, resolved_at::text, resolution_note
        FROM pgmesh.exception WHERE ($1::text IS NULL OR state = $1::text) ORDER BY id LIMIT $2::text::int`,
     [filter.state ?? null, String(filter.limit ?? 1000)],
   );
@@ -90,6 +92,7 @@ export async function listExceptions(sql: Sql, filter: { state?: string; limit?:
     remoteCommitLsn: r.remote_commit_lsn ?? '',
     sqlstate: r.sqlstate ?? null,
     error: r.error ?? '',
+    conflictType: r.conflict_type ?? null,
     state: (r.state ?? 'open') as ExceptionRecord['state'],
     resolvedAt: r.resolved_at ?? null,
     note: r.resolution_note ?? null,
