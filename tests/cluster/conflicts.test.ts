@@ -32,6 +32,7 @@ import { eventually, withCluster, type TestCluster, type TestNode } from '../sup
 const SCHEMA = `
 CREATE TABLE item (id integer PRIMARY KEY, v text);
 CREATE TABLE uq (id integer PRIMARY KEY, email text NOT NULL UNIQUE, v text);
+CREATE TABLE mu (id integer PRIMARY KEY, a text UNIQUE, b text UNIQUE);
 CREATE TABLE kl (id integer PRIMARY KEY, v text);
 CREATE TABLE ar (id integer PRIMARY KEY, v text);
 CREATE TABLE pz (id integer PRIMARY KEY, v text);
@@ -270,8 +271,8 @@ test('every conflict type is detected, resolved by the table policy, recorded an
       await cluster.startAgents();
       await commit(n1, `INSERT INTO item VALUES (2, 'seed'), (4, 'seed'), (6, 'seed')`, `INSERT INTO kl VALUES (1, 'seed')`, `INSERT INTO ar VALUES (1, 'seed')`);
       await commit(n1, `INSERT INTO pz VALUES (1, 'seed')`, `INSERT INTO acct VALUES (1, 100, 'seed')`);
-      await commit(n2, `INSERT INTO item VALUES (3, 'seed')`);
-      await cluster.waitConverged(['item', 'kl', 'ar', 'pz', 'acct']);
+      await commit(n2, `INSERT INTO item VALUES (3, 'seed')`, `INSERT INTO mu VALUES (2, 'a2', 'b2')`);
+      await cluster.waitConverged(['item', 'kl', 'ar', 'pz', 'acct', 'mu']);
       // Policies are read when an agent starts streaming: set them on every node before the scenarios.
       for (const node of cluster.nodes) {
         await setTablePolicy(node.sql, { schema: 'public', name: 'kl' }, { conflictPolicy: 'keep_local' });
@@ -448,6 +449,7 @@ test('every conflict type is detected, resolved by the table policy, recorded an
           change: { kind: 'insert', relation: 'public.uq', key: { id: '2' }, new: { id: '2', email: 'a@x', v: 'n2' }, old: null },
           remoteTs: ts2,
           sqlstate: '23505',
+          conflictType: 'insert_exists',
           state: 'open',
         };
         const fromN1 = {
@@ -458,6 +460,7 @@ test('every conflict type is detected, resolved by the table policy, recorded an
           change: { kind: 'insert', relation: 'public.uq', key: { id: '1' }, new: { id: '1', email: 'a@x', v: 'n1' }, old: null },
           remoteTs: ts1,
           sqlstate: '23505',
+          conflictType: 'insert_exists',
           state: 'open',
         };
         const pick = (e: ExceptionRecord) => ({
@@ -468,6 +471,7 @@ test('every conflict type is detected, resolved by the table policy, recorded an
           change: e.change,
           remoteTs: e.remoteTs,
           sqlstate: e.sqlstate,
+          conflictType: e.conflictType,
           state: e.state,
         });
         assert.deepEqual(onN1.map(pick), [fromN2]);
@@ -503,13 +507,74 @@ test('every conflict type is detected, resolved by the table policy, recorded an
           assert.deepEqual((await exceptionsSince(node, since)).map((e) => [e.state, e.note]), [['discarded', 'row 2 now has b@x']]);
         }
         const created = { ts: ts3, node: 'n2', row: row2 };
+        // The clash itself is recorded as PostgreSQL 18 names it (insert_exists: an insert breaking a unique
+        // constraint), resolved by 'exception', with the local row that holds the value.
+        const first = { ts: ts1, node: 'n1', row: { id: 1, email: 'a@x', v: 'n1' } };
+        const second = { ts: ts2, node: 'n2', row: { id: 2, email: 'a@x', v: 'n2' } };
+        const clashOnN1 = conflict({ relation: 'public.uq', peer: 'n2', key: '[2]', type: 'insert_exists', resolution: 'exception', local: first, remote: second });
         const expected: PerNode<Conflict[]> = {
-          n1: [conflict({ relation: 'public.uq', peer: 'n2', key: '[2]', type: 'update_missing', resolution: 'apply_remote', local: NO_LOCAL, remote: created })],
-          n2: [],
-          n3: [conflict({ relation: 'public.uq', peer: 'n2', key: '[2]', type: 'update_missing', resolution: 'apply_remote', local: NO_LOCAL, remote: created })],
+          n1: [clashOnN1, conflict({ relation: 'public.uq', peer: 'n2', key: '[2]', type: 'update_missing', resolution: 'apply_remote', local: NO_LOCAL, remote: created })],
+          n2: [conflict({ relation: 'public.uq', peer: 'n1', key: '[1]', type: 'insert_exists', resolution: 'exception', local: second, remote: first })],
+          n3: [clashOnN1, conflict({ relation: 'public.uq', peer: 'n2', key: '[2]', type: 'update_missing', resolution: 'apply_remote', local: NO_LOCAL, remote: created })],
         };
         await expectConflicts(cluster, since, expected);
         await expectCounters(cluster, countersOf(expected));
+      });
+
+      await step('update_exists and multiple_unique_conflicts: changes that take unique values held by other rows go to the exception table', async () => {
+        const since = await baseline(cluster);
+        await restartAgents(cluster, ['n1', 'n3']);
+        const ts1 = await commit(n1, `INSERT INTO mu VALUES (9, 'a9', 'b9'), (10, 'a10', 'b10'), (12, 'a12', 'b12')`);
+        await waitRow(n3, 'mu', 12, { id: 12, a: 'a12', b: 'b12' });
+        // Row 2 takes a9 (held by row 9 on n1 and n3); row 11 takes a10 and b12, held there by two other rows.
+        const ts2 = await commit(n2, `UPDATE mu SET a = 'a9' WHERE id = 2`, `INSERT INTO mu VALUES (11, 'a10', 'b12')`);
+        const pick = (e: ExceptionRecord) => [e.peer, e.kind, e.key, e.conflictType, e.sqlstate, e.remoteTs];
+        for (const node of [n1, n3]) {
+          const found = await waitExceptions(node, since, 2);
+          assert.deepEqual(found.map(pick), [
+            ['n2', 'update', { id: '2' }, 'update_exists', '23505', ts2],
+            ['n2', 'insert', { id: '11' }, 'multiple_unique_conflicts', '23505', ts2],
+          ]);
+        }
+        await cluster.startAgents(['n2']);
+        // On n2 each of n1's rows clashes with one constraint: plain insert_exists.
+        assert.deepEqual((await waitExceptions(n2, since, 3)).map(pick), [
+          ['n1', 'insert', { id: '9' }, 'insert_exists', '23505', ts1],
+          ['n1', 'insert', { id: '10' }, 'insert_exists', '23505', ts1],
+          ['n1', 'insert', { id: '12' }, 'insert_exists', '23505', ts1],
+        ]);
+        const row = (id: number, a: string, b: string) => ({ id, a, b });
+        const fromN1 = (id: number) => ({ ts: ts1, node: 'n1', row: row(id, `a${id}`, `b${id}`) });
+        const row2 = { ts: ts2, node: 'n2', row: row(2, 'a9', 'b2') };
+        const row11 = { ts: ts2, node: 'n2', row: row(11, 'a10', 'b12') };
+        const onN1: Conflict[] = [
+          conflict({ relation: 'public.mu', peer: 'n2', key: '[2]', type: 'update_exists', resolution: 'exception', local: fromN1(9), remote: row2 }),
+          // Two rows hold the values: local_row lists both, the version is the first one's.
+          conflict({
+            relation: 'public.mu',
+            peer: 'n2',
+            key: '[11]',
+            type: 'multiple_unique_conflicts',
+            resolution: 'exception',
+            local: { ts: ts1, node: 'n1', row: [fromN1(10).row, fromN1(12).row] },
+            remote: row11,
+          }),
+        ];
+        const expected: PerNode<Conflict[]> = {
+          n1: onN1,
+          n2: [
+            conflict({ relation: 'public.mu', peer: 'n1', key: '[9]', type: 'insert_exists', resolution: 'exception', local: row2, remote: fromN1(9) }),
+            conflict({ relation: 'public.mu', peer: 'n1', key: '[10]', type: 'insert_exists', resolution: 'exception', local: row11, remote: fromN1(10) }),
+            conflict({ relation: 'public.mu', peer: 'n1', key: '[12]', type: 'insert_exists', resolution: 'exception', local: row11, remote: fromN1(12) }),
+          ],
+          n3: onN1,
+        };
+        await expectConflicts(cluster, since, expected);
+        await expectCounters(cluster, countersOf(expected));
+        // Nothing else was applied or lost: each side kept its rows, the rest waits in the exception tables.
+        const ids = async (node: TestNode) => (await node.sql.unsafe<{ r: string }[]>(`SELECT to_jsonb(m)::text AS r FROM mu m ORDER BY id`)).map((r) => JSON.parse(r.r) as unknown);
+        const withN1 = [row(2, 'a2', 'b2'), fromN1(9).row, fromN1(10).row, fromN1(12).row];
+        assert.deepEqual({ n1: await ids(n1), n2: await ids(n2), n3: await ids(n3) }, { n1: withN1, n2: [row2.row, row11.row], n3: withN1 });
       });
 
       const concurrentUpdates = async (table: string) => {
@@ -603,11 +668,11 @@ test('every conflict type is detected, resolved by the table policy, recorded an
         await commit(n2, `INSERT INTO item VALUES (9, 'after')`);
         await waitRow(n1, 'item', 9, { id: 9, v: 'after' });
         await waitRow(n3, 'item', 9, { id: 9, v: 'after' });
-        const pick = (e: ExceptionRecord) => [e.peer, e.relation, e.kind, e.key, e.remoteTs, e.sqlstate, e.state];
+        const pick = (e: ExceptionRecord) => [e.peer, e.relation, e.kind, e.key, e.remoteTs, e.sqlstate, e.conflictType, e.state];
         const whole = [
-          ['n2', 'public.st', 'insert', { id: '2' }, ts2, null, 'open'],
-          ['n2', 'public.st', 'insert', { id: '3' }, ts2, '23505', 'open'],
-          ['n2', 'public.item', 'insert', { id: '8' }, ts2, null, 'open'],
+          ['n2', 'public.st', 'insert', { id: '2' }, ts2, null, null, 'open'],
+          ['n2', 'public.st', 'insert', { id: '3' }, ts2, '23505', 'insert_exists', 'open'],
+          ['n2', 'public.item', 'insert', { id: '8' }, ts2, null, null, 'open'],
         ];
         for (const node of [n1, n3]) {
           const found = await waitExceptions(node, since, 3);
@@ -623,7 +688,7 @@ test('every conflict type is detected, resolved by the table policy, recorded an
         }
         await cluster.startAgents(['n2']);
         const onN2 = await waitExceptions(n2, since, 1);
-        assert.deepEqual(onN2.map(pick), [['n1', 'public.st', 'insert', { id: '1' }, ts1, '23505', 'open']]);
+        assert.deepEqual(onN2.map(pick), [['n1', 'public.st', 'insert', { id: '1' }, ts1, '23505', 'insert_exists', 'open']]);
 
         // Repair: n2's transaction wins. Row 1 is deleted on n1 (n3 follows; n2 never had it), then n2's
         // transaction is replayed on n1 and n3, and n1's insert is discarded on n2.
@@ -639,10 +704,17 @@ test('every conflict type is detected, resolved by the table policy, recorded an
           assert.deepEqual(rows.map((r) => [r.id, r.code]), [[2, 'B'], [3, 'A']], node.name);
           assert.deepEqual(await rowVersion(node, 'st', 3), { ts: ts2, node: 'n2' }, node.name);
         }
+        // Only the failing change is a conflict (the rest of its transaction is kept because of it).
+        const rowA1 = { ts: ts1, node: 'n1', row: { id: 1, code: 'A' } };
+        const rowA3 = { ts: ts2, node: 'n2', row: { id: 3, code: 'A' } };
+        const clash = conflict({ relation: 'public.st', peer: 'n2', key: '[3]', type: 'insert_exists', resolution: 'exception', local: rowA1, remote: rowA3 });
         const expected: PerNode<Conflict[]> = {
-          n1: [],
-          n2: [conflict({ relation: 'public.st', peer: 'n1', key: '[1]', type: 'delete_missing', resolution: 'skip', local: NO_LOCAL, remote: { ts: tsDelete, node: 'n1', row: { id: 1 } } })],
-          n3: [],
+          n1: [clash],
+          n2: [
+            conflict({ relation: 'public.st', peer: 'n1', key: '[1]', type: 'insert_exists', resolution: 'exception', local: rowA3, remote: rowA1 }),
+            conflict({ relation: 'public.st', peer: 'n1', key: '[1]', type: 'delete_missing', resolution: 'skip', local: NO_LOCAL, remote: { ts: tsDelete, node: 'n1', row: { id: 1 } } }),
+          ],
+          n3: [clash],
         };
         await expectConflicts(cluster, since, expected);
         await expectCounters(cluster, countersOf(expected));
