@@ -11,19 +11,21 @@ export function registerCheck(program: Command): void {
     .option('--json', 'print as JSON')
     .action(async (options: { json?: boolean }, command: Command) => {
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
-      const report: { node: string; ok: boolean; problems: string[] }[] = [];
-      for (const node of config.nodes) {
-        const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh check', logger: loggerFor(config), connectTimeoutS: 5 });
-        try {
-          const facts = await readServerFacts(sql);
-          const problems = checkServerFacts(facts, config.nodes.length - 1);
-          report.push({ node: node.name, ok: problems.length === 0, problems: problems.length ? formatProblems(node.name, problems).split('\n') : [] });
-        } catch (error) {
-          report.push({ node: node.name, ok: false, problems: [errorMessage(connectionError(error, node.name, node.dsn))] });
-        } finally {
-          await sql.end({ timeout: 1 }).catch(() => undefined);
-        }
-      }
+      // Every node at once: with several nodes down, the wait is one connect timeout, not one per node.
+      const report = await Promise.all(
+        config.nodes.map(async (node): Promise<{ node: string; ok: boolean; problems: string[] }> => {
+          const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh check', logger: loggerFor(config), connectTimeoutS: 5 });
+          try {
+            const facts = await readServerFacts(sql);
+            const problems = checkServerFacts(facts, config.nodes.length - 1);
+            return { node: node.name, ok: problems.length === 0, problems: problems.length ? formatProblems(node.name, problems).split('\n') : [] };
+          } catch (error) {
+            return { node: node.name, ok: false, problems: [errorMessage(connectionError(error, node.name, node.dsn))] };
+          } finally {
+            await sql.end({ timeout: 1 }).catch(() => undefined);
+          }
+        }),
+      );
       if (options.json) printJson(report);
       else for (const r of report) process.stdout.write(r.ok ? `${r.node}: ok\n` : `${r.problems.map((p) => `${r.node}: ${p}`).join('\n')}\n`);
       if (report.some((r) => !r.ok)) process.exitCode = 1;

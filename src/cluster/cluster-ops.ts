@@ -30,17 +30,21 @@ export interface CreateClusterResult {
 async function withNodes<T>(config: ClusterConfig, logger: Logger, fn: (conns: Map<string, Sql>) => Promise<T>): Promise<T> {
   const conns = new Map<string, Sql>();
   try {
-    const problems: string[] = [];
-    for (const node of config.nodes) {
-      const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh admin', logger, max: 1 });
-      conns.set(node.name, sql);
-      try {
-        await sql.unsafe('SELECT 1');
-      } catch (error) {
-        problems.push(connectionError(error, node.name, node.dsn).message);
-      }
+    for (const node of config.nodes) conns.set(node.name, openSql(node.dsn, { node: node.name, applicationName: 'pgmesh admin', logger, max: 1 }));
+    // All at once: with several nodes down, the wait is one connect timeout, not one per node.
+    const failures = await Promise.all(
+      config.nodes.map((node) =>
+        (conns.get(node.name) as Sql).unsafe('SELECT 1').then(
+          () => undefined,
+          (error: unknown) => connectionError(error, node.name, node.dsn),
+        ),
+      ),
+    );
+    const problems = failures.filter((f) => f !== undefined);
+    if (problems.length > 0) {
+      const code = problems.every((p) => p.code === 'AUTH_FAILED') ? 'AUTH_FAILED' : 'CONNECTION_FAILED';
+      throw new PgmeshError(code, problems.map((p) => p.message).join('\n'));
     }
-    if (problems.length > 0) throw new PgmeshError('CONNECTION_FAILED', problems.join('\n'));
     return await fn(conns);
   } finally {
     await Promise.all([...conns.values()].map((s) => s.end({ timeout: 2 }).catch(() => undefined)));

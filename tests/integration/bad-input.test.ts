@@ -174,6 +174,7 @@ test('a wrong password: the message names the node and says to check the passwor
     const authMessage = /cannot log in to node n1 \(127\.0\.0\.1:\d+\/postgres\): password authentication failed for user "postgres"; check the user and password in its connection string/;
 
     const create = await refusal(createCluster(config, silentLogger));
+    assert.equal(create.code, 'AUTH_FAILED');
     assert.match(create.message, authMessage);
     assert.doesNotMatch(create.message, /n2/);
     assertNoSecret(create.message, secrets, 'cluster create');
@@ -271,19 +272,29 @@ test('a peer that is not there: cluster create and status name it, quickly, and 
     await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
     try {
       const port = (silent.address() as { port: number }).port;
+      const silentDsn = `postgres://postgres:${encodeURIComponent(real)}@127.0.0.1:${port}/postgres`;
+      // Three such nodes: connecting to them one after the other would wait three connect timeouts.
       const silentConfig = writeConfig(cluster, 'silent-peer.json', {
-        nodes: [{ name: 'n1', dsn: n1.server.dsn }, { name: 'n4', dsn: `postgres://postgres:${encodeURIComponent(real)}@127.0.0.1:${port}/postgres` }],
+        nodes: [{ name: 'n1', dsn: n1.server.dsn }, ...['n4', 'n5', 'n6'].map((name) => ({ name, dsn: silentDsn }))],
       });
-      const before = Date.now();
-      const hung = await pgmesh(['status'], { config: silentConfig, timeoutMs: 20_000 });
+      const timed = async (args: string[]) => {
+        const before = Date.now();
+        const result = await pgmesh(args, { config: silentConfig, timeoutMs: 45_000 });
+        return { ...result, ms: Date.now() - before };
+      };
+      const [hung, check, create] = await Promise.all([timed(['status']), timed(['check']), timed(['cluster', 'create'])]);
+      const timeout = (name: string) => `cannot reach node ${name} at 127.0.0.1:${port}/postgres (CONNECT_TIMEOUT); check the host name, the network and firewalls`;
       assert.equal(hung.code, 1, hung.output);
       assert.match(hung.stdout, /^n4\s+\S+\s+UNREACHABLE/m);
-      assert.ok(
-        hung.stdout.includes(`! cannot reach node n4 at 127.0.0.1:${port}/postgres (CONNECT_TIMEOUT); check the host name, the network and firewalls`),
-        hung.stdout,
-      );
-      assertNoSecret(hung.output, [real], 'status with a silent peer');
-      assert.ok(Date.now() - before < 15_000);
+      assert.ok(hung.stdout.includes(`! ${timeout('n4')}`), hung.stdout);
+      assert.equal(check.code, 1, check.output);
+      assert.ok(check.stdout.includes(`n6: ${timeout('n6')}`), check.stdout);
+      assert.equal(create.code, 1, create.output);
+      assert.equal(create.stderr, `pgmesh: ${['n4', 'n5', 'n6'].map(timeout).join('\n')}\n`);
+      // status and check wait 5 s for a connection, cluster create 10 s: once, not once per silent node.
+      assert.ok(hung.ms < 12_000 && check.ms < 12_000 && create.ms < 20_000, `took ${hung.ms}, ${check.ms} and ${create.ms} ms`);
+      for (const r of [hung, check, create]) assertNoSecret(r.output, [real], 'output with silent peers');
+      assert.equal(await hasCatalog(n1), false);
     } finally {
       for (const socket of sockets) socket.destroy();
       silent.close();
