@@ -116,11 +116,14 @@ export async function addTablesEverywhere(conns: ReadonlyMap<string, Sql>, table
     for (const t of tables) candidates.set(tableKey(t), t);
   }
   const reasons = new Map<string, { node: string; problem: TableRefusal['problem']; reason: string }[]>();
+  const publishedOn = new Map<string, string[]>();
   for (const [node, sql] of conns) {
-    for (const refusal of (await addTables(sql, [...candidates.values()], { dryRun: true })).refused) {
+    const dry = await addTables(sql, [...candidates.values()], { dryRun: true });
+    for (const refusal of dry.refused) {
       const key = tableKey(refusal);
       reasons.set(key, [...(reasons.get(key) ?? []), { node, problem: refusal.problem, reason: refusal.reason }]);
     }
+    for (const t of dry.alreadyReplicated) publishedOn.set(tableKey(t), [...(publishedOn.get(tableKey(t)) ?? []), node]);
   }
   const refusedEverywhere: TableRefusal[] = [];
   for (const [key, byNode] of reasons) {
@@ -136,11 +139,12 @@ export async function addTablesEverywhere(conns: ReadonlyMap<string, Sql>, table
         ? `it does not exist on ${r.node}; create it there with the same columns and primary key`
         : `on ${r.node}: ${r.reason}`,
     );
-    refusedEverywhere.push({
-      ...table,
-      problem: 'refused_elsewhere',
-      reason: `table ${table.schema}.${table.name} is not replicated on any node, because every node must replicate it: ${where.join('; ')}`,
-    });
+    // Added earlier on some nodes (by `init`, or by hand): say so, that is where changes are already coming from.
+    const published = publishedOn.get(key);
+    const state = published
+      ? `is replicated on ${published.join(', ')} but cannot be on every node (until it is, those nodes' changes to it cannot be applied)`
+      : 'is not replicated on any node, because every node must replicate it';
+    refusedEverywhere.push({ ...table, problem: 'refused_elsewhere', reason: `table ${table.schema}.${table.name} ${state}: ${where.join('; ')}` });
   }
   const accepted = [...candidates.entries()].filter(([key]) => !reasons.has(key)).map(([, t]) => t);
   const results = new Map<string, AddTablesResult>();

@@ -452,6 +452,12 @@ test('tables: no primary key, unknown names, a table on one node only; refused w
       /NOT replicated: table public\.only_n1 is not replicated on any node, because every node must replicate it: it does not exist on n2; create it there with the same columns and primary key/,
     );
     assert.equal(await count(n1.sql, `pg_publication_tables WHERE pubname = 'pgmesh' AND tablename = 'only_n1'`), 0);
+    // `init` adds the tables of its one node; the next `tables add` says where the table is already published.
+    const initAgain = await pgmesh(['init', '--node', 'n1'], { config });
+    assert.equal(initAgain.code, 0, initAgain.output);
+    const published = await pgmesh(['tables', 'add', 'public.only_n1'], { config });
+    assert.equal(published.code, 1, published.output);
+    assert.match(published.stdout, /table public\.only_n1 is replicated on n1 but cannot be on every node .*: it does not exist on n2; create it there/);
     await n1.sql.unsafe(`INSERT INTO keyed VALUES (2, 'still replicated')`);
     await eventually(async () => (await count(n2.sql, 'keyed')) === 2, { what: 'keyed to keep replicating' });
 
