@@ -198,7 +198,9 @@ export class Applier {
     const failure = this.failure;
     if (!failure) return;
     const cause = failure.error;
-    if (cause instanceof PgmeshError && cause.code !== 'APPLY_FAILED') throw cause;
+    // Our own errors already say what failed and carry their context (careful mode's exception-policy pause has
+    // sqlstate PM003 there, which the peer replicator acts on): wrapping them would lose it.
+    if (cause instanceof PgmeshError) throw cause;
     const server = cause as { detail?: string; constraint_name?: string };
     const detail = [server.detail, server.constraint_name ? `constraint ${server.constraint_name}` : undefined].filter(Boolean).join('; ');
     throw new PgmeshError(
