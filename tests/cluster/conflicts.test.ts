@@ -37,6 +37,7 @@ CREATE TABLE kl (id integer PRIMARY KEY, v text);
 CREATE TABLE ar (id integer PRIMARY KEY, v text);
 CREATE TABLE pz (id integer PRIMARY KEY, v text);
 CREATE TABLE st (id integer PRIMARY KEY, code text UNIQUE);
+CREATE TABLE ep (id integer PRIMARY KEY, v text);
 CREATE TABLE acct (id integer PRIMARY KEY, balance numeric(12, 2) NOT NULL, note text);
 `;
 
@@ -279,6 +280,7 @@ test('every conflict type is detected, resolved by the table policy, recorded an
         await setTablePolicy(node.sql, { schema: 'public', name: 'ar' }, { conflictPolicy: 'apply_remote' });
         await setTablePolicy(node.sql, { schema: 'public', name: 'pz' }, { conflictPolicy: 'pause' });
         await setTablePolicy(node.sql, { schema: 'public', name: 'st' }, { exceptionPolicy: 'skip_transaction' });
+        await setTablePolicy(node.sql, { schema: 'public', name: 'ep' }, { exceptionPolicy: 'pause' });
         await setDeltaColumns(node.sql, { schema: 'public', name: 'acct' }, ['balance']);
       }
 
@@ -656,6 +658,34 @@ test('every conflict type is detected, resolved by the table policy, recorded an
           await eventually(() => peerStatus(cluster, node, peer).state === 'streaming', { what: `${peer} streaming again on ${node}` });
           assert.equal(peerStatus(cluster, node, peer).pausedReason, null);
         }
+      });
+
+      await step('exception policy pause: a change that fails on n1 pauses n2 there; after the cause is repaired, resume applies it', async () => {
+        const since = await baseline(cluster);
+        // Schema drift: only n1 limits ep.v to 5 characters.
+        await n1.sql.unsafe(`ALTER TABLE ep ADD CONSTRAINT ep_v_short CHECK (length(v) <= 5)`);
+        await restartAgents(cluster, ['n1', 'n2', 'n3']);
+        await commit(n2, `INSERT INTO ep VALUES (1, 'too long')`);
+        await commit(n2, `INSERT INTO ep VALUES (2, 'ok')`);
+        await waitRow(n3, 'ep', 2, { id: 2, v: 'ok' });
+        await eventually(() => peerStatus(cluster, 'n1', 'n2').state === 'paused', { timeoutMs: 20_000, what: 'n2 paused on n1' });
+        assert.match(peerStatus(cluster, 'n1', 'n2').pausedReason ?? '', /exception policy is pause: .*check constraint "ep_v_short"/);
+        // Only that stream waits: n1 still applies n3's changes; nothing of n2's is applied or stored as an exception.
+        await commit(n3, `INSERT INTO item VALUES (10, 'from n3 meanwhile')`);
+        await waitRow(n1, 'item', 10, { id: 10, v: 'from n3 meanwhile' });
+        assert.equal(peerStatus(cluster, 'n1', 'n3').state, 'streaming');
+        assert.deepEqual(await exceptionsSince(n1, since), []);
+        assert.deepEqual(await rowsOn(cluster, 'ep', 1), { n1: null, n2: { id: 1, v: 'too long' }, n3: { id: 1, v: 'too long' } });
+        assert.equal(await rowOf(n1, 'ep', 2), null);
+
+        await n1.sql.unsafe(`ALTER TABLE ep DROP CONSTRAINT ep_v_short`);
+        assert.equal(await resumePeer(n1.sql, 'n2'), true);
+        await cluster.waitConverged(['ep', 'item']);
+        await eventually(() => peerStatus(cluster, 'n1', 'n2').state === 'streaming', { what: 'n2 streaming again on n1' });
+        assert.equal(peerStatus(cluster, 'n1', 'n2').pausedReason, null);
+        assert.deepEqual(await exceptionsSince(n1, since), []);
+        await expectConflicts(cluster, since, { n1: [], n2: [], n3: [] });
+        await expectCounters(cluster, {});
       });
 
       await step('skip_transaction: a remote transaction with a failing change lands whole in the exception table; progress goes on', async () => {
