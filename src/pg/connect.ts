@@ -68,7 +68,7 @@ export function connectionError(error: unknown, node: string, dsn: string, secre
   if (code === SQLSTATE.invalidPassword || code === SQLSTATE.invalidAuthorization || /SASL|password/i.test(raw)) {
     return new PgmeshError(
       'AUTH_FAILED',
-      `cannot log in to node ${node} (${endpoint}): ${raw}; check the user and password in its connection string (or PGPASSWORD / ~/.pgpass)`,
+      `cannot log in to node ${node} (${endpoint}): ${raw}; check the user and password in its connection string (or in PGMESH_DSN_${node.toUpperCase()}, or PGPASSWORD)`,
       { context, cause: error },
     );
   }

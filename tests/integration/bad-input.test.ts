@@ -225,8 +225,14 @@ test('a wrong password: the message names the node and says to check the passwor
     });
     const missing = await pgmesh(['check'], { config: bare });
     assert.equal(missing.code, 1, missing.output);
-    assert.match(missing.stdout, /^n1: cannot log in to node n1 .*check the user and password/m);
+    assert.match(missing.stdout, /^n1: cannot log in to node n1 .*check the user and password in its connection string \(or in PGMESH_DSN_N1, or PGPASSWORD\)$/m);
     assertNoSecret(missing.output, secrets, 'check without a password');
+    // Both places the message names work.
+    const viaEnv = await Promise.all([
+      pgmesh(['check'], { config: bare, env: { PGPASSWORD: real } }),
+      pgmesh(['check'], { config: bare, env: { PGMESH_DSN_N1: n1.server.dsn } }),
+    ]);
+    for (const r of viaEnv) assert.equal(r.code, 0, r.output);
   });
 });
 
