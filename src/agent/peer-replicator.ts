@@ -78,6 +78,7 @@ export class PeerReplicator {
         if (await this.waitWhilePaused()) break;
         await this.session(() => {
           attempt = 0;
+          this.lastError = null;
         });
       } catch (error) {
         if (this.stopped) break;
@@ -99,7 +100,7 @@ export class PeerReplicator {
       if (this.stopped) break;
       this.restarts++;
       this.state = 'waiting';
-      // Exponential backoff with full jitter, so that agents of a restarted cluster do not retry in lockstep.
+      // Exponential backoff with jitter (half fixed, half random), so agents of a restarted cluster do not retry in lockstep.
       const ceiling = Math.min(this.options.tuning.retryMaxMs, this.options.tuning.retryBaseMs * 2 ** Math.min(attempt, 10));
       attempt++;
       await this.sleep(ceiling / 2 + Math.random() * (ceiling / 2));
