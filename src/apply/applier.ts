@@ -25,9 +25,9 @@ import { quoteLiteral } from '../pg/quote.ts';
 import { textArrayLiteral } from '../pg/text-array.ts';
 import type { RelationMessage } from '../protocol/messages.ts';
 import type { RemoteChange, StreamEvent } from '../stream/remote-transaction.ts';
-import { bindRelation, loadLocalRelation, type ExceptionPolicy, type RelationBinding } from './local-relation.ts';
+import { bindRelation, loadLocalRelation, type DeferredUnique, type ExceptionPolicy, type RelationBinding } from './local-relation.ts';
 import { describeChange, rowOps, type RowOp } from './row-ops.ts';
-import { buildStatement, valueParameterCount, type BatchKind, type StatementContext } from './statement-builder.ts';
+import { buildDeferredUniqueCheck, buildStatement, valueParameterCount, type BatchKind, type StatementContext } from './statement-builder.ts';
 import { findUniqueConflict, recordUniqueConflict, type UniqueConflict } from './unique-conflicts.ts';
 
 /** Parameter bytes in flight before the applier waits for replies (keeps a huge transaction's memory flat). */
@@ -84,6 +84,8 @@ interface OpenTransaction {
   abandon: { policy: ExceptionPolicy; error: unknown; change: RemoteChange; conflict: UniqueConflict | undefined } | undefined;
   /** Careful mode: the row changes seen, for skip_transaction. */
   readonly seen: { change: RemoteChange; binding: RelationBinding | undefined }[];
+  /** Keys written into tables with deferrable unique constraints, by table: checked before the commit. */
+  readonly deferredKeys: Map<string, { binding: RelationBinding; keys: (string | null)[][] }>;
 }
 
 interface Failure {
@@ -224,7 +226,16 @@ export class Applier {
         // A redelivered transaction (its commit record lies before what is applied) is skipped whole.
         const skip = event.finalLsn < this.issuedEnd;
         const careful = !skip && this.options.carefulLsn === event.finalLsn;
-        this.txn = { finalLsn: event.finalLsn, commitTime: event.commitTime, skip, careful, conflicts: new Map(), abandon: undefined, seen: [] };
+        this.txn = {
+          finalLsn: event.finalLsn,
+          commitTime: event.commitTime,
+          skip,
+          careful,
+          conflicts: new Map(),
+          abandon: undefined,
+          seen: [],
+          deferredKeys: new Map(),
+        };
         if (skip) return undefined;
         if (careful) return this.beginCareful();
         return this.issue('BEGIN', [], 'BEGIN');
@@ -267,6 +278,7 @@ export class Applier {
   }
 
   private async addRow(op: RowOp): Promise<void> {
+    if (op.kind !== 'delete' && op.binding.local.deferredUnique.length > 0 && this.txn) rememberKeys(this.txn.deferredKeys, op);
     const signature = `${op.kind}:${op.binding.local.qualified}:${op.valuePositions.join(',')}`;
     let batch = this.batch;
     if (batch && (batch.signature !== signature || batch.first.binding !== op.binding || batch.keys.has(op.key) || batch.rows >= this.options.maxBatchRows)) {
@@ -290,6 +302,16 @@ export class Applier {
       const shape = { kind: op.kind, binding, valuePositions: op.valuePositions, multiRow };
       if (valueParameterCount(shape) !== op.values.length) throw new PgmeshError('INTERNAL', `parameter count mismatch for ${key}`);
       text = buildStatement(shape, this.ctx, binding.local.conflictPolicy);
+      this.statements.set(key, text);
+    }
+    return text;
+  }
+
+  private deferredCheckFor(binding: RelationBinding, index: DeferredUnique): string {
+    const key = `deferred:${binding.local.qualified}:${index.name}:${index.columns.join(',')}`;
+    let text = this.statements.get(key);
+    if (!text) {
+      text = buildDeferredUniqueCheck(binding, index);
       this.statements.set(key, text);
     }
     return text;
@@ -331,7 +353,17 @@ export class Applier {
       return;
     }
     await this.flushBatch();
-    this.txn = undefined;
+    // this.txn stays set until COMMIT is issued: a failure of the checks, finish_apply or COMMIT is then
+    // attributed to this transaction, so that a data error found there gets the transaction applied carefully.
+    for (const { binding, keys } of txn.deferredKeys.values()) {
+      for (const index of binding.local.deferredUnique) {
+        await this.issue(
+          this.deferredCheckFor(binding, index),
+          keys.map((column) => textArrayLiteral(column)),
+          `check of deferrable unique constraint ${index.name} (transaction at ${formatLsn(txn.finalLsn)})`,
+        );
+      }
+    }
     const prev = this.issuedEnd;
     this.issuedEnd = endLsn;
     await this.issue(
@@ -344,6 +376,7 @@ export class Applier {
       if (command !== 'COMMIT') return; // rolled back: the failing statement has been recorded
       this.committed(txn, endLsn, commitTime);
     });
+    this.txn = undefined;
     // Without the reset, this transaction's origin LSN and timestamp would stick to the session's next commit.
     await this.issue('SELECT pg_catalog.pg_replication_origin_xact_reset()', [], 'origin reset');
   }
@@ -382,10 +415,19 @@ export class Applier {
         await this.session.unsafe(await this.truncateSql(change));
       } else if (binding && change.kind !== 'message') {
         const table = `${binding.local.schema}.${binding.local.name}`;
-        for (const op of rowOps(change, binding)) {
+        const ops = rowOps(change, binding);
+        for (const op of ops) {
           const params = [...op.values, formatPgTimestamp(txn.commitTime), formatLsn(txn.finalLsn)];
           const result = await this.session.unsafe(this.statementFor(op, false), params as string[], { prepare: true });
           countConflicts(txn.conflicts, table, result);
+        }
+        // Deferrable unique constraints are checked per change here, so that the change breaking one is the one kept.
+        const written = new Map<string, { binding: RelationBinding; keys: (string | null)[][] }>();
+        for (const op of ops) if (op.kind !== 'delete') rememberKeys(written, op);
+        for (const { keys } of written.values()) {
+          for (const index of binding.local.deferredUnique) {
+            await this.session.unsafe(this.deferredCheckFor(binding, index), keys.map((column) => textArrayLiteral(column)) as string[], { prepare: true });
+          }
         }
         this.stats.appliedChanges++;
       }
@@ -580,6 +622,16 @@ async function readProgress(session: ReservedSql, options: ApplierOptions): Prom
     options.logger.warn({ peer: options.peer, progress: row.end_lsn, origin: row.origin_lsn }, 'origin progress differs from the progress row; resuming from the progress row');
   }
   return parseLsn(row.end_lsn);
+}
+
+function rememberKeys(into: Map<string, { binding: RelationBinding; keys: (string | null)[][] }>, op: RowOp): void {
+  const table = op.binding.local.qualified;
+  let entry = into.get(table);
+  if (!entry) {
+    entry = { binding: op.binding, keys: op.keyValues.map(() => []) };
+    into.set(table, entry);
+  }
+  op.keyValues.forEach((value, i) => entry.keys[i]?.push(value));
 }
 
 function countConflicts(into: Map<string, number>, table: string, result: unknown): void {

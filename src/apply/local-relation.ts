@@ -27,6 +27,16 @@ export interface LocalRelation {
   readonly exceptionPolicy: ExceptionPolicy;
   /** Numeric columns applied as `local + (new - old)`. */
   readonly deltaColumns: readonly string[];
+  /**
+   * Deferrable unique constraints (other than the primary key) on plain columns. PostgreSQL checks them with
+   * triggers, which do not fire in the apply session (replica mode), so the applier checks them itself.
+   */
+  readonly deferredUnique: readonly DeferredUnique[];
+}
+
+export interface DeferredUnique {
+  readonly name: string;
+  readonly columns: readonly string[];
 }
 
 /** A remote relation bound to its local table: for each remote column position, the local column (or none). */
@@ -67,6 +77,17 @@ export async function loadLocalRelation(sql: Sql, schema: string, name: string):
     [schema, name],
   );
   const policy = policies[0];
+  const deferred = await sql.unsafe<{ name: string; columns: string }[]>(
+    `SELECT ic.relname AS name, json_agg(a.attname ORDER BY k.n)::text AS columns
+       FROM pg_catalog.pg_index i
+       JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
+       JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) ON k.n <= i.indnkeyatts
+       JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+      WHERE i.indrelid = $1::text::oid AND i.indisunique AND NOT i.indimmediate AND NOT i.indisprimary
+        AND i.indexprs IS NULL AND i.indpred IS NULL
+      GROUP BY ic.relname ORDER BY ic.relname`,
+    [String(first.oid)],
+  );
   return {
     oid: Number(first.oid),
     schema,
@@ -77,6 +98,7 @@ export async function loadLocalRelation(sql: Sql, schema: string, name: string):
     conflictPolicy: policy?.conflict_policy ?? 'last_update_wins',
     exceptionPolicy: policy?.exception_policy ?? 'skip_change',
     deltaColumns: policy ? parseTextArray(policy.delta_columns) : [],
+    deferredUnique: deferred.map((d) => ({ name: d.name, columns: JSON.parse(d.columns) as string[] })),
   };
 }
 

@@ -17,6 +17,8 @@ export interface RowOp {
   readonly values: readonly (string | null)[];
   /** The primary key values joined, to keep one batch from touching a row twice. */
   readonly key: string;
+  /** The primary key values (of the row written; of the row removed for a delete). */
+  readonly keyValues: readonly (string | null)[];
 }
 
 type RowChange = Extract<RemoteChange, { kind: 'insert' | 'update' | 'delete' }>;
@@ -41,13 +43,13 @@ export function rowOps(change: RowChange, binding: RelationBinding): RowOp[] {
           ...sent.map((p) => textOf(change.newTuple[p], binding, p)),
           ...binding.deltaPositions.map((p) => textOf(change.oldTuple?.[p], binding, p)),
         ];
-        return [{ kind: 'delta_update', binding, valuePositions: sent, values, key: keyValues.join('\u0000') }];
+        return [{ kind: 'delta_update', binding, valuePositions: sent, values, key: keyValues.join('\u0000'), keyValues }];
       }
       if (sent.length < change.newTuple.length) {
         // Unchanged TOAST values were not sent: only an UPDATE of the existing row can keep them.
         const keyValues = keyOf(binding, change.oldTuple ?? change.newTuple);
         const values = [...keyValues, ...sent.map((p) => textOf(change.newTuple[p], binding, p))];
-        return [{ kind: 'partial_update', binding, valuePositions: sent, values, key: keyValues.join('\u0000') }];
+        return [{ kind: 'partial_update', binding, valuePositions: sent, values, key: keyValues.join('\u0000'), keyValues }];
       }
       const ops: RowOp[] = [];
       if (change.oldTuple && keyChanged(binding, change.oldTuple, change.newTuple)) {
@@ -66,18 +68,20 @@ export function rowOps(change: RowChange, binding: RelationBinding): RowOp[] {
 
 function upsert(binding: RelationBinding, tuple: Tuple, op: 'i' | 'u'): RowOp {
   const positions = binding.columns.map((_, i) => i);
+  const keyValues = keyOf(binding, tuple);
   return {
     kind: 'upsert',
     binding,
     valuePositions: positions,
     values: [...positions.map((p) => textOf(tuple[p], binding, p)), op],
-    key: keyOf(binding, tuple).join('\u0000'),
+    key: keyValues.join('\u0000'),
+    keyValues,
   };
 }
 
 function remove(binding: RelationBinding, oldTuple: Tuple): RowOp {
   const keyValues = keyOf(binding, oldTuple);
-  return { kind: 'delete', binding, valuePositions: [], values: keyValues, key: keyValues.join('\u0000') };
+  return { kind: 'delete', binding, valuePositions: [], values: keyValues, key: keyValues.join('\u0000'), keyValues };
 }
 
 function keyOf(binding: RelationBinding, tuple: Tuple): (string | null)[] {

@@ -15,7 +15,7 @@
  * Parameters: the value columns ($1..$n), then $n+1 remote commit timestamp, $n+2 remote commit LSN.
  */
 import { quoteIdent, quoteLiteral } from '../pg/quote.ts';
-import type { ConflictPolicy, LocalColumn, RelationBinding } from './local-relation.ts';
+import type { ConflictPolicy, DeferredUnique, LocalColumn, RelationBinding } from './local-relation.ts';
 
 export type BatchKind = 'upsert' | 'partial_update' | 'delta_update' | 'delete';
 
@@ -256,4 +256,30 @@ export function buildStatement(shape: StatementShape, ctx: StatementContext, pol
       );
     }
   }
+}
+
+/**
+ * Checks a deferrable unique constraint for the rows a transaction wrote, at its end (where PostgreSQL would have
+ * checked it, had its check triggers fired in the replica-mode apply session). Parameters: one text array per
+ * primary key column, the keys of the rows written. Raises unique_violation (23505) naming the constraint.
+ */
+export function buildDeferredUniqueCheck(binding: RelationBinding, index: DeferredUnique): string {
+  const local = binding.local;
+  const table = local.qualified;
+  const keys = local.primaryKey;
+  const keyType = (name: string) => local.columns.get(name)?.type ?? 'text';
+  const sourceColumns = keys.map((_, i) => `k${i}`);
+  const join = keys.map((k, i) => `x.${quoteIdent(k)} = k.k${i}::${keyType(k)}`).join(' AND ');
+  const same = index.columns.map((c) => `y.${quoteIdent(c)} = x.${quoteIdent(c)}`).join(' AND ');
+  const other = keys.map((k) => `y.${quoteIdent(k)} = x.${quoteIdent(k)}`).join(' AND ');
+  const detail = `format('Key (%s)=(%s) already exists.', ${quoteLiteral(index.columns.map(quoteIdentIfNeeded).join(', '))}, concat_ws(', ', ${index.columns.map((c) => `x.${quoteIdent(c)}::text`).join(', ')}))`;
+  return (
+    `SELECT pgmesh.raise_unique_violation(${quoteLiteral(index.name)}, ${quoteLiteral(local.schema)}, ${quoteLiteral(local.name)}, ${detail}) ` +
+    `FROM unnest(${keys.map((_, i) => `$${i + 1}::text[]`).join(', ')}) AS k(${sourceColumns.join(', ')}) JOIN ${table} x ON ${join} ` +
+    `WHERE EXISTS (SELECT 1 FROM ${table} y WHERE ${same} AND NOT (${other})) LIMIT 1`
+  );
+}
+
+function quoteIdentIfNeeded(name: string): string {
+  return /^[a-z_][a-z0-9_]*$/.test(name) ? name : quoteIdent(name);
 }

@@ -175,6 +175,16 @@ BEGIN
 END
 $fn$;
 
+-- Raised by the applier's end-of-transaction check of deferrable unique constraints, whose own check triggers do
+-- not fire in the apply session (replica mode): the error PostgreSQL itself would have raised.
+CREATE FUNCTION pgmesh.raise_unique_violation(constraint_name text, schema_name text, table_name text, detail text) RETURNS boolean
+LANGUAGE plpgsql AS $fn$
+BEGIN
+  RAISE EXCEPTION 'duplicate key value violates unique constraint "%"', constraint_name
+    USING ERRCODE = 'unique_violation', DETAIL = detail, CONSTRAINT = constraint_name, SCHEMA = schema_name, TABLE = table_name;
+END
+$fn$;
+
 CREATE TABLE pgmesh.conflict (
   id bigserial PRIMARY KEY,
   recorded_at timestamptz NOT NULL DEFAULT clock_timestamp(),

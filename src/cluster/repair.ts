@@ -7,9 +7,10 @@ import { PgmeshError, errorMessage } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
 import { bindRelation, loadLocalRelation, type ConflictPolicy, type ExceptionPolicy } from '../apply/local-relation.ts';
 import { rowOps } from '../apply/row-ops.ts';
-import { buildStatement } from '../apply/statement-builder.ts';
+import { buildDeferredUniqueCheck, buildStatement } from '../apply/statement-builder.ts';
 import { openSql, type Sql } from '../pg/connect.ts';
 import { qualifiedName, quoteLiteral } from '../pg/quote.ts';
+import { textArrayLiteral } from '../pg/text-array.ts';
 import type { RelationMessage, Tuple, TupleValue } from '../protocol/messages.ts';
 import { replayOriginName } from './catalog-schema.ts';
 import type { TableRef } from './node-admin.ts';
@@ -183,6 +184,11 @@ export async function replayException(localDsn: string, localNode: string, id: n
       for (const op of ops) {
         const text = buildStatement({ kind: op.kind, binding, valuePositions: op.valuePositions, multiRow: false }, { peer: exception.peer, localNode, conflictWindowMs: 0 }, local.conflictPolicy);
         await session.unsafe(text, [...op.values, exception.remoteTs, exception.remoteCommitLsn] as string[]);
+        // Deferrable unique constraints are not checked by the server in replica mode (see the applier).
+        if (op.kind === 'delete') continue;
+        for (const index of local.deferredUnique) {
+          await session.unsafe(buildDeferredUniqueCheck(binding, index), op.keyValues.map((v) => textArrayLiteral([v])));
+        }
       }
       await session.unsafe(`UPDATE pgmesh.exception SET state = 'replayed', resolved_at = now() WHERE id = $1::text::bigint`, [String(id)]);
       await session.unsafe(`SELECT pg_catalog.pg_replication_origin_xact_setup($1::text::pg_lsn, $2::text::timestamptz)`, [
