@@ -32,6 +32,7 @@ import { eventually, withCluster, type TestCluster, type TestNode } from '../sup
 const SCHEMA = `
 CREATE TABLE item (id integer PRIMARY KEY, v text);
 CREATE TABLE uq (id integer PRIMARY KEY, email text NOT NULL UNIQUE, v text);
+CREATE TABLE dq (id integer PRIMARY KEY, code text UNIQUE DEFERRABLE INITIALLY DEFERRED);
 CREATE TABLE mu (id integer PRIMARY KEY, a text UNIQUE, b text UNIQUE);
 CREATE TABLE kl (id integer PRIMARY KEY, v text);
 CREATE TABLE ar (id integer PRIMARY KEY, v text);
@@ -271,9 +272,9 @@ test('every conflict type is detected, resolved by the table policy, recorded an
       // from the scenario, whatever the time since seeding and the conflict window).
       await cluster.startAgents();
       await commit(n1, `INSERT INTO item VALUES (2, 'seed'), (4, 'seed'), (6, 'seed')`, `INSERT INTO kl VALUES (1, 'seed')`, `INSERT INTO ar VALUES (1, 'seed')`);
-      await commit(n1, `INSERT INTO pz VALUES (1, 'seed')`, `INSERT INTO acct VALUES (1, 100, 'seed')`);
+      await commit(n1, `INSERT INTO pz VALUES (1, 'seed')`, `INSERT INTO acct VALUES (1, 100, 'seed')`, `INSERT INTO dq VALUES (5, 'X'), (6, 'Y')`);
       await commit(n2, `INSERT INTO item VALUES (3, 'seed')`, `INSERT INTO mu VALUES (2, 'a2', 'b2')`);
-      await cluster.waitConverged(['item', 'kl', 'ar', 'pz', 'acct', 'mu']);
+      await cluster.waitConverged(['item', 'kl', 'ar', 'pz', 'acct', 'mu', 'dq']);
       // Policies are read when an agent starts streaming: set them on every node before the scenarios.
       for (const node of cluster.nodes) {
         await setTablePolicy(node.sql, { schema: 'public', name: 'kl' }, { conflictPolicy: 'keep_local' });
@@ -521,6 +522,43 @@ test('every conflict type is detected, resolved by the table policy, recorded an
         };
         await expectConflicts(cluster, since, expected);
         await expectCounters(cluster, countersOf(expected));
+      });
+
+      await step('a deferrable unique constraint taken on both sides: checked at commit although the apply session runs in replica mode', async () => {
+        const since = await baseline(cluster);
+        await restartAgents(cluster, ['n1', 'n3']);
+        const ts1 = await commit(n1, `INSERT INTO dq VALUES (1, 'A')`);
+        await waitRow(n3, 'dq', 1, { id: 1, code: 'A' });
+        const ts2 = await commit(n2, `INSERT INTO dq VALUES (2, 'A')`, `INSERT INTO dq VALUES (3, 'C')`);
+        await cluster.startAgents(['n2']);
+        const pick = (e: ExceptionRecord) => [e.peer, e.key, e.conflictType, e.sqlstate, e.remoteTs];
+        for (const node of [n1, n3]) {
+          assert.deepEqual((await waitExceptions(node, since, 1)).map(pick), [['n2', { id: '2' }, 'insert_exists', '23505', ts2]], node.name);
+          // The rest of the transaction is applied (skip_change).
+          await waitRow(node, 'dq', 3, { id: 3, code: 'C' });
+        }
+        assert.deepEqual((await waitExceptions(n2, since, 1)).map(pick), [['n1', { id: '1' }, 'insert_exists', '23505', ts1]]);
+        const a1 = { ts: ts1, node: 'n1', row: { id: 1, code: 'A' } };
+        const a2 = { ts: ts2, node: 'n2', row: { id: 2, code: 'A' } };
+        const onN1 = [conflict({ relation: 'public.dq', peer: 'n2', key: '[2]', type: 'insert_exists', resolution: 'exception', local: a1, remote: a2 })];
+        const expected: PerNode<Conflict[]> = {
+          n1: onN1,
+          n2: [conflict({ relation: 'public.dq', peer: 'n1', key: '[1]', type: 'insert_exists', resolution: 'exception', local: a2, remote: a1 })],
+          n3: onN1,
+        };
+        await expectConflicts(cluster, since, expected);
+        await expectCounters(cluster, countersOf(expected));
+        for (const [node, peer] of [['n1', 'n2'], ['n3', 'n2'], ['n2', 'n1']] as const) assert.equal(peerStatus(cluster, node, peer).state, 'streaming');
+        // Deferred means checked at commit: a transaction that swaps two values (a duplicate in between) applies.
+        await commit(n1, `UPDATE dq SET code = 'Y' WHERE id = 5`, `UPDATE dq SET code = 'X' WHERE id = 6`);
+        for (const node of [n2, n3]) await waitRow(node, 'dq', 6, { id: 6, code: 'X' });
+        assert.deepEqual(await rowsOn(cluster, 'dq', 5), { n1: { id: 5, code: 'Y' }, n2: { id: 5, code: 'Y' }, n3: { id: 5, code: 'Y' } });
+        for (const node of cluster.nodes) {
+          assert.equal((await exceptionsSince(node, since)).length, 1, node.name);
+          const dups = await node.sql.unsafe(`SELECT code FROM dq GROUP BY code HAVING count(*) > 1`);
+          assert.equal(dups.length, 0, `no duplicate code on ${node.name}`);
+        }
+        await expectConflicts(cluster, since, expected);
       });
 
       await step('update_exists and multiple_unique_conflicts: changes that take unique values held by other rows go to the exception table', async () => {
