@@ -27,7 +27,15 @@ import type { RelationMessage } from '../protocol/messages.ts';
 import type { RemoteChange, StreamEvent } from '../stream/remote-transaction.ts';
 import { bindRelation, loadLocalRelation, type DeferredUnique, type ExceptionPolicy, type RelationBinding } from './local-relation.ts';
 import { describeChange, rowOps, type RowOp } from './row-ops.ts';
-import { buildDeferredUniqueCheck, buildStatement, valueParameterCount, type BatchKind, type StatementContext } from './statement-builder.ts';
+import {
+  buildDeferredUniqueCheck,
+  buildRowLock,
+  buildStatement,
+  keyParameterIndexes,
+  valueParameterCount,
+  type BatchKind,
+  type StatementContext,
+} from './statement-builder.ts';
 import { findUniqueConflict, recordUniqueConflict, type UniqueConflict } from './unique-conflicts.ts';
 
 /** Parameter bytes in flight before the applier waits for replies (keeps a huge transaction's memory flat). */
@@ -317,7 +325,20 @@ export class Applier {
     return text;
   }
 
-  private flushBatch(): Promise<void> | undefined {
+  /** For an upsert: the statement that locks its rows first (see buildRowLock), with its parameters. */
+  private rowLockFor(op: RowOp, multiRow: boolean, params: readonly (string | null)[]): { text: string; params: (string | null)[] } | undefined {
+    if (op.kind !== 'upsert') return undefined;
+    const key = `lock:${op.binding.local.qualified}:${multiRow ? 'm' : 's'}`;
+    let text = this.statements.get(key);
+    if (!text) {
+      text = buildRowLock(op.binding, multiRow);
+      this.statements.set(key, text);
+    }
+    const indexes = keyParameterIndexes({ kind: op.kind, binding: op.binding, valuePositions: op.valuePositions, multiRow });
+    return { text, params: indexes.map((i) => params[i] ?? null) };
+  }
+
+  private async flushBatch(): Promise<void> {
     const batch = this.batch;
     if (!batch) return undefined;
     this.batch = undefined;
@@ -328,6 +349,8 @@ export class Applier {
     const params: (string | null)[] = multiRow
       ? batch.columns.map((column) => textArrayLiteral(column))
       : batch.columns.map((column) => column[0] ?? null);
+    const lock = this.rowLockFor(batch.first, multiRow, params);
+    if (lock) await this.issue(lock.text, lock.params, `lock of ${batch.rows} row(s) of ${batch.first.binding.local.qualified} (transaction at ${formatLsn(txn.finalLsn)})`);
     params.push(formatPgTimestamp(txn.commitTime), formatLsn(txn.finalLsn));
     this.stats.appliedChanges += batch.rows;
     const table = `${batch.first.binding.local.schema}.${batch.first.binding.local.name}`;
@@ -417,6 +440,8 @@ export class Applier {
         const table = `${binding.local.schema}.${binding.local.name}`;
         const ops = rowOps(change, binding);
         for (const op of ops) {
+          const lock = this.rowLockFor(op, false, op.values);
+          if (lock) await this.session.unsafe(lock.text, lock.params as string[], { prepare: true });
           const params = [...op.values, formatPgTimestamp(txn.commitTime), formatLsn(txn.finalLsn)];
           const result = await this.session.unsafe(this.statementFor(op, false), params as string[], { prepare: true });
           countConflicts(txn.conflicts, table, result);

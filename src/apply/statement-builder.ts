@@ -146,6 +146,33 @@ function remoteRowOf(g: Gen, positions: readonly number[], aliasOf: (i: number) 
   return chunks.length === 0 ? `'{}'::jsonb` : chunks.join(' || ');
 }
 
+/**
+ * Locks the local rows that an upsert batch is about to write, in a statement of its own before the batch's
+ * statement. The apply statement decides on its snapshot (does the row exist, is the remote version newer); in
+ * READ COMMITTED a row of that snapshot can be deleted by a transaction that commits before the write reaches it
+ * (a local DELETE, or another peer's apply session), and the upsert's INSERT ... ON CONFLICT then finds no
+ * conflict and creates the row again, even when the delete is newer: that node keeps a row every other node
+ * dropped. With the rows locked first, a deleter has either committed before the batch's snapshot (which then
+ * sees the delete's tombstone) or waits for this transaction.
+ * Parameters: the upsert's value parameters at keyParameterIndexes() (text arrays for many rows).
+ */
+export function buildRowLock(binding: RelationBinding, multiRow: boolean): string {
+  const aliases = binding.keyPositions.map((_, i) => `k${i}`);
+  const typed = binding.keyPositions.map((p, i) => `s.k${i}::${col(binding, p).type} AS k${i}`);
+  const match = binding.keyPositions.map((p, i) => `x.${quoteIdent(col(binding, p).name)} = u.k${i}`).join(' AND ');
+  return (
+    `WITH u AS MATERIALIZED (SELECT ${typed.join(', ')} FROM ${source(aliases, multiRow)}), ` +
+    // In key order, as local transactions that lock several rows usually do: fewer deadlocks with them.
+    `l AS MATERIALIZED (SELECT 1 FROM ${binding.local.qualified} x JOIN u ON ${match} ORDER BY ${aliases.map((a) => `u.${a}`).join(', ')} FOR UPDATE OF x) ` +
+    `SELECT count(*)::int AS locked FROM l`
+  );
+}
+
+/** Positions, among an upsert's value parameters, of the primary key values (the parameters of buildRowLock). */
+export function keyParameterIndexes(shape: StatementShape): number[] {
+  return shape.binding.keyPositions.map((p) => shape.valuePositions.indexOf(p));
+}
+
 export function buildStatement(shape: StatementShape, ctx: StatementContext, policy: ConflictPolicy): string {
   const b = shape.binding;
   const values = shape.valuePositions.length;
