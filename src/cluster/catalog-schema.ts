@@ -165,6 +165,23 @@ BEGIN
 END
 $fn$;
 
+-- Row-level trigger on every replicated table, for UPDATEs that change the primary key: the old key disappears
+-- like a deleted row's, and peers apply such an update as the old key's delete (with a tombstone) and the new key's
+-- write. Without a tombstone here too, an older change of the old key arriving later would bring the row back on
+-- this node only. Like record_deletes it does not fire in the apply session.
+CREATE FUNCTION pgmesh.record_key_change() RETURNS trigger
+LANGUAGE plpgsql
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
+AS $fn$
+BEGIN
+  INSERT INTO pgmesh.tombstone (relid, pkey)
+  SELECT TG_RELID, (SELECT jsonb_agg(j -> k ORDER BY n)::text FROM unnest(TG_ARGV) WITH ORDINALITY AS a(k, n))
+    FROM (SELECT to_jsonb(OLD) AS j) o
+  ON CONFLICT (relid, pkey) DO UPDATE SET pkey = EXCLUDED.pkey;
+  RETURN NULL;
+END
+$fn$;
+
 -- Raised by apply statements of tables whose conflict policy is 'pause': the transaction rolls back and the
 -- agent pauses the peer until an operator has repaired the row and resumed it.
 CREATE FUNCTION pgmesh.raise_conflict(peer text, relation text, pkey text, conflict_type text) RETURNS boolean

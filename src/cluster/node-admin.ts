@@ -4,7 +4,7 @@
  */
 import { PgmeshError } from '../core/errors.ts';
 import type { Sql } from '../pg/connect.ts';
-import { qualifiedName, quoteLiteral, NODE_NAME_PATTERN } from '../pg/quote.ts';
+import { qualifiedName, quoteIdent, quoteLiteral, NODE_NAME_PATTERN } from '../pg/quote.ts';
 import { CATALOG_VERSION, MIGRATIONS, PUBLICATION, originName, slotName } from './catalog-schema.ts';
 import { checkServerFacts, formatProblems, readServerFacts } from './server-checks.ts';
 
@@ -251,6 +251,8 @@ export async function addTables(sql: Sql, tables: readonly TableRef[] | 'all', o
  * Local deletes must leave tombstones (the delete's version), so that an older change of the same row arriving
  * later from another node loses to the delete everywhere. A statement-level trigger with a transition table
  * records them; it does not fire in apply sessions (replica mode), whose statements write tombstones themselves.
+ * An UPDATE that changes the primary key removes the old key as a delete does (peers apply it as one): a row-level
+ * trigger that fires only when the key really changes records that tombstone.
  */
 export async function ensureDeleteTrigger(sql: Sql, table: TableRef): Promise<void> {
   const keys = await sql.unsafe<{ attname: string }[]>(
@@ -265,6 +267,12 @@ export async function ensureDeleteTrigger(sql: Sql, table: TableRef): Promise<vo
   await sql.unsafe(
     `CREATE OR REPLACE TRIGGER pgmesh_record_deletes AFTER DELETE ON ${qualifiedName(table.schema, table.name)}
        REFERENCING OLD TABLE AS pgmesh_deleted FOR EACH STATEMENT EXECUTE FUNCTION pgmesh.record_deletes(${args})`,
+  );
+  const columns = keys.map((k) => quoteIdent(k.attname));
+  const row = (alias: string) => `ROW(${columns.map((c) => `${alias}.${c}`).join(', ')})`;
+  await sql.unsafe(
+    `CREATE OR REPLACE TRIGGER pgmesh_record_key_change AFTER UPDATE OF ${columns.join(', ')} ON ${qualifiedName(table.schema, table.name)}
+       FOR EACH ROW WHEN (${row('OLD')} IS DISTINCT FROM ${row('NEW')}) EXECUTE FUNCTION pgmesh.record_key_change(${args})`,
   );
 }
 

@@ -1,0 +1,74 @@
+/**
+ * Deterministic reproductions of divergences the randomized convergence test (convergence-random.test.ts) found.
+ * Each one states its topology and scenario; after a causal barrier every node must hold the last-update-wins state.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { BARRIER_TABLE, barrier } from '../support/barrier.ts';
+import { eventually, withCluster, type TestNode } from '../support/cluster.ts';
+
+const SCHEMA = `CREATE TABLE t (k integer PRIMARY KEY, v text); ${BARRIER_TABLE}`;
+const rows = (node: TestNode) => node.sql.unsafe<{ k: number; v: string }[]>(`SELECT k, v FROM t ORDER BY k`).then((r) => r.map((x) => ({ ...x })));
+
+/**
+ * Topology: 2 nodes, agents in this process.
+ * Scenario: a local transaction on n1 deletes a row and holds it uncommitted; n2 updates the same row (an older
+ * version than the delete will get); n1's apply session reaches that row while the delete is still open, then
+ * the delete commits. The delete is the newest change of the row, so it must win on both nodes.
+ * Without the code under test: the apply statement decided on its snapshot (row present, remote newer), its
+ * INSERT ... ON CONFLICT found the row gone once the delete committed and created it again: n1 kept the row, n2
+ * dropped it when n1's delete arrived, and the nodes stayed different for good.
+ */
+test('a local delete that commits while an older remote update of its row waits for it wins on every node', { timeout: 120_000 }, async () => {
+  await withCluster({ nodes: 2, schema: SCHEMA }, async (cluster) => {
+    await cluster.startAgents();
+    const n1 = cluster.node('n1');
+    const n2 = cluster.node('n2');
+    await n1.sql.unsafe(`INSERT INTO t VALUES (1, 'first'), (2, 'untouched')`);
+    await barrier(cluster);
+
+    const deleter = await n1.sql.reserve();
+    try {
+      await deleter.unsafe('BEGIN');
+      await deleter.unsafe('DELETE FROM t WHERE k = 1');
+      await n2.sql.unsafe(`UPDATE t SET v = 'from n2' WHERE k = 1`);
+      // n1's apply session for n2 now waits for the open delete's row lock.
+      await eventually(
+        async () => (await n1.sql.unsafe(`SELECT 1 FROM pg_stat_activity WHERE application_name = 'pgmesh apply n2' AND wait_event_type = 'Lock'`)).length > 0,
+        { what: "n1's apply of n2's update to wait for the local delete" },
+      );
+      await deleter.unsafe('COMMIT');
+    } finally {
+      deleter.release();
+    }
+    await barrier(cluster);
+    assert.deepEqual(await rows(n1), [{ k: 2, v: 'untouched' }], 'n1: the newer delete won');
+    assert.deepEqual(await rows(n2), [{ k: 2, v: 'untouched' }], 'n2: the newer delete won');
+  });
+});
+
+/**
+ * Topology: 3 nodes, agents in this process; n1's agent stopped for a while.
+ * Scenario: n1 inserts key 2 (replicated everywhere), then, while n1 receives nothing, n3 updates key 2 and n1
+ * changes the key of that row to 5. n1's key change is the newest change of key 2: it removes key 2 everywhere.
+ * Without the code under test: peers applied n1's key change as key 2's delete with a tombstone, but n1 itself kept
+ * no tombstone for key 2, so n3's older update, arriving at n1 afterwards, created key 2 again on n1 only.
+ */
+test('a primary key change leaves a tombstone for the old key on its own node too', { timeout: 120_000 }, async () => {
+  await withCluster({ nodes: 3, schema: SCHEMA }, async (cluster) => {
+    await cluster.startAgents();
+    const n1 = cluster.node('n1');
+    await n1.sql.unsafe(`INSERT INTO t VALUES (2, 'from n1')`);
+    await barrier(cluster);
+    await cluster.stopAgent('n1');
+    await cluster.node('n3').sql.unsafe(`UPDATE t SET v = 'from n3' WHERE k = 2`);
+    await n1.sql.unsafe(`UPDATE t SET k = 5 WHERE k = 2`);
+    // An UPDATE that leaves the key alone records nothing.
+    await n1.sql.unsafe(`UPDATE t SET v = 'from n1, moved' WHERE k = 5`);
+    const tombstones = await n1.sql.unsafe<{ pkey: string }[]>(`SELECT pkey FROM pgmesh.tombstone ORDER BY pkey`);
+    assert.deepEqual(tombstones.map((t) => t.pkey), ['[2]']);
+    await cluster.startAgents(['n1']);
+    await barrier(cluster);
+    for (const node of cluster.nodes) assert.deepEqual(await rows(node), [{ k: 5, v: 'from n1, moved' }], `${node.name}: key 2 is gone, key 5 holds the row`);
+  });
+});
