@@ -115,10 +115,17 @@ $fn$;
 -- track_commit_timestamp, or whose commit timestamp was truncated, are the oldest possible.
 -- A tuple written by a transaction still in progress (this apply transaction) has no timestamp either: oldest, so
 -- later changes of the same transaction always apply.
-CREATE FUNCTION pgmesh.row_version(row_xmin xid, local_node text, OUT ts timestamptz, OUT node text)
-LANGUAGE sql STABLE PARALLEL SAFE AS $fn$
-  SELECT coalesce(c.timestamp, '-infinity'::timestamptz), pgmesh.origin_node(c.roident, local_node)
+-- Written as a one-row set-returning SQL function with no subqueries, so the planner inlines it into the apply
+-- statements (a scalar function with a subquery would be planned again on every call).
+CREATE FUNCTION pgmesh.row_version(row_xmin xid, local_node text) RETURNS TABLE (ts timestamptz, node text)
+LANGUAGE sql STABLE PARALLEL SAFE ROWS 1 AS $fn$
+  SELECT coalesce(c.timestamp, '-infinity'::timestamptz),
+         CASE WHEN c.roident = 0 THEN local_node
+              WHEN o.roname LIKE 'pgmesh\\_%' THEN substr(o.roname, 8)
+              WHEN o.roname LIKE 'pgmeshr\\_%' THEN substr(o.roname, 9)
+              ELSE coalesce(o.roname, '?' || c.roident) END
     FROM pg_catalog.pg_xact_commit_timestamp_origin(row_xmin) c
+    LEFT JOIN pg_catalog.pg_replication_origin o ON o.roident = c.roident
 $fn$;
 
 -- Rows of tables with delta columns whose last applied change lost on the other columns keep the winning
@@ -133,12 +140,11 @@ CREATE TABLE pgmesh.version_override (
   PRIMARY KEY (relid, pkey)
 );
 
-CREATE FUNCTION pgmesh.row_version_keyed(relid oid, pkey text, row_xmin xid, local_node text, OUT ts timestamptz, OUT node text)
-LANGUAGE sql STABLE PARALLEL SAFE AS $fn$
+CREATE FUNCTION pgmesh.row_version_keyed(relid oid, pkey text, row_xmin xid, local_node text) RETURNS TABLE (ts timestamptz, node text)
+LANGUAGE sql STABLE PARALLEL SAFE ROWS 1 AS $fn$
   SELECT coalesce(o.ts, v.ts), coalesce(o.node, v.node)
     FROM pgmesh.row_version(row_xmin, local_node) v
-    LEFT JOIN pgmesh.version_override o
-      ON o.relid = row_version_keyed.relid AND o.pkey = row_version_keyed.pkey AND o.row_xmin = row_version_keyed.row_xmin
+    LEFT JOIN pgmesh.version_override o ON o.relid = $1 AND o.pkey = $2 AND o.row_xmin = $3
 $fn$;
 
 -- Deleted rows. The tombstone's own xmin carries the delete's version: the local transaction for local deletes,
@@ -254,10 +260,13 @@ CREATE TABLE pgmesh.table_policy (
   PRIMARY KEY (relation_schema, relation_name)
 );
 
--- A paused peer is not streamed until an operator resumes it ("pgmesh resume").
+-- A paused peer is not streamed until an operator resumes it ("pgmesh resume"). The transaction that paused it is
+-- then applied once with resume_resolution instead of the pause policy (after the operator repaired the row, the
+-- pause would otherwise come back: the repaired row is a newer local version, so still a conflict).
 ALTER TABLE pgmesh.apply_progress
   ADD COLUMN paused_at timestamptz,
-  ADD COLUMN paused_reason text;
+  ADD COLUMN paused_reason text,
+  ADD COLUMN resume_resolution text CHECK (resume_resolution IN ('last_update_wins', 'keep_local', 'apply_remote'));
 
 -- The peer's clock reading at which everything it had committed was applied here (from its keepalives); with the
 -- last applied commit timestamp it bounds what the peer can still send, so older tombstones can go.
