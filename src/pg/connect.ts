@@ -2,6 +2,7 @@
  * Opening connections. This folder is the only one that imports the driver (postgres.js: it pipelines queries on one
  * connection, prepares statements once, and exposes COPY BOTH as a stream, which a replication client needs).
  */
+import { connect as netConnect, type Socket } from 'node:net';
 import postgres from 'postgres';
 import { PgmeshError } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
@@ -22,6 +23,38 @@ export interface OpenOptions {
   readonly parameters?: Readonly<Record<string, string>>;
   readonly replication?: boolean;
   readonly connectTimeoutS?: number;
+  /**
+   * For a session that pipelines many statements: TCP_NODELAY (the driver leaves Nagle's algorithm on, which holds
+   * small pipelined writes back) and a deeper pipeline before the driver waits for replies.
+   */
+  readonly pipelined?: boolean;
+}
+
+interface SocketOptions {
+  readonly host: readonly string[];
+  readonly port: readonly number[];
+  readonly path?: string | false;
+  readonly connect_timeout?: number;
+}
+
+function noDelaySocket(o: SocketOptions): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = o.path ? netConnect({ path: o.path }) : netConnect({ host: o.host[0] ?? 'localhost', port: o.port[0] ?? 5432 });
+    socket.setNoDelay(true);
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(Object.assign(new Error('connect timeout'), { code: 'CONNECT_TIMEOUT' }));
+    }, 1000 * (o.connect_timeout ?? 10));
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.removeAllListeners('error');
+      resolve(socket);
+    });
+    socket.once('error', (error) => {
+      clearTimeout(timer);
+      reject(error);
+    });
+  });
 }
 
 export function openSql(dsn: string, options: OpenOptions): Sql {
@@ -53,6 +86,7 @@ export function openSql(dsn: string, options: OpenOptions): Sql {
     },
     onnotice: (notice) => log.debug({ node: options.node, notice: notice.message }, 'server notice'),
     debug: false,
+    ...(options.pipelined ? { max_pipeline: 10_000, socket: noDelaySocket as unknown as () => Socket } : {}),
   }) as unknown as Sql;
 }
 
