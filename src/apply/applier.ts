@@ -25,7 +25,14 @@ import { quoteLiteral } from '../pg/quote.ts';
 import { textArrayLiteral } from '../pg/text-array.ts';
 import type { RelationMessage } from '../protocol/messages.ts';
 import type { RemoteChange, StreamEvent } from '../stream/remote-transaction.ts';
-import { bindRelation, loadLocalRelation, type DeferredUnique, type ExceptionPolicy, type RelationBinding } from './local-relation.ts';
+import {
+  bindRelation,
+  loadLocalRelation,
+  type ConflictPolicy,
+  type DeferredUnique,
+  type ExceptionPolicy,
+  type RelationBinding,
+} from './local-relation.ts';
 import { describeChange, rowOps, type RowOp } from './row-ops.ts';
 import {
   buildDeferredUniqueCheck,
@@ -120,6 +127,10 @@ export class Applier {
   private readonly bindings = new Map<RelationMessage, { binding: RelationBinding; at: number }>();
   private readonly statements = new Map<string, string>();
   private readonly ctx: StatementContext;
+  /** Set when an operator resumed the peer: the policy that replaces 'pause' for the first transaction applied. */
+  private resumeResolution: ConflictPolicy | undefined;
+  /** Commit LSN of that first transaction (the one that paused the peer). */
+  private resumeLsn: Lsn | undefined;
   private txn: OpenTransaction | undefined;
   private batch: Batch | undefined;
   private inflight = 0;
@@ -136,8 +147,10 @@ export class Applier {
     private readonly session: ReservedSql,
     private readonly catalog: Sql,
     private readonly options: ApplierOptions,
-    start: Lsn,
+    progress: Progress,
   ) {
+    const start = progress.start;
+    this.resumeResolution = progress.resumeResolution;
     this.appliedEnd = start;
     this.issuedEnd = start;
     this.ctx = { peer: options.peer, localNode: options.localNode, conflictWindowMs: options.conflictWindowMs };
@@ -166,8 +179,8 @@ export class Applier {
       await sql.unsafe('SELECT 1');
       session = await sql.reserve();
       await session.unsafe(`SELECT pg_catalog.pg_replication_origin_session_setup(${quoteLiteral(options.origin)})`);
-      const start = await readProgress(session, options);
-      return new Applier(sql, session, catalog, options, start);
+      const progress = await readProgress(session, options);
+      return new Applier(sql, session, catalog, options, progress);
     } catch (error) {
       session?.release();
       await sql.end({ timeout: 1 }).catch(() => undefined);
@@ -234,6 +247,7 @@ export class Applier {
         // A redelivered transaction (its commit record lies before what is applied) is skipped whole.
         const skip = event.finalLsn < this.issuedEnd;
         const careful = !skip && this.options.carefulLsn === event.finalLsn;
+        if (!skip && this.resumeResolution && this.resumeLsn === undefined) this.resumeLsn = event.finalLsn;
         this.txn = {
           finalLsn: event.finalLsn,
           commitTime: event.commitTime,
@@ -302,14 +316,22 @@ export class Applier {
     batch.rows++;
   }
 
+  /** The table's conflict policy, or the resume resolution for the transaction that paused the peer. */
+  private policyFor(binding: RelationBinding): ConflictPolicy {
+    const policy = binding.local.conflictPolicy;
+    const resuming = this.resumeResolution !== undefined && this.txn !== undefined && this.txn.finalLsn === this.resumeLsn;
+    return policy === 'pause' && resuming ? (this.resumeResolution ?? policy) : policy;
+  }
+
   private statementFor(op: RowOp, multiRow: boolean): string {
     const binding = op.binding;
-    const key = `${op.kind}:${binding.local.qualified}:${binding.local.conflictPolicy}:${binding.deltaPositions.join(',')}:${op.valuePositions.join(',')}:${multiRow ? 'm' : 's'}`;
+    const policy = this.policyFor(binding);
+    const key = `${op.kind}:${binding.local.qualified}:${policy}:${binding.deltaPositions.join(',')}:${op.valuePositions.join(',')}:${multiRow ? 'm' : 's'}`;
     let text = this.statements.get(key);
     if (!text) {
       const shape = { kind: op.kind, binding, valuePositions: op.valuePositions, multiRow };
       if (valueParameterCount(shape) !== op.values.length) throw new PgmeshError('INTERNAL', `parameter count mismatch for ${key}`);
-      text = buildStatement(shape, this.ctx, binding.local.conflictPolicy);
+      text = buildStatement(shape, this.ctx, policy);
       this.statements.set(key, text);
     }
     return text;
@@ -387,6 +409,7 @@ export class Applier {
         );
       }
     }
+    if (txn.finalLsn === this.resumeLsn) await this.issue(CLEAR_RESUME, [this.options.peer], 'clearing the resume resolution');
     const prev = this.issuedEnd;
     this.issuedEnd = endLsn;
     await this.issue(
@@ -405,6 +428,7 @@ export class Applier {
   }
 
   private committed(txn: OpenTransaction, endLsn: Lsn, commitTime: PgTimestamp): void {
+    if (txn.finalLsn === this.resumeLsn) this.resumeResolution = undefined;
     this.appliedEnd = endLsn;
     this.stats.appliedXacts++;
     this.stats.lastCommitTime = commitTime;
@@ -497,6 +521,7 @@ export class Applier {
         await this.recordException(txn, change, bound, failed ? abandon.error : undefined, failed ? abandon.conflict : undefined);
       }
     }
+    if (txn.finalLsn === this.resumeLsn) await this.session.unsafe(CLEAR_RESUME, [this.options.peer]);
     const prev = this.issuedEnd;
     await this.session.unsafe('SELECT pgmesh.finish_apply($1::text, $2::text::pg_lsn, $3::text::pg_lsn, $4::text::timestamptz)', [
       this.options.peer,
@@ -634,9 +659,18 @@ export class Applier {
   }
 }
 
-async function readProgress(session: ReservedSql, options: ApplierOptions): Promise<Lsn> {
-  const rows = await session.unsafe<{ end_lsn: string; origin_lsn: string | null }[]>(
-    `SELECT p.end_lsn::text AS end_lsn, pg_catalog.pg_replication_origin_progress(${quoteLiteral(options.origin)}, false)::text AS origin_lsn
+/** Cleared in the transaction that used the resume resolution, so it applies to that transaction only. */
+const CLEAR_RESUME = 'UPDATE pgmesh.apply_progress SET resume_resolution = NULL WHERE peer = $1::text';
+
+interface Progress {
+  readonly start: Lsn;
+  readonly resumeResolution: ConflictPolicy | undefined;
+}
+
+async function readProgress(session: ReservedSql, options: ApplierOptions): Promise<Progress> {
+  const rows = await session.unsafe<{ end_lsn: string; origin_lsn: string | null; resume_resolution: ConflictPolicy | null }[]>(
+    `SELECT p.end_lsn::text AS end_lsn, pg_catalog.pg_replication_origin_progress(${quoteLiteral(options.origin)}, false)::text AS origin_lsn,
+            p.resume_resolution
        FROM pgmesh.apply_progress p WHERE p.peer = ${quoteLiteral(options.peer)}`,
   );
   const row = rows[0];
@@ -646,7 +680,7 @@ async function readProgress(session: ReservedSql, options: ApplierOptions): Prom
   if (row.origin_lsn !== null && row.origin_lsn !== row.end_lsn) {
     options.logger.warn({ peer: options.peer, progress: row.end_lsn, origin: row.origin_lsn }, 'origin progress differs from the progress row; resuming from the progress row');
   }
-  return parseLsn(row.end_lsn);
+  return { start: parseLsn(row.end_lsn), resumeResolution: row.resume_resolution ?? undefined };
 }
 
 function rememberKeys(into: Map<string, { binding: RelationBinding; keys: (string | null)[][] }>, op: RowOp): void {

@@ -274,10 +274,24 @@ export async function setDeltaColumns(sql: Sql, table: TableRef, columns: readon
   });
 }
 
-/** Lets a paused peer stream again; its agent notices within a second. */
-export async function resumePeer(sql: Sql, peer: string): Promise<boolean> {
-  const rows = await sql.unsafe(`UPDATE pgmesh.apply_progress SET paused_at = NULL, paused_reason = NULL WHERE peer = $1 AND paused_at IS NOT NULL RETURNING 1`, [
-    peer,
-  ]);
+/** How the transaction that paused a peer is applied when it is resumed. */
+export type ResumeResolution = Exclude<ConflictPolicy, 'pause'>;
+
+/**
+ * Lets a paused peer stream again; its agent notices within a second. The transaction that paused it is applied
+ * once with `resolution` (default last_update_wins) for its conflicts on tables whose policy is pause: the
+ * operator repairs the row first (a local write, newer than both sides, which then wins), or lets the rule
+ * decide. Under the pause policy alone it would pause again, since any repair is a newer local version.
+ */
+export async function resumePeer(sql: Sql, peer: string, options: { resolution?: ResumeResolution } = {}): Promise<boolean> {
+  const resolution = options.resolution ?? 'last_update_wins';
+  if (!CONFLICT_POLICIES.includes(resolution) || (resolution as ConflictPolicy) === 'pause') {
+    throw new PgmeshError('CONFIG_INVALID', `resume resolution "${resolution}" is not one of last_update_wins, keep_local, apply_remote`);
+  }
+  const rows = await sql.unsafe(
+    `UPDATE pgmesh.apply_progress SET paused_at = NULL, paused_reason = NULL, resume_resolution = $2
+      WHERE peer = $1 AND paused_at IS NOT NULL RETURNING 1`,
+    [peer, resolution],
+  );
   return rows.length > 0;
 }
