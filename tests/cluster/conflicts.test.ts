@@ -1,18 +1,20 @@
 /**
  * Topology: 3 nodes (n1, n2, n3), full mesh, agents in this process; one cluster shared by the scenarios below,
  * which run one after the other, each on its own rows or its own table.
- * Scenario: every conflict type (PostgreSQL 18 names) is provoked by "holding the streams": the agent of the node
- * that writes second is stopped (so it does not see the first write), and n3's agent runs while the two writes
- * happen, so n3 receives them in a known order. Then the held agents start and every node applies the other
- * writes. Each scenario asserts the rows on every node, the conflict records on every node (type, resolution,
- * both versions and both rows: the local node of a conflict is the one applying the remote change), the
- * agents' per-peer conflict counters, and where they apply, tombstones, exceptions, pauses and repairs.
+ * Scenario: every conflict type (PostgreSQL 18 names) is provoked by "holding the streams": the agents of the
+ * writers that must not see each other's write are stopped while they write, and n3's agent runs, so n3 receives
+ * the two writes in a known order (it waits for the first before the second is made). Then the held agents start
+ * and apply the other side's write. Each scenario asserts the rows on every node, the conflict records on every
+ * node (type, resolution, both versions and both rows; the local node of a conflict is the one applying the
+ * remote change), the agents' per-peer conflict counters (agents restart per scenario, so they start at zero),
+ * and where they apply tombstones, exceptions, replay and discard, pauses and resume.
  * Without the code under test: concurrent writes leave nodes different (each keeps what arrived last), a
  * delete is undone by an older update that arrives after it (no tombstone), a duplicate secondary key stops
- * replication for good or loses the change, conflicts are neither recorded nor counted, table policies and
- * delta columns have no effect, and a paused peer cannot be resumed.
+ * replication for good, loses the change or (deferrable constraint) is committed as a duplicate, conflicts are
+ * neither recorded nor counted, table policies and delta columns have no effect, and a paused peer cannot be
+ * resumed.
  */
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { isDeepStrictEqual } from 'node:util';
 import {
@@ -654,7 +656,7 @@ test('every conflict type is detected, resolved by the table policy, recorded an
         assert.deepEqual(await rowsOn(cluster, 'ar', 1), { n1: v.n2.row, n2: v.n1.row, n3: v.n2.row });
       });
 
-      await step('pause: a conflict pauses the peer on every node that meets it; after repair, resume lets the streams go on', async () => {
+      await step('pause: a conflict pauses the peer on every node that meets it; after the row is repaired, resume lets the streams go on', async () => {
         const since = await baseline(cluster);
         const v = await concurrentUpdates('pz');
         const paused = async (node: Node, peer: Node) =>
@@ -676,18 +678,21 @@ test('every conflict type is detected, resolved by the table policy, recorded an
         assert.deepEqual(counters(cluster), {});
         assert.deepEqual(await conflictsSince(cluster, since), { n1: [], n2: [], n3: [] });
 
-        // Repair: the operator decides last-update-wins is right for this table, then resumes the peers.
-        for (const node of cluster.nodes) await setTablePolicy(node.sql, { schema: 'public', name: 'pz' }, { conflictPolicy: 'last_update_wins' });
+        // Repair, as an operator would: decide the row's value (on any node; here n2, a write newer than both
+        // conflicting updates), then resume. Each resumed stream applies its paused transaction once by
+        // last-update-wins, so the decided row wins everywhere; the table keeps its pause policy.
+        const tsDecided = await commit(n2, `UPDATE pz SET v = 'decided' WHERE id = 1`);
+        const decided = { ts: tsDecided, node: 'n2', row: { id: 1, v: 'decided' } };
         assert.equal(await resumePeer(n1.sql, 'n2'), true);
         assert.equal(await resumePeer(n3.sql, 'n2'), true);
         assert.equal(await resumePeer(n2.sql, 'n1'), true);
         assert.equal(await resumePeer(n2.sql, 'n3'), false);
         await cluster.waitConverged(['pz', 'item']);
-        assert.deepEqual(await rowsOn(cluster, 'pz', 1), { n1: v.n2.row, n2: v.n2.row, n3: v.n2.row });
+        assert.deepEqual(await rowsOn(cluster, 'pz', 1), { n1: decided.row, n2: decided.row, n3: decided.row });
         assert.deepEqual((await rowsOn(cluster, 'item', 7)).n1, { id: 7, v: 'behind the pause' });
         const expected: PerNode<Conflict[]> = {
           n1: [conflict({ relation: 'public.pz', peer: 'n2', key: '[1]', type: 'update_origin_differs', resolution: 'apply_remote', local: v.n1, remote: v.n2 })],
-          n2: [conflict({ relation: 'public.pz', peer: 'n1', key: '[1]', type: 'update_origin_differs', resolution: 'keep_local', local: v.n2, remote: v.n1 })],
+          n2: [conflict({ relation: 'public.pz', peer: 'n1', key: '[1]', type: 'update_origin_differs', resolution: 'keep_local', local: decided, remote: v.n1 })],
           n3: [conflict({ relation: 'public.pz', peer: 'n2', key: '[1]', type: 'update_origin_differs', resolution: 'apply_remote', local: v.n1, remote: v.n2 })],
         };
         await expectConflicts(cluster, since, expected);
@@ -695,6 +700,14 @@ test('every conflict type is detected, resolved by the table policy, recorded an
         for (const [node, peer] of [['n1', 'n2'], ['n3', 'n2'], ['n2', 'n1']] as const) {
           await eventually(() => peerStatus(cluster, node, peer).state === 'streaming', { what: `${peer} streaming again on ${node}` });
           assert.equal(peerStatus(cluster, node, peer).pausedReason, null);
+        }
+        // The resolution was for the paused transaction only: it is cleared, and the table's policy is still pause.
+        for (const node of cluster.nodes) {
+          const rows = await node.sql.unsafe<{ policy: string; pending: string }[]>(
+            `SELECT (SELECT conflict_policy FROM pgmesh.table_policy WHERE relation_name = 'pz') AS policy,
+                    (SELECT count(*) FROM pgmesh.apply_progress WHERE resume_resolution IS NOT NULL)::text AS pending`,
+          );
+          assert.deepEqual({ policy: rows[0]?.policy, pending: rows[0]?.pending }, { policy: 'pause', pending: '0' }, node.name);
         }
       });
 
