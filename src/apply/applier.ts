@@ -20,7 +20,7 @@ import type { Logger } from '../core/logger.ts';
 import { formatLsn, parseLsn, type Lsn } from '../core/lsn.ts';
 import { formatPgTimestamp, type PgTimestamp } from '../core/pg-time.ts';
 import { SQLSTATE, sqlState } from '../core/sqlstate.ts';
-import { openSql, type ReservedSql, type Sql } from '../pg/connect.ts';
+import { openSql, type Sql } from '../pg/connect.ts';
 import { quoteLiteral } from '../pg/quote.ts';
 import { textArrayLiteral } from '../pg/text-array.ts';
 import type { RelationMessage } from '../protocol/messages.ts';
@@ -144,7 +144,7 @@ export class Applier {
 
   private constructor(
     private readonly sql: Sql,
-    private readonly session: ReservedSql,
+    private readonly session: Sql,
     private readonly catalog: Sql,
     private readonly options: ApplierOptions,
     progress: Progress,
@@ -172,17 +172,18 @@ export class Applier {
       // Replica mode: user triggers and rules do not fire and foreign keys are not re-checked, as for native apply.
       // Asynchronous commit, as native apply: what is acknowledged to the peer is only what is flushed.
       parameters: { session_replication_role: 'replica', synchronous_commit: 'off' },
+      pipelined: true,
     });
-    let session: ReservedSql | undefined;
+    // The session is the pool of one connection itself, not a reserved connection: postgres.js 3.4 sends the queries
+    // of a reserved connection one round trip at a time once its pipeline has filled, while a pool keeps pipelining.
+    // Idle and lifetime limits are off, so the connection is not replaced; if it were (a network error), the new one
+    // would have no origin session and pg_replication_origin_xact_setup in finish_apply would refuse to commit.
+    const session = sql;
     try {
-      // postgres.js 3.4 never resolves reserve() while the pool has no open connection: open one first.
-      await sql.unsafe('SELECT 1');
-      session = await sql.reserve();
       await session.unsafe(`SELECT pg_catalog.pg_replication_origin_session_setup(${quoteLiteral(options.origin)})`);
       const progress = await readProgress(session, options);
       return new Applier(sql, session, catalog, options, progress);
     } catch (error) {
-      session?.release();
       await sql.end({ timeout: 1 }).catch(() => undefined);
       if (sqlState(error) === '55000' || /already active|is already in use/i.test(errorMessage(error))) {
         throw new PgmeshError(
@@ -654,7 +655,6 @@ export class Applier {
   }
 
   async close(): Promise<void> {
-    this.session.release();
     await this.sql.end({ timeout: 2 }).catch(() => undefined);
   }
 }
@@ -667,7 +667,7 @@ interface Progress {
   readonly resumeResolution: ConflictPolicy | undefined;
 }
 
-async function readProgress(session: ReservedSql, options: ApplierOptions): Promise<Progress> {
+async function readProgress(session: Sql, options: ApplierOptions): Promise<Progress> {
   const rows = await session.unsafe<{ end_lsn: string; origin_lsn: string | null; resume_resolution: ConflictPolicy | null }[]>(
     `SELECT p.end_lsn::text AS end_lsn, pg_catalog.pg_replication_origin_progress(${quoteLiteral(options.origin)}, false)::text AS origin_lsn,
             p.resume_resolution

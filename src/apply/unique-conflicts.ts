@@ -9,7 +9,7 @@
  * Runs in the careful-mode transaction, after the failing change was rolled back to its savepoint.
  */
 import { quoteIdent, quoteLiteral } from '../pg/quote.ts';
-import type { ReservedSql } from '../pg/connect.ts';
+import type { Sql } from '../pg/connect.ts';
 import type { Tuple } from '../protocol/messages.ts';
 import type { RelationBinding } from './local-relation.ts';
 
@@ -31,7 +31,7 @@ interface UniqueIndex {
   readonly columns: readonly string[];
 }
 
-async function uniqueIndexes(sql: ReservedSql, relid: number): Promise<UniqueIndex[]> {
+async function uniqueIndexes(sql: Sql, relid: number): Promise<UniqueIndex[]> {
   // Plain column indexes only: for expression and partial indexes the clashing row cannot be found this simply.
   const rows = await sql.unsafe<{ name: string; columns: string }[]>(
     `SELECT c.relname AS name, json_agg(a.attname ORDER BY k.n)::text AS columns
@@ -59,7 +59,7 @@ function sentValue(binding: RelationBinding, tuple: Tuple, column: string): { po
  * values. `oldTuple` (an update's old key) names a row that is the changed row itself, not a clashing one.
  */
 export async function findUniqueConflict(
-  sql: ReservedSql,
+  sql: Sql,
   binding: RelationBinding,
   kind: 'insert' | 'update',
   newTuple: Tuple,
@@ -132,7 +132,7 @@ export async function findUniqueConflict(
  * version is the first one's.
  */
 export async function recordUniqueConflict(
-  sql: ReservedSql,
+  sql: Sql,
   conflict: UniqueConflict,
   context: { peer: string; relation: string; remoteTs: string; remoteCommitLsn: string },
 ): Promise<void> {

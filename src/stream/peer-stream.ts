@@ -279,7 +279,9 @@ export class PeerStream implements ProgressSink {
       this.waiter = undefined;
       waiter.resolve(null);
     }
-    this.duplex.destroy();
+    // No CopyFail/CopyDone handshake: the walsender only needs the connection gone, and waiting for its reply to
+    // a CopyDone can take as long as its next keepalive.
+    this.duplex.removeAllListeners('data');
     await this.connection.close();
   }
 }
