@@ -2,8 +2,8 @@
  * Applies one peer's stream of remote transactions to the local node, each as one local transaction in an apply
  * session that replays the peer's origin (design.md, "Data path"):
  *
- *   BEGIN; <changes, batched into multi-row statements>; SELECT pgmesh.finish_apply(...); COMMIT;
- *   SELECT pg_replication_origin_xact_reset();
+ *   BEGIN; <changes, batched into multi-row statements>;
+ *   SELECT pgmesh.finish_apply(...); COMMIT; SELECT pg_replication_origin_xact_reset();  (one message)
  *
  * finish_apply raises deferred constraint errors, writes the progress row in the same commit as the changes (so a
  * transaction whose changes all lost still advances progress), and sets the origin LSN and the remote commit
@@ -413,19 +413,16 @@ export class Applier {
     if (txn.finalLsn === this.resumeLsn) await this.issue(CLEAR_RESUME, [this.options.peer], 'clearing the resume resolution');
     const prev = this.issuedEnd;
     this.issuedEnd = endLsn;
-    await this.issue(
-      'SELECT pgmesh.finish_apply($1::text, $2::text::pg_lsn, $3::text::pg_lsn, $4::text::timestamptz)',
-      [this.options.peer, formatLsn(prev), formatLsn(endLsn), formatPgTimestamp(commitTime)],
-      `transaction at ${formatLsn(txn.finalLsn)}`,
-    );
-    await this.issue('COMMIT', [], `COMMIT of transaction at ${formatLsn(txn.finalLsn)}`, (result) => {
-      const command = (result as { command?: string } | undefined)?.command;
-      if (command !== 'COMMIT') return; // rolled back: the failing statement has been recorded
-      this.committed(txn, endLsn, commitTime);
-    });
+    // One message, three statements (fewer round trips through the driver): finish, commit, and the reset without
+    // which this transaction's origin LSN and timestamp would stick to the session's next commit. If finish_apply
+    // fails, the server skips the rest of the message: nothing commits, and every later statement fails too.
+    const finish =
+      `SELECT pgmesh.finish_apply(${quoteLiteral(this.options.peer)}, '${formatLsn(prev)}', '${formatLsn(endLsn)}', '${formatPgTimestamp(commitTime)}'); ` +
+      'COMMIT; SELECT pg_catalog.pg_replication_origin_xact_reset()';
+    // A reply without error means all three ran: finish_apply cannot succeed in an aborted transaction, so the
+    // COMMIT after it committed.
+    await this.issue(finish, [], `transaction at ${formatLsn(txn.finalLsn)}`, () => this.committed(txn, endLsn, commitTime));
     this.txn = undefined;
-    // Without the reset, this transaction's origin LSN and timestamp would stick to the session's next commit.
-    await this.issue('SELECT pg_catalog.pg_replication_origin_xact_reset()', [], 'origin reset');
   }
 
   private committed(txn: OpenTransaction, endLsn: Lsn, commitTime: PgTimestamp): void {
