@@ -37,24 +37,16 @@ interface SocketOptions {
   readonly connect_timeout?: number;
 }
 
-function noDelaySocket(o: SocketOptions): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = o.path ? netConnect({ path: o.path }) : netConnect({ host: o.host[0] ?? 'localhost', port: o.port[0] ?? 5432 });
-    socket.setNoDelay(true);
-    const timer = setTimeout(() => {
-      socket.destroy();
-      reject(Object.assign(new Error('connect timeout'), { code: 'CONNECT_TIMEOUT' }));
-    }, 1000 * (o.connect_timeout ?? 10));
-    socket.once('connect', () => {
-      clearTimeout(timer);
-      socket.removeAllListeners('error');
-      resolve(socket);
-    });
-    socket.once('error', (error) => {
-      clearTimeout(timer);
-      reject(error);
-    });
-  });
+/**
+ * The socket is handed to the driver at once, still connecting: the driver attaches its 'error' and 'close' handlers
+ * and writes the startup message (buffered until connected), so a failed connect goes through its normal close and
+ * reconnect path. A factory that waited for 'connect' and rejected instead left the driver's only connection stuck
+ * in "connecting": after one failed reconnect (server down) every later query waited forever.
+ */
+function noDelaySocket(o: SocketOptions): Socket {
+  const socket = o.path ? netConnect({ path: o.path }) : netConnect({ host: o.host[0] ?? 'localhost', port: o.port[0] ?? 5432 });
+  socket.setNoDelay(true);
+  return socket;
 }
 
 export function openSql(dsn: string, options: OpenOptions): Sql {
