@@ -9,11 +9,17 @@
  *   and drops what other nodes did to it concurrently. This failure is expected; it is why delta columns exist.
  * - With agent processes killed by SIGKILL in the middle of the run and restarted: still exact (each delta applied
  *   exactly once: applied changes and apply progress commit together, and the stream resumes after them).
+ * - With a whole server killed (kill -9 of postmaster and backends) in the middle of the run and started again: still
+ *   exact. Its asynchronously committed apply transactions may be lost in the crash, together with their progress,
+ *   and must come again; its slots may resend what peers already applied, which they must skip.
+ * Every transfer also inserts a row into transfer_log in its transaction: what committed is read from the database
+ * (a transfer whose COMMIT was cut off by a crash may or may not have committed), and must be identical everywhere.
  * Without the code under test: deltas applied as plain values lose money; a delta applied again after a restart
  * (redelivery) creates money on one node; an apply transaction that is not atomic lets a reader see a half transfer.
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
 import { setDeltaColumns } from '../../src/cluster/repair.ts';
 import { BARRIER_TABLE, barrier } from '../support/barrier.ts';
@@ -24,18 +30,35 @@ const INITIAL_CENTS = 100_000; // 1000.00 per account
 const schema = (accounts: number) => `
 CREATE TABLE accounts (id integer PRIMARY KEY, balance numeric NOT NULL);
 INSERT INTO accounts (id, balance) SELECT g, ${INITIAL_CENTS / 100} FROM generate_series(1, ${accounts}) g;
+CREATE TABLE transfer_log (id text PRIMARY KEY, from_id integer NOT NULL, to_id integer NOT NULL, cents integer NOT NULL);
+-- One transfer: one transaction (one statement), two UPDATEs balance = balance ± x, locked in id order so that
+-- clients on one node never deadlock each other, and the transfer's row in the log.
+CREATE FUNCTION transfer(id text, from_id integer, to_id integer, cents integer) RETURNS void LANGUAGE plpgsql AS $fn$
+DECLARE
+  leg record;
+BEGIN
+  INSERT INTO transfer_log VALUES (id, from_id, to_id, cents);
+  FOR leg IN SELECT * FROM (VALUES (from_id, -cents), (to_id, cents)) AS l(account, delta) ORDER BY account LOOP
+    UPDATE accounts SET balance = balance + round(leg.delta / 100.0, 2) WHERE accounts.id = leg.account;
+    IF NOT FOUND THEN RAISE EXCEPTION 'no account %', leg.account; END IF;
+  END LOOP;
+END
+$fn$;
 ${BARRIER_TABLE}
 `;
 
 interface Transfer {
-  readonly node: string;
+  readonly id: string;
   readonly from: number;
   readonly to: number;
   readonly cents: number;
 }
 
 interface LoadResult {
+  /** Transfers whose COMMIT succeeded. */
   readonly transfers: Transfer[];
+  /** Transfers whose connection broke before COMMIT answered (a crash): they may or may not have committed. */
+  readonly unknown: Transfer[];
   /** Transfers that lost a deadlock (against an apply transaction) and were run again. */
   retries: number;
   readerChecks: number;
@@ -48,9 +71,22 @@ interface LoadOptions {
   readonly clientsPerNode: number;
   /** Called after every committed transfer with the number committed so far (all nodes). */
   readonly onCommitted?: (committed: number) => void;
+  /** A server may crash during the run: clients and readers wait for it instead of failing. */
+  readonly crashes?: boolean;
 }
 
 const random = (n: number) => Math.floor(Math.random() * n);
+
+/** The server went away (crash, restart): the driver's connection errors and SQLSTATE classes 08 and 57P. */
+function connectionLost(error: unknown): boolean {
+  const code = String((error as { code?: unknown }).code ?? '');
+  return /^(08|57P)/.test(code) || ['CONNECTION_CLOSED', 'CONNECTION_DESTROYED', 'CONNECTION_ENDED', 'ECONNREFUSED', 'ECONNRESET', 'EPIPE'].includes(code);
+}
+
+/** Waits until the node's server answers again (after a crash, while it is down or in recovery). */
+async function reachable(node: TestNode): Promise<void> {
+  await eventually(async () => (await node.sql.unsafe(`SELECT 1`)).length === 1, { timeoutMs: 120_000, what: `${node.name} to answer again` });
+}
 
 async function transferLoop(node: TestNode, count: number, options: LoadOptions, result: LoadResult): Promise<void> {
   for (let done = 0; done < count; ) {
@@ -58,22 +94,10 @@ async function transferLoop(node: TestNode, count: number, options: LoadOptions,
     let to = 1 + random(options.accounts - 1);
     if (to >= from) to++;
     const cents = 1 + random(10_000);
-    const amount = (cents / 100).toFixed(2);
-    // Rows are locked in id order, so clients on one node never deadlock each other.
-    const legs = [
-      { id: from, op: '-' },
-      { id: to, op: '+' },
-    ].sort((a, b) => a.id - b.id);
+    const transfer = { id: `${node.name}-${randomUUID()}`, from, to, cents };
     try {
-      await node.sql.begin(async (tx) => {
-        for (const leg of legs) {
-          const updated = await tx.unsafe(`UPDATE accounts SET balance = balance ${leg.op} $1::text::numeric WHERE id = $2::text::int`, [
-            amount,
-            String(leg.id),
-          ]);
-          assert.equal(updated.count, 1, `account ${leg.id} exists on ${node.name}`);
-        }
-      });
+      // One statement, so a crash never leaves the driver a transaction to roll back on a dead connection.
+      await node.sql.unsafe(`SELECT transfer($1, $2::text::int, $3::text::int, $4::text::int)`, [transfer.id, String(from), String(to), String(cents)]);
     } catch (error) {
       // An apply transaction takes the same row locks in its own order: one of the two may lose a deadlock.
       const code = (error as { code?: string }).code;
@@ -81,9 +105,14 @@ async function transferLoop(node: TestNode, count: number, options: LoadOptions,
         result.retries++;
         continue;
       }
+      if (options.crashes && connectionLost(error)) {
+        result.unknown.push(transfer);
+        await reachable(node);
+        continue;
+      }
       throw error;
     }
-    result.transfers.push({ node: node.name, from, to, cents });
+    result.transfers.push(transfer);
     done++;
     options.onCommitted?.(result.transfers.length);
   }
@@ -91,13 +120,20 @@ async function transferLoop(node: TestNode, count: number, options: LoadOptions,
 
 /** Runs the bank workload on every node at once; readers check the local total until the clients are done. */
 async function runBank(cluster: TestCluster, options: LoadOptions): Promise<LoadResult> {
-  const result: LoadResult = { transfers: [], retries: 0, readerChecks: 0, readerViolations: [] };
+  const result: LoadResult = { transfers: [], unknown: [], retries: 0, readerChecks: 0, readerViolations: [] };
   const expectedTotal = BigInt(options.accounts * INITIAL_CENTS);
   let clientsDone = false;
   const readers = cluster.nodes.map(async (node) => {
     while (!clientsDone) {
       // One statement is one snapshot: it sees a transfer (local, or applied from a peer) whole or not at all.
-      const rows = await node.sql.unsafe<{ cents: string }[]>(`SELECT (sum(balance) * 100)::bigint::text AS cents FROM accounts`);
+      let rows: { cents: string }[];
+      try {
+        rows = await node.sql.unsafe<{ cents: string }[]>(`SELECT (sum(balance) * 100)::bigint::text AS cents FROM accounts`);
+      } catch (error) {
+        if (!options.crashes || !connectionLost(error)) throw error;
+        await reachable(node);
+        continue;
+      }
       const total = BigInt(rows[0]?.cents ?? '0');
       result.readerChecks++;
       if (total !== expectedTotal && result.readerViolations.length < 100) result.readerViolations.push({ node: node.name, totalCents: total });
@@ -150,19 +186,40 @@ async function conflictCount(node: TestNode): Promise<number> {
   return Number(rows[0]?.n ?? 0);
 }
 
-/** Delta run checks: every node hash-equal, every balance exact, the total intact everywhere, readers never wrong. */
+/** Transfers that committed, as the transfer log on a node says. */
+async function loggedTransfers(node: TestNode): Promise<Transfer[]> {
+  const rows = await node.sql.unsafe<{ id: string; from_id: number; to_id: number; cents: number }[]>(
+    `SELECT id, from_id, to_id, cents FROM transfer_log ORDER BY id COLLATE "C"`,
+  );
+  return rows.map((r) => ({ id: r.id, from: Number(r.from_id), to: Number(r.to_id), cents: Number(r.cents) }));
+}
+
+/**
+ * Delta run checks: the transfer log is the same everywhere and holds every acknowledged transfer (and no transfer
+ * that was never attempted); every node is hash-equal; every balance is the initial one plus each logged transfer
+ * once; the total is intact everywhere; readers never saw another total.
+ */
 async function assertExactBank(t: TestContext, cluster: TestCluster, accounts: number, load: LoadResult): Promise<void> {
   await barrier(cluster);
   const banks = await readBank(cluster);
-  const expected = expectedBalances(accounts, load.transfers);
   const conflicts = await Promise.all(cluster.nodes.map(conflictCount));
+  const logs = await Promise.all(cluster.nodes.map(loggedTransfers));
+  const log = logs[0] as Transfer[];
   t.diagnostic(
-    `${load.transfers.length} transfers, ${load.retries} deadlock retries, ${load.readerChecks} reader checks, concurrent updates logged per node: ${conflicts.join('/')}`,
+    `${load.transfers.length} transfers acknowledged, ` +
+      (load.unknown.length > 0 ? `${load.unknown.length} cut off by the crash (${load.unknown.filter((u) => log.some((l) => l.id === u.id)).length} of them committed), ` : '') +
+      `${load.retries} deadlock retries, ${load.readerChecks} reader checks, concurrent updates logged per node: ${conflicts.join('/')}`,
   );
+  for (const [i, other] of logs.entries()) assert.deepEqual(other, log, `transfer log on ${cluster.nodes[i]?.name} equals n1's`);
+  const logged = new Set(log.map((l) => l.id));
+  assert.deepEqual(load.transfers.filter((tr) => !logged.has(tr.id)), [], 'every acknowledged transfer is in the log');
+  const attempted = new Set([...load.transfers, ...load.unknown].map((tr) => tr.id));
+  assert.deepEqual(log.filter((l) => !attempted.has(l.id)), [], 'the log holds only attempted transfers');
+  const expected = expectedBalances(accounts, log);
   assert.deepEqual(load.readerViolations, [], 'a reader saw the total change inside one snapshot');
   for (const bank of banks) {
     assert.equal(bank.totalCents, BigInt(accounts * INITIAL_CENTS), `total on ${bank.node}`);
-    assert.deepEqual(bank.balances, expected, `balances on ${bank.node} are the initial ones plus every committed transfer, once`);
+    assert.deepEqual(bank.balances, expected, `balances on ${bank.node} are the initial ones plus every logged transfer, once`);
   }
   assert.equal(new Set(banks.map((b) => b.hash)).size, 1, `accounts hash-equal on every node: ${banks.map((b) => `${b.node}=${b.hash}`).join(' ')}`);
   // Nodes changed the same rows concurrently (recorded as update_origin_differs), so the deltas really met.
@@ -275,3 +332,40 @@ async function waitStreaming(cluster: TestCluster): Promise<void> {
     { timeoutMs: 60_000, what: 'every agent process to stream from every peer' },
   );
 }
+
+test('bank: a server killed with kill -9 mid-run and started again loses no transfer and applies none twice', { timeout: 300_000 }, async (t) => {
+  const accounts = 20;
+  // Short retry backoff: the agents reconnect soon after the server is back.
+  await withCluster({ nodes: 3, schema: schema(accounts), tuning: { retryBaseMs: 100, retryMaxMs: 1000 } }, async (cluster) => {
+    await declareDelta(cluster);
+    await cluster.startAgents();
+    const victim = cluster.node('n2');
+    let committed = 0;
+    let loadFinished = false;
+    const load = runBank(cluster, {
+      accounts,
+      transfersPerNode: 600,
+      clientsPerNode: 2,
+      crashes: true,
+      onCommitted: (n) => {
+        committed = n;
+      },
+    });
+    void load
+      .finally(() => {
+        loadFinished = true;
+      })
+      .catch(() => undefined);
+    const applied0 = await appliedXacts(victim);
+    await eventually(async () => (await appliedXacts(victim)) >= applied0 + 30, { timeoutMs: 60_000, what: 'n2 to apply 30 transactions' });
+    await victim.server.kill();
+    const atCrash = committed;
+    // The other nodes go on while n2 is down.
+    await eventually(() => committed >= atCrash + 300 || loadFinished, { timeoutMs: 60_000, what: 'transfers on n1 and n3 while n2 is down' });
+    await victim.server.start();
+    const atRestart = committed;
+    const result = await load;
+    t.diagnostic(`n2 crashed at ${atCrash} committed transfers, restarted at ${atRestart}`);
+    await assertExactBank(t, cluster, accounts, result);
+  });
+});
