@@ -16,8 +16,11 @@ export function pgTimestampFromDate(date: Date): PgTimestamp {
   return (BigInt(date.getTime()) * 1000n - PG_EPOCH_US) as PgTimestamp;
 }
 
+/** The millisecond the timestamp falls in (floored, before 1970 too: bigint division truncates toward zero). */
 export function pgTimestampToDate(ts: PgTimestamp): Date {
-  return new Date(Number((ts + PG_EPOCH_US) / 1000n));
+  const unixUs = ts + PG_EPOCH_US;
+  const ms = unixUs / 1000n;
+  return new Date(Number(unixUs % 1000n < 0n ? ms - 1n : ms));
 }
 
 export function pgTimestampToUnixMicros(ts: PgTimestamp): bigint {
