@@ -138,9 +138,12 @@ export class Applier {
   private roomWaiter: (() => void) | undefined;
   private drainWaiter: (() => void) | undefined;
   private failure: Failure | undefined;
-  /** Resolves (with null, like an ended stream) when a statement fails, so run() does not wait for events first. */
-  private readonly failed: Promise<null>;
-  private signalFailure: () => void = () => undefined;
+  /**
+   * Set while run() waits for events: a failed statement wakes it (like an ended stream), so it does not wait for
+   * the next event first. Not a long-lived promise raced against every wait: each Promise.race leaves a reaction on
+   * a promise that never settles, and that reaction keeps the race's result alive (every event batch ever received).
+   */
+  private wakeOnFailure: (() => void) | undefined;
 
   private constructor(
     private readonly sql: Sql,
@@ -154,9 +157,6 @@ export class Applier {
     this.appliedEnd = start;
     this.issuedEnd = start;
     this.ctx = { peer: options.peer, localNode: options.localNode, conflictWindowMs: options.conflictWindowMs };
-    this.failed = new Promise((resolve) => {
-      this.signalFailure = () => resolve(null);
-    });
   }
 
   /**
@@ -201,7 +201,11 @@ export class Applier {
     try {
       for (;;) {
         // A failed statement must end the session even when the peer sends nothing more (an idle stream).
-        const events = await Promise.race([source.next(), this.failed]);
+        const events = await new Promise<StreamEvent[] | null>((resolve, reject) => {
+          this.wakeOnFailure = () => resolve(null);
+          source.next().then(resolve, reject);
+        });
+        this.wakeOnFailure = undefined;
         if (events === null) break;
         for (const event of events) {
           const wait = this.handle(event);
@@ -600,7 +604,7 @@ export class Applier {
       },
       (error: unknown) => {
         if (!this.failure) this.failure = { error, what, finalLsn };
-        this.signalFailure();
+        this.wakeOnFailure?.();
         this.settled(bytes);
       },
     );

@@ -66,7 +66,7 @@ test('a 1,000,000-row transaction replicates while the agent memory stays flat',
   await withCluster({ nodes: 2, schema: SCHEMA }, async (cluster) => {
     const n1 = cluster.node('n1');
     const n2 = cluster.node('n2');
-    const agent = cluster.startAgentProcess('n2', { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --max-old-space-size=${HEAP_CAP_MB}`.trim() });
+    const agent = cluster.startAgentProcess('n2', { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --max-old-space-size=${HEAP_CAP_MB} ${process.env.PGMESH_AGENT_NODE_OPTIONS ?? ''}`.trim() });
     const pid = agent.child.pid;
     assert.ok(pid !== undefined, 'the agent process has a pid');
 

@@ -179,7 +179,8 @@ export class TestCluster {
 
   async destroy(): Promise<void> {
     for (const agent of this.processes.values()) await agent.kill('SIGKILL');
-    await Promise.all([...this.agents.values()].map((a) => a.stop().catch(() => undefined)));
+    // Bounded: an agent that hangs must fail its test, not hang the whole run (its servers are stopped below anyway).
+    await Promise.all([...this.agents.values()].map((a) => withDeadline(a.stop(), AGENT_STOP_MS).catch(() => undefined)));
     this.agents.clear();
     await Promise.all(this.nodes.map((n) => n.sql.end({ timeout: 1 }).catch(() => undefined)));
     await Promise.all(this.nodes.map((n) => n.server.stop().catch(() => n.server.kill())));
@@ -200,14 +201,32 @@ export async function withCluster(options: ClusterOptions, body: (cluster: TestC
   }
 }
 
-/** Polls a condition until it holds or the deadline passes; never a bare sleep. */
+const AGENT_STOP_MS = 15_000;
+
+function withDeadline<T>(work: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`did not finish within ${ms} ms`)), ms);
+  });
+  return Promise.race([work, deadline]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Polls a condition until it holds or the deadline passes; never a bare sleep.
+ * `abort` is checked before every attempt: when it returns a reason (an agent process died, say), waiting stops at once.
+ */
 export async function eventually(
   condition: () => Promise<boolean> | boolean,
-  options: { timeoutMs?: number; intervalMs?: number; what: string | (() => string) },
+  options: { timeoutMs?: number; intervalMs?: number; what: string | (() => string); abort?: () => string | undefined },
 ): Promise<void> {
   const deadline = Date.now() + (options.timeoutMs ?? 30_000);
   let lastError: unknown;
   while (Date.now() < deadline) {
+    const reason = options.abort?.();
+    if (reason !== undefined) {
+      const what = typeof options.what === 'function' ? options.what() : options.what;
+      throw new Error(`gave up waiting for ${what}: ${reason}`);
+    }
     try {
       if (await condition()) return;
     } catch (error) {
