@@ -6,6 +6,7 @@ import { PgmeshError } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
 import { connectionError, openSql, type Sql } from '../pg/connect.ts';
 import { requireLocalNode } from '../cluster/node-admin.ts';
+import { CATALOG_VERSION } from '../cluster/catalog-schema.ts';
 import { checkServerFacts, formatProblems, readServerFacts } from '../cluster/server-checks.ts';
 import { findNode, type ClusterConfig } from '../config/config.ts';
 import { errorMessage } from '../core/errors.ts';
@@ -61,6 +62,15 @@ export class Agent {
       const problems = checkServerFacts(facts, peers.length);
       if (problems.length > 0) throw new PgmeshError('SERVER_SETTINGS', formatProblems(nodeName, problems), { context: { node: nodeName } });
       await requireLocalNode(catalog, nodeName);
+      const versions = await catalog.unsafe<{ version: number }[]>(`SELECT version FROM pgmesh.catalog_version`);
+      const version = versions[0]?.version ?? 0;
+      if (version < CATALOG_VERSION) {
+        throw new PgmeshError(
+          'NOT_INITIALIZED',
+          `the pgmesh catalog on node ${nodeName} is version ${version}, and this pgmesh needs version ${CATALOG_VERSION}; run "pgmesh init --node ${nodeName}" (or "pgmesh cluster create") to upgrade it`,
+          { context: { node: nodeName } },
+        );
+      }
       const linked = await catalog.unsafe<{ peer: string }[]>(`SELECT peer FROM pgmesh.apply_progress`);
       const missing = peers.filter((p) => !linked.some((l) => l.peer === p.name)).map((p) => p.name);
       if (missing.length > 0) {

@@ -59,6 +59,8 @@ export class PeerReplicator {
   private readonly conflictsByTable: Record<string, number> = {};
   /** A transaction that failed on its data: the next session applies it change by change. */
   private carefulLsn: Lsn | undefined;
+  /** A transaction where the fast path missed and which could not be replayed in place: the next session applies it with the full statements. */
+  private fullLsn: Lsn | undefined;
   private pausedReason: string | null = null;
   private wake: (() => void) | undefined;
   private loop: Promise<void> | undefined;
@@ -83,10 +85,18 @@ export class PeerReplicator {
       } catch (error) {
         if (this.stopped) break;
         const code = error instanceof PgmeshError ? error.code : 'INTERNAL';
-        this.lastError = { code, message: errorMessage(error), at: new Date().toISOString() };
-        log.error({ peer: this.options.peer, code, err: errorMessage(error) }, 'stream from peer stopped; will retry');
         const sqlstate = error instanceof PgmeshError ? error.context.sqlstate : undefined;
         const transaction = error instanceof PgmeshError ? error.context.transaction : undefined;
+        if (sqlstate === SQLSTATE.fastPathMiss && typeof transaction === 'string') {
+          // Not a problem: a large transaction met a conflict on the fast path, too large to replay in place.
+          log.info({ peer: this.options.peer, transaction }, 'applying a large transaction again with the full statements');
+          this.fullLsn = parseLsn(transaction);
+          this.restarts++;
+          attempt = 0;
+          continue;
+        }
+        this.lastError = { code, message: errorMessage(error), at: new Date().toISOString() };
+        log.error({ peer: this.options.peer, code, err: errorMessage(error) }, 'stream from peer stopped; will retry');
         if (sqlstate === SQLSTATE.conflictPause || sqlstate === SQLSTATE.exceptionPause) {
           await this.pause(errorMessage(error));
           continue;
@@ -146,6 +156,7 @@ export class PeerReplicator {
       maxInflightStatements: tuning.maxInflightStatements,
       conflictWindowMs: tuning.conflictWindowMs,
       carefulLsn: this.carefulLsn,
+      fullLsn: this.fullLsn,
       logger,
     });
     this.applier = applier;

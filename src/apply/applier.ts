@@ -1,16 +1,22 @@
 /**
  * Applies one peer's stream of remote transactions to the local node, each as one local transaction in an apply
- * session that replays the peer's origin (design.md, "Data path"):
+ * session that replays the peer's origin (design.md, "Data path"). A transaction is one simple-query message
+ * (several for a large one) of statements prepared once per session:
  *
- *   BEGIN; <changes, batched into multi-row statements>;
- *   SELECT pgmesh.finish_apply(...); COMMIT; SELECT pg_replication_origin_xact_reset();  (one message)
+ *   BEGIN; EXECUTE pgmesh_3('{...}', ...); ...; EXECUTE pgmesh_1(<finish>); COMMIT
  *
- * finish_apply raises deferred constraint errors, writes the progress row in the same commit as the changes (so a
- * transaction whose changes all lost still advances progress), and sets the origin LSN and the remote commit
- * timestamp of the commit. Statements of many transactions are pipelined on the one connection without waiting
- * for replies; finish_apply only succeeds when the previous transaction's progress is visible, so if one
- * transaction fails, every transaction pipelined behind it fails too and nothing is applied out of order.
- * After a failure the session is dropped and the stream restarts from the durable progress.
+ * The finish statement writes the progress row in the same commit as the changes (so a transaction whose changes
+ * all lost still advances progress) and sets the origin LSN and the remote commit timestamp of the commit; it
+ * raises PM001 unless the previous transaction's progress is visible. Messages of many transactions are pipelined
+ * on the one connection without waiting for replies. When a statement fails, the server skips the rest of its
+ * message, COMMIT included, and the session stays in the aborted transaction: every message behind it fails too,
+ * so nothing is applied out of order.
+ *
+ * Each batch of changes first takes the fast path (buildFastStatement: a plain write for the common case, no
+ * conflict), which raises PM004 when a row is not the common case. Then the aborted transaction and those behind
+ * it are applied again from the events kept for them, the missed one with the full statements (conflict
+ * detection, resolution and logging), without a new stream; a transaction too large to keep is applied again
+ * after a stream restart. Other failures drop the session, and the stream restarts from the durable progress.
  *
  * A transaction that failed on its data is applied again in careful mode: one change at a time, each in a
  * savepoint; a change that fails goes to pgmesh.exception under the table's exception policy.
@@ -36,6 +42,7 @@ import {
 import { describeChange, rowOps, type RowOp } from './row-ops.ts';
 import {
   buildDeferredUniqueCheck,
+  buildFastStatement,
   buildRowLock,
   buildStatement,
   keyParameterIndexes,
@@ -45,8 +52,28 @@ import {
 } from './statement-builder.ts';
 import { findUniqueConflict, recordUniqueConflict, type UniqueConflict } from './unique-conflicts.ts';
 
-/** Parameter bytes in flight before the applier waits for replies (keeps a huge transaction's memory flat). */
+/** Message bytes in flight before the applier waits for replies (keeps a huge transaction's memory flat). */
 const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
+/** A large transaction is sent in messages of about this size. */
+const MESSAGE_BYTES = 512 * 1024;
+/**
+ * Events of unconfirmed transactions kept to replay them after a fast-path miss; past this, the transaction being
+ * received is not kept (a miss in it restarts the stream instead).
+ */
+const RETAIN_MAX_EVENTS = 50_000;
+/** After a fast-path miss on a table, its changes take the full statements for this long. */
+const SLOW_TABLE_MS = 10_000;
+/**
+ * The last statement of every applied transaction (before COMMIT). No SET CONSTRAINTS ALL IMMEDIATE: in the
+ * replica-mode session constraint triggers do not fire (deferrable unique constraints are checked by the applier),
+ * and no pg_replication_origin_xact_reset after the commit: every commit of this session sets up its own values.
+ * Parameters: peer, previous end LSN, this end LSN, remote commit timestamp.
+ */
+const FINISH =
+  `WITH p AS (UPDATE pgmesh.apply_progress p SET end_lsn = $3::text::pg_lsn, remote_commit_ts = $4::text::timestamptz, ` +
+  `applied_xacts = p.applied_xacts + 1, applied_at = clock_timestamp() WHERE p.peer = $1::text AND p.end_lsn = $2::text::pg_lsn RETURNING 1) ` +
+  `SELECT CASE WHEN (SELECT count(*) FROM p) = 1 THEN pg_catalog.pg_replication_origin_xact_setup($3::text::pg_lsn, $4::text::timestamptz)::text ` +
+  `ELSE pgmesh.raise_error('PM001', format('pgmesh: progress of peer %s is not at %s; the previous transaction did not commit', $1::text, $2::text), NULL) END AS finished`;
 /** How long a relation's binding (columns, policies) is trusted before it is read again. */
 const BINDING_TTL_MS = 5_000;
 
@@ -59,6 +86,8 @@ export interface ApplierOptions {
   readonly conflictWindowMs: number;
   /** Apply this transaction (by its commit LSN) in careful mode: it failed before on its data. */
   readonly carefulLsn?: Lsn | undefined;
+  /** Apply this transaction with the full statements: the fast path missed in it and it could not be replayed. */
+  readonly fullLsn?: Lsn | undefined;
   readonly logger: Logger;
 }
 
@@ -67,6 +96,8 @@ export interface ApplyStats {
   appliedChanges: number;
   skippedXacts: number;
   exceptions: number;
+  /** Transactions applied again with the full statements after the fast path met a conflict. */
+  fastPathMisses: number;
   lastCommitTime: PgTimestamp | undefined;
   lastAppliedAt: number;
   /** Conflicts by type, of committed transactions. */
@@ -93,6 +124,10 @@ interface OpenTransaction {
   readonly commitTime: PgTimestamp;
   readonly skip: boolean;
   readonly careful: boolean;
+  /** Every batch with the full statements (no fast path). */
+  readonly full: boolean;
+  /** Row changes, counted into the stats when the transaction commits. */
+  changes: number;
   /** Conflict counts of this transaction, added to the stats when it commits. */
   readonly conflicts: Map<string, number>;
   /** Careful mode: the exception policy decided by a failed change ('skip_transaction' or 'pause'). */
@@ -115,6 +150,7 @@ export class Applier {
     appliedChanges: 0,
     skippedXacts: 0,
     exceptions: 0,
+    fastPathMisses: 0,
     lastCommitTime: undefined,
     lastAppliedAt: 0,
     conflicts: {},
@@ -126,6 +162,19 @@ export class Applier {
   private issuedEnd: Lsn;
   private readonly bindings = new Map<RelationMessage, { binding: RelationBinding; at: number }>();
   private readonly statements = new Map<string, string>();
+  private readonly fastStatements = new Map<string, { text: string; timestamp: boolean } | undefined>();
+  /** Statements prepared in the session: text -> name. */
+  private readonly prepared = new Map<string, string>();
+  private preparedCount = 0;
+  /** The statements of the message being built. */
+  private message: string[] = [];
+  private messageBytes = 0;
+  /** Events of the transactions not known to be committed, in order (events null: not kept, too many). */
+  private retained: { finalLsn: Lsn; events: StreamEvent[] | null }[] = [];
+  private retainedEvents = 0;
+  private fullLsn: Lsn | undefined;
+  /** Tables whose changes take the full statements until the given time (a fast-path miss happened there). */
+  private readonly slowTables = new Map<number, number>();
   private readonly ctx: StatementContext;
   /** Set when an operator resumed the peer: the policy that replaces 'pause' for the first transaction applied. */
   private resumeResolution: ConflictPolicy | undefined;
@@ -151,12 +200,14 @@ export class Applier {
     private readonly catalog: Sql,
     private readonly options: ApplierOptions,
     progress: Progress,
+    peerOriginId: number,
   ) {
     const start = progress.start;
+    this.fullLsn = options.fullLsn;
     this.resumeResolution = progress.resumeResolution;
     this.appliedEnd = start;
     this.issuedEnd = start;
-    this.ctx = { peer: options.peer, localNode: options.localNode, conflictWindowMs: options.conflictWindowMs };
+    this.ctx = { peer: options.peer, localNode: options.localNode, conflictWindowMs: options.conflictWindowMs, peerOriginId };
   }
 
   /**
@@ -182,7 +233,12 @@ export class Applier {
     try {
       await session.unsafe(`SELECT pg_catalog.pg_replication_origin_session_setup(${quoteLiteral(options.origin)})`);
       const progress = await readProgress(session, options);
-      return new Applier(sql, session, catalog, options, progress);
+      const origins = await session.unsafe<{ id: number }[]>(
+        `SELECT roident::int AS id FROM pg_catalog.pg_replication_origin WHERE roname = ${quoteLiteral(options.origin)}`,
+      );
+      const originId = origins[0]?.id;
+      if (originId === undefined) throw new PgmeshError('NOT_INITIALIZED', `replication origin ${options.origin} is missing on ${options.localNode}; run "pgmesh cluster create"`);
+      return new Applier(sql, session, catalog, options, progress, originId);
     } catch (error) {
       await sql.end({ timeout: 1 }).catch(() => undefined);
       if (sqlState(error) === '55000' || /already active|is already in use/i.test(errorMessage(error))) {
@@ -207,11 +263,7 @@ export class Applier {
         });
         this.wakeOnFailure = undefined;
         if (events === null) break;
-        for (const event of events) {
-          const wait = this.handle(event);
-          if (wait) await wait;
-          if (this.failure) break;
-        }
+        await this.handleAll(events);
         if (this.failure) break;
       }
     } catch (error) {
@@ -220,6 +272,79 @@ export class Applier {
       await this.drain();
     }
     this.throwIfFailed();
+  }
+
+  /** Handles events in order; after a fast-path miss, replays the kept ones first. Stops at any other failure. */
+  private async handleAll(events: StreamEvent[]): Promise<void> {
+    let queue = events;
+    let i = 0;
+    while (i < queue.length) {
+      const event = queue[i++] as StreamEvent;
+      this.retain(event);
+      const wait = this.handle(event);
+      if (wait) await wait;
+      if (this.failure) {
+        const replay = await this.takeReplay();
+        if (!replay) return;
+        queue = [...replay, ...queue.slice(i)];
+        i = 0;
+      }
+    }
+  }
+
+  private retain(event: StreamEvent): void {
+    if (event.kind === 'begin') {
+      this.retained.push({ finalLsn: event.finalLsn, events: [event] });
+      this.retainedEvents++;
+      return;
+    }
+    const last = this.retained.at(-1);
+    if (!last?.events) return;
+    if (this.retainedEvents >= RETAIN_MAX_EVENTS) {
+      this.retainedEvents -= last.events.length;
+      last.events = null;
+      return;
+    }
+    last.events.push(event);
+    this.retainedEvents++;
+  }
+
+  /**
+   * After a fast-path miss: waits for every message in flight (all failed: the session is in the aborted
+   * transaction), rolls back, and returns the events to handle again from the missed transaction on, which is then
+   * applied with the full statements. Undefined when the failure is another one, or the events were not all kept.
+   */
+  private async takeReplay(): Promise<StreamEvent[] | undefined> {
+    const failure = this.failure;
+    if (!failure || sqlState(failure.error) !== SQLSTATE.fastPathMiss) return undefined;
+    await this.drain();
+    const first = this.retained[0];
+    if (!first || first.finalLsn !== failure.finalLsn || this.retained.some((e) => e.events === null)) return undefined;
+    const table = Number((failure.error as { detail?: string }).detail);
+    if (Number.isInteger(table)) this.slowTables.set(table, Date.now() + SLOW_TABLE_MS);
+    try {
+      await this.session.unsafe('ROLLBACK');
+      // A PREPARE in a message that failed before reaching it did not run.
+      const names = await this.session.unsafe<{ name: string }[]>(`SELECT name FROM pg_catalog.pg_prepared_statements WHERE name LIKE 'pgmesh\\_%'`);
+      const present = new Set(names.map((r) => r.name));
+      for (const [text, name] of this.prepared) if (!present.has(name)) this.prepared.delete(text);
+    } catch (error) {
+      this.failure = { error, what: 'the rollback after a fast-path miss', finalLsn: failure.finalLsn };
+      return undefined;
+    }
+    const events = this.retained.flatMap((e) => e.events ?? []);
+    this.retained = [];
+    this.retainedEvents = 0;
+    this.failure = undefined;
+    this.txn = undefined;
+    this.batch = undefined;
+    this.message = [];
+    this.messageBytes = 0;
+    this.issuedEnd = this.appliedEnd;
+    this.fullLsn = failure.finalLsn;
+    this.stats.fastPathMisses++;
+    this.options.logger.debug({ peer: this.options.peer, transaction: formatLsn(failure.finalLsn), events: events.length }, 'fast path missed; applying again');
+    return events;
   }
 
   private throwIfFailed(): void {
@@ -252,12 +377,15 @@ export class Applier {
         // A redelivered transaction (its commit record lies before what is applied) is skipped whole.
         const skip = event.finalLsn < this.issuedEnd;
         const careful = !skip && this.options.carefulLsn === event.finalLsn;
+        const full = this.fullLsn === event.finalLsn;
         if (!skip && this.resumeResolution && this.resumeLsn === undefined) this.resumeLsn = event.finalLsn;
         this.txn = {
           finalLsn: event.finalLsn,
           commitTime: event.commitTime,
           skip,
           careful,
+          full,
+          changes: 0,
           conflicts: new Map(),
           abandon: undefined,
           seen: [],
@@ -265,7 +393,8 @@ export class Applier {
         };
         if (skip) return undefined;
         if (careful) return this.beginCareful();
-        return this.issue('BEGIN', [], 'BEGIN');
+        this.append('BEGIN');
+        return undefined;
       }
       case 'change': {
         const txn = this.txn;
@@ -289,7 +418,8 @@ export class Applier {
       }
       case 'truncate': {
         await this.flushBatch();
-        return this.issue(await this.truncateSql(change), [], 'TRUNCATE');
+        this.append(await this.truncateSql(change));
+        return undefined;
       }
       case 'message':
         // DDL and other pgmesh messages are handled by later stages; nothing else is expected here.
@@ -306,7 +436,8 @@ export class Applier {
 
   private async addRow(op: RowOp): Promise<void> {
     if (op.kind !== 'delete' && op.binding.local.deferredUnique.length > 0 && this.txn) rememberKeys(this.txn.deferredKeys, op);
-    const signature = `${op.kind}:${op.binding.local.qualified}:${op.valuePositions.join(',')}`;
+    // Upserts of inserts and of updates go in separate batches: they have separate fast paths.
+    const signature = `${op.kind}:${op.kind === 'upsert' ? op.values.at(-1) : ''}:${op.binding.local.qualified}:${op.valuePositions.join(',')}`;
     let batch = this.batch;
     if (batch && (batch.signature !== signature || batch.first.binding !== op.binding || batch.keys.has(op.key) || batch.rows >= this.options.maxBatchRows)) {
       await this.flushBatch();
@@ -372,21 +503,73 @@ export class Applier {
     const txn = this.txn;
     if (!txn) throw new PgmeshError('INTERNAL', 'batch outside a transaction');
     const multiRow = batch.rows > 1;
-    const text = this.statementFor(batch.first, multiRow);
     const params: (string | null)[] = multiRow
       ? batch.columns.map((column) => textArrayLiteral(column))
       : batch.columns.map((column) => column[0] ?? null);
-    const lock = this.rowLockFor(batch.first, multiRow, params);
-    if (lock) await this.issue(lock.text, lock.params, `lock of ${batch.rows} row(s) of ${batch.first.binding.local.qualified} (transaction at ${formatLsn(txn.finalLsn)})`);
-    params.push(formatPgTimestamp(txn.commitTime), formatLsn(txn.finalLsn));
-    this.stats.appliedChanges += batch.rows;
-    const table = `${batch.first.binding.local.schema}.${batch.first.binding.local.name}`;
-    return this.issue(
-      text,
-      params,
-      `${batch.first.kind} of ${batch.rows} row(s) into ${batch.first.binding.local.qualified} (transaction at ${formatLsn(txn.finalLsn)})`,
-      (result) => countConflicts(txn.conflicts, table, result),
-    );
+    txn.changes += batch.rows;
+    const fast = txn.full ? undefined : this.fastStatementFor(batch.first, multiRow);
+    if (fast) {
+      if (fast.timestamp) params.push(formatPgTimestamp(txn.commitTime));
+      this.append(this.execute(fast.text, params));
+    } else {
+      const lock = this.rowLockFor(batch.first, multiRow, params);
+      if (lock) this.append(this.execute(lock.text, lock.params));
+      params.push(formatPgTimestamp(txn.commitTime), formatLsn(txn.finalLsn));
+      this.append(this.execute(this.statementFor(batch.first, multiRow), params));
+    }
+    if (this.messageBytes >= MESSAGE_BYTES) return this.flushMessage(`changes of the transaction at ${formatLsn(txn.finalLsn)}`);
+    return undefined;
+  }
+
+  private fastStatementFor(op: RowOp, multiRow: boolean): { text: string; timestamp: boolean } | undefined {
+    const binding = op.binding;
+    const slowUntil = this.slowTables.get(binding.local.oid);
+    if (slowUntil !== undefined) {
+      if (slowUntil > Date.now()) return undefined;
+      this.slowTables.delete(binding.local.oid);
+    }
+    const upsertOp = op.kind === 'upsert' ? (op.values.at(-1) as 'i' | 'u') : undefined;
+    const key = `${op.kind}:${upsertOp ?? ''}:${binding.local.qualified}:${binding.deltaPositions.join(',')}:${op.valuePositions.join(',')}:${multiRow ? 'm' : 's'}`;
+    if (this.fastStatements.has(key)) return this.fastStatements.get(key);
+    const fast = buildFastStatement({ kind: op.kind, binding, valuePositions: op.valuePositions, multiRow }, this.ctx, upsertOp);
+    this.fastStatements.set(key, fast);
+    return fast;
+  }
+
+  /** Adds a statement to the message being built. */
+  private append(statement: string): void {
+    this.message.push(statement);
+    this.messageBytes += statement.length;
+  }
+
+  /** `EXECUTE name(literals)` of a statement prepared in this session (prepared first, in the same message). */
+  private execute(text: string, params: readonly (string | null)[]): string {
+    let name = this.prepared.get(text);
+    if (name === undefined) {
+      name = `pgmesh_${++this.preparedCount}`;
+      this.prepared.set(text, name);
+      this.append(`PREPARE ${name} AS ${text}`);
+    }
+    let out = `EXECUTE ${name}(`;
+    for (let i = 0; i < params.length; i++) {
+      const p = params[i];
+      if (i > 0) out += ', ';
+      out += p === null || p === undefined ? 'NULL' : quoteLiteral(p);
+    }
+    return out + ')';
+  }
+
+  /** Sends the message built so far. */
+  private flushMessage(what: string, onSuccess?: () => void): Promise<void> | undefined {
+    if (this.message.length === 0) return undefined;
+    const text = this.message.join(';\n');
+    this.message = [];
+    this.messageBytes = 0;
+    const txn = this.txn;
+    return this.issue(text, [], what, (result) => {
+      if (txn) countConflicts(txn.conflicts, result);
+      onSuccess?.();
+    });
   }
 
   private async commit(endLsn: Lsn, commitTime: PgTimestamp): Promise<void> {
@@ -407,32 +590,29 @@ export class Applier {
     // attributed to this transaction, so that a data error found there gets the transaction applied carefully.
     for (const { binding, keys } of txn.deferredKeys.values()) {
       for (const index of binding.local.deferredUnique) {
-        await this.issue(
-          this.deferredCheckFor(binding, index),
-          keys.map((column) => textArrayLiteral(column)),
-          `check of deferrable unique constraint ${index.name} (transaction at ${formatLsn(txn.finalLsn)})`,
-        );
+        this.append(this.execute(this.deferredCheckFor(binding, index), keys.map((column) => textArrayLiteral(column))));
       }
     }
-    if (txn.finalLsn === this.resumeLsn) await this.issue(CLEAR_RESUME, [this.options.peer], 'clearing the resume resolution');
+    if (txn.finalLsn === this.resumeLsn) this.append(`UPDATE pgmesh.apply_progress SET resume_resolution = NULL WHERE peer = ${quoteLiteral(this.options.peer)}`);
     const prev = this.issuedEnd;
     this.issuedEnd = endLsn;
-    // One message, three statements (fewer round trips through the driver): finish, commit, and the reset without
-    // which this transaction's origin LSN and timestamp would stick to the session's next commit. If finish_apply
-    // fails, the server skips the rest of the message: nothing commits, and every later statement fails too.
-    const finish =
-      `SELECT pgmesh.finish_apply(${quoteLiteral(this.options.peer)}, '${formatLsn(prev)}', '${formatLsn(endLsn)}', '${formatPgTimestamp(commitTime)}'); ` +
-      'COMMIT; SELECT pg_catalog.pg_replication_origin_xact_reset()';
-    // A reply without error means all three ran: finish_apply cannot succeed in an aborted transaction, so the
-    // COMMIT after it committed.
-    await this.issue(finish, [], `transaction at ${formatLsn(txn.finalLsn)}`, () => this.committed(txn, endLsn, commitTime));
+    this.append(this.execute(FINISH, [this.options.peer, formatLsn(prev), formatLsn(endLsn), formatPgTimestamp(commitTime)]));
+    this.append('COMMIT');
+    // A reply without error means every statement of the message ran, COMMIT included (a failing statement
+    // makes the server skip the rest of the message).
+    const wait = this.flushMessage(`transaction at ${formatLsn(txn.finalLsn)}`, () => this.committed(txn, endLsn, commitTime));
     this.txn = undefined;
+    if (wait) await wait;
   }
 
   private committed(txn: OpenTransaction, endLsn: Lsn, commitTime: PgTimestamp): void {
     if (txn.finalLsn === this.resumeLsn) this.resumeResolution = undefined;
     this.appliedEnd = endLsn;
+    while (this.retained.length > 0 && (this.retained[0]?.finalLsn ?? 0n) <= txn.finalLsn) {
+      this.retainedEvents -= this.retained.shift()?.events?.length ?? 0;
+    }
     this.stats.appliedXacts++;
+    this.stats.appliedChanges += txn.changes;
     this.stats.lastCommitTime = commitTime;
     this.stats.lastAppliedAt = Date.now();
     for (const [key, n] of txn.conflicts) {
@@ -463,14 +643,13 @@ export class Applier {
       if (change.kind === 'truncate') {
         await this.session.unsafe(await this.truncateSql(change));
       } else if (binding && change.kind !== 'message') {
-        const table = `${binding.local.schema}.${binding.local.name}`;
         const ops = rowOps(change, binding);
         for (const op of ops) {
           const lock = this.rowLockFor(op, false, op.values);
           if (lock) await this.session.unsafe(lock.text, lock.params as string[], { prepare: true });
           const params = [...op.values, formatPgTimestamp(txn.commitTime), formatLsn(txn.finalLsn)];
           const result = await this.session.unsafe(this.statementFor(op, false), params as string[], { prepare: true });
-          countConflicts(txn.conflicts, table, result);
+          countConflicts(txn.conflicts, result);
         }
         // Deferrable unique constraints are checked per change here, so that the change breaking one is the one kept.
         const written = new Map<string, { binding: RelationBinding; keys: (string | null)[][] }>();
@@ -480,7 +659,7 @@ export class Applier {
             await this.session.unsafe(this.deferredCheckFor(binding, index), keys.map((column) => textArrayLiteral(column)) as string[], { prepare: true });
           }
         }
-        this.stats.appliedChanges++;
+        txn.changes++;
       }
       await this.session.unsafe('RELEASE SAVEPOINT pgmesh_change');
     } catch (error) {
@@ -694,11 +873,17 @@ function rememberKeys(into: Map<string, { binding: RelationBinding; keys: (strin
   op.keyValues.forEach((value, i) => entry.keys[i]?.push(value));
 }
 
-function countConflicts(into: Map<string, number>, table: string, result: unknown): void {
+/** Adds up the summary rows of full statements (conflict, rel, n), in the results of a message or a statement. */
+function countConflicts(into: Map<string, number>, result: unknown): void {
   if (!Array.isArray(result)) return;
-  for (const row of result as { conflict?: string; n?: number }[]) {
-    if (!row.conflict) continue;
-    const key = `${row.conflict}\u0000${table}`;
+  for (const item of result as unknown[]) {
+    if (Array.isArray(item)) {
+      countConflicts(into, item);
+      continue;
+    }
+    const row = item as { conflict?: string; rel?: string; n?: number } | null;
+    if (!row?.conflict) continue;
+    const key = `${row.conflict}\u0000${row.rel ?? '?'}`;
     into.set(key, (into.get(key) ?? 0) + Number(row.n ?? 0));
   }
 }

@@ -309,6 +309,17 @@ BEGIN
 END
 $fn$;
 `,
+  /* 3: the fast apply path */ `
+-- Raises an error with a given SQLSTATE, from inside a SQL statement (a CASE branch calls it only when needed).
+-- The apply statements use it for PM001 (the previous pipelined transaction did not commit) and PM004 (a fast-path
+-- statement met a row it cannot decide alone: the transaction is applied again by the full statements).
+CREATE FUNCTION pgmesh.raise_error(code text, message text, detail text) RETURNS text
+LANGUAGE plpgsql AS $fn$
+BEGIN
+  RAISE EXCEPTION USING ERRCODE = code, MESSAGE = message, DETAIL = coalesce(detail, '');
+END
+$fn$;
+`,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

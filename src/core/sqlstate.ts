@@ -33,6 +33,11 @@ export const SQLSTATE = {
   conflictPause: 'PM002',
   /** A change failed and its table's exception policy is 'pause'. */
   exceptionPause: 'PM003',
+  /**
+   * A fast-path apply statement met a row it cannot decide alone (the row exists, a tombstone, a version from
+   * another node): its transaction is applied again with the full statements. Not an error anyone sees.
+   */
+  fastPathMiss: 'PM004',
 } as const;
 
 /** Errors after which the same work may succeed if tried again later (server restarting, connection lost). */
