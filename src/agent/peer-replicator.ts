@@ -28,6 +28,8 @@ export interface PeerStatus {
   readonly appliedXacts: number;
   readonly appliedChanges: number;
   readonly skippedXacts: number;
+  /** Transactions applied again with the full statements after their fast path met a conflict. */
+  readonly fastPathMisses: number;
   readonly lastAppliedAt: string | null;
   readonly restarts: number;
   readonly exceptions: number;
@@ -54,7 +56,7 @@ export class PeerReplicator {
   private stream: PeerStream | undefined;
   private restarts = 0;
   private lastError: PeerStatus['lastError'] = null;
-  private totals = { appliedXacts: 0, appliedChanges: 0, skippedXacts: 0, exceptions: 0, lastAppliedAt: 0 };
+  private totals = { appliedXacts: 0, appliedChanges: 0, skippedXacts: 0, exceptions: 0, fastPathMisses: 0, lastAppliedAt: 0 };
   private readonly conflicts: Record<string, number> = {};
   private readonly conflictsByTable: Record<string, number> = {};
   /** A transaction that failed on its data: the next session applies it change by change. */
@@ -91,6 +93,7 @@ export class PeerReplicator {
           // Not a problem: a large transaction met a conflict on the fast path, too large to replay in place.
           log.info({ peer: this.options.peer, transaction }, 'applying a large transaction again with the full statements');
           this.fullLsn = parseLsn(transaction);
+          this.totals.fastPathMisses++;
           this.restarts++;
           attempt = 0;
           continue;
@@ -228,6 +231,7 @@ export class PeerReplicator {
       this.totals.appliedChanges += applier.stats.appliedChanges;
       this.totals.skippedXacts += applier.stats.skippedXacts;
       this.totals.exceptions += applier.stats.exceptions;
+      this.totals.fastPathMisses += applier.stats.fastPathMisses;
       for (const [k, n] of Object.entries(applier.stats.conflicts)) this.conflicts[k] = (this.conflicts[k] ?? 0) + n;
       for (const [k, n] of Object.entries(applier.stats.conflictsByTable)) this.conflictsByTable[k] = (this.conflictsByTable[k] ?? 0) + n;
       this.totals.lastAppliedAt = Math.max(this.totals.lastAppliedAt, applier.stats.lastAppliedAt);
@@ -259,6 +263,7 @@ export class PeerReplicator {
       appliedXacts: this.totals.appliedXacts + (a?.appliedXacts ?? 0),
       appliedChanges: this.totals.appliedChanges + (a?.appliedChanges ?? 0),
       skippedXacts: this.totals.skippedXacts + (a?.skippedXacts ?? 0),
+      fastPathMisses: this.totals.fastPathMisses + (a?.fastPathMisses ?? 0),
       lastAppliedAt: lastAppliedAt > 0 ? new Date(lastAppliedAt).toISOString() : null,
       restarts: this.restarts,
       exceptions: this.totals.exceptions + (a?.exceptions ?? 0),
