@@ -64,16 +64,19 @@ const RETAIN_MAX_EVENTS = 50_000;
 /** After a fast-path miss on a table, its changes take the full statements for this long. */
 const SLOW_TABLE_MS = 10_000;
 /**
- * The last statement of every applied transaction (before COMMIT). No SET CONSTRAINTS ALL IMMEDIATE: in the
- * replica-mode session constraint triggers do not fire (deferrable unique constraints are checked by the applier),
- * and no pg_replication_origin_xact_reset after the commit: every commit of this session sets up its own values.
+ * The last statement of every applied transaction (before COMMIT): the progress row, updated only from the previous
+ * transaction's end (else PM001), and the origin LSN and timestamp of this commit (the one-row CTE joined in makes
+ * it run). An UPDATE without RETURNING, so it returns no rows. No SET CONSTRAINTS ALL IMMEDIATE: in the replica-mode
+ * session constraint triggers do not fire (deferrable unique constraints are checked by the applier), and no
+ * pg_replication_origin_xact_reset after the commit: every commit of this session sets up its own values.
  * Parameters: peer, previous end LSN, this end LSN, remote commit timestamp.
  */
 const FINISH =
-  `WITH p AS (UPDATE pgmesh.apply_progress p SET end_lsn = $3::text::pg_lsn, remote_commit_ts = $4::text::timestamptz, ` +
-  `applied_xacts = p.applied_xacts + 1, applied_at = clock_timestamp() WHERE p.peer = $1::text AND p.end_lsn = $2::text::pg_lsn RETURNING 1) ` +
-  `SELECT CASE WHEN (SELECT count(*) FROM p) = 1 THEN pg_catalog.pg_replication_origin_xact_setup($3::text::pg_lsn, $4::text::timestamptz)::text ` +
-  `ELSE pgmesh.raise_error('PM001', format('pgmesh: progress of peer %s is not at %s; the previous transaction did not commit', $1::text, $2::text), NULL) END AS finished`;
+  `WITH o AS (SELECT pg_catalog.pg_replication_origin_xact_setup($3::text::pg_lsn, $4::text::timestamptz)) ` +
+  `UPDATE pgmesh.apply_progress p SET end_lsn = $3::text::pg_lsn, remote_commit_ts = $4::text::timestamptz, ` +
+  `applied_xacts = p.applied_xacts + 1, applied_at = clock_timestamp() FROM o ` +
+  `WHERE p.peer = $1::text AND (p.end_lsn = $2::text::pg_lsn OR pgmesh.raise_error('PM001', ` +
+  `format('pgmesh: progress of peer %s is not at %s; the previous transaction did not commit', $1::text, $2::text), NULL)::boolean)`;
 /** How long a relation's binding (columns, policies) is trusted before it is read again. */
 const BINDING_TTL_MS = 5_000;
 
@@ -111,7 +114,6 @@ interface EventSource {
 }
 
 interface Batch {
-  readonly signature: string;
   readonly first: RowOp;
   /** One array per parameter, one entry per row. */
   readonly columns: (string | null)[][];
@@ -316,7 +318,11 @@ export class Applier {
    */
   private async takeReplay(): Promise<StreamEvent[] | undefined> {
     const failure = this.failure;
-    if (!failure || sqlState(failure.error) !== SQLSTATE.fastPathMiss) return undefined;
+    const code = failure ? sqlState(failure.error) : undefined;
+    // A unique violation on the fast path is a miss too (a row inserted by another session after the check); on
+    // the full statements it is the change's own problem, for careful mode.
+    const miss = code === SQLSTATE.fastPathMiss || (code === SQLSTATE.uniqueViolation && failure?.finalLsn !== this.fullLsn);
+    if (!failure || !miss) return undefined;
     await this.drain();
     const first = this.retained[0];
     if (!first || first.finalLsn !== failure.finalLsn || this.retained.some((e) => e.events === null)) return undefined;
@@ -407,25 +413,36 @@ export class Applier {
     }
   }
 
-  private async change(change: RemoteChange): Promise<void> {
+  /** Returns a promise only when it must wait (a relation to look up, or the pipeline is full). */
+  private change(change: RemoteChange): Promise<void> | undefined {
     switch (change.kind) {
       case 'insert':
       case 'update':
       case 'delete': {
-        const binding = await this.bind(change.relation);
-        for (const op of rowOps(change, binding)) await this.addRow(op);
-        return;
+        const cached = this.bindings.get(change.relation);
+        if (cached && Date.now() - cached.at < BINDING_TTL_MS) return this.addRows(rowOps(change, cached.binding));
+        return this.bind(change.relation).then((binding) => this.addRows(rowOps(change, binding)));
       }
-      case 'truncate': {
-        await this.flushBatch();
-        this.append(await this.truncateSql(change));
-        return undefined;
-      }
+      case 'truncate':
+        return this.truncate(change);
       case 'message':
         // DDL and other pgmesh messages are handled by later stages; nothing else is expected here.
         this.options.logger.debug({ peer: this.options.peer, prefix: change.prefix }, 'logical message ignored');
         return undefined;
     }
+  }
+
+  private async addRows(ops: readonly RowOp[]): Promise<void> {
+    for (const op of ops) {
+      const wait = this.addRow(op);
+      if (wait) await wait;
+    }
+  }
+
+  private async truncate(change: Extract<RemoteChange, { kind: 'truncate' }>): Promise<void> {
+    const wait = this.flushBatch();
+    if (wait) await wait;
+    this.append(await this.truncateSql(change));
   }
 
   private async truncateSql(change: Extract<RemoteChange, { kind: 'truncate' }>): Promise<string> {
@@ -434,22 +451,23 @@ export class Applier {
     return `TRUNCATE ${names}${change.restartIdentity ? ' RESTART IDENTITY' : ''}${change.cascade ? ' CASCADE' : ''}`;
   }
 
-  private async addRow(op: RowOp): Promise<void> {
+  /** Adds a row to the batch being built; returns a promise only when it must wait (the pipeline is full). */
+  private addRow(op: RowOp): Promise<void> | undefined {
     if (op.kind !== 'delete' && op.binding.local.deferredUnique.length > 0 && this.txn) rememberKeys(this.txn.deferredKeys, op);
-    // Upserts of inserts and of updates go in separate batches: they have separate fast paths.
-    const signature = `${op.kind}:${op.kind === 'upsert' ? op.values.at(-1) : ''}:${op.binding.local.qualified}:${op.valuePositions.join(',')}`;
     let batch = this.batch;
-    if (batch && (batch.signature !== signature || batch.first.binding !== op.binding || batch.keys.has(op.key) || batch.rows >= this.options.maxBatchRows)) {
-      await this.flushBatch();
+    let wait: Promise<void> | undefined;
+    if (batch && (!sameShape(batch.first, op) || batch.keys.has(op.key) || batch.rows >= this.options.maxBatchRows)) {
+      wait = this.flushBatch();
       batch = undefined;
     }
     if (!batch) {
-      batch = { signature, first: op, columns: op.values.map(() => []), keys: new Set(), rows: 0 };
+      batch = { first: op, columns: op.values.map(() => []), keys: new Set(), rows: 0 };
       this.batch = batch;
     }
     for (let i = 0; i < op.values.length; i++) (batch.columns[i] as (string | null)[]).push(op.values[i] ?? null);
     batch.keys.add(op.key);
     batch.rows++;
+    return wait;
   }
 
   /** The table's conflict policy, or the resume resolution for the transaction that paused the peer. */
@@ -496,7 +514,8 @@ export class Applier {
     return { text, params: indexes.map((i) => params[i] ?? null) };
   }
 
-  private async flushBatch(): Promise<void> {
+  /** Appends the batch's statement to the message; returns a promise only when it must wait. */
+  private flushBatch(): Promise<void> | undefined {
     const batch = this.batch;
     if (!batch) return undefined;
     this.batch = undefined;
@@ -861,6 +880,21 @@ async function readProgress(session: Sql, options: ApplierOptions): Promise<Prog
     options.logger.warn({ peer: options.peer, progress: row.end_lsn, origin: row.origin_lsn }, 'origin progress differs from the progress row; resuming from the progress row');
   }
   return { start: parseLsn(row.end_lsn), resumeResolution: row.resume_resolution ?? undefined };
+}
+
+/**
+ * Rows that can share one statement: same table binding and kind, the same columns sent, and for upserts the same
+ * operation (inserts and updates have separate fast paths).
+ */
+function sameShape(a: RowOp, b: RowOp): boolean {
+  if (a.kind !== b.kind || a.binding !== b.binding) return false;
+  if (a.kind === 'upsert' && a.values[a.values.length - 1] !== b.values[b.values.length - 1]) return false;
+  const pa = a.valuePositions;
+  const pb = b.valuePositions;
+  if (pa === pb) return true;
+  if (pa.length !== pb.length) return false;
+  for (let i = 0; i < pa.length; i++) if (pa[i] !== pb[i]) return false;
+  return true;
 }
 
 function rememberKeys(into: Map<string, { binding: RelationBinding; keys: (string | null)[][] }>, op: RowOp): void {

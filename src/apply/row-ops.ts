@@ -66,15 +66,25 @@ export function rowOps(change: RowChange, binding: RelationBinding): RowOp[] {
   }
 }
 
+/** Every column position of a binding, one array per binding (so batches compare them by identity). */
+const allPositions = new WeakMap<RelationBinding, readonly number[]>();
+
 function upsert(binding: RelationBinding, tuple: Tuple, op: 'i' | 'u'): RowOp {
-  const positions = binding.columns.map((_, i) => i);
+  let positions = allPositions.get(binding);
+  if (!positions) {
+    positions = binding.columns.map((_, i) => i);
+    allPositions.set(binding, positions);
+  }
   const keyValues = keyOf(binding, tuple);
+  const values: (string | null)[] = new Array(positions.length + 1);
+  for (let p = 0; p < positions.length; p++) values[p] = textOf(tuple[p], binding, p);
+  values[positions.length] = op;
   return {
     kind: 'upsert',
     binding,
     valuePositions: positions,
-    values: [...positions.map((p) => textOf(tuple[p], binding, p)), op],
-    key: keyValues.join('\u0000'),
+    values,
+    key: keyValues.length === 1 ? String(keyValues[0]) : keyValues.join('\u0000'),
     keyValues,
   };
 }

@@ -317,15 +317,20 @@ function quoteIdentIfNeeded(name: string): string {
 
 /**
  * The fast path: a statement for the common case only, a change that meets no conflict. It writes the rows and
- * returns nothing; if any row of the batch is not the common case it raises PM004 (fast path miss), and the
+ * returns nothing (no row description either: the driver's per-result work is a large part of the agent's CPU on
+ * small transactions); if any row of the batch is not the common case it raises PM004 (fast path miss), and the
  * applier applies the transaction again with the full statement (buildStatement), which decides and records.
  * The full statement costs about 3x a plain write on the server (conflict detection, conflict log, summary, all
  * planned in one statement); most changes meet no conflict, so they should not pay for it.
  *
  * The common case, where the full statement would apply the change without a conflict:
- *   insert  no local row and no tombstone for its key
+ *   insert  no local row and no tombstone for its key; a plain INSERT (no ON CONFLICT, whose speculative insertion
+ *           writes a second WAL record per row): a row inserted concurrently after the check fails it with a
+ *           unique violation, which the applier also takes as a miss
  *   update  the local row exists and its version is older than the remote one and either was written by this
  *   delete  same peer or lies outside the conflict window (so no *_origin_differs); a delete leaves its tombstone
+ * Update and delete count the rows they wrote in a CTE; the statement around it inserts into pgmesh.fast_path_check
+ * only to raise (it never receives a row), so that it returns no rows.
  * Tables with delta columns take the fast path for inserts only (their versions may live in version_override).
  * Parameters: as buildStatement's value parameters, then (update, delete) the remote commit timestamp.
  * Returns undefined where there is no fast path.
@@ -337,8 +342,9 @@ export function buildFastStatement(shape: StatementShape, ctx: StatementContext,
   const rel = `${b.local.oid}::oid`;
   const table = b.local.qualified;
   const count = shape.multiRow ? `cardinality($1::text[])` : '1';
-  const miss = (written: string): string =>
-    `SELECT pgmesh.raise_error('PM004', 'pgmesh: fast path miss', ${quoteLiteral(String(b.local.oid))}) FROM (SELECT count(*) AS n FROM ${written}) c WHERE c.n <> ${count}`;
+  const raise = `pgmesh.raise_error('PM004', 'pgmesh: fast path miss', ${quoteLiteral(String(b.local.oid))})`;
+  const checked = (written: string): string =>
+    `INSERT INTO pgmesh.fast_path_check (miss) SELECT ${raise} FROM (SELECT count(*) AS n FROM ${written}) c WHERE c.n <> ${count}`;
   const ts = `$${n + 1}::text::timestamptz`;
   // The local row's version allows the change without a conflict (see above). A row written earlier in this
   // transaction has no commit timestamp yet: oldest, as the full statement treats it.
@@ -347,6 +353,7 @@ export function buildFastStatement(shape: StatementShape, ctx: StatementContext,
     `FROM pg_catalog.pg_xact_commit_timestamp_origin(x.xmin) c)`;
   const keyTyped = b.keyPositions.map((p, i) => `s.k${i}::${col(b, p).type} AS k${i}`);
   const keyAliases = b.keyPositions.map((_, i) => `k${i}`);
+  const match = b.keyPositions.map((p, i) => `x.${quoteIdent(col(b, p).name)} = u.k${i}`).join(' AND ');
   const delta = b.deltaPositions.length > 0;
   switch (shape.kind) {
     case 'upsert': {
@@ -355,41 +362,38 @@ export function buildFastStatement(shape: StatementShape, ctx: StatementContext,
       const typed = shape.valuePositions.map((p, i) => `s.v${i}::${col(b, p).type}`);
       const keyTypedFromValues = b.keyPositions.map((p) => `s.v${shape.valuePositions.indexOf(p)}::${col(b, p).type}`);
       if (op === 'i') {
+        const exists = b.keyPositions.map((p, i) => `x.${quoteIdent(col(b, p).name)} = ${keyTypedFromValues[i]}`).join(' AND ');
         const tombstone =
-          `(NOT EXISTS (SELECT 1 FROM pgmesh.tombstone t0 WHERE t0.relid = ${rel}) OR ` +
-          `NOT EXISTS (SELECT 1 FROM pgmesh.tombstone t WHERE t.relid = ${rel} AND t.pkey = jsonb_build_array(${keyTypedFromValues.join(', ')})::text))`;
+          `(EXISTS (SELECT 1 FROM pgmesh.tombstone t0 WHERE t0.relid = ${rel}) AND ` +
+          `EXISTS (SELECT 1 FROM pgmesh.tombstone t WHERE t.relid = ${rel} AND t.pkey = jsonb_build_array(${keyTypedFromValues.join(', ')})::text))`;
         const text =
-          `WITH w AS (INSERT INTO ${table} (${names.join(', ')}) SELECT ${typed.join(', ')} FROM ${source(aliases, shape.multiRow)} ` +
-          `WHERE s.op = 'i' AND ${tombstone} ORDER BY s.ord ON CONFLICT (${b.local.primaryKey.map(quoteIdent).join(', ')}) DO NOTHING RETURNING 1) ` +
-          miss('w');
+          `INSERT INTO ${table} (${names.join(', ')}) SELECT ${typed.join(', ')} FROM ${source(aliases, shape.multiRow)} ` +
+          `WHERE s.op = 'i' AND CASE WHEN EXISTS (SELECT 1 FROM ${table} x WHERE ${exists}) OR ${tombstone} THEN ${raise}::boolean ELSE true END ORDER BY s.ord`;
         return { text, timestamp: false };
       }
       if (op !== 'u' || delta) return undefined;
       const nonKey = shape.valuePositions.filter((p) => !b.keyPositions.includes(p));
       const set = (nonKey.length > 0 ? nonKey : shape.valuePositions).map((p) => `${quoteIdent(col(b, p).name)} = u.v${shape.valuePositions.indexOf(p)}`);
-      const match = b.keyPositions.map((p, i) => `x.${quoteIdent(col(b, p).name)} = u.k${i}`).join(' AND ');
       const text =
         `WITH u AS (SELECT ${typed.map((t, i) => `${t} AS v${i}`).join(', ')}, ${keyTypedFromValues.map((t, i) => `${t} AS k${i}`).join(', ')} ` +
         `FROM ${source(aliases, shape.multiRow)} WHERE s.op = 'u'), ` +
         `w AS (UPDATE ${table} AS x SET ${set.join(', ')} FROM u WHERE ${match} AND ${older} RETURNING 1) ` +
-        miss('w');
+        checked('w');
       return { text, timestamp: true };
     }
     case 'partial_update': {
+      if (delta) return undefined;
       const valueAliases = shape.valuePositions.map((_, i) => `v${i}`);
       const typed = [...keyTyped, ...shape.valuePositions.map((p, i) => `s.v${i}::${col(b, p).type} AS v${i}`)];
       const set = shape.valuePositions.map((p, i) => `${quoteIdent(col(b, p).name)} = u.v${i}`);
-      const match = b.keyPositions.map((p, i) => `x.${quoteIdent(col(b, p).name)} = u.k${i}`).join(' AND ');
-      if (delta) return undefined;
       const text =
         `WITH u AS (SELECT ${typed.join(', ')} FROM ${source([...keyAliases, ...valueAliases], shape.multiRow)}), ` +
         `w AS (UPDATE ${table} AS x SET ${set.join(', ')} FROM u WHERE ${match} AND ${older} RETURNING 1) ` +
-        miss('w');
+        checked('w');
       return { text, timestamp: true };
     }
     case 'delete': {
       if (delta) return undefined;
-      const match = b.keyPositions.map((p, i) => `x.${quoteIdent(col(b, p).name)} = u.k${i}`).join(' AND ');
       const g = { ts, remote: quoteLiteral(ctx.peer) } as Gen;
       const text =
         `WITH u AS (SELECT ${keyTyped.join(', ')} FROM ${source(keyAliases, shape.multiRow)}), ` +
@@ -397,7 +401,7 @@ export function buildFastStatement(shape: StatementShape, ctx: StatementContext,
         // The delete's version lives on in a tombstone (as in the full statement).
         `tw AS (INSERT INTO pgmesh.tombstone AS t (relid, pkey) SELECT ${rel}, w.pkey FROM w ` +
         `ON CONFLICT (relid, pkey) DO UPDATE SET pkey = EXCLUDED.pkey WHERE (SELECT ${remoteNewer('tv.ts', 'tv.node', g)} FROM pgmesh.row_version(t.xmin, ${quoteLiteral(ctx.localNode)}) tv)) ` +
-        miss('w');
+        checked('w');
       return { text, timestamp: true };
     }
     case 'delta_update':

@@ -319,6 +319,9 @@ BEGIN
   RAISE EXCEPTION USING ERRCODE = code, MESSAGE = message, DETAIL = coalesce(detail, '');
 END
 $fn$;
+
+-- Never holds a row: fast-path apply statements insert into it only to raise PM004, so that they return no rows.
+CREATE TABLE pgmesh.fast_path_check (miss text);
 `,
 ];
 

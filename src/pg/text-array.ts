@@ -11,9 +11,8 @@ export function textArrayLiteral(values: readonly (string | null)[]): string {
     if (value === null || value === undefined) {
       out += 'NULL';
     } else {
-      out += '"';
-      out += value.replace(/[\\"]/g, '\\$&');
-      out += '"';
+      // Most values need no escaping; the regular expression runs only for those that do.
+      out += value.indexOf('"') === -1 && value.indexOf('\\') === -1 ? `"${value}"` : `"${value.replace(/[\\"]/g, '\\$&')}"`;
     }
   }
   return out + '}';
