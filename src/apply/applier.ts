@@ -130,6 +130,8 @@ interface OpenTransaction {
   readonly full: boolean;
   /** Row changes, counted into the stats when the transaction commits. */
   changes: number;
+  /** A message of it was sent (with BEGIN): it is an explicit transaction block, ended by COMMIT. */
+  sent: boolean;
   /** Conflict counts of this transaction, added to the stats when it commits. */
   readonly conflicts: Map<string, number>;
   /** Careful mode: the exception policy decided by a failed change ('skip_transaction' or 'pause'). */
@@ -224,7 +226,7 @@ export class Applier {
       max: 1,
       // Replica mode: user triggers and rules do not fire and foreign keys are not re-checked, as for native apply.
       // Asynchronous commit, as native apply: what is acknowledged to the peer is only what is flushed.
-      parameters: { session_replication_role: 'replica', synchronous_commit: 'off' },
+      parameters: { session_replication_role: 'replica', synchronous_commit: 'off', plan_cache_mode: 'force_generic_plan' },
       pipelined: true,
     });
     // The session is the pool of one connection itself, not a reserved connection: postgres.js 3.4 sends the queries
@@ -392,6 +394,7 @@ export class Applier {
           careful,
           full,
           changes: 0,
+          sent: false,
           conflicts: new Map(),
           abandon: undefined,
           seen: [],
@@ -399,7 +402,8 @@ export class Applier {
         };
         if (skip) return undefined;
         if (careful) return this.beginCareful();
-        this.append('BEGIN');
+        // No BEGIN yet: a transaction sent as one message is an implicit transaction block (the server commits it
+        // at the end of the message, or rolls all of it back). A larger one gets BEGIN with its first message.
         return undefined;
       }
       case 'change': {
@@ -579,12 +583,17 @@ export class Applier {
   }
 
   /** Sends the message built so far. */
-  private flushMessage(what: string, onSuccess?: () => void): Promise<void> | undefined {
+  /** Sends the message built so far; `final`: the last message of the transaction. */
+  private flushMessage(what: string, final = false, onSuccess?: () => void): Promise<void> | undefined {
     if (this.message.length === 0) return undefined;
+    const txn = this.txn;
+    if (txn && !txn.sent && !final) {
+      this.message.unshift('BEGIN');
+      txn.sent = true;
+    }
     const text = this.message.join(';\n');
     this.message = [];
     this.messageBytes = 0;
-    const txn = this.txn;
     return this.issue(text, [], what, (result) => {
       if (txn) countConflicts(txn.conflicts, result);
       onSuccess?.();
@@ -616,10 +625,11 @@ export class Applier {
     const prev = this.issuedEnd;
     this.issuedEnd = endLsn;
     this.append(this.execute(FINISH, [this.options.peer, formatLsn(prev), formatLsn(endLsn), formatPgTimestamp(commitTime)]));
-    this.append('COMMIT');
+    // A transaction whose earlier messages began a transaction block ends it; one sent whole is an implicit block.
+    if (txn.sent) this.append('COMMIT');
     // A reply without error means every statement of the message ran, COMMIT included (a failing statement
     // makes the server skip the rest of the message).
-    const wait = this.flushMessage(`transaction at ${formatLsn(txn.finalLsn)}`, () => this.committed(txn, endLsn, commitTime));
+    const wait = this.flushMessage(`transaction at ${formatLsn(txn.finalLsn)}`, true, () => this.committed(txn, endLsn, commitTime));
     this.txn = undefined;
     if (wait) await wait;
   }
