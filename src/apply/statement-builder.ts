@@ -252,10 +252,17 @@ export function buildStatement(shape: StatementShape, ctx: StatementContext, pol
           `ins AS (INSERT INTO ${g.table} (${names.join(', ')}) SELECT ${valueAliases.map((a) => `u.${a}`).join(', ')} FROM u JOIN a USING (ord) ` +
           `WHERE NOT a.found AND a.apply ON CONFLICT DO NOTHING)`
         : `w AS (UPDATE ${g.table} AS x SET ${set.join(', ')} FROM u JOIN a USING (ord) WHERE ${keyMatch(g, 'x')} AND ${where}${recheck})`;
+      // A delta table sends the old row (REPLICA IDENTITY FULL): when the local delta values are the ones the remote
+      // writer changed from, it had seen the local version, and the update is not concurrent whatever the window says.
+      const unseen = delta
+        ? ` AND EXISTS (SELECT 1 FROM ${g.table} x WHERE ${keyMatch(g, 'x')} AND (${b.deltaPositions
+            .map((p, i) => `x.${quoteIdent(col(b, p).name)} IS DISTINCT FROM u.o${i}`)
+            .join(' OR ')}))`
+        : '';
       return (
         prelude(g, aliases, typed, shape.multiRow) +
         `, d AS MATERIALIZED (SELECT u.ord, cur.ord IS NOT NULL AS found, cur.lts, cur.lnode, tomb.tts, tomb.tnode, ` +
-        `CASE WHEN cur.ord IS NOT NULL THEN CASE WHEN ${concurrent(g)} THEN 'update_origin_differs' END ` +
+        `CASE WHEN cur.ord IS NOT NULL THEN CASE WHEN ${concurrent(g)}${unseen} THEN 'update_origin_differs' END ` +
         `ELSE 'update_missing' END AS conflict, ` +
         `CASE WHEN cur.ord IS NOT NULL THEN ${newerLocal} WHEN tomb.ord IS NOT NULL THEN ${newerTomb} ELSE true END AS newer ` +
         `FROM u LEFT JOIN cur USING (ord) LEFT JOIN tomb USING (ord)), ` +

@@ -1,4 +1,4 @@
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { PgmeshError } from '../core/errors.ts';
 import {
   CONFLICT_POLICIES,
@@ -8,6 +8,7 @@ import {
   listExceptions,
   replayException,
   resumePeer,
+  type ResumeResolution,
   setDeltaColumns,
   setTablePolicy,
 } from '../cluster/repair.ts';
@@ -132,9 +133,14 @@ export function registerRepair(program: Command): void {
     .description('let a paused peer stream again (after repairing what paused it)')
     .requiredOption('--node <name>', 'the node that paused')
     .requiredOption('--peer <name>', 'the peer whose stream is paused')
-    .action(async (options: { node: string; peer: string }, command: Command) => {
+    .addOption(
+      new Option('--resolution <policy>', 'how the conflicts of the transaction that paused the peer are resolved (that transaction only)')
+        .choices(['last_update_wins', 'keep_local', 'apply_remote'])
+        .default('last_update_wins'),
+    )
+    .action(async (options: { node: string; peer: string; resolution: ResumeResolution }, command: Command) => {
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
-      const resumed = await onNode(config, findNode(config, options.node), (sql) => resumePeer(sql, options.peer));
+      const resumed = await onNode(config, findNode(config, options.node), (sql) => resumePeer(sql, options.peer, { resolution: options.resolution }));
       process.stdout.write(resumed ? `${options.node} resumes streaming from ${options.peer}\n` : `${options.peer} was not paused on ${options.node}\n`);
     });
 }

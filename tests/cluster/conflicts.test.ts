@@ -827,6 +827,17 @@ test('every conflict type is detected, resolved by the table policy, recorded an
         // Every node holds the winning version, also n2, where n1's losing change still added its increment.
         for (const node of cluster.nodes) assert.deepEqual(await rowVersion(node, 'acct', 1), newer, node.name);
       });
+
+      await step("delta columns: an update made after the other node's version arrived is not a conflict", async () => {
+        // Within the conflict window and from another node, but the old values the writer sent are the local ones:
+        // it had seen them. Without the old-row check both updates would be logged as update_origin_differs.
+        const since = await baseline(cluster);
+        await commit(n1, `UPDATE acct SET balance = balance + 1 WHERE id = 1`);
+        for (const node of cluster.nodes) await waitRow(node, 'acct', 1, { id: 1, balance: 116, note: 'n2' });
+        await commit(n2, `UPDATE acct SET balance = balance + 2 WHERE id = 1`);
+        for (const node of cluster.nodes) await waitRow(node, 'acct', 1, { id: 1, balance: 118, note: 'n2' });
+        await expectConflicts(cluster, since, { n1: [], n2: [], n3: [] });
+      });
     },
   );
 });
