@@ -371,7 +371,12 @@ export class Applier {
         cause,
         context: {
           peer: this.options.peer,
-          sqlstate: sqlState(cause),
+          // A unique violation on the fast path is a miss (see takeReplay): the transaction needs the full
+          // statements, not careful mode.
+          sqlstate:
+            sqlState(cause) === SQLSTATE.uniqueViolation && failure.finalLsn !== undefined && failure.finalLsn !== this.fullLsn
+              ? SQLSTATE.fastPathMiss
+              : sqlState(cause),
           applied: formatLsn(this.appliedEnd),
           transaction: failure.finalLsn === undefined ? undefined : formatLsn(failure.finalLsn),
         },

@@ -332,8 +332,8 @@ function quoteIdentIfNeeded(name: string): string {
  *
  * The common case, where the full statement would apply the change without a conflict:
  *   insert  no local row and no tombstone for its key; a plain INSERT (no ON CONFLICT, whose speculative insertion
- *           writes a second WAL record per row): a row inserted concurrently after the check fails it with a
- *           unique violation, which the applier also takes as a miss
+ *           writes a second WAL record per row, and no probe of its own): an existing row fails it with a unique
+ *           violation, which the applier takes as a miss on the fast path
  *   update  the local row exists and its version is older than the remote one and either was written by this
  *   delete  same peer or lies outside the conflict window (so no *_origin_differs); a delete leaves its tombstone
  * Update and delete count the rows they wrote in a CTE; the statement around it inserts into pgmesh.fast_path_check
@@ -369,13 +369,12 @@ export function buildFastStatement(shape: StatementShape, ctx: StatementContext,
       const typed = shape.valuePositions.map((p, i) => `s.v${i}::${col(b, p).type}`);
       const keyTypedFromValues = b.keyPositions.map((p) => `s.v${shape.valuePositions.indexOf(p)}::${col(b, p).type}`);
       if (op === 'i') {
-        const exists = b.keyPositions.map((p, i) => `x.${quoteIdent(col(b, p).name)} = ${keyTypedFromValues[i]}`).join(' AND ');
         const tombstone =
           `(EXISTS (SELECT 1 FROM pgmesh.tombstone t0 WHERE t0.relid = ${rel}) AND ` +
           `EXISTS (SELECT 1 FROM pgmesh.tombstone t WHERE t.relid = ${rel} AND t.pkey = jsonb_build_array(${keyTypedFromValues.join(', ')})::text))`;
         const text =
           `INSERT INTO ${table} (${names.join(', ')}) SELECT ${typed.join(', ')} FROM ${source(aliases, shape.multiRow)} ` +
-          `WHERE s.op = 'i' AND CASE WHEN EXISTS (SELECT 1 FROM ${table} x WHERE ${exists}) OR ${tombstone} THEN ${raise}::boolean ELSE true END ORDER BY s.ord`;
+          `WHERE s.op = 'i' AND CASE WHEN ${tombstone} THEN ${raise}::boolean ELSE true END ORDER BY s.ord`;
         return { text, timestamp: false };
       }
       if (op !== 'u' || delta) return undefined;
