@@ -71,7 +71,7 @@ const SLOW_TABLE_MS = 10_000;
  * pg_replication_origin_xact_reset after the commit: every commit of this session sets up its own values.
  * Parameters: peer, previous end LSN, this end LSN, remote commit timestamp.
  */
-const FINISH =
+export const FINISH =
   `WITH o AS (SELECT pg_catalog.pg_replication_origin_xact_setup($3::text::pg_lsn, $4::text::timestamptz)) ` +
   `UPDATE pgmesh.apply_progress p SET end_lsn = $3::text::pg_lsn, remote_commit_ts = $4::text::timestamptz, ` +
   `applied_xacts = p.applied_xacts + 1, applied_at = clock_timestamp() FROM o ` +

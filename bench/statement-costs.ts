@@ -1,0 +1,181 @@
+/**
+ * What one applied transaction costs the apply session's backend, statement by statement: the figures behind "where
+ * the time goes" in README. One embedded server with the pgmesh catalog and an origin session, as the applier opens
+ * it (replica mode, asynchronous commit, generic plans); N one-row insert transactions per variant, each one
+ * simple-query message, pipelined as the applier sends them. Backend CPU comes from /proc/<pid>/stat of the
+ * session's backend, agent CPU from process.cpuUsage(). Medians of --rounds rounds, variants interleaved.
+ *
+ * Variants (the differences between them are the cost of one thing):
+ *   literal-insert    INSERT ... VALUES (literals): parsed and planned every time
+ *   execute-insert    EXECUTE of a prepared plain INSERT
+ *   origin-only       + pg_replication_origin_xact_setup in a second statement
+ *   progress-only     + the update of the peer's progress row in a second statement
+ *   second-insert     + an insert into another table in a second statement
+ *   plus-finish       + the finish statement (progress row, origin LSN and timestamp): a real applied transaction
+ *   combined          the same as plus-finish in one statement (finish as CTEs of the insert)
+ *   fast-path         the fast-path insert pgmesh sends instead of the plain one, + finish: what pgmesh does today
+ *   full-statement    the full conflict-detecting statement (row lock + CTE) + finish: what a conflict costs
+ *
+ * Usage: npx tsx bench/statement-costs.ts [--transactions 10000] [--rounds 3]
+ */
+import { mkdtempSync, chmodSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import postgres from 'postgres';
+import { FINISH } from '../src/apply/applier.ts';
+import { bindRelation, loadLocalRelation } from '../src/apply/local-relation.ts';
+import { buildFastStatement, buildRowLock, buildStatement } from '../src/apply/statement-builder.ts';
+import { addTables, ensurePeer, initNode } from '../src/cluster/node-admin.ts';
+import { formatLsn } from '../src/core/lsn.ts';
+import type { Logger } from '../src/core/logger.ts';
+import { formatPgTimestamp, pgTimestampFromDate } from '../src/core/pg-time.ts';
+import { EmbeddedServer } from '../src/embedded/embedded-server.ts';
+import { parseMajor } from '../src/embedded/postgres-binaries.ts';
+import { openSql } from '../src/pg/connect.ts';
+import { quoteLiteral } from '../src/pg/quote.ts';
+import type { RelationMessage } from '../src/protocol/messages.ts';
+
+const { values } = parseArgs({ options: { transactions: { type: 'string', default: '10000' }, rounds: { type: 'string', default: '3' } } });
+const N = Number(values.transactions);
+const ROUNDS = Number(values.rounds);
+const TICKS_MS = 10; // /proc clock ticks are 1/100 s on Linux
+
+const silent: Logger = { debug() {}, info() {}, warn() {}, error() {}, child: () => silent };
+const base = mkdtempSync(join(tmpdir(), 'pgmesh-bench-'));
+chmodSync(base, 0o755);
+const server = await EmbeddedServer.create({ name: 's1', baseDir: base, major: parseMajor(process.env.PGMESH_PG_MAJOR, 'PGMESH_PG_MAJOR'), password: 'bench' });
+try {
+  await server.start();
+  const admin = postgres(server.dsn, { max: 1, onnotice: () => undefined, fetch_types: false }) as unknown as Parameters<typeof initNode>[0];
+  await admin.unsafe(`CREATE TABLE t (id bigint PRIMARY KEY, n integer NOT NULL, payload text NOT NULL)`);
+  await initNode(admin, { nodeName: 'n2', nodeSlot: 2, maxNodes: 16, expectedPeers: 1 });
+  await addTables(admin, 'all');
+  await ensurePeer(admin, { name: 'n1', nodeSlot: 1, endpoint: 'bench' });
+  const local = await loadLocalRelation(admin, 'public', 't');
+  if (!local) throw new Error('table t not found');
+  const relation: RelationMessage = {
+    tag: 'relation',
+    relationOid: 1,
+    schema: 'public',
+    name: 't',
+    replicaIdentity: 'd',
+    columns: [
+      { isKey: true, name: 'id', typeOid: 20, typeModifier: -1 },
+      { isKey: false, name: 'n', typeOid: 23, typeModifier: -1 },
+      { isKey: false, name: 'payload', typeOid: 25, typeModifier: -1 },
+    ],
+  };
+  const binding = bindRelation(relation, local, { peer: 'n1', node: 'n2' });
+  const origins = await admin.unsafe<{ id: number }[]>(`SELECT roident::int AS id FROM pg_replication_origin WHERE roname = 'pgmesh_n1'`);
+  const ctx = { peer: 'n1', localNode: 'n2', conflictWindowMs: 10_000, peerOriginId: origins[0]?.id ?? 0 };
+  const shape = { kind: 'upsert' as const, binding, valuePositions: [0, 1, 2], multiRow: false };
+  const fast = buildFastStatement(shape, ctx, 'i')?.text;
+  if (!fast) throw new Error('no fast path for the bench table');
+
+  const session = openSql(server.dsn, {
+    node: 'n2',
+    applicationName: 'pgmesh bench statements',
+    logger: silent,
+    pipelined: true,
+    parameters: { session_replication_role: 'replica', synchronous_commit: 'off', plan_cache_mode: 'force_generic_plan' },
+  });
+  await session.unsafe(`SELECT pg_replication_origin_session_setup('pgmesh_n1')`);
+  await admin.unsafe(`CREATE TABLE second (end_lsn pg_lsn PRIMARY KEY, ts timestamptz)`);
+  const pid = Number((await session.unsafe<{ pid: number }[]>(`SELECT pg_backend_pid() AS pid`))[0]?.pid);
+  await session.unsafe(
+    `PREPARE plain_insert AS INSERT INTO t (id, n, payload) VALUES ($1::text::bigint, $2::text::int, $3::text); ` +
+      `PREPARE fast_insert AS ${fast}; PREPARE lock_row AS ${buildRowLock(binding, false)}; ` +
+      `PREPARE full_upsert AS ${buildStatement(shape, ctx, 'last_update_wins')}; PREPARE finish AS ${FINISH}; ` +
+      `PREPARE origin_only AS SELECT pg_catalog.pg_replication_origin_xact_setup($3::text::pg_lsn, $4::text::timestamptz), $1::text, $2::text; ` +
+      `` +
+      `PREPARE second_insert AS INSERT INTO second SELECT $3::text::pg_lsn, $4::text::timestamptz WHERE $1::text || $2::text IS NOT NULL; ` +
+      `PREPARE combined AS WITH o AS (SELECT pg_catalog.pg_replication_origin_xact_setup($6::text::pg_lsn, $7::text::timestamptz)), ` +
+      `p AS (UPDATE pgmesh.apply_progress p SET end_lsn = $6::text::pg_lsn, remote_commit_ts = $7::text::timestamptz, applied_xacts = p.applied_xacts + 1, applied_at = clock_timestamp() FROM o ` +
+      `WHERE p.peer = $4::text AND (p.end_lsn = $5::text::pg_lsn OR pgmesh.raise_error('PM001', 'x', NULL)::boolean)) ` +
+      `INSERT INTO t (id, n, payload) VALUES ($1::text::bigint, $2::text::int, $3::text); ` +
+      `PREPARE progress_only AS UPDATE pgmesh.apply_progress SET applied_xacts = applied_xacts + 1 WHERE peer = $1::text AND $2::text || $3::text || $4::text IS NOT NULL`,
+  );
+
+  const backendMs = (): number => {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) * TICKS_MS;
+  };
+  let nextId = 1;
+  let secondEnd = 0n;
+  let end = 0n; // the progress row's end LSN, advanced by every finish
+  const ts = formatPgTimestamp(pgTimestampFromDate(new Date()));
+  const finish = (): string => {
+    const prev = formatLsn(end);
+    end += 100n;
+    return `EXECUTE finish('n1', '${prev}', '${formatLsn(end)}', '${ts}')`;
+  };
+  const row = (): [string, string, string] => {
+    const id = nextId++;
+    return [String(id), String(id % 1000), `payload ${id}`];
+  };
+  const args = (values: readonly string[]): string => values.map(quoteLiteral).join(', ');
+  const variants: Record<string, () => string> = {
+    'literal-insert': () => `INSERT INTO t (id, n, payload) VALUES (${args(row())})`,
+    'execute-insert': () => `EXECUTE plain_insert(${args(row())})`,
+    'plus-finish': () => `EXECUTE plain_insert(${args(row())}); ${finish()}`,
+    'origin-only': () => `EXECUTE plain_insert(${args(row())}); EXECUTE origin_only('n1', '0/0', '${formatLsn(end + 1n)}', '${ts}')`,
+    'progress-only': () => `EXECUTE plain_insert(${args(row())}); EXECUTE progress_only('n1', '0/0', '0/0', '${ts}')`,
+    'second-insert': () => {
+      secondEnd += 100n;
+      return `EXECUTE plain_insert(${args(row())}); EXECUTE second_insert('0/', '0', '${formatLsn(secondEnd)}', '${ts}')`;
+    },
+    'combined': () => {
+      const prev = formatLsn(end);
+      end += 100n;
+      return `EXECUTE combined(${args(row())}, 'n1', '${prev}', '${formatLsn(end)}', '${ts}')`;
+    },
+    'fast-path': () => `EXECUTE fast_insert(${args([...row(), 'i'])}); ${finish()}`,
+    'full-statement': () => {
+      const r = row();
+      return `EXECUTE lock_row(${quoteLiteral(r[0])}); EXECUTE full_upsert(${args([...r, 'i', ts, formatLsn(end + 100n)])}); ${finish()}`;
+    },
+  };
+
+  const results = new Map<string, { backendUs: number[]; agentUs: number[]; tps: number[] }>();
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const [name, message] of Object.entries(variants)) {
+      const cpu0 = process.cpuUsage();
+      const backend0 = backendMs();
+      const t0 = performance.now();
+      let pending: Promise<unknown>[] = [];
+      for (let i = 0; i < N; i++) {
+        pending.push(session.unsafe(message()));
+        if (pending.length >= 500) {
+          await Promise.all(pending);
+          pending = [];
+        }
+      }
+      await Promise.all(pending);
+      const seconds = (performance.now() - t0) / 1000;
+      const cpu = process.cpuUsage(cpu0);
+      const entry = results.get(name) ?? { backendUs: [], agentUs: [], tps: [] };
+      entry.backendUs.push(((backendMs() - backend0) * 1000) / N);
+      entry.agentUs.push((cpu.user + cpu.system) / N);
+      entry.tps.push(N / seconds);
+      results.set(name, entry);
+    }
+  }
+  const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0;
+  console.log(`statement costs of one-row insert transactions, PostgreSQL ${server.major}, ${N} transactions per variant, median of ${ROUNDS} rounds`);
+  console.log('');
+  console.log(`${'variant'.padEnd(16)} ${'backend µs/txn'.padStart(15)} ${'agent µs/txn'.padStart(13)} ${'txn/s'.padStart(9)}`);
+  for (const [name, r] of results) {
+    console.log(
+      `${name.padEnd(16)} ${median(r.backendUs).toFixed(0).padStart(15)} ${median(r.agentUs).toFixed(0).padStart(13)} ${Math.round(median(r.tps)).toLocaleString('en-US').padStart(9)}`,
+    );
+  }
+  console.log('');
+  console.log('backend = CPU of the apply session\'s server process (1/100 s ticks); agent = CPU of this process (driver, string building).');
+  await session.end({ timeout: 1 });
+  await (admin as unknown as { end(o: { timeout: number }): Promise<void> }).end({ timeout: 1 });
+} finally {
+  await server.kill().catch(() => undefined);
+  rmSync(base, { recursive: true, force: true });
+}
