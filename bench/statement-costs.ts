@@ -9,9 +9,9 @@
  *   literal-insert    INSERT ... VALUES (literals): parsed and planned every time
  *   execute-insert    EXECUTE of a prepared plain INSERT
  *   origin-only       + pg_replication_origin_xact_setup in a second statement
- *   progress-only     + the update of the peer's progress row in a second statement
+ *   progress-only     + an update of the peer's row in pgmesh.apply_progress (how progress was kept before the log)
  *   second-insert     + an insert into another table in a second statement
- *   plus-finish       + the finish statement (progress row, origin LSN and timestamp): a real applied transaction
+ *   plus-finish       + the finish statement (progress log row, origin LSN and timestamp): a real applied transaction
  *   combined          the same as plus-finish in one statement (finish as CTEs of the insert)
  *   fast-path         the fast-path insert pgmesh sends instead of the plain one, + finish: what pgmesh does today
  *   full-statement    the full conflict-detecting statement (row lock + CTE) + finish: what a conflict costs
@@ -81,6 +81,7 @@ try {
     parameters: { session_replication_role: 'replica', synchronous_commit: 'off', plan_cache_mode: 'force_generic_plan' },
   });
   await session.unsafe(`SELECT pg_replication_origin_session_setup('pgmesh_n1')`);
+  await session.unsafe(`SELECT set_config('pgmesh.applied_end', '0/0', false)`);
   await admin.unsafe(`CREATE TABLE second (end_lsn pg_lsn PRIMARY KEY, ts timestamptz)`);
   const pid = Number((await session.unsafe<{ pid: number }[]>(`SELECT pg_backend_pid() AS pid`))[0]?.pid);
   await session.unsafe(
@@ -90,9 +91,10 @@ try {
       `PREPARE origin_only AS SELECT pg_catalog.pg_replication_origin_xact_setup($3::text::pg_lsn, $4::text::timestamptz), $1::text, $2::text; ` +
       `` +
       `PREPARE second_insert AS INSERT INTO second SELECT $3::text::pg_lsn, $4::text::timestamptz WHERE $1::text || $2::text IS NOT NULL; ` +
-      `PREPARE combined AS WITH o AS (SELECT pg_catalog.pg_replication_origin_xact_setup($6::text::pg_lsn, $7::text::timestamptz)), ` +
-      `p AS (UPDATE pgmesh.apply_progress p SET end_lsn = $6::text::pg_lsn, remote_commit_ts = $7::text::timestamptz, applied_xacts = p.applied_xacts + 1, applied_at = clock_timestamp() FROM o ` +
-      `WHERE p.peer = $4::text AND (p.end_lsn = $5::text::pg_lsn OR pgmesh.raise_error('PM001', 'x', NULL)::boolean)) ` +
+      `PREPARE combined AS WITH o AS (SELECT CASE WHEN pg_catalog.current_setting('pgmesh.applied_end', true) = $5::text ` +
+      `THEN pg_catalog.set_config('pgmesh.applied_end', $6::text, false) ELSE pgmesh.raise_error('PM001', 'x', NULL) END AS checked, ` +
+      `pg_catalog.pg_replication_origin_xact_setup($6::text::pg_lsn, $7::text::timestamptz) AS origin), ` +
+      `f AS (INSERT INTO pgmesh.applied_xact (peer, end_lsn, remote_commit_ts) SELECT $4::text, $6::text::pg_lsn, $7::text::timestamptz FROM o) ` +
       `INSERT INTO t (id, n, payload) VALUES ($1::text::bigint, $2::text::int, $3::text); ` +
       `PREPARE progress_only AS UPDATE pgmesh.apply_progress SET applied_xacts = applied_xacts + 1 WHERE peer = $1::text AND $2::text || $3::text || $4::text IS NOT NULL`,
   );

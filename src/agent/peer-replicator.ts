@@ -203,7 +203,14 @@ export class PeerReplicator {
       logger.info({ peer, from: formatLsn(applier.appliedEnd) }, 'streaming from peer');
       // What the peer may forget is only what is flushed here, not merely committed (asynchronous commit).
       let polls = 0;
+      let ticks = 0;
       poll = setInterval(() => {
+        // Now and then, fold the peer's progress log into its count, so the log stays a few rows long.
+        if (ticks++ % 10 === 0) {
+          this.options.catalog
+            .unsafe(`SELECT pgmesh.prune_applied($1)`, [peer])
+            .catch((error) => logger.debug({ peer, err: errorMessage(error) }, 'progress log pruning failed'));
+        }
         this.options.catalog
           .unsafe<{ lsn: string | null }[]>(`SELECT pg_catalog.pg_replication_origin_progress($1, true)::text AS lsn`, [originName(peer)])
           .then((rows) => {

@@ -64,19 +64,21 @@ const RETAIN_MAX_EVENTS = 50_000;
 /** After a fast-path miss on a table, its changes take the full statements for this long. */
 const SLOW_TABLE_MS = 10_000;
 /**
- * The last statement of every applied transaction (before COMMIT): the progress row, updated only from the previous
- * transaction's end (else PM001), and the origin LSN and timestamp of this commit (the one-row CTE joined in makes
- * it run). An UPDATE without RETURNING, so it returns no rows. No SET CONSTRAINTS ALL IMMEDIATE: in the replica-mode
- * session constraint triggers do not fire (deferrable unique constraints are checked by the applier), and no
- * pg_replication_origin_xact_reset after the commit: every commit of this session sets up its own values.
- * Parameters: peer, previous end LSN, this end LSN, remote commit timestamp.
+ * The last statement of every applied transaction (before COMMIT): its row in the progress log
+ * (pgmesh.applied_xact), and the origin LSN and timestamp of this commit. It raises PM001 unless the previous
+ * transaction committed: the session variable pgmesh.applied_end holds the end LSN of the last transaction
+ * committed in this session (set with set_config, so an aborted transaction's value is rolled back with it; the
+ * applier sets it when the session opens). An INSERT without RETURNING, so it returns no rows. No SET CONSTRAINTS ALL
+ * IMMEDIATE: in the replica-mode session constraint triggers do not fire (deferrable unique constraints are checked
+ * by the applier), and no pg_replication_origin_xact_reset after the commit: every commit of this session sets up
+ * its own values. Parameters: peer, previous end LSN, this end LSN, remote commit timestamp.
  */
 export const FINISH =
-  `WITH o AS (SELECT pg_catalog.pg_replication_origin_xact_setup($3::text::pg_lsn, $4::text::timestamptz)) ` +
-  `UPDATE pgmesh.apply_progress p SET end_lsn = $3::text::pg_lsn, remote_commit_ts = $4::text::timestamptz, ` +
-  `applied_xacts = p.applied_xacts + 1, applied_at = clock_timestamp() FROM o ` +
-  `WHERE p.peer = $1::text AND (p.end_lsn = $2::text::pg_lsn OR pgmesh.raise_error('PM001', ` +
-  `format('pgmesh: progress of peer %s is not at %s; the previous transaction did not commit', $1::text, $2::text), NULL)::boolean)`;
+  `WITH o AS (SELECT CASE WHEN pg_catalog.current_setting('pgmesh.applied_end', true) = $2::text ` +
+  `THEN pg_catalog.set_config('pgmesh.applied_end', $3::text, false) ` +
+  `ELSE pgmesh.raise_error('PM001', format('pgmesh: progress of peer %s is not at %s; the previous transaction did not commit', $1::text, $2::text), NULL) END AS checked, ` +
+  `pg_catalog.pg_replication_origin_xact_setup($3::text::pg_lsn, $4::text::timestamptz) AS origin) ` +
+  `INSERT INTO pgmesh.applied_xact (peer, end_lsn, remote_commit_ts) SELECT $1::text, $3::text::pg_lsn, $4::text::timestamptz FROM o`;
 /** How long a relation's binding (columns, policies) is trusted before it is read again. */
 const BINDING_TTL_MS = 5_000;
 
@@ -232,11 +234,13 @@ export class Applier {
     // The session is the pool of one connection itself, not a reserved connection: postgres.js 3.4 sends the queries
     // of a reserved connection one round trip at a time once its pipeline has filled, while a pool keeps pipelining.
     // Idle and lifetime limits are off, so the connection is not replaced; if it were (a network error), the new one
-    // would have no origin session and pg_replication_origin_xact_setup in finish_apply would refuse to commit.
+    // would have no origin session and pg_replication_origin_xact_setup in the finish statement would refuse to commit.
     const session = sql;
     try {
       await session.unsafe(`SELECT pg_catalog.pg_replication_origin_session_setup(${quoteLiteral(options.origin)})`);
       const progress = await readProgress(session, options);
+      // Where the finish statement's predecessor check starts (see FINISH).
+      await session.unsafe(`SELECT pg_catalog.set_config('pgmesh.applied_end', ${quoteLiteral(formatLsn(progress.start))}, false)`);
       const origins = await session.unsafe<{ id: number }[]>(
         `SELECT roident::int AS id FROM pg_catalog.pg_replication_origin WHERE roname = ${quoteLiteral(options.origin)}`,
       );
@@ -619,7 +623,7 @@ export class Applier {
       return;
     }
     await this.flushBatch();
-    // this.txn stays set until COMMIT is issued: a failure of the checks, finish_apply or COMMIT is then
+    // this.txn stays set until COMMIT is issued: a failure of the checks, the finish statement or COMMIT is then
     // attributed to this transaction, so that a data error found there gets the transaction applied carefully.
     for (const { binding, keys } of txn.deferredKeys.values()) {
       for (const index of binding.local.deferredUnique) {
@@ -738,7 +742,8 @@ export class Applier {
     }
     if (txn.finalLsn === this.resumeLsn) await this.session.unsafe(CLEAR_RESUME, [this.options.peer]);
     const prev = this.issuedEnd;
-    await this.session.unsafe('SELECT pgmesh.finish_apply($1::text, $2::text::pg_lsn, $3::text::pg_lsn, $4::text::timestamptz)', [
+    await this.session.unsafe('SET CONSTRAINTS ALL IMMEDIATE');
+    await this.session.unsafe(FINISH, [
       this.options.peer,
       formatLsn(prev),
       formatLsn(endLsn),
@@ -885,7 +890,7 @@ async function readProgress(session: Sql, options: ApplierOptions): Promise<Prog
   const rows = await session.unsafe<{ end_lsn: string; origin_lsn: string | null; resume_resolution: ConflictPolicy | null }[]>(
     `SELECT p.end_lsn::text AS end_lsn, pg_catalog.pg_replication_origin_progress(${quoteLiteral(options.origin)}, false)::text AS origin_lsn,
             p.resume_resolution
-       FROM pgmesh.apply_progress p WHERE p.peer = ${quoteLiteral(options.peer)}`,
+       FROM pgmesh.progress p WHERE p.peer = ${quoteLiteral(options.peer)}`,
   );
   const row = rows[0];
   if (!row) {

@@ -322,6 +322,73 @@ $fn$;
 
 -- Never holds a row: fast-path apply statements insert into it only to raise PM004, so that they return no rows.
 CREATE TABLE pgmesh.fast_path_check (miss text);
+
+-- Progress as a log: every applied transaction inserts its row in its own commit. (Updating one progress row per
+-- transaction cost the apply session about 45 us: with asynchronous commit its dead versions cannot get hint bits
+-- yet, so every lookup walks a chain of them; an insert costs about 10 us. bench/statement-costs.ts measures both.)
+-- The newest row of a peer is where its stream resumes; older rows are folded now and then into
+-- apply_progress.applied_xacts, which with the rows still here counts every applied transaction exactly once.
+-- Seed rows (counted = false) mark where a link starts.
+CREATE TABLE pgmesh.applied_xact (
+  peer text NOT NULL,
+  end_lsn pg_lsn NOT NULL,
+  remote_commit_ts timestamptz,
+  applied_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+  counted boolean NOT NULL DEFAULT true,
+  PRIMARY KEY (peer, end_lsn)
+);
+INSERT INTO pgmesh.applied_xact (peer, end_lsn, remote_commit_ts, applied_at, counted)
+  SELECT peer, end_lsn, remote_commit_ts, coalesce(applied_at, now()), false FROM pgmesh.apply_progress;
+-- Replaced by the applier's finish statement (the log row, a session variable for the predecessor check).
+DROP FUNCTION pgmesh.finish_apply(text, pg_lsn, pg_lsn, timestamptz);
+ALTER TABLE pgmesh.apply_progress DROP COLUMN end_lsn, DROP COLUMN remote_commit_ts, DROP COLUMN applied_at;
+
+-- What operators and the agent read: per peer, the newest applied transaction and the count of all of them.
+CREATE VIEW pgmesh.progress AS
+SELECT p.peer, coalesce(l.end_lsn, '0/0'::pg_lsn) AS end_lsn, l.remote_commit_ts, l.applied_at,
+       p.applied_xacts + coalesce((SELECT count(*) FROM pgmesh.applied_xact a WHERE a.peer = p.peer AND a.counted), 0) AS applied_xacts,
+       p.paused_at, p.paused_reason, p.resume_resolution
+  FROM pgmesh.apply_progress p
+  LEFT JOIN LATERAL (SELECT a.end_lsn, a.remote_commit_ts, a.applied_at FROM pgmesh.applied_xact a
+                      WHERE a.peer = p.peer ORDER BY a.end_lsn DESC LIMIT 1) l ON true;
+
+-- Folds a peer's log rows older than its newest into the count (runs beside the apply session: it never touches
+-- the newest row, where the stream resumes).
+CREATE FUNCTION pgmesh.prune_applied(peer_name text) RETURNS bigint
+LANGUAGE sql AS $fn$
+  WITH gone AS (
+    DELETE FROM pgmesh.applied_xact a
+     WHERE a.peer = peer_name AND a.end_lsn < (SELECT max(b.end_lsn) FROM pgmesh.applied_xact b WHERE b.peer = peer_name)
+    RETURNING a.counted
+  ), counted AS (
+    UPDATE pgmesh.apply_progress p SET applied_xacts = p.applied_xacts + (SELECT count(*) FROM gone WHERE gone.counted)
+     WHERE p.peer = peer_name RETURNING 1
+  )
+  SELECT count(*) FROM gone
+$fn$;
+
+CREATE OR REPLACE FUNCTION pgmesh.gc_tombstones(margin interval) RETURNS bigint
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  horizon timestamptz;
+  peers integer;
+  removed bigint;
+BEGIN
+  SELECT min(greatest(p.remote_commit_ts, h.caught_up_ts)), count(*) FILTER (WHERE greatest(p.remote_commit_ts, h.caught_up_ts) IS NULL)
+    INTO horizon, peers
+    FROM pgmesh.progress p LEFT JOIN pgmesh.peer_horizon h USING (peer);
+  IF horizon IS NULL OR peers > 0 THEN
+    RETURN 0;
+  END IF;
+  DELETE FROM pgmesh.tombstone t
+   WHERE coalesce(pg_catalog.pg_xact_commit_timestamp(t.xmin), '-infinity') < horizon - margin;
+  GET DIAGNOSTICS removed = ROW_COUNT;
+  DELETE FROM pgmesh.version_override o
+   WHERE o.ts < horizon - margin
+     AND coalesce(pg_catalog.pg_xact_commit_timestamp(o.row_xmin), '-infinity') < horizon - margin;
+  RETURN removed;
+END
+$fn$;
 `,
 ];
 

@@ -247,7 +247,7 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
         `SELECT p.peer, p.applied_xacts::text, p.applied_at::text, p.remote_commit_ts::text, c.skew_ms::text AS skew,
                 (SELECT count(*) FROM pgmesh.conflict f WHERE f.peer = p.peer)::text AS conflicts,
                 p.paused_reason, p.paused_at IS NOT NULL AS paused
-           FROM pgmesh.apply_progress p LEFT JOIN pgmesh.peer_clock c USING (peer)`,
+           FROM pgmesh.progress p LEFT JOIN pgmesh.peer_clock c USING (peer)`,
       )) {
         progress.set(row.peer, {
           appliedXacts: Number(row.applied_xacts),

@@ -295,6 +295,12 @@ export async function ensurePeer(sql: Sql, peer: PeerLink): Promise<void> {
       [peer.name, peer.nodeSlot, peer.endpoint],
     );
     await tx.unsafe(`INSERT INTO pgmesh.apply_progress (peer) VALUES ($1) ON CONFLICT DO NOTHING`, [peer.name]);
+    // The link starts at the beginning of the peer's slot: a seed row of the progress log, not an applied transaction.
+    await tx.unsafe(
+      `INSERT INTO pgmesh.applied_xact (peer, end_lsn, counted) SELECT $1, '0/0', false
+        WHERE NOT EXISTS (SELECT 1 FROM pgmesh.applied_xact WHERE peer = $1)`,
+      [peer.name],
+    );
     await tx.unsafe(
       `SELECT pg_catalog.pg_replication_origin_create($1)
         WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1)`,

@@ -27,7 +27,7 @@ export const SQLSTATE = {
   cannotConnectNow: '57P03',
   serializationFailure: '40001',
   deadlockDetected: '40P01',
-  /** Raised by pgmesh.finish_apply when the previous pipelined transaction did not commit. */
+  /** Raised by the applier's finish statement when the previous pipelined transaction did not commit. */
   predecessorNotCommitted: 'PM001',
   /** Raised by an apply statement when a table with the 'pause' policy has a conflict. */
   conflictPause: 'PM002',

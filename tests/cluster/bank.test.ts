@@ -315,7 +315,7 @@ test('bank: agents killed with SIGKILL mid-run and restarted still apply every d
 
 /** Transactions applied on a node from all its peers (the progress row is written in each applied commit). */
 async function appliedXacts(node: TestNode): Promise<number> {
-  const rows = await node.sql.unsafe<{ n: string }[]>(`SELECT coalesce(sum(applied_xacts), 0)::text AS n FROM pgmesh.apply_progress`);
+  const rows = await node.sql.unsafe<{ n: string }[]>(`SELECT coalesce(sum(applied_xacts), 0)::text AS n FROM pgmesh.progress`);
   return Number(rows[0]?.n ?? 0);
 }
 

@@ -670,7 +670,7 @@ test('every conflict type is detected, resolved by the table policy, recorded an
         for (const [node, peer] of [['n1', 'n2'], ['n3', 'n2'], ['n2', 'n1']] as const) {
           const status = peerStatus(cluster, node, peer);
           assert.match(status.pausedReason ?? '', /update_origin_differs on public\.pz key \[1\] from peer/);
-          const rows = await cluster.node(node).sql.unsafe<{ paused: boolean }[]>(`SELECT paused_at IS NOT NULL AS paused FROM pgmesh.apply_progress WHERE peer = $1`, [peer]);
+          const rows = await cluster.node(node).sql.unsafe<{ paused: boolean }[]>(`SELECT paused_at IS NOT NULL AS paused FROM pgmesh.progress WHERE peer = $1`, [peer]);
           assert.equal(rows[0]?.paused, true, `the pause of ${peer} on ${node} is in the catalog`);
         }
         assert.deepEqual(await rowsOn(cluster, 'pz', 1), { n1: v.n1.row, n2: v.n2.row, n3: v.n1.row });

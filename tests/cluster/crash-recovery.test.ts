@@ -48,7 +48,7 @@ const FAST_RETRY = { retryBaseMs: 100, retryMaxMs: 1000 };
 
 /** Transactions from `peer` applied on `node`: written in the same local commit as each applied transaction. */
 async function appliedFrom(node: TestNode, peer: string): Promise<number> {
-  const rows = await node.sql.unsafe<{ n: string }[]>(`SELECT applied_xacts::text AS n FROM pgmesh.apply_progress WHERE peer = $1`, [peer]);
+  const rows = await node.sql.unsafe<{ n: string }[]>(`SELECT applied_xacts::text AS n FROM pgmesh.progress WHERE peer = $1`, [peer]);
   const n = rows[0]?.n;
   if (n === undefined) throw new Error(`${node.name} has no progress row for ${peer}`);
   return Number(n);
@@ -85,7 +85,7 @@ async function killMidTransaction(cluster: TestCluster, agent: AgentProcess, atL
   await eventually(
     async () => {
       const rows = await n2.sql.unsafe<{ applied: string; open: boolean }[]>(
-        `SELECT (SELECT applied_xacts::text FROM pgmesh.apply_progress WHERE peer = 'n1') AS applied,
+        `SELECT (SELECT applied_xacts::text FROM pgmesh.progress WHERE peer = 'n1') AS applied,
                 EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = 'pgmesh apply n1' AND backend_xid IS NOT NULL) AS open`,
       );
       return Number(rows[0]?.applied) >= atLeast && rows[0]?.open === true;

@@ -12,7 +12,7 @@ import { withCluster, type TestCluster, type TestNode } from '../support/cluster
 const SCHEMA = `CREATE TABLE t (k integer PRIMARY KEY, v text NOT NULL); ${BARRIER_TABLE}`;
 
 async function applied(node: TestNode, peer: string): Promise<number> {
-  const rows = await node.sql.unsafe<{ n: string }[]>(`SELECT applied_xacts::text AS n FROM pgmesh.apply_progress WHERE peer = $1`, [peer]);
+  const rows = await node.sql.unsafe<{ n: string }[]>(`SELECT applied_xacts::text AS n FROM pgmesh.progress WHERE peer = $1`, [peer]);
   return Number(rows[0]?.n);
 }
 

@@ -92,7 +92,7 @@ test('a 1,000,000-row transaction replicates while the agent memory stays flat',
       async () => {
         sampledPeakKb = Math.max(sampledPeakKb, memoryOf(pid).rssKb);
         samples++;
-        const rows = await n2.sql.unsafe<{ applied: string }[]>(`SELECT applied_xacts::text AS applied FROM pgmesh.apply_progress WHERE peer = 'n1'`);
+        const rows = await n2.sql.unsafe<{ applied: string }[]>(`SELECT applied_xacts::text AS applied FROM pgmesh.progress WHERE peer = 'n1'`);
         return rows[0]?.applied !== '0';
       },
       { timeoutMs: 180_000, intervalMs: 50, what: 'the 1M-row transaction to be applied on n2', abort: died(agent) },
@@ -109,7 +109,7 @@ test('a 1,000,000-row transaction replicates while the agent memory stays flat',
 
     assert.ok(growthMb < MAX_GROWTH_MB, `the agent's memory grew by ${Math.round(growthMb)} MB while applying (bound ${MAX_GROWTH_MB} MB)`);
     assert.ok(samples >= 5, `only ${samples} memory samples: the apply was not watched`);
-    const progress = await n2.sql.unsafe<{ applied: string }[]>(`SELECT applied_xacts::text AS applied FROM pgmesh.apply_progress WHERE peer = 'n1'`);
+    const progress = await n2.sql.unsafe<{ applied: string }[]>(`SELECT applied_xacts::text AS applied FROM pgmesh.progress WHERE peer = 'n1'`);
     assert.equal(progress[0]?.applied, '1', 'the remote transaction was applied as exactly one local transaction');
     const [source, target] = await Promise.all([digest(n1), digest(n2)]);
     assert.equal(source.n, String(ROWS));

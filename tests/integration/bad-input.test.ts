@@ -151,7 +151,7 @@ test('server settings: every problem of every node in one error, with fixes that
     assert.equal(checked.stdout, 'n1: ok\nn2: ok\n');
 
     // A node that answers but whose catalog lacks what status reads is not UNREACHABLE, and is told how to upgrade.
-    await n2.sql.unsafe('ALTER TABLE pgmesh.apply_progress RENAME TO apply_progress_old');
+    await n2.sql.unsafe('ALTER VIEW pgmesh.progress RENAME TO progress_old');
     const status = await pgmesh(['status'], { config: cluster.configPath });
     assert.equal(status.code, 1, status.output);
     assert.match(status.stdout, /^n2\s+\S+\s+up\s/m);
