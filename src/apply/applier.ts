@@ -43,6 +43,8 @@ import { describeChange, rowOps, type RowOp } from './row-ops.ts';
 import {
   buildDeferredUniqueCheck,
   buildFastStatement,
+  buildFinish,
+  withFinish,
   buildRowLock,
   buildStatement,
   keyParameterIndexes,
@@ -63,22 +65,8 @@ const MESSAGE_BYTES = 512 * 1024;
 const RETAIN_MAX_EVENTS = 50_000;
 /** After a fast-path miss on a table, its changes take the full statements for this long. */
 const SLOW_TABLE_MS = 10_000;
-/**
- * The last statement of every applied transaction (before COMMIT): its row in the progress log
- * (pgmesh.applied_xact), and the origin LSN and timestamp of this commit. It raises PM001 unless the previous
- * transaction committed: the session variable pgmesh.applied_end holds the end LSN of the last transaction
- * committed in this session (set with set_config, so an aborted transaction's value is rolled back with it; the
- * applier sets it when the session opens). An INSERT without RETURNING, so it returns no rows. No SET CONSTRAINTS ALL
- * IMMEDIATE: in the replica-mode session constraint triggers do not fire (deferrable unique constraints are checked
- * by the applier), and no pg_replication_origin_xact_reset after the commit: every commit of this session sets up
- * its own values. Parameters: peer, previous end LSN, this end LSN, remote commit timestamp.
- */
-export const FINISH =
-  `WITH o AS (SELECT CASE WHEN pg_catalog.current_setting('pgmesh.applied_end', true) = $2::text ` +
-  `THEN pg_catalog.set_config('pgmesh.applied_end', $3::text, false) ` +
-  `ELSE pgmesh.raise_error('PM001', format('pgmesh: progress of peer %s is not at %s; the previous transaction did not commit', $1::text, $2::text), NULL) END AS checked, ` +
-  `pg_catalog.pg_replication_origin_xact_setup($3::text::pg_lsn, $4::text::timestamptz) AS origin) ` +
-  `INSERT INTO pgmesh.applied_xact (peer, end_lsn, remote_commit_ts) SELECT $1::text, $3::text::pg_lsn, $4::text::timestamptz FROM o`;
+/** The last statement of every applied transaction (before COMMIT); see finishCtes. */
+export const FINISH = buildFinish();
 /** How long a relation's binding (columns, policies) is trusted before it is read again. */
 const BINDING_TTL_MS = 5_000;
 
@@ -179,6 +167,8 @@ export class Applier {
   private retained: { finalLsn: Lsn; events: StreamEvent[] | null }[] = [];
   private retainedEvents = 0;
   private fullLsn: Lsn | undefined;
+  /** Set by flushBatch when the batch's statement also finished the transaction. */
+  private finishedInBatch = false;
   /** Tables whose changes take the full statements until the given time (a fast-path miss happened there). */
   private readonly slowTables = new Map<number, number>();
   private readonly ctx: StatementContext;
@@ -527,8 +517,12 @@ export class Applier {
     return { text, params: indexes.map((i) => params[i] ?? null) };
   }
 
-  /** Appends the batch's statement to the message; returns a promise only when it must wait. */
-  private flushBatch(): Promise<void> | undefined {
+  /**
+   * Appends the batch's statement to the message; returns a promise only when it must wait. With `finish` (the
+   * finish statement's parameters, for a transaction whose only statement this is), a fast-path statement also
+   * finishes the transaction, and `finishedInBatch` is set.
+   */
+  private flushBatch(finish?: readonly (string | null)[]): Promise<void> | undefined {
     const batch = this.batch;
     if (!batch) return undefined;
     this.batch = undefined;
@@ -539,9 +533,13 @@ export class Applier {
       ? batch.columns.map((column) => textArrayLiteral(column))
       : batch.columns.map((column) => column[0] ?? null);
     txn.changes += batch.rows;
-    const fast = txn.full ? undefined : this.fastStatementFor(batch.first, multiRow);
+    const fast = txn.full ? undefined : this.fastStatementFor(batch.first, multiRow, finish !== undefined);
     if (fast) {
       if (fast.timestamp) params.push(formatPgTimestamp(txn.commitTime));
+      if (finish) {
+        params.push(...finish);
+        this.finishedInBatch = true;
+      }
       this.append(this.execute(fast.text, params));
     } else {
       const lock = this.rowLockFor(batch.first, multiRow, params);
@@ -553,7 +551,7 @@ export class Applier {
     return undefined;
   }
 
-  private fastStatementFor(op: RowOp, multiRow: boolean): { text: string; timestamp: boolean } | undefined {
+  private fastStatementFor(op: RowOp, multiRow: boolean, finishing: boolean): { text: string; timestamp: boolean } | undefined {
     const binding = op.binding;
     const slowUntil = this.slowTables.get(binding.local.oid);
     if (slowUntil !== undefined) {
@@ -561,9 +559,11 @@ export class Applier {
       this.slowTables.delete(binding.local.oid);
     }
     const upsertOp = op.kind === 'upsert' ? (op.values.at(-1) as 'i' | 'u') : undefined;
-    const key = `${op.kind}:${upsertOp ?? ''}:${binding.local.qualified}:${binding.deltaPositions.join(',')}:${op.valuePositions.join(',')}:${multiRow ? 'm' : 's'}`;
+    const key = `${op.kind}:${upsertOp ?? ''}:${binding.local.qualified}:${binding.deltaPositions.join(',')}:${op.valuePositions.join(',')}:${multiRow ? 'm' : 's'}:${finishing ? 'f' : ''}`;
     if (this.fastStatements.has(key)) return this.fastStatements.get(key);
-    const fast = buildFastStatement({ kind: op.kind, binding, valuePositions: op.valuePositions, multiRow }, this.ctx, upsertOp);
+    const shape = { kind: op.kind, binding, valuePositions: op.valuePositions, multiRow };
+    const plain = buildFastStatement(shape, this.ctx, upsertOp);
+    const fast = plain && finishing ? withFinish(plain, shape) : plain;
     this.fastStatements.set(key, fast);
     return fast;
   }
@@ -622,7 +622,13 @@ export class Applier {
       this.txn = undefined;
       return;
     }
-    await this.flushBatch();
+    const prev = this.issuedEnd;
+    this.issuedEnd = endLsn;
+    const finish = [this.options.peer, formatLsn(prev), formatLsn(endLsn), formatPgTimestamp(commitTime)];
+    // A transaction of one statement finishes in it (when that statement takes the fast path).
+    const alone = this.message.length === 0 && !txn.sent && txn.deferredKeys.size === 0 && txn.finalLsn !== this.resumeLsn;
+    this.finishedInBatch = false;
+    await this.flushBatch(alone ? finish : undefined);
     // this.txn stays set until COMMIT is issued: a failure of the checks, the finish statement or COMMIT is then
     // attributed to this transaction, so that a data error found there gets the transaction applied carefully.
     for (const { binding, keys } of txn.deferredKeys.values()) {
@@ -631,9 +637,7 @@ export class Applier {
       }
     }
     if (txn.finalLsn === this.resumeLsn) this.append(`UPDATE pgmesh.apply_progress SET resume_resolution = NULL WHERE peer = ${quoteLiteral(this.options.peer)}`);
-    const prev = this.issuedEnd;
-    this.issuedEnd = endLsn;
-    this.append(this.execute(FINISH, [this.options.peer, formatLsn(prev), formatLsn(endLsn), formatPgTimestamp(commitTime)]));
+    if (!this.finishedInBatch) this.append(this.execute(FINISH, finish));
     // A transaction whose earlier messages began a transaction block ends it; one sent whole is an implicit block.
     if (txn.sent) this.append('COMMIT');
     // A reply without error means every statement of the message ran, COMMIT included (a failing statement
