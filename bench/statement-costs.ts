@@ -14,6 +14,8 @@
  *   plus-finish       + the finish statement (progress log row, origin LSN and timestamp): a real applied transaction
  *   combined          the same as plus-finish in one statement (finish as CTEs of the insert)
  *   fast-path         the fast-path insert pgmesh sends instead of the plain one, + finish: what pgmesh does today
+ *   execute-update    a prepared plain UPDATE of one row + finish
+ *   fast-update       the fast-path update pgmesh sends (version check, counted) + finish
  *   full-statement    the full conflict-detecting statement (row lock + CTE) + finish: what a conflict costs
  *
  * Usage: npx tsx bench/statement-costs.ts [--transactions 10000] [--rounds 3]
@@ -29,7 +31,7 @@ import { buildFastStatement, buildRowLock, buildStatement } from '../src/apply/s
 import { addTables, ensurePeer, initNode } from '../src/cluster/node-admin.ts';
 import { formatLsn } from '../src/core/lsn.ts';
 import type { Logger } from '../src/core/logger.ts';
-import { formatPgTimestamp, pgTimestampFromDate } from '../src/core/pg-time.ts';
+import { formatPgTimestamp, pgTimestamp, pgTimestampFromDate } from '../src/core/pg-time.ts';
 import { EmbeddedServer } from '../src/embedded/embedded-server.ts';
 import { parseMajor } from '../src/embedded/postgres-binaries.ts';
 import { openSql } from '../src/pg/connect.ts';
@@ -71,7 +73,8 @@ try {
   const ctx = { peer: 'n1', localNode: 'n2', conflictWindowMs: 10_000, peerOriginId: origins[0]?.id ?? 0 };
   const shape = { kind: 'upsert' as const, binding, valuePositions: [0, 1, 2], multiRow: false };
   const fast = buildFastStatement(shape, ctx, 'i')?.text;
-  if (!fast) throw new Error('no fast path for the bench table');
+  const fastUpdate = buildFastStatement(shape, ctx, 'u')?.text;
+  if (!fast || !fastUpdate) throw new Error('no fast path for the bench table');
 
   const session = openSql(server.dsn, {
     node: 'n2',
@@ -86,7 +89,9 @@ try {
   const pid = Number((await session.unsafe<{ pid: number }[]>(`SELECT pg_backend_pid() AS pid`))[0]?.pid);
   await session.unsafe(
     `PREPARE plain_insert AS INSERT INTO t (id, n, payload) VALUES ($1::text::bigint, $2::text::int, $3::text); ` +
-      `PREPARE fast_insert AS ${fast}; PREPARE lock_row AS ${buildRowLock(binding, false)}; ` +
+      `PREPARE fast_insert AS ${fast}; PREPARE fast_update AS ${fastUpdate}; ` +
+      `PREPARE plain_update AS UPDATE t SET n = $2::text::int, payload = $3::text WHERE id = $1::text::bigint; ` +
+      `PREPARE lock_row AS ${buildRowLock(binding, false)}; ` +
       `PREPARE full_upsert AS ${buildStatement(shape, ctx, 'last_update_wins')}; PREPARE finish AS ${FINISH}; ` +
       `PREPARE origin_only AS SELECT pg_catalog.pg_replication_origin_xact_setup($3::text::pg_lsn, $4::text::timestamptz), $1::text, $2::text; ` +
       `` +
@@ -107,7 +112,14 @@ try {
   let nextId = 1;
   let secondEnd = 0n;
   let end = 0n; // the progress row's end LSN, advanced by every finish
-  const ts = formatPgTimestamp(pgTimestampFromDate(new Date()));
+  // Every transaction gets a later commit timestamp, as a peer's stream does (an update must be newer than its row).
+  const start = pgTimestampFromDate(new Date(Date.now() + 3_600_000));
+  let tick = 0n;
+  let ts = formatPgTimestamp(start);
+  const nextTs = (): string => {
+    ts = formatPgTimestamp(pgTimestamp(start + ++tick));
+    return ts;
+  };
   const finish = (): string => {
     const prev = formatLsn(end);
     end += 100n;
@@ -116,6 +128,12 @@ try {
   const row = (): [string, string, string] => {
     const id = nextId++;
     return [String(id), String(id % 1000), `payload ${id}`];
+  };
+  // Updates of rows inserted by the earlier variants of the round (the peer's origin wrote them: the fast path's case).
+  let updateId = 0;
+  const updated = (): [string, string, string] => {
+    updateId = (updateId % (nextId - 1)) + 1;
+    return [String(updateId), String(updateId % 7), `updated ${updateId}`];
   };
   const args = (values: readonly string[]): string => values.map(quoteLiteral).join(', ');
   const variants: Record<string, () => string> = {
@@ -134,6 +152,8 @@ try {
       return `EXECUTE combined(${args(row())}, 'n1', '${prev}', '${formatLsn(end)}', '${ts}')`;
     },
     'fast-path': () => `EXECUTE fast_insert(${args([...row(), 'i'])}); ${finish()}`,
+    'execute-update': () => `EXECUTE plain_update(${args(updated())}); ${finish()}`,
+    'fast-update': () => `EXECUTE fast_update(${args([...updated(), 'u', nextTs()])}); ${finish()}`,
     'full-statement': () => {
       const r = row();
       return `EXECUTE lock_row(${quoteLiteral(r[0])}); EXECUTE full_upsert(${args([...r, 'i', ts, formatLsn(end + 100n)])}); ${finish()}`;
@@ -165,7 +185,7 @@ try {
     }
   }
   const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0;
-  console.log(`statement costs of one-row insert transactions, PostgreSQL ${server.major}, ${N} transactions per variant, median of ${ROUNDS} rounds`);
+  console.log(`statement costs of one-row transactions, PostgreSQL ${server.major}, ${N} transactions per variant, median of ${ROUNDS} rounds`);
   console.log('');
   console.log(`${'variant'.padEnd(16)} ${'backend µs/txn'.padStart(15)} ${'agent µs/txn'.padStart(13)} ${'txn/s'.padStart(9)}`);
   for (const [name, r] of results) {
