@@ -13,9 +13,6 @@ import { errorMessage } from '../core/errors.ts';
 import { ClockMonitor, type ClockReading } from './clock-monitor.ts';
 import { PeerReplicator, type PeerStatus } from './peer-replicator.ts';
 
-/** Tombstones are kept this much longer than strictly needed: commit timestamps are not strictly in commit order. */
-const TOMBSTONE_MARGIN = '60 seconds';
-
 export interface AgentStatus {
   readonly node: string;
   readonly startedAt: string;
@@ -34,10 +31,10 @@ export class Agent {
     private readonly logger: Logger,
   ) {}
 
-  private startMaintenance(intervalMs: number): void {
+  private startMaintenance(intervalMs: number, marginMs: number): void {
     this.gcTimer = setInterval(() => {
       this.catalog
-        .unsafe<{ removed: string }[]>(`SELECT pgmesh.gc_tombstones(interval '${TOMBSTONE_MARGIN}')::text AS removed`)
+        .unsafe<{ removed: string }[]>(`SELECT pgmesh.gc_tombstones(interval '${Math.round(marginMs)} milliseconds')::text AS removed`)
         .then((rows) => {
           const removed = Number(rows[0]?.removed ?? 0);
           if (removed > 0) this.logger.debug({ removed }, 'tombstones collected');
@@ -112,7 +109,7 @@ export class Agent {
     for (const r of replicators) r.start();
     for (const c of clocks.values()) c.start();
     const agent = new Agent(nodeName, catalog, replicators, clocks, log);
-    agent.startMaintenance(config.tuning.tombstoneGcIntervalMs);
+    agent.startMaintenance(config.tuning.tombstoneGcIntervalMs, config.tuning.tombstoneMarginMs);
     log.info({ peers: peers.map((p) => p.name) }, 'agent started');
     return agent;
   }

@@ -58,6 +58,12 @@ export function formatStatus(status: ClusterStatus): string {
   const errors = [
     ...status.nodes.filter((n) => n.error).map((n) => `! ${n.error}`),
     ...status.links.filter((l) => l.pausedReason).map((l) => `! ${l.from} -> ${l.to} paused: ${l.pausedReason}`),
+    ...status.links
+      .filter((l) => l.clockSkewWarning)
+      .map(
+        (l) =>
+          `! the clock of ${l.from} differs from ${l.to}'s by ${(l.clockSkewMs ?? 0) >= 0 ? '+' : ''}${(l.clockSkewMs ?? 0).toFixed(0)} ms: last-update-wins trusts clocks; fix time synchronisation (NTP) on them`,
+      ),
   ];
   return [renderTable(nodes), '', renderTable(links), ...(errors.length ? ['', ...errors] : [])].join('\n');
 }

@@ -184,6 +184,8 @@ export interface LinkStatus {
   readonly lastRemoteCommit: string | null;
   /** The publisher's clock minus the subscriber's, as the subscriber's agent last measured it. */
   readonly clockSkewMs: number | null;
+  /** The skew is past tuning.clockSkewWarnMs: last-update-wins may pick the wrong winner. */
+  readonly clockSkewWarning: boolean;
   readonly conflicts: number | null;
   readonly pausedReason: string | null;
 }
@@ -314,6 +316,7 @@ export async function clusterStatus(config: ClusterConfig, logger: Logger): Prom
         lastAppliedAt: progress?.appliedAt ?? null,
         lastRemoteCommit: progress?.remoteCommit ?? null,
         clockSkewMs: progress?.skewMs ?? null,
+        clockSkewWarning: progress?.skewMs !== undefined && progress.skewMs !== null && Math.abs(progress.skewMs) > config.tuning.clockSkewWarnMs,
         conflicts: progress?.conflicts ?? null,
         pausedReason: progress?.pausedReason ?? null,
       });

@@ -38,6 +38,11 @@ export interface AgentTuning {
   readonly clockSkewWarnMs: number;
   /** How often tombstones that every peer is past are removed. */
   readonly tombstoneGcIntervalMs: number;
+  /**
+   * How much longer than strictly needed tombstones are kept: commit timestamps are not strictly in commit order
+   * (and clocks differ a little), so a change slightly older than the horizon may still arrive.
+   */
+  readonly tombstoneMarginMs: number;
 }
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
@@ -60,6 +65,7 @@ export const DEFAULT_TUNING: AgentTuning = {
   conflictWindowMs: 10_000,
   clockSkewWarnMs: 500,
   tombstoneGcIntervalMs: 60_000,
+  tombstoneMarginMs: 60_000,
 };
 
 const TUNING_LIMITS: Record<keyof AgentTuning, readonly [number, number]> = {
@@ -73,6 +79,7 @@ const TUNING_LIMITS: Record<keyof AgentTuning, readonly [number, number]> = {
   conflictWindowMs: [0, 86_400_000],
   clockSkewWarnMs: [1, 3_600_000],
   tombstoneGcIntervalMs: [100, 86_400_000],
+  tombstoneMarginMs: [0, 86_400_000],
 };
 
 const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'warn', 'error', 'silent'];
