@@ -221,6 +221,15 @@ function applyOverrides(
     dsnSources.push(override ? variable : `nodes[${i}].dsn`);
     return override ? { ...node, dsn: override } : node;
   });
+  // A connection string for a node the configuration does not have is a typo (or a stale variable): say so, since
+  // the node it was meant for would silently keep its other connection string.
+  const known = new Set(config.nodes.map((n) => `PGMESH_DSN_${n.name.toUpperCase()}`));
+  for (const variable of Object.keys(env).sort()) {
+    if (variable.startsWith('PGMESH_DSN_') && env[variable] && !known.has(variable)) {
+      const names = config.nodes.map((n) => n.name).join(', ') || 'none';
+      problems.push(`${variable} is set, but the configuration has no node ${variable.slice('PGMESH_DSN_'.length).toLowerCase()} (nodes: ${names}); fix its name or unset it`);
+    }
+  }
   validate({ ...config, nodes, maxNodes, logLevel }, dsnSources, problems);
   return { ...config, nodes, maxNodes, logLevel };
 }
@@ -245,6 +254,9 @@ function validate(config: ClusterConfig, dsnSources: readonly string[], problems
   for (const [key, [min, max]] of Object.entries(TUNING_LIMITS)) {
     const value = config.tuning[key as keyof AgentTuning];
     if (!Number.isFinite(value) || value < min || value > max) problems.push(`tuning.${key} = ${value} must be between ${min} and ${max}`);
+  }
+  if (config.tuning.retryMaxMs < config.tuning.retryBaseMs) {
+    problems.push(`tuning.retryMaxMs = ${config.tuning.retryMaxMs} must not be below tuning.retryBaseMs = ${config.tuning.retryBaseMs}`);
   }
 }
 

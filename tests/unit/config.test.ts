@@ -111,6 +111,20 @@ test('PGMESH_DSN_<NODE> replaces a node\'s connection string, so the password ca
   assert.match(problemsOf({ file: placeholder }), /nodes\[0\]\.dsn: the connection string of node n1 is not a connection string/);
 });
 
+test('a PGMESH_DSN_ variable for a node that is not configured is an error, not silently ignored', () => {
+  const path = file({ nodes: [{ name: 'n1', dsn: DSN1 }, { name: 'n2', dsn: DSN2 }] });
+  const message = problemsOf({ file: path, env: { PGMESH_DSN_N3: DSN1, PGMESH_DSN_N1: DSN1 } });
+  assert.match(message, /PGMESH_DSN_N3 is set, but the configuration has no node n3 \(nodes: n1, n2\); fix its name or unset it/);
+  assert.ok(!message.includes(SECRET), 'the variable\'s value is not shown');
+  // Empty means not set.
+  assert.equal(loadConfig({ file: path, env: { PGMESH_DSN_N3: '' } }).nodes.length, 2);
+});
+
+test('retryMaxMs below retryBaseMs is refused', () => {
+  const path = file({ nodes: [{ name: 'n1', dsn: DSN1 }, { name: 'n2', dsn: DSN2 }], tuning: { retryBaseMs: 2000, retryMaxMs: 1000 } });
+  assert.match(problemsOf({ file: path }), /tuning\.retryMaxMs = 1000 must not be below tuning\.retryBaseMs = 2000/);
+});
+
 test('flags beat the environment, which beats the file, which beats the defaults', () => {
   const path = file({ ...twoNodes, logLevel: 'warn', maxNodes: 8 });
   const env = { PGMESH_LOG_LEVEL: 'error', PGMESH_MAX_NODES: '12' };
