@@ -59,6 +59,13 @@ const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
 /** A large transaction is sent in messages of about this size. */
 const MESSAGE_BYTES = 512 * 1024;
 /**
+ * Small transactions that arrive together are sent together, up to this many in one message (each still its own
+ * BEGIN ... COMMIT): the driver's work per call is a large part of the agent's CPU on small transactions.
+ */
+const MAX_TRANSACTIONS_PER_MESSAGE = 32;
+/** How long the session is asked, after a failure, which transactions committed (see settle). */
+const SETTLE_TIMEOUT_MS = 10_000;
+/**
  * Events of unconfirmed transactions kept to replay them after a fast-path miss; past this, the transaction being
  * received is not kept (a miss in it restarts the stream instead).
  */
@@ -132,6 +139,12 @@ interface OpenTransaction {
   readonly deferredKeys: Map<string, { binding: RelationBinding; keys: (string | null)[][] }>;
 }
 
+interface CommitRecord {
+  readonly txn: OpenTransaction;
+  readonly endLsn: Lsn;
+  readonly commitTime: PgTimestamp;
+}
+
 interface Failure {
   readonly error: unknown;
   readonly what: string;
@@ -163,6 +176,10 @@ export class Applier {
   /** The statements of the message being built. */
   private message: string[] = [];
   private messageBytes = 0;
+  /** The transactions whose statements are in the message, where each one's statements start. */
+  private segments: { readonly txn: OpenTransaction; start: number; commit: CommitRecord | undefined }[] = [];
+  /** Transactions whose COMMIT is sent or about to be, not yet known to have committed, in order. */
+  private unconfirmed: CommitRecord[] = [];
   /** Events of the transactions not known to be committed, in order (events null: not kept, too many). */
   private retained: { finalLsn: Lsn; events: StreamEvent[] | null }[] = [];
   private retainedEvents = 0;
@@ -189,6 +206,8 @@ export class Applier {
    * a promise that never settles, and that reaction keeps the race's result alive (every event batch ever received).
    */
   private wakeOnFailure: (() => void) | undefined;
+  /** The session's connection closed (see sessionClosed). */
+  private sessionGone = false;
 
   private constructor(
     private readonly sql: Sql,
@@ -211,7 +230,9 @@ export class Applier {
    * @param catalog a separate local connection for catalog look-ups (not the pipelined session)
    */
   static async open(localDsn: string, catalog: Sql, options: ApplierOptions): Promise<Applier> {
+    let onClose = (): void => undefined;
     const sql = openSql(localDsn, {
+      onClose: () => onClose(),
       node: options.localNode,
       applicationName: `pgmesh apply ${options.peer}`,
       logger: options.logger,
@@ -236,7 +257,9 @@ export class Applier {
       );
       const originId = origins[0]?.id;
       if (originId === undefined) throw new PgmeshError('NOT_INITIALIZED', `replication origin ${options.origin} is missing on ${options.localNode}; run "pgmesh cluster create"`);
-      return new Applier(sql, session, catalog, options, progress, originId);
+      const applier = new Applier(sql, session, catalog, options, progress, originId);
+      onClose = () => applier.sessionClosed();
+      return applier;
     } catch (error) {
       await sql.end({ timeout: 1 }).catch(() => undefined);
       if (sqlState(error) === '55000' || /already active|is already in use/i.test(errorMessage(error))) {
@@ -267,7 +290,12 @@ export class Applier {
     } catch (error) {
       if (!this.failure) this.failure = { error, what: 'the stream', finalLsn: this.txn?.finalLsn };
     } finally {
+      if (!this.failure) {
+        const sent = this.flushComplete();
+        if (sent) await sent.catch(() => undefined);
+      }
       await this.drain();
+      await this.settle();
     }
     this.throwIfFailed();
   }
@@ -286,6 +314,17 @@ export class Applier {
         if (!replay) return;
         queue = [...replay, ...queue.slice(i)];
         i = 0;
+      }
+      if (i === queue.length) {
+        // The batch at hand is handled: send what is complete rather than wait for the next one.
+        const sent = this.flushComplete();
+        if (sent) await sent;
+        if (this.failure) {
+          const replay = await this.takeReplay();
+          if (!replay) return;
+          queue = replay;
+          i = 0;
+        }
       }
     }
   }
@@ -315,23 +354,25 @@ export class Applier {
   private async takeReplay(): Promise<StreamEvent[] | undefined> {
     const failure = this.failure;
     const code = failure ? sqlState(failure.error) : undefined;
+    if (!failure || (code !== SQLSTATE.fastPathMiss && code !== SQLSTATE.uniqueViolation)) return undefined;
+    await this.drain();
+    if (this.sessionGone) return undefined;
+    await this.settle();
+    const settled = this.failure ?? failure;
     // A unique violation on the fast path is a miss too (a row inserted by another session after the check); on
     // the full statements it is the change's own problem, for careful mode.
-    const miss = code === SQLSTATE.fastPathMiss || (code === SQLSTATE.uniqueViolation && failure?.finalLsn !== this.fullLsn);
-    if (!failure || !miss) return undefined;
-    await this.drain();
+    if (code === SQLSTATE.uniqueViolation && settled.finalLsn === this.fullLsn) return undefined;
     const first = this.retained[0];
-    if (!first || first.finalLsn !== failure.finalLsn || this.retained.some((e) => e.events === null)) return undefined;
+    if (!first || first.finalLsn !== settled.finalLsn || this.retained.some((e) => e.events === null)) return undefined;
     const table = Number((failure.error as { detail?: string }).detail);
     if (Number.isInteger(table)) this.slowTables.set(table, Date.now() + SLOW_TABLE_MS);
     try {
-      await this.session.unsafe('ROLLBACK');
       // A PREPARE in a message that failed before reaching it did not run.
       const names = await this.session.unsafe<{ name: string }[]>(`SELECT name FROM pg_catalog.pg_prepared_statements WHERE name LIKE 'pgmesh\\_%'`);
       const present = new Set(names.map((r) => r.name));
       for (const [text, name] of this.prepared) if (!present.has(name)) this.prepared.delete(text);
     } catch (error) {
-      this.failure = { error, what: 'the rollback after a fast-path miss', finalLsn: failure.finalLsn };
+      this.failure = { error, what: 'the rollback after a fast-path miss', finalLsn: settled.finalLsn };
       return undefined;
     }
     const events = this.retained.flatMap((e) => e.events ?? []);
@@ -342,10 +383,12 @@ export class Applier {
     this.batch = undefined;
     this.message = [];
     this.messageBytes = 0;
+    this.segments = [];
+    this.unconfirmed = [];
     this.issuedEnd = this.appliedEnd;
-    this.fullLsn = failure.finalLsn;
+    this.fullLsn = settled.finalLsn;
     this.stats.fastPathMisses++;
-    this.options.logger.debug({ peer: this.options.peer, transaction: formatLsn(failure.finalLsn), events: events.length }, 'fast path missed; applying again');
+    this.options.logger.debug({ peer: this.options.peer, transaction: formatLsn(settled.finalLsn), events: events.length }, 'fast path missed; applying again');
     return events;
   }
 
@@ -401,8 +444,9 @@ export class Applier {
         };
         if (skip) return undefined;
         if (careful) return this.beginCareful();
-        // No BEGIN yet: a transaction sent as one message is an implicit transaction block (the server commits it
-        // at the end of the message, or rolls all of it back). A larger one gets BEGIN with its first message.
+        // No BEGIN yet: a transaction sent alone in one message is an implicit transaction block (the server commits
+        // it at the end of the message, or rolls all of it back); otherwise it gets BEGIN ... COMMIT when sent.
+        this.segments.push({ txn: this.txn, start: this.message.length, commit: undefined });
         return undefined;
       }
       case 'change': {
@@ -592,21 +636,97 @@ export class Applier {
   }
 
   /** Sends the message built so far. */
-  /** Sends the message built so far; `final`: the last message of the transaction. */
-  private flushMessage(what: string, final = false, onSuccess?: () => void): Promise<void> | undefined {
-    if (this.message.length === 0) return undefined;
-    const txn = this.txn;
-    if (txn && !txn.sent && !final) {
-      this.message.unshift('BEGIN');
-      txn.sent = true;
-    }
-    const text = this.message.join(';\n');
-    this.message = [];
-    this.messageBytes = 0;
-    return this.issue(text, [], what, (result) => {
-      if (txn) countConflicts(txn.conflicts, result);
-      onSuccess?.();
+  /**
+   * Sends the message built so far: the complete transactions in it, and (`all`) the statements of the one still
+   * open, which then continues in later messages inside BEGIN ... COMMIT. A transaction sent alone and whole is an
+   * implicit transaction block; every other one is wrapped in BEGIN ... COMMIT, so each still commits on its own.
+   */
+  private flushMessage(what: string, all = true): Promise<void> | undefined {
+    const open = this.segments.at(-1)?.commit === undefined ? this.segments.at(-1) : undefined;
+    const complete = open ? this.segments.slice(0, -1) : this.segments;
+    const cut = open && !all ? open.start : this.message.length;
+    if (cut === 0) return undefined;
+    const segments = open && all ? [...complete, open] : complete;
+    const only = segments.length === 1 ? segments[0] : undefined;
+    const implicit = only !== undefined && only.commit !== undefined && !only.txn.sent && only.start === 0;
+    const parts: string[] = [];
+    segments.forEach((segment, i) => {
+      const end = i + 1 < segments.length ? (segments[i + 1]?.start ?? cut) : cut;
+      if (!implicit && !segment.txn.sent) parts.push('BEGIN');
+      if (!implicit) segment.txn.sent = true;
+      for (let j = segment.start; j < end; j++) parts.push(this.message[j] as string);
+      if (segment.commit && !implicit) parts.push('COMMIT');
     });
+    // Statements before the first segment belong to the open transaction of the previous message.
+    const first = segments[0]?.start ?? cut;
+    const text = [...this.message.slice(0, first), ...parts].join(';\n');
+    const rest = this.message.slice(cut);
+    this.message = rest;
+    this.messageBytes = rest.reduce((n, statement) => n + statement.length, 0);
+    // The open transaction's statements not sent yet (or those still to come) start the next message.
+    this.segments = open ? [{ txn: open.txn, start: 0, commit: undefined }] : [];
+    const commits = complete.map((segment) => segment.commit as CommitRecord);
+    const conflictsOf = commits.at(-1)?.txn ?? open?.txn;
+    return this.issue(text, [], what, (result) => {
+      if (conflictsOf) countConflicts(conflictsOf.conflicts, result);
+      for (const record of commits) {
+        if (this.unconfirmed[0] === record) this.unconfirmed.shift();
+        this.committed(record.txn, record.endLsn, record.commitTime);
+      }
+    });
+  }
+
+  /** Sends the complete transactions of the message being built (a stream batch is handled: do not wait for more). */
+  private flushComplete(): Promise<void> | undefined {
+    return this.flushMessage('transactions', false);
+  }
+
+  /**
+   * After a failure, once nothing is in flight: ends the aborted transaction, learns from the session which
+   * transactions did commit (a failed message may hold several, and those before the failing one committed), and
+   * points the failure at the first one that did not. Nothing to learn when the session itself is gone.
+   */
+  private async settle(): Promise<void> {
+    const failure = this.failure;
+    if (!failure || this.sessionGone) return;
+    // Only a session whose server answered with an error can be asked. After a connection error or a shutdown
+    // (class 08, 57P) the driver may queue a query on the closing connection and never settle it; and whatever the
+    // reason, the answer is not waited for long: the peer replicator restarts from the durable progress anyway.
+    const code = sqlState(failure.error);
+    if (code === undefined || code.startsWith('08') || code.startsWith('57P')) return;
+    let end: Lsn;
+    try {
+      const ask = async (): Promise<Lsn> => {
+        await this.session.unsafe('ROLLBACK');
+        const rows = await this.session.unsafe<{ end: string | null }[]>(`SELECT pg_catalog.current_setting('pgmesh.applied_end', true) AS end`);
+        return parseLsn(rows[0]?.end ?? '0/0');
+      };
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error('no answer from the apply session')), SETTLE_TIMEOUT_MS);
+      });
+      try {
+        const answer = ask();
+        answer.catch(() => undefined); // a late failure, after the timeout, is not waited for
+        end = await Promise.race([answer, late]);
+      } finally {
+        clearTimeout(timer);
+      }
+    } catch {
+      this.sessionGone = true;
+      return;
+    }
+    while (this.unconfirmed[0] && this.unconfirmed[0].endLsn <= end) {
+      const record = this.unconfirmed.shift() as CommitRecord;
+      this.committed(record.txn, record.endLsn, record.commitTime);
+    }
+    // The first transaction that did not commit is the one that failed: the earliest unconfirmed one, or the open
+    // transaction whose messages were sent before it completed.
+    const candidates = [this.unconfirmed[0]?.txn.finalLsn, this.segments[0]?.txn.sent ? this.segments[0].txn.finalLsn : undefined, failure.finalLsn].filter(
+      (lsn): lsn is Lsn => lsn !== undefined && lsn > this.appliedEnd,
+    );
+    const first = candidates.reduce<Lsn | undefined>((min, lsn) => (min === undefined || lsn < min ? lsn : min), undefined);
+    if (first !== undefined) this.failure = { ...failure, finalLsn: first };
   }
 
   private async commit(endLsn: Lsn, commitTime: PgTimestamp): Promise<void> {
@@ -626,7 +746,8 @@ export class Applier {
     this.issuedEnd = endLsn;
     const finish = [this.options.peer, formatLsn(prev), formatLsn(endLsn), formatPgTimestamp(commitTime)];
     // A transaction of one statement finishes in it (when that statement takes the fast path).
-    const alone = this.message.length === 0 && !txn.sent && txn.deferredKeys.size === 0 && txn.finalLsn !== this.resumeLsn;
+    const segment = this.segments.at(-1);
+    const alone = segment?.txn === txn && this.message.length === segment.start && !txn.sent && txn.deferredKeys.size === 0 && txn.finalLsn !== this.resumeLsn;
     this.finishedInBatch = false;
     await this.flushBatch(alone ? finish : undefined);
     // this.txn stays set until COMMIT is issued: a failure of the checks, the finish statement or COMMIT is then
@@ -638,11 +759,18 @@ export class Applier {
     }
     if (txn.finalLsn === this.resumeLsn) this.append(`UPDATE pgmesh.apply_progress SET resume_resolution = NULL WHERE peer = ${quoteLiteral(this.options.peer)}`);
     if (!this.finishedInBatch) this.append(this.execute(FINISH, finish));
-    // A transaction whose earlier messages began a transaction block ends it; one sent whole is an implicit block.
-    if (txn.sent) this.append('COMMIT');
-    // A reply without error means every statement of the message ran, COMMIT included (a failing statement
-    // makes the server skip the rest of the message).
-    const wait = this.flushMessage(`transaction at ${formatLsn(txn.finalLsn)}`, true, () => this.committed(txn, endLsn, commitTime));
+    const record: CommitRecord = { txn, endLsn, commitTime };
+    this.unconfirmed.push(record);
+    const current = this.segments.at(-1);
+    if (current?.txn !== txn) throw new PgmeshError('INTERNAL', 'the transaction being committed is not the last one of the message');
+    current.commit = record;
+    // A reply without error means every statement of the message ran, every COMMIT included (a failing
+    // statement makes the server skip the rest of the message). A transaction already partly sent goes now; small
+    // ones wait for more to share the message, until the stream batch at hand is handled (see handleAll).
+    const wait =
+      txn.sent || this.segments.length >= MAX_TRANSACTIONS_PER_MESSAGE || this.messageBytes >= MESSAGE_BYTES
+        ? this.flushMessage(`transactions up to the one at ${formatLsn(txn.finalLsn)}`)
+        : undefined;
     this.txn = undefined;
     if (wait) await wait;
   }
@@ -667,6 +795,8 @@ export class Applier {
   // ---- careful mode: one change at a time, each in a savepoint, every reply awaited ----
 
   private async beginCareful(): Promise<void> {
+    const sent = this.flushComplete();
+    if (sent) await sent;
     await this.drain();
     if (this.failure) return;
     this.options.logger.warn({ peer: this.options.peer, transaction: formatLsn(this.txn?.finalLsn ?? 0n) }, 'applying a failed transaction change by change');
@@ -851,8 +981,33 @@ export class Applier {
     }
   }
 
+  /**
+   * The apply session's connection closed: its origin session and prepared statements are gone with it, so nothing
+   * more may run on whatever connection the driver opens next. The applier stops (the peer replicator starts a new
+   * one), without waiting for statements the driver holds for a reconnect.
+   */
+  private sessionClosed(): void {
+    if (this.sessionGone) return;
+    this.sessionGone = true;
+    this.options.logger.info({ peer: this.options.peer, inflight: this.inflight }, 'apply session closed');
+    if (!this.failure) {
+      this.failure = {
+        error: new PgmeshError('CONNECTION_FAILED', `the apply session on ${this.options.localNode} was closed (server restarted or connection lost)`),
+        what: 'the apply session',
+        finalLsn: this.txn?.finalLsn,
+      };
+    }
+    this.wakeOnFailure?.();
+    const room = this.roomWaiter;
+    this.roomWaiter = undefined;
+    room?.();
+    const drained = this.drainWaiter;
+    this.drainWaiter = undefined;
+    drained?.();
+  }
+
   private drain(): Promise<void> {
-    if (this.inflight === 0) return Promise.resolve();
+    if (this.inflight === 0 || this.sessionGone) return Promise.resolve();
     return new Promise((resolve) => {
       this.drainWaiter = resolve;
     });
@@ -878,6 +1033,7 @@ export class Applier {
   }
 
   async close(): Promise<void> {
+    this.sessionGone = true;
     await this.sql.end({ timeout: 2 }).catch(() => undefined);
   }
 }

@@ -28,6 +28,11 @@ export interface OpenOptions {
    * small pipelined writes back) and a deeper pipeline before the driver waits for replies.
    */
   readonly pipelined?: boolean;
+  /**
+   * Called when a connection of the pool closes (server restart, network). The driver reconnects by itself, which a
+   * session with state (an apply session: its origin, its prepared statements) must not rely on.
+   */
+  readonly onClose?: () => void;
 }
 
 interface SocketOptions {
@@ -78,6 +83,7 @@ export function openSql(dsn: string, options: OpenOptions): Sql {
     },
     onnotice: (notice) => log.debug({ node: options.node, notice: notice.message }, 'server notice'),
     debug: false,
+    ...(options.onClose ? { onclose: options.onClose } : {}),
     ...(options.pipelined ? { max_pipeline: 10_000, socket: noDelaySocket as unknown as () => Socket } : {}),
   }) as unknown as Sql;
 }
