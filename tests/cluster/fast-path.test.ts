@@ -33,8 +33,9 @@ function linkStatus(cluster: TestCluster, node: string, peer: string) {
  * Topology: 2 nodes, agents in this process, started after the writes.
  * Scenario: n2 inserts key 100 (older); then n1 commits 200 one-row transactions inserting keys 1..200 and 100
  * updates of them. When n2's agent starts, the stream arrives as a backlog and n2 pipelines many of n1's
- * transactions; the one inserting key 100 meets n2's row on the fast path, after which the transactions behind it
- * were already sent and fail with it.
+ * transactions, several to a message; the one inserting key 100 meets n2's row on the fast path in the middle of a
+ * message: those before it in the message committed, those behind it (in it and in later messages) were already sent
+ * and fail with it.
  * Without the code under test (replay from the kept events, in order, the missed one with the full statements):
  * the transactions behind the miss would be lost or applied out of order, the conflict would not be recorded, or
  * the stream would have to restart.
