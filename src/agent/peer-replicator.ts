@@ -30,6 +30,9 @@ export interface PeerStatus {
   readonly skippedXacts: number;
   /** Transactions applied again with the full statements after their fast path met a conflict. */
   readonly fastPathMisses: number;
+  /** Transactions the peer streamed while in progress (larger than its logical_decoding_work_mem): committed, aborted. */
+  readonly streamedXacts: number;
+  readonly streamedAborted: number;
   readonly lastAppliedAt: string | null;
   readonly restarts: number;
   readonly exceptions: number;
@@ -56,7 +59,7 @@ export class PeerReplicator {
   private stream: PeerStream | undefined;
   private restarts = 0;
   private lastError: PeerStatus['lastError'] = null;
-  private totals = { appliedXacts: 0, appliedChanges: 0, skippedXacts: 0, exceptions: 0, fastPathMisses: 0, lastAppliedAt: 0 };
+  private totals = { appliedXacts: 0, appliedChanges: 0, skippedXacts: 0, exceptions: 0, fastPathMisses: 0, streamedXacts: 0, streamedAborted: 0, lastAppliedAt: 0 };
   private readonly conflicts: Record<string, number> = {};
   private readonly conflictsByTable: Record<string, number> = {};
   /** A transaction that failed on its data: the next session applies it change by change. */
@@ -242,8 +245,13 @@ export class PeerReplicator {
       for (const [k, n] of Object.entries(applier.stats.conflicts)) this.conflicts[k] = (this.conflicts[k] ?? 0) + n;
       for (const [k, n] of Object.entries(applier.stats.conflictsByTable)) this.conflictsByTable[k] = (this.conflictsByTable[k] ?? 0) + n;
       this.totals.lastAppliedAt = Math.max(this.totals.lastAppliedAt, applier.stats.lastAppliedAt);
-      await this.stream?.close().catch(() => undefined);
+      const ended = this.stream;
       this.stream = undefined;
+      if (ended) {
+        this.totals.streamedXacts += ended.stats.streamedCommitted;
+        this.totals.streamedAborted += ended.stats.streamedAborted;
+        await ended.close().catch(() => undefined);
+      }
       await applier.close();
       this.applier = undefined;
     }
@@ -271,6 +279,8 @@ export class PeerReplicator {
       appliedChanges: this.totals.appliedChanges + (a?.appliedChanges ?? 0),
       skippedXacts: this.totals.skippedXacts + (a?.skippedXacts ?? 0),
       fastPathMisses: this.totals.fastPathMisses + (a?.fastPathMisses ?? 0),
+      streamedXacts: this.totals.streamedXacts + (this.stream?.stats.streamedCommitted ?? 0),
+      streamedAborted: this.totals.streamedAborted + (this.stream?.stats.streamedAborted ?? 0),
       lastAppliedAt: lastAppliedAt > 0 ? new Date(lastAppliedAt).toISOString() : null,
       restarts: this.restarts,
       exceptions: this.totals.exceptions + (a?.exceptions ?? 0),

@@ -54,13 +54,15 @@ export class ReplicationConnection {
   }
 
   /** Starts streaming; the returned duplex yields one CopyData payload per chunk and takes status updates. */
-  async startReplication(slot: string, startLsn: Lsn, publication: string, protocolVersion: number): Promise<Duplex> {
+  async startReplication(slot: string, startLsn: Lsn, publication: string, protocolVersion: number, extra: { streaming?: boolean } = {}): Promise<Duplex> {
     const options = [
       `proto_version ${quoteLiteral(String(protocolVersion))}`,
       `publication_names ${quoteLiteral(quoteIdent(publication))}`,
       // Only changes made on the peer itself: what it applied from others reaches us from them directly.
       `origin 'none'`,
       `messages 'true'`,
+      // Large transactions are sent while in progress instead of being spilled to the peer's disk first.
+      ...(extra.streaming ? [`streaming 'on'`] : []),
     ];
     const command = `START_REPLICATION SLOT ${quoteIdent(slot)} LOGICAL ${formatLsn(startLsn)} (${options.join(', ')})`;
     try {

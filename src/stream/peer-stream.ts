@@ -9,7 +9,13 @@
  * - The flush position sent to the peer is never ahead of what the apply side reported durable, except when every
  *   received transaction is durable and the peer's keepalive says nothing else was sent: then the keepalive position.
  * - Memory is bounded: when `highWaterEvents` events wait unapplied, the socket is paused (TCP backpressure).
+ * - Transactions are handed over whole and in commit order. A transaction the peer streams while in progress (it
+ *   outgrew the peer's logical_decoding_work_mem) is kept in a spool file (TransactionSpool) until its Stream
+ *   Commit, then read back as begin, changes, commit; while it is read back, what arrives after it waits.
  */
+import { readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { PgmeshError } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
@@ -20,6 +26,7 @@ import { decodePgOutput } from '../protocol/pgoutput-decoder.ts';
 import { decodeReplicationMessage, encodeStandbyStatusUpdate } from '../protocol/replication-messages.ts';
 import type { ReplicationConnection } from '../pg/replication-connection.ts';
 import type { ProgressSink, RemoteChange, StreamEvent } from './remote-transaction.ts';
+import { TransactionSpool } from './transaction-spool.ts';
 
 export interface PeerStreamOptions {
   readonly peer: string;
@@ -30,6 +37,8 @@ export interface PeerStreamOptions {
   readonly feedbackIntervalMs: number;
   readonly highWaterEvents: number;
   readonly logger: Logger;
+  /** Where streamed in-progress transactions are spooled (default: the system's temporary folder). */
+  readonly spoolDir?: string;
 }
 
 export interface PeerStreamStats {
@@ -42,6 +51,9 @@ export interface PeerStreamStats {
   lastCommitTime: bigint;
   /** Send time (peer's clock) of the last keepalive. */
   lastKeepaliveSendTime: PgTimestamp | undefined;
+  /** Transactions the peer streamed while in progress: committed (applied from a spool), aborted. */
+  streamedCommitted: number;
+  streamedAborted: number;
 }
 
 export class PeerStream implements ProgressSink {
@@ -53,6 +65,8 @@ export class PeerStream implements ProgressSink {
     lastMessageAt: 0,
     lastCommitTime: 0n,
     lastKeepaliveSendTime: undefined,
+    streamedCommitted: 0,
+    streamedAborted: 0,
   };
   private readonly relations = new Map<number, RelationMessage>();
   private queue: StreamEvent[] = [];
@@ -61,6 +75,14 @@ export class PeerStream implements ProgressSink {
   private ended = false;
   private paused = false;
   private inTransaction = false;
+  /** The xid of the streamed transaction whose block (Stream Start ... Stream Stop) is being received. */
+  private streamBlock: number | undefined;
+  private readonly spools = new Map<number, TransactionSpool>();
+  /** A committed streamed transaction is being read back from its spool; what arrives meanwhile waits in backlog. */
+  private replaying = false;
+  private backlog: Buffer[] = [];
+  /** Wakes the read-back when the apply side took the queue. */
+  private drained: (() => void) | undefined;
   private lastCommitEnd: Lsn;
   private durable: Lsn;
   private feedbackTimer: NodeJS.Timeout | undefined;
@@ -75,7 +97,8 @@ export class PeerStream implements ProgressSink {
   }
 
   static async start(connection: ReplicationConnection, options: PeerStreamOptions): Promise<PeerStream> {
-    const duplex = await connection.startReplication(options.slot, options.startLsn, options.publication, options.protocolVersion);
+    removeStaleSpools(options.spoolDir ?? tmpdir(), options.slot, options.logger);
+    const duplex = await connection.startReplication(options.slot, options.startLsn, options.publication, options.protocolVersion, { streaming: true });
     const stream = new PeerStream(connection, duplex, options);
     stream.attach();
     return stream;
@@ -85,6 +108,11 @@ export class PeerStream implements ProgressSink {
     // Flowing mode with pause()/resume(): each 'data' chunk is exactly one CopyData payload, which the
     // framing of XLogData needs (its data runs to the end of the CopyData message).
     this.duplex.on('data', (chunk: Buffer) => {
+      if (this.replaying) {
+        this.backlog.push(chunk);
+        this.updateFlow();
+        return;
+      }
       try {
         this.onCopyData(chunk);
       } catch (error) {
@@ -112,9 +140,121 @@ export class PeerStream implements ProgressSink {
     }
     this.stats.receivedMessages++;
     if (message.walEnd > this.stats.lastReceivedLsn) this.stats.lastReceivedLsn = message.walEnd;
-    const decoded = decodePgOutput(message.data, { protocolVersion: this.options.protocolVersion, streaming: false });
+    const decoded = decodePgOutput(message.data, {
+      protocolVersion: this.options.protocolVersion,
+      streaming: true,
+      inStreamedTransaction: this.streamBlock !== undefined,
+    });
+    if (this.streamBlock !== undefined || decoded.tag.startsWith('stream_')) {
+      this.onStreamed(decoded, message.data);
+      return;
+    }
     const event = this.assemble(decoded);
     if (event) this.push(event);
+  }
+
+  /** A message of a transaction streamed while in progress: kept, dropped, or (Stream Commit) read back. */
+  private onStreamed(message: PgOutputMessage, data: Buffer): void {
+    switch (message.tag) {
+      case 'stream_start': {
+        if (this.inTransaction || this.streamBlock !== undefined) throw this.protocolError('Stream Start inside a transaction');
+        this.streamBlock = message.xid;
+        if (!this.spools.has(message.xid)) {
+          if (!message.firstSegment) throw this.protocolError(`Stream Start continues transaction ${message.xid}, whose first segment was not received`);
+          const name = `pgmesh-spool-${this.options.slot}-${process.pid}-${this.options.peer}-${message.xid}`;
+          this.spools.set(message.xid, new TransactionSpool(this.options.spoolDir ?? tmpdir(), name, message.xid));
+        }
+        return;
+      }
+      case 'stream_stop':
+        if (this.streamBlock === undefined) throw this.protocolError('Stream Stop outside a stream block');
+        this.streamBlock = undefined;
+        return;
+      case 'stream_abort': {
+        if (this.streamBlock !== undefined) throw this.protocolError('Stream Abort inside a stream block');
+        const spool = this.spools.get(message.xid);
+        if (!spool) return; // nothing of it was received
+        if (message.subXid === message.xid) {
+          spool.discard();
+          this.spools.delete(message.xid);
+          this.stats.streamedAborted++;
+        } else {
+          spool.abortSubtransaction(message.subXid);
+        }
+        return;
+      }
+      case 'stream_commit': {
+        if (this.streamBlock !== undefined || this.inTransaction) throw this.protocolError('Stream Commit inside a transaction');
+        const spool = this.spools.get(message.xid);
+        if (!spool) throw this.protocolError(`Stream Commit of transaction ${message.xid}, of which nothing was received`);
+        this.spools.delete(message.xid);
+        this.replaying = true;
+        this.updateFlow();
+        void this.readBack(spool, message);
+        return;
+      }
+      case 'relation':
+        this.requireSpool().append(message.xid ?? 0, data, message.relationOid);
+        return;
+      case 'insert':
+      case 'update':
+      case 'delete':
+      case 'truncate':
+      case 'message':
+      case 'type':
+        this.requireSpool().append(message.xid ?? 0, data);
+        return;
+      default:
+        throw this.protocolError(`unexpected ${message.tag} message inside a stream block`);
+    }
+  }
+
+  private requireSpool(): TransactionSpool {
+    const spool = this.streamBlock === undefined ? undefined : this.spools.get(this.streamBlock);
+    if (!spool) throw this.protocolError('a streamed change outside a stream block');
+    return spool;
+  }
+
+  /**
+   * Hands over a committed streamed transaction from its spool: begin, the changes in order, commit, as for any
+   * transaction; then what arrived meanwhile. Waits for the apply side whenever the queue is full.
+   */
+  private async readBack(spool: TransactionSpool, commit: Extract<PgOutputMessage, { tag: 'stream_commit' }>): Promise<void> {
+    try {
+      this.push(this.assemble({ tag: 'begin', xid: commit.xid, finalLsn: commit.commitLsn, commitTime: commit.commitTime }) as StreamEvent);
+      const decodeOptions = { protocolVersion: this.options.protocolVersion, streaming: true, inStreamedTransaction: true };
+      for (const messages of spool.read()) {
+        for (const data of messages) {
+          const event = this.assemble(decodePgOutput(data, decodeOptions));
+          if (event) this.push(event);
+        }
+        while (this.queue.length >= this.options.highWaterEvents && this.failure === undefined && !this.ended) {
+          await new Promise<void>((resolve) => {
+            this.drained = resolve;
+          });
+        }
+        if (this.failure !== undefined || this.ended) return;
+      }
+      this.push(
+        this.assemble({ tag: 'commit', flags: commit.flags, commitLsn: commit.commitLsn, endLsn: commit.endLsn, commitTime: commit.commitTime }) as StreamEvent,
+      );
+      this.stats.streamedCommitted++;
+    } catch (error) {
+      this.fail(error);
+      return;
+    } finally {
+      spool.discard();
+    }
+    this.replaying = false;
+    while (!this.replaying && this.backlog.length > 0 && this.failure === undefined && !this.ended) {
+      const chunk = this.backlog.shift() as Buffer;
+      try {
+        this.onCopyData(chunk);
+      } catch (error) {
+        this.fail(error);
+      }
+    }
+    this.updateFlow();
   }
 
   /** Turns pgoutput messages into events; relations are resolved here so the apply side gets whole changes. */
@@ -188,10 +328,25 @@ export class PeerStream implements ProgressSink {
       return;
     }
     this.queue.push(event);
-    if (!this.paused && this.queue.length >= this.options.highWaterEvents) {
+    if (!this.paused && this.queue.length >= this.options.highWaterEvents) this.updateFlow();
+  }
+
+  /** Pauses the socket while the queue is full or a streamed transaction is read back; resumes it otherwise. */
+  private updateFlow(): void {
+    const hold = this.replaying || this.backlog.length > 0 || this.queue.length >= this.options.highWaterEvents;
+    if (hold && !this.paused) {
       this.paused = true;
       this.duplex.pause();
+    } else if (!hold && this.paused && !this.ended) {
+      this.paused = false;
+      this.duplex.resume();
     }
+  }
+
+  private wakeReadBack(): void {
+    const drained = this.drained;
+    this.drained = undefined;
+    drained?.();
   }
 
   /** The next events in order; waits when none are queued. Null once the stream was closed. */
@@ -199,10 +354,8 @@ export class PeerStream implements ProgressSink {
     if (this.queue.length > 0) {
       const events = this.queue;
       this.queue = [];
-      if (this.paused) {
-        this.paused = false;
-        this.duplex.resume();
-      }
+      this.wakeReadBack();
+      this.updateFlow();
       return Promise.resolve(events);
     }
     if (this.failure !== undefined) return Promise.reject(this.failure);
@@ -218,7 +371,7 @@ export class PeerStream implements ProgressSink {
 
   /** The position we can acknowledge: durable progress, or the keepalive position when everything received is durable. */
   flushPosition(): Lsn {
-    const caughtUp = !this.inTransaction && this.queue.length === 0 && this.durable >= this.lastCommitEnd;
+    const caughtUp = this.idle() && this.durable >= this.lastCommitEnd;
     return caughtUp ? maxLsn(this.durable, this.stats.lastKeepaliveLsn) : this.durable;
   }
 
@@ -227,8 +380,13 @@ export class PeerStream implements ProgressSink {
    * the peer's clock reading of that keepalive. Everything the peer committed before it is applied here.
    */
   caughtUpPeerTime(): PgTimestamp | undefined {
-    const caughtUp = !this.inTransaction && this.queue.length === 0 && this.durable >= this.lastCommitEnd;
+    const caughtUp = this.idle() && this.durable >= this.lastCommitEnd;
     return caughtUp ? this.stats.lastKeepaliveSendTime : undefined;
+  }
+
+  /** Nothing received is unfinished here: no transaction open, streamed or read back, nothing queued. */
+  private idle(): boolean {
+    return !this.inTransaction && this.queue.length === 0 && this.spools.size === 0 && !this.replaying && this.backlog.length === 0;
   }
 
   private sendFeedback(replyRequested: boolean): void {
@@ -249,11 +407,18 @@ export class PeerStream implements ProgressSink {
     if (this.failure !== undefined || this.ended) return;
     this.failure = error;
     this.stopTimers();
+    this.wakeReadBack();
+    this.discardSpools();
     if (this.waiter) {
       const waiter = this.waiter;
       this.waiter = undefined;
       waiter.reject(error);
     }
+  }
+
+  private discardSpools(): void {
+    for (const spool of this.spools.values()) spool.discard();
+    this.spools.clear();
   }
 
   private stopTimers(): void {
@@ -274,6 +439,8 @@ export class PeerStream implements ProgressSink {
       this.ended = true;
     }
     this.stopTimers();
+    this.wakeReadBack();
+    this.discardSpools();
     if (this.waiter) {
       const waiter = this.waiter;
       this.waiter = undefined;
@@ -283,5 +450,34 @@ export class PeerStream implements ProgressSink {
     // a CopyDone can take as long as its next keepalive.
     this.duplex.removeAllListeners('data');
     await this.connection.close();
+  }
+}
+
+/**
+ * Spool files of this slot left by an agent process that no longer runs (killed while a streamed transaction was
+ * open): the peer streams such a transaction again from its start, so they are of no use.
+ */
+function removeStaleSpools(dir: string, slot: string, logger: Logger): void {
+  const prefix = `pgmesh-spool-${slot}-`;
+  let names: string[];
+  try {
+    names = readdirSync(dir).filter((name) => name.startsWith(prefix));
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const pid = Number(name.slice(prefix.length).split('-')[0]);
+    if (!Number.isInteger(pid) || pid === process.pid || processRuns(pid)) continue;
+    rmSync(join(dir, name), { force: true });
+    logger.debug({ file: name }, 'removed the spool file of a stopped agent');
+  }
+}
+
+function processRuns(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
