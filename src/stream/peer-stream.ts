@@ -56,6 +56,10 @@ export interface PeerStreamStats {
   streamedAborted: number;
 }
 
+/** pgoutput tags of the messages a streamed transaction carries with its xid: Relation, Type, Insert, Update, Delete, Truncate, Message. */
+const PGOUTPUT_RELATION = 0x52;
+const SPOOLED_TAGS = new Set([PGOUTPUT_RELATION, 0x59, 0x49, 0x55, 0x44, 0x54, 0x4d]);
+
 export class PeerStream implements ProgressSink {
   readonly stats: PeerStreamStats = {
     receivedBytes: 0,
@@ -140,6 +144,7 @@ export class PeerStream implements ProgressSink {
     }
     this.stats.receivedMessages++;
     if (message.walEnd > this.stats.lastReceivedLsn) this.stats.lastReceivedLsn = message.walEnd;
+    if (this.streamBlock !== undefined && this.spoolRaw(message.data)) return;
     const decoded = decodePgOutput(message.data, {
       protocolVersion: this.options.protocolVersion,
       streaming: true,
@@ -207,6 +212,19 @@ export class PeerStream implements ProgressSink {
       default:
         throw this.protocolError(`unexpected ${message.tag} message inside a stream block`);
     }
+  }
+
+  /**
+   * Keeps a change of a streamed transaction without decoding it: its tag and xid (and a relation's OID) are all
+   * the spool needs now, and the whole message is decoded, with every check, when it is read back. (Decoding the
+   * tuples twice cost as much as the rest of receiving.) False for what is not a change: it is decoded as usual.
+   */
+  private spoolRaw(data: Buffer): boolean {
+    const tag = data[0];
+    if (tag === undefined || !SPOOLED_TAGS.has(tag)) return false;
+    if (data.length < (tag === PGOUTPUT_RELATION ? 9 : 5)) throw this.protocolError(`a streamed '${String.fromCharCode(tag)}' message of ${data.length} bytes is too short`);
+    this.requireSpool().append(data.readUInt32BE(1), data, tag === PGOUTPUT_RELATION ? data.readUInt32BE(5) : undefined);
+    return true;
   }
 
   private requireSpool(): TransactionSpool {
