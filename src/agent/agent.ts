@@ -7,7 +7,7 @@ import type { Logger } from '../core/logger.ts';
 import { connectionError, openSql, type Sql } from '../pg/connect.ts';
 import { requireLocalNode } from '../cluster/node-admin.ts';
 import { CATALOG_VERSION } from '../cluster/catalog-schema.ts';
-import { checkServerFacts, formatProblems, readServerFacts } from '../cluster/server-checks.ts';
+import { checkServerFacts, formatProblems, readServerFacts, serverWarnings } from '../cluster/server-checks.ts';
 import { findNode, type ClusterConfig } from '../config/config.ts';
 import { errorMessage } from '../core/errors.ts';
 import { ClockMonitor, type ClockReading } from './clock-monitor.ts';
@@ -58,6 +58,7 @@ export class Agent {
       });
       const problems = checkServerFacts(facts, peers.length);
       if (problems.length > 0) throw new PgmeshError('SERVER_SETTINGS', formatProblems(nodeName, problems), { context: { node: nodeName } });
+      for (const warning of serverWarnings(facts)) log.warn({ node: nodeName }, warning);
       await requireLocalNode(catalog, nodeName);
       const versions = await catalog.unsafe<{ version: number }[]>(`SELECT version FROM pgmesh.catalog_version`);
       const version = versions[0]?.version ?? 0;

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { errorMessage } from '../core/errors.ts';
-import { checkServerFacts, formatProblems, readServerFacts } from '../cluster/server-checks.ts';
+import { checkServerFacts, formatProblems, readServerFacts, serverWarnings } from '../cluster/server-checks.ts';
 import { connectionError, openSql } from '../pg/connect.ts';
 import { configFrom, loggerFor, printJson, type GlobalOptions } from './common.ts';
 
@@ -13,21 +13,31 @@ export function registerCheck(program: Command): void {
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
       // Every node at once: with several nodes down, the wait is one connect timeout, not one per node.
       const report = await Promise.all(
-        config.nodes.map(async (node): Promise<{ node: string; ok: boolean; problems: string[] }> => {
+        config.nodes.map(async (node): Promise<{ node: string; ok: boolean; problems: string[]; warnings: string[] }> => {
           const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh check', logger: loggerFor(config), connectTimeoutS: 5 });
           try {
             const facts = await readServerFacts(sql);
             const problems = checkServerFacts(facts, config.nodes.length - 1);
-            return { node: node.name, ok: problems.length === 0, problems: problems.length ? formatProblems(node.name, problems).split('\n') : [] };
+            return {
+              node: node.name,
+              ok: problems.length === 0,
+              problems: problems.length ? formatProblems(node.name, problems).split('\n') : [],
+              warnings: serverWarnings(facts),
+            };
           } catch (error) {
-            return { node: node.name, ok: false, problems: [errorMessage(connectionError(error, node.name, node.dsn))] };
+            return { node: node.name, ok: false, problems: [errorMessage(connectionError(error, node.name, node.dsn))], warnings: [] };
           } finally {
             await sql.end({ timeout: 1 }).catch(() => undefined);
           }
         }),
       );
       if (options.json) printJson(report);
-      else for (const r of report) process.stdout.write(r.ok ? `${r.node}: ok\n` : `${r.problems.map((p) => `${r.node}: ${p}`).join('\n')}\n`);
+      else {
+        for (const r of report) {
+          process.stdout.write(r.ok ? `${r.node}: ok\n` : `${r.problems.map((p) => `${r.node}: ${p}`).join('\n')}\n`);
+          for (const w of r.warnings) process.stdout.write(`${r.node}: warning: ${w}\n`);
+        }
+      }
       if (report.some((r) => !r.ok)) process.exitCode = 1;
     });
 }

@@ -120,6 +120,22 @@ export function checkServerFacts(facts: ServerFacts, peerCount: number): Setting
   return problems;
 }
 
+/**
+ * Settings that work but that an operator should know about: said by `pgmesh check` and logged by the agent at
+ * start, never a reason to refuse.
+ */
+export function serverWarnings(facts: ServerFacts): string[] {
+  const warnings: string[] = [];
+  if (facts.settings.max_slot_wal_keep_size === '-1') {
+    warnings.push(
+      'max_slot_wal_keep_size = -1 (unlimited): while a peer is down, its slot on this node keeps every WAL file, until the disk is full; ' +
+        "set a limit that covers the longest outage to ride out (ALTER SYSTEM SET max_slot_wal_keep_size = '50GB'; SELECT pg_reload_conf()). " +
+        'A peer that falls behind it needs a resync, which its agent reports',
+    );
+  }
+  return warnings;
+}
+
 export function formatProblems(node: string, problems: readonly SettingProblem[]): string {
   return problems.map((p) => `node ${node} has ${p.setting}=${p.actual} (needs ${p.required}): ${p.fix}`).join('\n');
 }

@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { checkServerFacts, formatProblems, type ServerFacts } from '../../src/cluster/server-checks.ts';
+import { checkServerFacts, formatProblems, serverWarnings, type ServerFacts } from '../../src/cluster/server-checks.ts';
 
 type Major = 16 | 17 | 18;
 const MAJORS: readonly Major[] = [16, 17, 18];
@@ -132,4 +132,14 @@ test('property: at the minimum every major passes; one below, exactly that limit
     }),
     { numRuns: 300 },
   );
+});
+
+test('unlimited slot WAL retention is a warning that says what to set, not a problem; a limit is quiet', () => {
+  const unlimited = facts(17, { max_slot_wal_keep_size: '-1' });
+  assert.deepEqual(checkServerFacts(unlimited, 2), [], 'the server works as it is');
+  const warnings = serverWarnings(unlimited);
+  assert.equal(warnings.length, 1);
+  assert.match(warnings[0] ?? '', /max_slot_wal_keep_size = -1/);
+  assert.match(warnings[0] ?? '', /ALTER SYSTEM SET max_slot_wal_keep_size/);
+  assert.deepEqual(serverWarnings(facts(17, { max_slot_wal_keep_size: '51200' })), []);
 });
