@@ -26,6 +26,7 @@
  * and the CPU of every process of the subscriber and publisher servers from /proc. 100% = one core busy.
  *
  * Usage: npm run bench -- [--scale 0.1] [--runs 3] [--json] [--only insert-1row,bulk-1000] [--system pgmesh|native]
+ *        [--stream-large-transactions]
  * Never part of `npm test`.
  */
 import { execFileSync } from 'node:child_process';
@@ -39,6 +40,9 @@ import { client, createPair, killLiveServers, type ServerPair, type Sql, type Sy
 import { MARKER_TABLE, TABLE, workloads, type Workload } from './support/workloads.ts';
 
 const POLL_INTERVAL_MS = 10;
+/** --stream-large-transactions: pgmesh's tuning.streamLargeTransactions on (native keeps streaming off). */
+let streamLargeTransactions = false;
+const pgmeshTuning = (): Record<string, unknown> => (streamLargeTransactions ? { streamLargeTransactions: true } : {});
 const FAILURE_CHECK_INTERVAL_MS = 1000;
 const CATCH_UP_TIMEOUT_MS = 30 * 60_000;
 
@@ -190,7 +194,7 @@ function syscallsSince(before: SyscallCount | undefined): SyscallCount | undefin
 }
 
 async function runOnce(system: System, workload: Workload, major: PgMajor, profileDir: string | undefined): Promise<RunResult> {
-  const pair = await createPair({ system, major, preloadRows: workload.preloadRows });
+  const pair = await createPair({ system, major, preloadRows: workload.preloadRows, pgmeshTuning: pgmeshTuning() });
   try {
     const generateSeconds = await generate(pair, workload);
     const subPid = postmasterPid(pair.subscriber.dataDir);
@@ -339,9 +343,11 @@ async function main(): Promise<void> {
       only: { type: 'string' },
       system: { type: 'string', default: 'both' },
       'cpu-profile': { type: 'string' },
+      'stream-large-transactions': { type: 'boolean', default: false },
     },
     strict: true,
   });
+  streamLargeTransactions = values['stream-large-transactions'];
   const scale = Number(values.scale);
   const runs = Number(values.runs);
   if (!(scale > 0)) throw new Error(`--scale ${values.scale} must be a positive number`);

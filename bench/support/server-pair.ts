@@ -80,7 +80,7 @@ class RecordingLogger implements Logger {
   }
 }
 
-export async function createPair(options: { system: System; major: PgMajor; preloadRows: number }): Promise<ServerPair> {
+export async function createPair(options: { system: System; major: PgMajor; preloadRows: number; pgmeshTuning?: Record<string, unknown> }): Promise<ServerPair> {
   const baseDir = mkdtempSync(join(tmpdir(), `pgmesh-bench-${options.system}-`));
   liveDirs.add(baseDir);
   chmodSync(baseDir, 0o755);
@@ -114,7 +114,7 @@ export async function createPair(options: { system: System; major: PgMajor; prel
     pools.push(pub, sub);
     for (const sql of [pub, sub]) await sql.unsafe(SCHEMA).simple();
     if (options.preloadRows > 0) await preload(pub, options.preloadRows);
-    const link = options.system === 'native' ? await linkNative(pub, sub, publisher) : await linkPgmesh(publisher, subscriber, baseDir);
+    const link = options.system === 'native' ? await linkNative(pub, sub, publisher) : await linkPgmesh(publisher, subscriber, baseDir, options.pgmeshTuning);
     consumer = link.consumer;
     if (options.preloadRows > 0) await preload(sub, options.preloadRows, link.origin, subscriber);
     return { system: options.system, publisher, subscriber, pub, sub, consumer, destroy };
@@ -189,14 +189,14 @@ async function linkNative(pub: Sql, sub: Sql, publisher: EmbeddedServer): Promis
   return { consumer, origin };
 }
 
-async function linkPgmesh(publisher: EmbeddedServer, subscriber: EmbeddedServer, baseDir: string): Promise<Link> {
-  // Through a file and loadConfig, as `pgmesh start` does: default tuning, validated.
+async function linkPgmesh(publisher: EmbeddedServer, subscriber: EmbeddedServer, baseDir: string, tuning: Record<string, unknown> = {}): Promise<Link> {
+  // Through a file and loadConfig, as `pgmesh start` does: default tuning (unless the bench was told otherwise), validated.
   const configPath = join(baseDir, 'cluster.json');
   const nodes = [
     { name: 'n1', dsn: publisher.dsn },
     { name: 'n2', dsn: subscriber.dsn },
   ];
-  writeFileSync(configPath, JSON.stringify({ maxNodes: 8, logLevel: 'silent', nodes }, null, 2), { mode: 0o600 });
+  writeFileSync(configPath, JSON.stringify({ maxNodes: 8, logLevel: 'silent', nodes, tuning }, null, 2), { mode: 0o600 });
   const config = loadConfig({ file: configPath });
   const errors: string[] = [];
   const logger = new RecordingLogger(errors);

@@ -198,6 +198,7 @@ export class PeerReplicator {
         protocolVersion: 4,
         feedbackIntervalMs: tuning.feedbackIntervalMs,
         highWaterEvents: tuning.highWaterEvents,
+        streamLargeTransactions: tuning.streamLargeTransactions,
         logger,
       });
       this.stream = stream;

@@ -43,6 +43,14 @@ export interface AgentTuning {
    * (and clocks differ a little), so a change slightly older than the horizon may still arrive.
    */
   readonly tombstoneMarginMs: number;
+  /**
+   * Ask peers to send a transaction while it is still running once it outgrows their logical_decoding_work_mem
+   * (the agent spools it to a file until it commits). On: no spill of large transactions on the peers' disks (each
+   * peer's walsender otherwise spills its own copy, once per slot). Off: large transactions apply faster for now,
+   * since the peer's read-back of its spill overlaps with apply here, while a spooled one is applied only after it
+   * has all arrived.
+   */
+  readonly streamLargeTransactions: boolean;
 }
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
@@ -66,9 +74,13 @@ export const DEFAULT_TUNING: AgentTuning = {
   clockSkewWarnMs: 500,
   tombstoneGcIntervalMs: 60_000,
   tombstoneMarginMs: 60_000,
+  streamLargeTransactions: false,
 };
 
-const TUNING_LIMITS: Record<keyof AgentTuning, readonly [number, number]> = {
+type NumericTuningKey = Exclude<keyof AgentTuning, 'streamLargeTransactions'>;
+const TUNING_FLAGS: ReadonlySet<string> = new Set<keyof AgentTuning>(['streamLargeTransactions']);
+
+const TUNING_LIMITS: Record<NumericTuningKey, readonly [number, number]> = {
   feedbackIntervalMs: [50, 60_000],
   progressPollMs: [10, 60_000],
   maxBatchRows: [1, 100_000],
@@ -144,7 +156,7 @@ function parseConfig(raw: unknown, problems: string[], where: string): ClusterCo
   const nodes: NodeConfig[] = [];
   let maxNodes = 16;
   let logLevel: LogLevel = 'info';
-  const tuning: Record<string, number> = { ...DEFAULT_TUNING };
+  const tuning: Record<string, number | boolean> = { ...DEFAULT_TUNING };
   if (!isRecord(raw)) {
     problems.push(`${where}: the top level must be a JSON object`);
     return { nodes, maxNodes, logLevel, tuning: tuning as unknown as AgentTuning };
@@ -183,8 +195,11 @@ function parseConfig(raw: unknown, problems: string[], where: string): ClusterCo
       problems.push('"tuning" must be an object');
     } else {
       for (const [key, value] of Object.entries(raw.tuning)) {
-        if (!(key in TUNING_LIMITS)) {
-          problems.push(`tuning: unknown key "${key}" (known: ${Object.keys(TUNING_LIMITS).join(', ')})`);
+        if (TUNING_FLAGS.has(key)) {
+          if (typeof value === 'boolean') tuning[key] = value;
+          else problems.push(`tuning.${key} must be true or false`);
+        } else if (!(key in TUNING_LIMITS)) {
+          problems.push(`tuning: unknown key "${key}" (known: ${[...Object.keys(TUNING_LIMITS), ...TUNING_FLAGS].join(', ')})`);
         } else if (typeof value !== 'number') {
           problems.push(`tuning.${key} must be a number`);
         } else {
@@ -252,7 +267,7 @@ function validate(config: ClusterConfig, dsnSources: readonly string[], problems
     problems.push(`${config.nodes.length} nodes are configured but maxNodes is ${config.maxNodes}`);
   }
   for (const [key, [min, max]] of Object.entries(TUNING_LIMITS)) {
-    const value = config.tuning[key as keyof AgentTuning];
+    const value = config.tuning[key as NumericTuningKey];
     if (!Number.isFinite(value) || value < min || value > max) problems.push(`tuning.${key} = ${value} must be between ${min} and ${max}`);
   }
   if (config.tuning.retryMaxMs < config.tuning.retryBaseMs) {

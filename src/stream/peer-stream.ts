@@ -37,6 +37,8 @@ export interface PeerStreamOptions {
   readonly feedbackIntervalMs: number;
   readonly highWaterEvents: number;
   readonly logger: Logger;
+  /** Ask the peer to stream large transactions while in progress (see AgentTuning.streamLargeTransactions). */
+  readonly streamLargeTransactions?: boolean;
   /** Where streamed in-progress transactions are spooled (default: the system's temporary folder). */
   readonly spoolDir?: string;
 }
@@ -102,7 +104,9 @@ export class PeerStream implements ProgressSink {
 
   static async start(connection: ReplicationConnection, options: PeerStreamOptions): Promise<PeerStream> {
     removeStaleSpools(options.spoolDir ?? tmpdir(), options.slot, options.logger);
-    const duplex = await connection.startReplication(options.slot, options.startLsn, options.publication, options.protocolVersion, { streaming: true });
+    const duplex = await connection.startReplication(options.slot, options.startLsn, options.publication, options.protocolVersion, {
+      streaming: options.streamLargeTransactions === true,
+    });
     const stream = new PeerStream(connection, duplex, options);
     stream.attach();
     return stream;

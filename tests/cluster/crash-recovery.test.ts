@@ -163,7 +163,8 @@ test('agent killed with SIGKILL mid-stream: restarted, nothing lost, nothing app
 
 /**
  * 1b. Agent SIGKILL while a streamed transaction is spooled.
- * Topology: 2 nodes, n1 -> n2; n2's agent a real process with its own temporary folder; the servers stream any
+ * Topology: 2 nodes, n1 -> n2; n2's agent a real process with its own temporary folder, streamLargeTransactions
+ * on; the servers stream any
  * transaction past 64kB of changes (logical_decoding_work_mem).
  * Scenario: n1 commits 3 transactions of 20,000 rows (and +1 each on a delta column) before n2's agent starts; the
  * agent is killed with SIGKILL once a spool file exists (a transaction is being received or read back), and
@@ -173,53 +174,56 @@ test('agent killed with SIGKILL mid-stream: restarted, nothing lost, nothing app
  * pile up in the temporary folder.
  */
 test('agent killed with SIGKILL while a streamed transaction is spooled: nothing lost, nothing twice, no file left', { timeout: 180_000 }, async () => {
-  await withCluster({ nodes: 2, schema: LEDGER_SCHEMA, tuning: FAST_RETRY, settings: { logical_decoding_work_mem: '64kB' } }, async (cluster) => {
-    const n1 = cluster.node('n1');
-    const n2 = cluster.node('n2');
-    for (const node of cluster.nodes) await setDeltaColumns(node.sql, { schema: 'public', name: 'counter' }, ['hits']);
-    await n1.sql.unsafe(`INSERT INTO counter VALUES (1, 0)`);
-    const big = 3;
-    for (let txn = 1; txn <= big; txn++) {
-      await n1.sql.begin(async (tx) => {
-        await tx.unsafe(
-          `INSERT INTO ledger (id, txn, payload) SELECT $1::text::int * 100000 + g, $1::text::int, repeat(md5(g || ':' || $1::text), 3) FROM generate_series(1, 20000) g`,
-          [String(txn)],
-        );
-        await tx.unsafe(`UPDATE counter SET hits = hits + 1 WHERE id = 1`);
+  await withCluster(
+    { nodes: 2, schema: LEDGER_SCHEMA, tuning: { ...FAST_RETRY, streamLargeTransactions: true }, settings: { logical_decoding_work_mem: '64kB' } },
+    async (cluster) => {
+      const n1 = cluster.node('n1');
+      const n2 = cluster.node('n2');
+      for (const node of cluster.nodes) await setDeltaColumns(node.sql, { schema: 'public', name: 'counter' }, ['hits']);
+      await n1.sql.unsafe(`INSERT INTO counter VALUES (1, 0)`);
+      const big = 3;
+      for (let txn = 1; txn <= big; txn++) {
+        await n1.sql.begin(async (tx) => {
+          await tx.unsafe(
+            `INSERT INTO ledger (id, txn, payload) SELECT $1::text::int * 100000 + g, $1::text::int, repeat(md5(g || ':' || $1::text), 3) FROM generate_series(1, 20000) g`,
+            [String(txn)],
+          );
+          await tx.unsafe(`UPDATE counter SET hits = hits + 1 WHERE id = 1`);
+        });
+      }
+      const tmp = join(cluster.baseDir, 'agent-tmp');
+      mkdirSync(tmp, { recursive: true });
+      const spools = (): string[] => readdirSync(tmp).filter((name) => name.startsWith('pgmesh-spool-pgmesh_n2-'));
+
+      let agent = cluster.startAgentProcess('n2', { TMPDIR: tmp });
+      await eventually(async () => spools().length > 0, { timeoutMs: 60_000, intervalMs: 5, what: "a spool file of n2's agent", abort: exitReason(agent) });
+      await agent.kill('SIGKILL');
+      const left = spools();
+      assert.ok(left.length > 0, `the killed agent left its spool file (${left.join(', ')})`);
+      await eventually(
+        async () => (await n2.sql.unsafe(`SELECT 1 FROM pg_stat_activity WHERE application_name = 'pgmesh apply n1'`)).length === 0,
+        { timeoutMs: 30_000, what: "the killed agent's apply session on n2 to end" },
+      );
+      const before = await appliedFrom(n2, 'n1');
+      assert.ok(before < big + 2, `the kill landed before the last transaction was applied (${before} applied)`);
+
+      agent = cluster.startAgentProcess('n2', { TMPDIR: tmp });
+      await n1.sql.unsafe(`INSERT INTO marker VALUES (1)`);
+      await eventually(async () => (await n2.sql.unsafe(`SELECT 1 FROM marker`)).length === 1, {
+        timeoutMs: 90_000,
+        what: "n1's marker to reach n2",
+        abort: exitReason(agent),
       });
-    }
-    const tmp = join(cluster.baseDir, 'agent-tmp');
-    mkdirSync(tmp, { recursive: true });
-    const spools = (): string[] => readdirSync(tmp).filter((name) => name.startsWith('pgmesh-spool-pgmesh_n2-'));
-
-    let agent = cluster.startAgentProcess('n2', { TMPDIR: tmp });
-    await eventually(async () => spools().length > 0, { timeoutMs: 60_000, intervalMs: 5, what: "a spool file of n2's agent", abort: exitReason(agent) });
-    await agent.kill('SIGKILL');
-    const left = spools();
-    assert.ok(left.length > 0, `the killed agent left its spool file (${left.join(', ')})`);
-    await eventually(
-      async () => (await n2.sql.unsafe(`SELECT 1 FROM pg_stat_activity WHERE application_name = 'pgmesh apply n1'`)).length === 0,
-      { timeoutMs: 30_000, what: "the killed agent's apply session on n2 to end" },
-    );
-    const before = await appliedFrom(n2, 'n1');
-    assert.ok(before < big + 2, `the kill landed before the last transaction was applied (${before} applied)`);
-
-    agent = cluster.startAgentProcess('n2', { TMPDIR: tmp });
-    await n1.sql.unsafe(`INSERT INTO marker VALUES (1)`);
-    await eventually(async () => (await n2.sql.unsafe(`SELECT 1 FROM marker`)).length === 1, {
-      timeoutMs: 90_000,
-      what: "n1's marker to reach n2",
-      abort: exitReason(agent),
-    });
-    const hits = (await n2.sql.unsafe<{ hits: string }[]>(`SELECT hits::text FROM counter`))[0]?.hits;
-    // The counter's row, the 3 transactions, the marker: each once.
-    assert.deepEqual({ applied: await appliedFrom(n2, 'n1'), hits }, { applied: big + 2, hits: String(big) });
-    const [h1, h2] = await Promise.all([cluster.tableHash(n1, 'ledger'), cluster.tableHash(n2, 'ledger')]);
-    assert.ok(h1.startsWith(`${big * 20000}:`), `n1 holds the whole ledger (${h1})`);
-    assert.equal(h2, h1, "n2 holds exactly n1's ledger rows");
-    assert.deepEqual(spools(), [], 'no spool file is left: the dead agent\'s was removed, the live one\'s discarded after use');
-    assert.equal(await conflictCount(n2), 0, 'no conflict recorded on n2');
-  });
+      const hits = (await n2.sql.unsafe<{ hits: string }[]>(`SELECT hits::text FROM counter`))[0]?.hits;
+      // The counter's row, the 3 transactions, the marker: each once.
+      assert.deepEqual({ applied: await appliedFrom(n2, 'n1'), hits }, { applied: big + 2, hits: String(big) });
+      const [h1, h2] = await Promise.all([cluster.tableHash(n1, 'ledger'), cluster.tableHash(n2, 'ledger')]);
+      assert.ok(h1.startsWith(`${big * 20000}:`), `n1 holds the whole ledger (${h1})`);
+      assert.equal(h2, h1, "n2 holds exactly n1's ledger rows");
+      assert.deepEqual(spools(), [], 'no spool file is left: the dead agent\'s was removed, the live one\'s discarded after use');
+      assert.equal(await conflictCount(n2), 0, 'no conflict recorded on n2');
+    },
+  );
 });
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 /**
  * Transactions a peer streams while they are in progress (pgoutput streaming; src/stream/peer-stream.ts and
- * transaction-spool.ts). The servers run with logical_decoding_work_mem at its minimum (64kB), so a transaction
+ * transaction-spool.ts), asked for with tuning.streamLargeTransactions. The servers run with logical_decoding_work_mem at its minimum (64kB), so a transaction
  * of a few thousand rows is streamed in several blocks, interleaved with other transactions that commit meanwhile.
  */
 import { test } from 'node:test';
@@ -22,7 +22,7 @@ const SCHEMA = `CREATE TABLE t (k integer PRIMARY KEY, v text NOT NULL, big text
  * of C, or apply A before D and B although they committed first.
  */
 test('large transactions streamed while in progress: savepoints, rollbacks and interleaving end as on the writer', { timeout: 180_000 }, async () => {
-  await withCluster({ nodes: 2, schema: SCHEMA, settings: { logical_decoding_work_mem: '64kB' } }, async (cluster) => {
+  await withCluster({ nodes: 2, schema: SCHEMA, settings: { logical_decoding_work_mem: '64kB' }, tuning: { streamLargeTransactions: true } }, async (cluster) => {
     const n1 = cluster.node('n1');
     const n2 = cluster.node('n2');
     await cluster.startAgents();

@@ -62,7 +62,7 @@ test('every problem is reported at once, in one error', () => {
         { name: 'n2', dsn: `host=db3 password=${SECRET}` },
         { name: 'n4' },
       ],
-      tuning: { retryBaseMS: 100, feedbackIntervalMs: 1, maxBatchRows: 'many' },
+      tuning: { retryBaseMS: 100, feedbackIntervalMs: 1, maxBatchRows: 'many', streamLargeTransactions: 'yes' },
     }),
   });
   const expected = [
@@ -73,6 +73,7 @@ test('every problem is reported at once, in one error', () => {
     /"logLevel" must be one of debug, info, warn, error, silent/,
     /tuning: unknown key "retryBaseMS" \(known: feedbackIntervalMs, .*retryBaseMs/,
     /tuning\.maxBatchRows must be a number/,
+    /tuning\.streamLargeTransactions must be true or false/,
     /nodes\[0\]\.name "N1": use 1-40 lowercase letters, digits or "_", starting with a letter/,
     /nodes\[2\]\.name "n2" appears twice/,
     /nodes\[2\]\.dsn: the connection string of node n2 is in key=value form.*postgres:\/\/user:password@host:port\/dbname/,
@@ -81,6 +82,12 @@ test('every problem is reported at once, in one error', () => {
   for (const pattern of expected) assert.match(message, pattern);
   assert.match(message, new RegExp(`^the configuration has ${expected.length} problem\\(s\\):\\n- `));
   assert.equal(message.split('\n- ').length - 1, expected.length, message);
+});
+
+test('tuning.streamLargeTransactions: off by default, true or false from the file', () => {
+  assert.equal(DEFAULT_TUNING.streamLargeTransactions, false);
+  const config = loadConfig({ file: file({ ...twoNodes, tuning: { streamLargeTransactions: true } }) });
+  assert.equal(config.tuning.streamLargeTransactions, true);
 });
 
 test('unknown keys are rejected at the top level, in a node and in tuning', () => {
