@@ -279,7 +279,7 @@ function table(header: readonly string[], rows: readonly (readonly string[])[]):
 function printTables(results: readonly WorkloadResult[], context: { major: PgMajor; scale: number; runs: number; revision: string }): void {
   const out: string[] = [];
   out.push(
-    `apply throughput, pgmesh ${context.revision}, PostgreSQL ${context.major}, scale ${context.scale}, median of ${context.runs} run(s), ${cpus().length} CPUs`,
+    `apply throughput, pgmesh ${context.revision}, PostgreSQL ${context.major}, scale ${context.scale}, median of ${context.runs} run(s), ${cpus().length} CPUs${streamLargeTransactions ? ', pgmesh streaming large transactions' : ''}`,
     '',
     table(
       ['workload', 'rows', 'txns', 'pgmesh rows/s', 'native rows/s', 'ratio', 'pgmesh txn/s', 'native txn/s', 'agent CPU %', 'server CPU %'],
