@@ -11,15 +11,23 @@ export function registerStart(program: Command): void {
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
       const logger = loggerFor(config);
       const agent = await Agent.start(config, options.node, logger);
+      // Listening until the agent has stopped: a second signal (a wrapper such as npm or tsx passes one on) must
+      // not end the process halfway through stopping.
+      let stopping = false;
+      let requested: () => void = () => undefined;
+      const onSignal = (signal: NodeJS.Signals) => {
+        logger.info({ signal }, stopping ? 'already stopping' : 'stopping');
+        stopping = true;
+        requested();
+      };
+      process.on('SIGINT', onSignal);
+      process.on('SIGTERM', onSignal);
       await new Promise<void>((resolve) => {
-        const stop = (signal: string) => {
-          logger.info({ signal }, 'stopping');
-          resolve();
-        };
-        process.once('SIGINT', () => stop('SIGINT'));
-        process.once('SIGTERM', () => stop('SIGTERM'));
+        requested = resolve;
       });
       await agent.stop();
       logger.info({}, 'stopped');
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
     });
 }

@@ -57,6 +57,15 @@ export async function runDemo(options: DemoOptions): Promise<void> {
   const servers: EmbeddedServer[] = [];
   const agents: ChildProcess[] = [];
   const conns: Sql[] = [];
+  // Handlers for the whole run, cleanup included: a second Ctrl-C (or the signal a wrapper such as npm or tsx
+  // passes on after the terminal's) must not kill the process halfway through stopping the servers.
+  const stop = { requested: false };
+  const onSignal = () => {
+    if (stop.requested) out('still stopping agents and servers ...\n');
+    stop.requested = true;
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   const cleanup = async () => {
     for (const agent of agents.reverse()) await stopProcess(agent);
     await Promise.all(conns.map((c) => c.end({ timeout: 1 }).catch(() => undefined)));
@@ -88,21 +97,23 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     for (const s of servers) agents.push(startAgent(configPath, s.name, join(dir, `${s.name}-agent.log`)));
     out(`agents started (logs: ${dir}/<node>-agent.log)\n`);
     out(`try, in another terminal:  npx pgmesh status --config ${configPath}\n`);
-    await live(config, conns, servers, options);
+    if (!stop.requested) await live(config, conns, servers, options, stop);
   } finally {
     out('\nstopping agents and servers ...\n');
     await cleanup();
     out('stopped.\n');
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
   }
 }
 
-async function live(config: ClusterConfig, conns: readonly Sql[], servers: readonly EmbeddedServer[], options: DemoOptions): Promise<void> {
-  let stopping = false;
-  const onSignal = () => {
-    stopping = true;
-  };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+async function live(
+  config: ClusterConfig,
+  conns: readonly Sql[],
+  servers: readonly EmbeddedServer[],
+  options: DemoOptions,
+  stop: { readonly requested: boolean },
+): Promise<void> {
   const started = Date.now();
   let writes = 0;
   let lastWrite = '';
@@ -127,7 +138,7 @@ async function live(config: ClusterConfig, conns: readonly Sql[], servers: reado
       });
   }, Math.max(10, Math.round(1000 / options.writesPerSecond)));
   try {
-    while (!stopping && (options.durationS === 0 || Date.now() - started < options.durationS * 1000)) {
+    while (!stop.requested && (options.durationS === 0 || Date.now() - started < options.durationS * 1000)) {
       const status = await clusterStatus(config, options.logger);
       const rows = [['NODE', 'ORDERS', 'ITEMS ORDERED', 'STOCK ON HAND', 'STOCK + ORDERED', 'CONTENT HASH']];
       const hashes = new Set<string>();
@@ -161,8 +172,6 @@ async function live(config: ClusterConfig, conns: readonly Sql[], servers: reado
     }
   } finally {
     clearInterval(writer);
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
   }
 }
 
