@@ -1,0 +1,71 @@
+/**
+ * Upgrading a node's catalog (src/cluster/catalog-schema.ts MIGRATIONS, run by initNode): a node installed by an
+ * earlier pgmesh keeps where each peer's stream resumes and how many transactions it applied. Losing or resetting that
+ * would make the next agent apply a peer's transactions a second time, or skip them.
+ * One real server: catalog version 2 installed as the earlier release did, with progress rows; then `init` upgrades.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import postgres from 'postgres';
+import { CATALOG_VERSION, MIGRATIONS } from '../../src/cluster/catalog-schema.ts';
+import { initNode } from '../../src/cluster/node-admin.ts';
+import { EmbeddedServer } from '../../src/embedded/embedded-server.ts';
+import { parseMajor } from '../../src/embedded/postgres-binaries.ts';
+import type { Sql } from '../../src/pg/connect.ts';
+
+test('init upgrades a version-2 catalog: every peer keeps its resume position, commit time and applied count', { timeout: 120_000 }, async () => {
+  const base = mkdtempSync(join(tmpdir(), 'pgmesh-upgrade-test-'));
+  chmodSync(base, 0o755);
+  const server = await EmbeddedServer.create({ name: 'n1', baseDir: base, major: parseMajor(process.env.PGMESH_PG_MAJOR, 'PGMESH_PG_MAJOR'), password: 'pw' });
+  await server.start();
+  const sql = postgres(server.dsn, { max: 1, onnotice: () => undefined, fetch_types: false }) as unknown as Sql;
+  try {
+    // The catalog as release 2 left it: migrations 1 and 2, its version row, the local node, progress of two peers
+    // (n2 applied 42 transactions, n3 none yet).
+    await sql.begin(async (tx) => {
+      for (const migration of MIGRATIONS.slice(0, 2)) await tx.unsafe(migration);
+      await tx.unsafe(`INSERT INTO pgmesh.catalog_version (version) VALUES (2)`);
+      await tx.unsafe(`INSERT INTO pgmesh.local_node (node_name, node_slot, max_nodes) VALUES ('n1', 1, 16)`);
+      await tx.unsafe(
+        `INSERT INTO pgmesh.apply_progress (peer, end_lsn, remote_commit_ts, applied_xacts, applied_at) VALUES
+           ('n2', '0/5000A8', '2026-11-01 10:00:00.123456+00', 42, '2026-11-01 10:00:01+00'),
+           ('n3', '0/0', NULL, 0, NULL)`,
+      );
+    });
+
+    const result = await initNode(sql, { nodeName: 'n1', nodeSlot: 1, maxNodes: 16, expectedPeers: 2 });
+    assert.equal(result.created, false, 'the node was there already');
+    const version = await sql.unsafe<{ version: number }[]>(`SELECT version FROM pgmesh.catalog_version`);
+    assert.equal(version[0]?.version, CATALOG_VERSION);
+
+    const progress = async () =>
+      (
+        await sql.unsafe<{ peer: string; end_lsn: string; commit_ts: string | null; applied_xacts: string }[]>(
+          `SELECT peer, end_lsn::text, to_char(remote_commit_ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') AS commit_ts, applied_xacts::text
+             FROM pgmesh.progress ORDER BY peer`,
+        )
+      ).map((r) => ({ ...r }));
+    const expected = [
+      { peer: 'n2', end_lsn: '0/5000A8', commit_ts: '2026-11-01 10:00:00.123456', applied_xacts: '42' },
+      { peer: 'n3', end_lsn: '0/0', commit_ts: null, applied_xacts: '0' },
+    ];
+    assert.deepEqual(await progress(), expected, 'each peer resumes where it was, with its count');
+
+    // A transaction applied after the upgrade counts once; folding the log keeps every count.
+    await sql.unsafe(`INSERT INTO pgmesh.applied_xact (peer, end_lsn, remote_commit_ts) VALUES ('n2', '0/600000', '2026-11-02 09:00:00+00')`);
+    await sql.unsafe(`SELECT pgmesh.prune_applied('n2')`);
+    await sql.unsafe(`SELECT pgmesh.prune_applied('n3')`);
+    assert.deepEqual(await progress(), [{ peer: 'n2', end_lsn: '0/600000', commit_ts: '2026-11-02 09:00:00.000000', applied_xacts: '43' }, expected[1]]);
+
+    // Running init again changes nothing.
+    await initNode(sql, { nodeName: 'n1', nodeSlot: 1, maxNodes: 16, expectedPeers: 2 });
+    assert.equal((await progress())[0]?.applied_xacts, '43');
+  } finally {
+    await sql.end({ timeout: 1 }).catch(() => undefined);
+    await server.stop();
+    rmSync(base, { recursive: true, force: true });
+  }
+});
