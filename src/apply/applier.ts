@@ -275,14 +275,29 @@ export class Applier {
 
   /** Applies events until the source ends (null) or something fails; then waits for every pipelined statement. */
   async run(source: EventSource): Promise<void> {
+    // The source's next batch, asked for and not yet handed over: a failure can wake the loop before it arrives,
+    // and the loop may go on (a fast-path miss applied again in place), so the same request is awaited again, never
+    // a second one (the batch of the first would be lost).
+    let pending: Promise<StreamEvent[] | null> | undefined;
     try {
       for (;;) {
+        const next = pending ?? source.next();
+        pending = next;
         // A failed statement must end the session even when the peer sends nothing more (an idle stream).
-        const events = await new Promise<StreamEvent[] | null>((resolve, reject) => {
-          this.wakeOnFailure = () => resolve(null);
-          source.next().then(resolve, reject);
+        const events = await new Promise<StreamEvent[] | null | 'failed'>((resolve, reject) => {
+          this.wakeOnFailure = () => resolve('failed');
+          next.then(resolve, reject);
         });
         this.wakeOnFailure = undefined;
+        if (events === 'failed') {
+          // A fast-path miss can come back while the stream is idle: apply again in place, as handleAll does.
+          const replay = await this.takeReplay();
+          if (!replay) break;
+          await this.handleAll(replay);
+          if (this.failure) break;
+          continue;
+        }
+        pending = undefined;
         if (events === null) break;
         await this.handleAll(events);
         if (this.failure) break;
