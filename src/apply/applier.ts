@@ -387,7 +387,7 @@ export class Applier {
       const present = new Set(names.map((r) => r.name));
       for (const [text, name] of this.prepared) if (!present.has(name)) this.prepared.delete(text);
     } catch (error) {
-      this.failure = { error, what: 'the rollback after a fast-path miss', finalLsn: settled.finalLsn };
+      this.failure = { error, what: 'the look-up of prepared statements after a fast-path miss', finalLsn: settled.finalLsn };
       return undefined;
     }
     const events = this.retained.flatMap((e) => e.events ?? []);
@@ -650,7 +650,6 @@ export class Applier {
     return out + ')';
   }
 
-  /** Sends the message built so far. */
   /**
    * Sends the message built so far: the complete transactions in it, and (`all`) the statements of the one still
    * open, which then continues in later messages inside BEGIN ... COMMIT. A transaction sent alone and whole is an

@@ -86,6 +86,7 @@ export class PeerStream implements ProgressSink {
   private readonly spools = new Map<number, TransactionSpool>();
   /** A committed streamed transaction is being read back from its spool; what arrives meanwhile waits in backlog. */
   private replaying = false;
+  private readonly spoolDir: string;
   private backlog: Buffer[] = [];
   /** Wakes the read-back when the apply side took the queue. */
   private drained: (() => void) | undefined;
@@ -100,6 +101,7 @@ export class PeerStream implements ProgressSink {
   ) {
     this.durable = options.startLsn;
     this.lastCommitEnd = options.startLsn;
+    this.spoolDir = options.spoolDir ?? tmpdir();
   }
 
   static async start(connection: ReplicationConnection, options: PeerStreamOptions): Promise<PeerStream> {
@@ -155,15 +157,15 @@ export class PeerStream implements ProgressSink {
       inStreamedTransaction: this.streamBlock !== undefined,
     });
     if (this.streamBlock !== undefined || decoded.tag.startsWith('stream_')) {
-      this.onStreamed(decoded, message.data);
+      this.onStreamed(decoded);
       return;
     }
     const event = this.assemble(decoded);
     if (event) this.push(event);
   }
 
-  /** A message of a transaction streamed while in progress: kept, dropped, or (Stream Commit) read back. */
-  private onStreamed(message: PgOutputMessage, data: Buffer): void {
+  /** A Stream Start, Stop, Abort or Commit: a spool opened, a block ended, changes dropped, or a transaction read back. */
+  private onStreamed(message: PgOutputMessage): void {
     switch (message.tag) {
       case 'stream_start': {
         if (this.inTransaction || this.streamBlock !== undefined) throw this.protocolError('Stream Start inside a transaction');
@@ -171,7 +173,7 @@ export class PeerStream implements ProgressSink {
         if (!this.spools.has(message.xid)) {
           if (!message.firstSegment) throw this.protocolError(`Stream Start continues transaction ${message.xid}, whose first segment was not received`);
           const name = `pgmesh-spool-${this.options.slot}-${process.pid}-${this.options.peer}-${message.xid}`;
-          this.spools.set(message.xid, new TransactionSpool(this.options.spoolDir ?? tmpdir(), name, message.xid));
+          this.spools.set(message.xid, new TransactionSpool(this.spoolDir, name, message.xid));
         }
         return;
       }
@@ -202,18 +204,8 @@ export class PeerStream implements ProgressSink {
         void this.readBack(spool, message);
         return;
       }
-      case 'relation':
-        this.requireSpool().append(message.xid ?? 0, data, message.relationOid);
-        return;
-      case 'insert':
-      case 'update':
-      case 'delete':
-      case 'truncate':
-      case 'message':
-      case 'type':
-        this.requireSpool().append(message.xid ?? 0, data);
-        return;
       default:
+        // The changes of a stream block were kept by spoolRaw before decoding; anything else is out of place.
         throw this.protocolError(`unexpected ${message.tag} message inside a stream block`);
     }
   }
