@@ -31,6 +31,8 @@ test('the demo replicates, and two SIGINTs stop its agents and servers before it
   const dir = join(base, 'demo');
   const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'demo', '--nodes', '2', '--dir', dir, '--rate', '10'], {
     stdio: ['ignore', 'pipe', 'pipe'],
+    // Its own process group, with the agents it starts: a failed run is cleaned up whole (see finally).
+    detached: true,
   });
   let output = '';
   child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
@@ -60,7 +62,12 @@ test('the demo replicates, and two SIGINTs stop its agents and servers before it
     for (const pid of postmasters) assert.equal(running(pid), false, `server process ${pid} is gone`);
     for (const node of ['n1', 'n2']) assert.equal(existsSync(join(dir, node, 'data', 'postmaster.pid')), false, `${node}'s server shut down cleanly`);
   } finally {
-    if (child.exitCode === null) child.kill('SIGKILL');
+    // The demo and the agent processes it started, if a failure left them running.
+    try {
+      process.kill(-(child.pid as number), 'SIGKILL');
+    } catch {
+      // the group is gone: the demo stopped everything itself
+    }
     for (const pid of postmasters) if (running(pid)) process.kill(pid, 'SIGQUIT');
     rmSync(base, { recursive: true, force: true });
   }
