@@ -101,3 +101,57 @@ test('a conflict in a transaction too large to replay in place: the stream resta
     assert.equal(link.lastError, null, 'a fast-path miss is not an error');
   });
 });
+
+/**
+ * Topology: 2 nodes, agents in this process.
+ * Scenario: rows 1..6 replicate to both nodes; both agents stop. n2 writes locally: updates row 3, deletes row 4,
+ * updates row 5. Then n1, later by its clock, in one-statement transactions: updates 3, updates 4, deletes 5, and
+ * updates 6 (no conflict). The agents start. On n2, each of n1's first three transactions meets a local version the
+ * fast path must not overwrite blindly (written by n2 within the conflict window, or deleted): the first one's check
+ * of the rows it wrote (folded into the progress log's insert for a one-statement transaction) must fail it, so it
+ * is applied again with the full statements, which resolve (n1 is newer: n1 wins) and record the conflict; the
+ * table then takes the full statements for a while, so the next two are resolved there.
+ * Without the code under test (a check that lets a fast update or delete write nothing): n1's update of 3 and
+ * delete of 5 would be dropped on n2 and the nodes would diverge, with no conflict recorded.
+ */
+test('a fast update or delete that writes nothing in a one-statement transaction is applied again with the full statements', { timeout: 120_000 }, async () => {
+  await withCluster({ nodes: 2, schema: SCHEMA }, async (cluster) => {
+    const n1 = cluster.node('n1');
+    const n2 = cluster.node('n2');
+    await cluster.startAgents();
+    await n1.sql.unsafe(`INSERT INTO t SELECT g, 'first' FROM generate_series(1, 6) g`);
+    await cluster.waitConverged(['t'], 30_000);
+    await cluster.stopAgent('n1');
+    await cluster.stopAgent('n2');
+
+    await n2.sql.unsafe(`UPDATE t SET v = 'n2' WHERE k = 3`);
+    await n2.sql.unsafe(`DELETE FROM t WHERE k = 4`);
+    await n2.sql.unsafe(`UPDATE t SET v = 'n2' WHERE k = 5`);
+    await new Promise((resolve) => setTimeout(resolve, 50)); // n1's writes are newer by the clock
+    for (const statement of [`UPDATE t SET v = 'n1' WHERE k = 3`, `UPDATE t SET v = 'n1' WHERE k = 4`, `DELETE FROM t WHERE k = 5`, `UPDATE t SET v = 'n1' WHERE k = 6`]) {
+      await n1.sql.unsafe(statement);
+    }
+    await cluster.startAgents();
+    await barrier(cluster);
+
+    await cluster.waitConverged(['t'], 10_000);
+    const rows = await n2.sql.unsafe<{ k: number; v: string }[]>(`SELECT k, v FROM t ORDER BY k`);
+    assert.deepEqual(
+      rows.map((r) => ({ ...r })),
+      [
+        { k: 1, v: 'first' },
+        { k: 2, v: 'first' },
+        { k: 3, v: 'n1' },
+        { k: 4, v: 'n1' },
+        { k: 6, v: 'n1' },
+      ],
+      "n1's newer update of 3, update of the deleted 4 and delete of 5 won on n2",
+    );
+    const recorded = (await conflicts(n2)).map((c) => `${c.pkey} ${c.conflict_type} ${c.resolution}`).sort();
+    assert.deepEqual(recorded, ['[3] update_origin_differs apply_remote', '[4] update_missing apply_remote', '[5] delete_origin_differs apply_remote']);
+    const link = linkStatus(cluster, 'n2', 'n1');
+    // The first miss sends the table to the full statements for a while, so the others need not miss to be right.
+    assert.ok(link.fastPathMisses >= 1, `n2 applied a transaction of n1 again after a fast-path miss (${link.fastPathMisses})`);
+    assert.equal(link.lastError, null);
+  });
+});
