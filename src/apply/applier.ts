@@ -696,7 +696,11 @@ export class Applier {
     const parts: string[] = [];
     segments.forEach((segment, i) => {
       const end = i + 1 < segments.length ? (segments[i + 1]?.start ?? cut) : cut;
-      if (!implicit && !segment.txn.sent) parts.push('BEGIN');
+      if (!implicit && !segment.txn.sent) {
+        // Right after the previous transaction's COMMIT: COMMIT AND CHAIN opens this one (one statement less).
+        if (i > 0 && parts.at(-1) === 'COMMIT') parts[parts.length - 1] = 'COMMIT AND CHAIN';
+        else parts.push('BEGIN');
+      }
       if (!implicit) segment.txn.sent = true;
       for (let j = segment.start; j < end; j++) parts.push(this.message[j] as string);
       if (segment.commit && !implicit) parts.push('COMMIT');
