@@ -1000,7 +1000,8 @@ export class Applier {
   /** Sends a statement without waiting for its reply; waits only when too many replies are outstanding. */
   private issue(text: string, params: readonly (string | null)[], what: string, onResult?: (result: unknown) => void): Promise<void> | undefined {
     if (this.failure) return undefined;
-    let bytes = 0;
+    // The statement text counts too: a message of grouped statements carries its values as literals in it.
+    let bytes = text.length;
     for (const p of params) bytes += p === null ? 0 : p.length;
     this.inflight++;
     this.inflightBytes += bytes;

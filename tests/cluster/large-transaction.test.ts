@@ -29,7 +29,8 @@ const HEAP_CAP_MB = 192;
 /**
  * How much the agent's resident memory may grow above its idle level while it applies the transaction. Under the cap
  * a streaming agent cannot grow much past 192 MB of old space + ~50 MB of young generation + buffers (measured:
- * 140-200 MB); the decoded rows alone would take 475 MB.
+ * 67 MB since grouped messages count against MAX_INFLIGHT_BYTES, 140-200 MB before); the decoded rows alone would
+ * take 475 MB.
  */
 const MAX_GROWTH_MB = 300;
 
