@@ -16,8 +16,6 @@
  *   fast-path         the fast-path insert pgmesh sends instead of the plain one, + finish: what pgmesh does today
  *   execute-update    a prepared plain UPDATE of one row + finish
  *   fast-update       the fast-path update pgmesh sends (version check, counted) + finish
- *   fast-update-one   the same in one statement, as pgmesh sends a one-statement transaction (the count check folded
- *                     into the progress log's insert); -separate-check: with the check's own insert, as before
  *   full-statement    the full conflict-detecting statement (row lock + CTE) + finish: what a conflict costs
  *
  * Usage: npx tsx bench/statement-costs.ts [--transactions 10000] [--rounds 3]
@@ -29,7 +27,7 @@ import { parseArgs } from 'node:util';
 import postgres from 'postgres';
 import { FINISH } from '../src/apply/applier.ts';
 import { bindRelation, loadLocalRelation } from '../src/apply/local-relation.ts';
-import { buildFastStatement, buildRowLock, buildStatement, withFinish } from '../src/apply/statement-builder.ts';
+import { buildFastStatement, buildRowLock, buildStatement } from '../src/apply/statement-builder.ts';
 import { addTables, ensurePeer, initNode } from '../src/cluster/node-admin.ts';
 import { formatLsn } from '../src/core/lsn.ts';
 import type { Logger } from '../src/core/logger.ts';
@@ -75,13 +73,8 @@ try {
   const ctx = { peer: 'n1', localNode: 'n2', conflictWindowMs: 10_000, peerOriginId: origins[0]?.id ?? 0 };
   const shape = { kind: 'upsert' as const, binding, valuePositions: [0, 1, 2], multiRow: false };
   const fast = buildFastStatement(shape, ctx, 'i')?.text;
-  const fastUpdateStatement = buildFastStatement(shape, ctx, 'u');
-  const fastUpdate = fastUpdateStatement?.text;
-  if (!fast || !fastUpdate || !fastUpdateStatement) throw new Error('no fast path for the bench table');
-  // A one-statement transaction's update with its finish, as pgmesh sends it; and as it was sent before the count
-  // check was folded into the progress log's insert (a separate insert into pgmesh.fast_path_check).
-  const fastUpdateFinish = withFinish(fastUpdateStatement, shape).text;
-  const fastUpdateFinishSeparate = withFinish({ text: fastUpdateStatement.text, timestamp: true }, shape).text;
+  const fastUpdate = buildFastStatement(shape, ctx, 'u')?.text;
+  if (!fast || !fastUpdate) throw new Error('no fast path for the bench table');
 
   const session = openSql(server.dsn, {
     node: 'n2',
@@ -97,7 +90,6 @@ try {
   await session.unsafe(
     `PREPARE plain_insert AS INSERT INTO t (id, n, payload) VALUES ($1::text::bigint, $2::text::int, $3::text); ` +
       `PREPARE fast_insert AS ${fast}; PREPARE fast_update AS ${fastUpdate}; ` +
-      `PREPARE fast_update_finish AS ${fastUpdateFinish}; PREPARE fast_update_finish_separate AS ${fastUpdateFinishSeparate}; ` +
       `PREPARE plain_update AS UPDATE t SET n = $2::text::int, payload = $3::text WHERE id = $1::text::bigint; ` +
       `PREPARE lock_row AS ${buildRowLock(binding, false)}; ` +
       `PREPARE full_upsert AS ${buildStatement(shape, ctx, 'last_update_wins')}; PREPARE finish AS ${FINISH}; ` +
@@ -133,12 +125,6 @@ try {
     end += 100n;
     return `EXECUTE finish('n1', '${prev}', '${formatLsn(end)}', '${ts}')`;
   };
-  /** The finish's parameters, for a statement that finishes its transaction itself (withFinish). */
-  const finishArgs = (): string => {
-    const prev = formatLsn(end);
-    end += 100n;
-    return `'n1', '${prev}', '${formatLsn(end)}', '${ts}'`;
-  };
   const row = (): [string, string, string] => {
     const id = nextId++;
     return [String(id), String(id % 1000), `payload ${id}`];
@@ -168,8 +154,6 @@ try {
     'fast-path': () => `EXECUTE fast_insert(${args([...row(), 'i'])}); ${finish()}`,
     'execute-update': () => `EXECUTE plain_update(${args(updated())}); ${finish()}`,
     'fast-update': () => `EXECUTE fast_update(${args([...updated(), 'u', nextTs()])}); ${finish()}`,
-    'fast-update-one': () => `EXECUTE fast_update_finish(${args([...updated(), 'u', nextTs()])}, ${finishArgs()})`,
-    'fast-update-one-separate-check': () => `EXECUTE fast_update_finish_separate(${args([...updated(), 'u', nextTs()])}, ${finishArgs()})`,
     'full-statement': () => {
       const r = row();
       return `EXECUTE lock_row(${quoteLiteral(r[0])}); EXECUTE full_upsert(${args([...r, 'i', ts, formatLsn(end + 100n)])}); ${finish()}`;

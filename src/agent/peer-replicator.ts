@@ -11,7 +11,7 @@ import type { Logger } from '../core/logger.ts';
 import { formatLsn, parseLsn, type Lsn } from '../core/lsn.ts';
 import { formatPgTimestamp } from '../core/pg-time.ts';
 import { SQLSTATE, isDataSqlState } from '../core/sqlstate.ts';
-import { Applier } from '../apply/applier.ts';
+import { Applier, durableProgress } from '../apply/applier.ts';
 import { originName, slotName, PUBLICATION } from '../cluster/catalog-schema.ts';
 import type { Sql } from '../pg/connect.ts';
 import { ReplicationConnection } from '../pg/replication-connection.ts';
@@ -215,11 +215,9 @@ export class PeerReplicator {
             .unsafe(`SELECT pgmesh.prune_applied($1)`, [peer])
             .catch((error) => logger.debug({ peer, err: errorMessage(error) }, 'progress log pruning failed'));
         }
-        this.options.catalog
-          .unsafe<{ lsn: string | null }[]>(`SELECT pg_catalog.pg_replication_origin_progress($1, true)::text AS lsn`, [originName(peer)])
-          .then((rows) => {
-            const lsn = rows[0]?.lsn;
-            if (lsn) stream.reportDurable(parseLsn(lsn));
+        durableProgress(this.options.catalog, peer, originName(peer))
+          .then((lsn) => {
+            if (lsn !== undefined) stream.reportDurable(lsn);
           })
           .catch((error) => logger.debug({ peer, err: errorMessage(error) }, 'progress poll failed'));
         // Now and then, record how far this peer is applied by its own clock (bounds tombstone collection).

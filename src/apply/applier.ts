@@ -746,7 +746,11 @@ export class Applier {
     try {
       const ask = async (): Promise<Lsn> => {
         await this.session.unsafe('ROLLBACK');
-        const rows = await this.session.unsafe<{ end: string | null }[]>(`SELECT pg_catalog.current_setting('pgmesh.applied_end', true) AS end`);
+        // The failed transaction may have set up its origin LSN: cleared, so that no later transaction of the
+        // session that aborts with an xid moves the origin there (PostgreSQL advances it on such aborts too).
+        const rows = await this.session.unsafe<{ end: string | null }[]>(
+          `SELECT pg_catalog.current_setting('pgmesh.applied_end', true) AS end, pg_catalog.pg_replication_origin_xact_reset() AS reset`,
+        );
         return parseLsn(rows[0]?.end ?? '0/0');
       };
       let timer: NodeJS.Timeout | undefined;
@@ -1102,6 +1106,25 @@ const CLEAR_RESUME = 'UPDATE pgmesh.apply_progress SET resume_resolution = NULL 
 interface Progress {
   readonly start: Lsn;
   readonly resumeResolution: ConflictPolicy | undefined;
+}
+
+/**
+ * How far this node has durably applied a peer's stream: what may be acknowledged to the peer (its slot then lets
+ * that WAL go). The newest row of the progress log, committed with the transaction it counts, and on disk: the
+ * origin progress call flushes WAL up to the origin's last local transaction, which covers that row's commit.
+ * Not the origin progress itself: PostgreSQL also moves it when a transaction that has an xid aborts after
+ * pg_replication_origin_xact_setup (or with a value left from an earlier setup in the session), so it can name a
+ * transaction that never committed here; acknowledging that would make the peer skip it for good.
+ */
+export async function durableProgress(sql: Sql, peer: string, origin: string): Promise<Lsn | undefined> {
+  const rows = await sql.unsafe<{ lsn: string | null }[]>(
+    `SELECT LEAST(o.lsn, p.end_lsn)::text AS lsn
+       FROM (SELECT pg_catalog.pg_replication_origin_progress($1, true) AS lsn) o,
+            (SELECT p.end_lsn FROM pgmesh.progress p WHERE p.peer = $2) p`,
+    [origin, peer],
+  );
+  const lsn = rows[0]?.lsn;
+  return lsn ? parseLsn(lsn) : undefined;
 }
 
 async function readProgress(session: Sql, options: ApplierOptions): Promise<Progress> {

@@ -342,7 +342,7 @@ function quoteIdentIfNeeded(name: string): string {
  * Parameters: as buildStatement's value parameters, then (update, delete) the remote commit timestamp.
  * Returns undefined where there is no fast path.
  */
-export function buildFastStatement(shape: StatementShape, ctx: StatementContext, op: 'i' | 'u' | undefined): FastStatement | undefined {
+export function buildFastStatement(shape: StatementShape, ctx: StatementContext, op: 'i' | 'u' | undefined): { text: string; timestamp: boolean } | undefined {
   const b = shape.binding;
   if (ctx.peerOriginId === undefined) return undefined;
   const n = valueParameterCount(shape);
@@ -352,8 +352,6 @@ export function buildFastStatement(shape: StatementShape, ctx: StatementContext,
   const raise = `pgmesh.raise_error('PM004', 'pgmesh: fast path miss', ${quoteLiteral(String(b.local.oid))})`;
   const checked = (written: string): string =>
     `INSERT INTO pgmesh.fast_path_check (miss) SELECT ${raise} FROM (SELECT count(*) AS n FROM ${written}) c WHERE c.n <> ${count}`;
-  // The statement's CTEs (without the check), for withFinish to fold the check into the progress log's insert.
-  const counted = (ctes: string): FastStatement['counted'] => ({ ctes, check: `(SELECT count(*) AS n FROM w) c WHERE CASE WHEN c.n <> ${count} THEN ${raise}::boolean ELSE true END` });
   const ts = `$${n + 1}::text::timestamptz`;
   // The local row's version allows the change without a conflict (see above). A row written earlier in this
   // transaction has no commit timestamp yet: oldest, as the full statement treats it.
@@ -385,8 +383,9 @@ export function buildFastStatement(shape: StatementShape, ctx: StatementContext,
       const text =
         `WITH u AS (SELECT ${typed.map((t, i) => `${t} AS v${i}`).join(', ')}, ${keyTypedFromValues.map((t, i) => `${t} AS k${i}`).join(', ')} ` +
         `FROM ${source(aliases, shape.multiRow)} WHERE s.op = 'u'), ` +
-        `w AS (UPDATE ${table} AS x SET ${set.join(', ')} FROM u WHERE ${match} AND ${older} RETURNING 1) `;
-      return { text: text + checked('w'), timestamp: true, counted: counted(text) };
+        `w AS (UPDATE ${table} AS x SET ${set.join(', ')} FROM u WHERE ${match} AND ${older} RETURNING 1) ` +
+        checked('w');
+      return { text, timestamp: true };
     }
     case 'partial_update': {
       if (delta) return undefined;
@@ -395,8 +394,9 @@ export function buildFastStatement(shape: StatementShape, ctx: StatementContext,
       const set = shape.valuePositions.map((p, i) => `${quoteIdent(col(b, p).name)} = u.v${i}`);
       const text =
         `WITH u AS (SELECT ${typed.join(', ')} FROM ${source([...keyAliases, ...valueAliases], shape.multiRow)}), ` +
-        `w AS (UPDATE ${table} AS x SET ${set.join(', ')} FROM u WHERE ${match} AND ${older} RETURNING 1) `;
-      return { text: text + checked('w'), timestamp: true, counted: counted(text) };
+        `w AS (UPDATE ${table} AS x SET ${set.join(', ')} FROM u WHERE ${match} AND ${older} RETURNING 1) ` +
+        checked('w');
+      return { text, timestamp: true };
     }
     case 'delete': {
       if (delta) return undefined;
@@ -406,8 +406,9 @@ export function buildFastStatement(shape: StatementShape, ctx: StatementContext,
         `w AS (DELETE FROM ${table} AS x USING u WHERE ${match} AND ${older} RETURNING jsonb_build_array(${keyAliases.map((k) => `u.${k}`).join(', ')})::text AS pkey), ` +
         // The delete's version lives on in a tombstone (as in the full statement).
         `tw AS (INSERT INTO pgmesh.tombstone AS t (relid, pkey) SELECT ${rel}, w.pkey FROM w ` +
-        `ON CONFLICT (relid, pkey) DO UPDATE SET pkey = EXCLUDED.pkey WHERE (SELECT ${remoteNewer('tv.ts', 'tv.node', g)} FROM pgmesh.row_version(t.xmin, ${quoteLiteral(ctx.localNode)}) tv)) `;
-      return { text: text + checked('w'), timestamp: true, counted: counted(text) };
+        `ON CONFLICT (relid, pkey) DO UPDATE SET pkey = EXCLUDED.pkey WHERE (SELECT ${remoteNewer('tv.ts', 'tv.node', g)} FROM pgmesh.row_version(t.xmin, ${quoteLiteral(ctx.localNode)}) tv)) ` +
+        checked('w');
+      return { text, timestamp: true };
     }
     case 'delta_update':
       return undefined;
@@ -446,28 +447,9 @@ export function buildFinish(): string {
  * A fast-path statement that also finishes its transaction (for a transaction whose only statement it is: one
  * statement instead of two saves the apply backend about 10 us). Its finish parameters follow its own.
  */
-export function withFinish(fast: FastStatement, shape: StatementShape): FastStatement {
-  const first = valueParameterCount(shape) + (fast.timestamp ? 1 : 0) + 1;
-  const { check, log } = finishCtes(first);
-  if (fast.counted) {
-    // The progress log's insert is the statement itself, and checks the count of rows written (one table write
-    // fewer than the count check's insert into pgmesh.fast_path_check plus the log's insert as a CTE).
-    const [peer, end, ts] = [first, first + 2, first + 3].map((i) => `$${i}::text`);
-    const text =
-      `WITH ${check}, ${fast.counted.ctes.slice(5)}` +
-      `INSERT INTO pgmesh.applied_xact (peer, end_lsn, remote_commit_ts) SELECT ${peer}, ${end}::pg_lsn, ${ts}::timestamptz FROM pgmesh_o, ${fast.counted.check}`;
-    return { text, timestamp: fast.timestamp };
-  }
+export function withFinish(fast: { text: string; timestamp: boolean }, shape: StatementShape): { text: string; timestamp: boolean } {
+  const { check, log } = finishCtes(valueParameterCount(shape) + (fast.timestamp ? 1 : 0) + 1);
   const ctes = `${check}, pgmesh_f AS (${log})`;
   const text = fast.text.startsWith('WITH ') ? `WITH ${ctes}, ${fast.text.slice(5)}` : `WITH ${ctes} ${fast.text}`;
   return { text, timestamp: fast.timestamp };
-}
-
-/** A fast-path statement (see buildFastStatement). */
-export interface FastStatement {
-  readonly text: string;
-  /** Takes the remote commit timestamp as its last parameter. */
-  readonly timestamp: boolean;
-  /** For statements that count the rows they wrote: their CTEs (the text without the check) and the check. */
-  readonly counted?: { readonly ctes: string; readonly check: string };
 }
