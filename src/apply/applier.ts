@@ -1118,7 +1118,8 @@ interface Progress {
  */
 export async function durableProgress(sql: Sql, peer: string, origin: string): Promise<Lsn | undefined> {
   const rows = await sql.unsafe<{ lsn: string | null }[]>(
-    `SELECT LEAST(o.lsn, p.end_lsn)::text AS lsn
+    // No origin progress yet: nothing was flushed by it either, so nothing is known durable.
+    `SELECT CASE WHEN o.lsn IS NULL THEN NULL ELSE LEAST(o.lsn, p.end_lsn) END::text AS lsn
        FROM (SELECT pg_catalog.pg_replication_origin_progress($1, true) AS lsn) o,
             (SELECT p.end_lsn FROM pgmesh.progress p WHERE p.peer = $2) p`,
     [origin, peer],
