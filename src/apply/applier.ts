@@ -168,16 +168,9 @@ export class Applier {
   appliedEnd: Lsn;
   /** End LSN of the last transaction sent to the server (committed or still in the pipeline). */
   private issuedEnd: Lsn;
-  /** The end LSN of the last transaction committed here, as text (the next one's finish needs it too). */
-  private lastEnd: { lsn: Lsn; text: string } = { lsn: -1n as Lsn, text: '' };
   private readonly bindings = new Map<RelationMessage, { binding: RelationBinding; at: number }>();
   private readonly statements = new Map<string, string>();
   private readonly fastStatements = new Map<string, { text: string; timestamp: boolean } | undefined>();
-  /**
-   * The same for upserts, by their column positions (one array per binding, see rowOps) and a small slot number:
-   * looked up per batch, where building the string key above costs more than the look-up.
-   */
-  private readonly fastUpserts = new WeakMap<readonly number[], ({ text: string; timestamp: boolean } | undefined | null)[]>();
   /** Statements prepared in the session: text -> name. */
   private readonly prepared = new Map<string, string>();
   private preparedCount = 0;
@@ -627,31 +620,13 @@ export class Applier {
       this.slowTables.delete(binding.local.oid);
     }
     const upsertOp = op.kind === 'upsert' ? (op.values.at(-1) as 'i' | 'u') : undefined;
-    if (upsertOp !== undefined) {
-      let cached = this.fastUpserts.get(op.valuePositions);
-      if (!cached) {
-        cached = [null, null, null, null, null, null, null, null];
-        this.fastUpserts.set(op.valuePositions, cached);
-      }
-      const slot = (upsertOp === 'u' ? 1 : 0) | (multiRow ? 2 : 0) | (finishing ? 4 : 0);
-      const hit = cached[slot];
-      if (hit !== null && hit !== undefined) return hit;
-      if (hit === undefined) return undefined;
-      const fast = this.buildFast(op, multiRow, finishing, upsertOp);
-      cached[slot] = fast;
-      return fast;
-    }
     const key = `${op.kind}:${upsertOp ?? ''}:${binding.local.qualified}:${binding.deltaPositions.join(',')}:${op.valuePositions.join(',')}:${multiRow ? 'm' : 's'}:${finishing ? 'f' : ''}`;
     if (this.fastStatements.has(key)) return this.fastStatements.get(key);
-    const fast = this.buildFast(op, multiRow, finishing, upsertOp);
+    const shape = { kind: op.kind, binding, valuePositions: op.valuePositions, multiRow };
+    const plain = buildFastStatement(shape, this.ctx, upsertOp);
+    const fast = plain && finishing ? withFinish(plain, shape) : plain;
     this.fastStatements.set(key, fast);
     return fast;
-  }
-
-  private buildFast(op: RowOp, multiRow: boolean, finishing: boolean, upsertOp: 'i' | 'u' | undefined): { text: string; timestamp: boolean } | undefined {
-    const shape = { kind: op.kind, binding: op.binding, valuePositions: op.valuePositions, multiRow };
-    const plain = buildFastStatement(shape, this.ctx, upsertOp);
-    return plain && finishing ? withFinish(plain, shape) : plain;
   }
 
   /** Adds a statement to the message being built. */
@@ -797,10 +772,7 @@ export class Applier {
     }
     const prev = this.issuedEnd;
     this.issuedEnd = endLsn;
-    // The previous end LSN was this one's predecessor's end: formatted then.
-    const prevText = prev === this.lastEnd.lsn ? this.lastEnd.text : formatLsn(prev);
-    this.lastEnd = { lsn: endLsn, text: formatLsn(endLsn) };
-    const finish = [this.options.peer, prevText, this.lastEnd.text, formatPgTimestamp(commitTime)];
+    const finish = [this.options.peer, formatLsn(prev), formatLsn(endLsn), formatPgTimestamp(commitTime)];
     // A transaction of one statement finishes in it (when that statement takes the fast path).
     const segment = this.segments.at(-1);
     const alone = segment?.txn === txn && this.message.length === segment.start && !txn.sent && txn.deferredKeys.size === 0 && txn.finalLsn !== this.resumeLsn;

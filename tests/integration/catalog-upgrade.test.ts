@@ -6,23 +6,12 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import postgres from 'postgres';
 import { CATALOG_VERSION, MIGRATIONS } from '../../src/cluster/catalog-schema.ts';
 import { initNode } from '../../src/cluster/node-admin.ts';
-import { EmbeddedServer } from '../../src/embedded/embedded-server.ts';
-import { parseMajor } from '../../src/embedded/postgres-binaries.ts';
-import type { Sql } from '../../src/pg/connect.ts';
+import { withServer } from '../support/cluster.ts';
 
 test('init upgrades a version-2 catalog: every peer keeps its resume position, commit time and applied count', { timeout: 120_000 }, async () => {
-  const base = mkdtempSync(join(tmpdir(), 'pgmesh-upgrade-test-'));
-  chmodSync(base, 0o755);
-  const server = await EmbeddedServer.create({ name: 'n1', baseDir: base, major: parseMajor(process.env.PGMESH_PG_MAJOR, 'PGMESH_PG_MAJOR'), password: 'pw' });
-  await server.start();
-  const sql = postgres(server.dsn, { max: 1, onnotice: () => undefined, fetch_types: false }) as unknown as Sql;
-  try {
+  await withServer('n1', async (_server, sql) => {
     // The catalog as release 2 left it: migrations 1 and 2, its version row, the local node, progress of two peers
     // (n2 applied 42 transactions, n3 none yet).
     await sql.begin(async (tx) => {
@@ -63,9 +52,5 @@ test('init upgrades a version-2 catalog: every peer keeps its resume position, c
     // Running init again changes nothing.
     await initNode(sql, { nodeName: 'n1', nodeSlot: 1, maxNodes: 16, expectedPeers: 2 });
     assert.equal((await progress())[0]?.applied_xacts, '43');
-  } finally {
-    await sql.end({ timeout: 1 }).catch(() => undefined);
-    await server.stop();
-    rmSync(base, { recursive: true, force: true });
-  }
+  });
 });

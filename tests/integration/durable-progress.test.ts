@@ -9,61 +9,52 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import postgres from 'postgres';
 import { durableProgress } from '../../src/apply/applier.ts';
 import { originName } from '../../src/cluster/catalog-schema.ts';
 import { ensurePeer, initNode } from '../../src/cluster/node-admin.ts';
 import { formatLsn } from '../../src/core/lsn.ts';
-import { EmbeddedServer } from '../../src/embedded/embedded-server.ts';
-import { parseMajor } from '../../src/embedded/postgres-binaries.ts';
 import type { Sql } from '../../src/pg/connect.ts';
+import { withServer } from '../support/cluster.ts';
 
 test('the acknowledged position is the last transaction committed here, not an origin moved by an aborted one', { timeout: 120_000 }, async () => {
-  const base = mkdtempSync(join(tmpdir(), 'pgmesh-durable-test-'));
-  chmodSync(base, 0o755);
-  const server = await EmbeddedServer.create({ name: 'n2', baseDir: base, major: parseMajor(process.env.PGMESH_PG_MAJOR, 'PGMESH_PG_MAJOR'), password: 'pw' });
-  await server.start();
-  const sql = postgres(server.dsn, { max: 1, onnotice: () => undefined, fetch_types: false }) as unknown as Sql;
-  const session = postgres(server.dsn, { max: 1, onnotice: () => undefined, fetch_types: false }) as unknown as Sql;
-  try {
-    await initNode(sql, { nodeName: 'n2', nodeSlot: 2, maxNodes: 16, expectedPeers: 1 });
-    await ensurePeer(sql, { name: 'n1', nodeSlot: 1, endpoint: 'test' });
-    await sql.unsafe(`CREATE TABLE t (k integer PRIMARY KEY)`);
-    const origin = originName('n1');
-    await session.unsafe(`SELECT pg_catalog.pg_replication_origin_session_setup($1)`, [origin]);
+  await withServer('n2', async (server, sql) => {
+    // The apply-like session: a connection of its own, with n1's origin.
+    const session = postgres(server.dsn, { max: 1, onnotice: () => undefined, fetch_types: false }) as unknown as Sql;
+    try {
+      await initNode(sql, { nodeName: 'n2', nodeSlot: 2, maxNodes: 16, expectedPeers: 1 });
+      await ensurePeer(sql, { name: 'n1', nodeSlot: 1, endpoint: 'test' });
+      await sql.unsafe(`CREATE TABLE t (k integer PRIMARY KEY)`);
+      const origin = originName('n1');
+      await session.unsafe(`SELECT pg_catalog.pg_replication_origin_session_setup($1)`, [origin]);
 
-    // A transaction applied from n1: its change, its row in the progress log, its origin LSN; committed.
-    await session.unsafe(
-      `BEGIN; INSERT INTO t VALUES (1);
-       INSERT INTO pgmesh.applied_xact (peer, end_lsn, remote_commit_ts) VALUES ('n1', '0/100000', now());
-       SELECT pg_catalog.pg_replication_origin_xact_setup('0/100000', now()); COMMIT`,
-    );
-    assert.equal(formatLsn((await durableProgress(sql, 'n1', origin)) ?? 0n), '0/100000');
+      // A transaction applied from n1: its change, its row in the progress log, its origin LSN; committed.
+      await session.unsafe(
+        `BEGIN; INSERT INTO t VALUES (1);
+         INSERT INTO pgmesh.applied_xact (peer, end_lsn, remote_commit_ts) VALUES ('n1', '0/100000', now());
+         SELECT pg_catalog.pg_replication_origin_xact_setup('0/100000', now()); COMMIT`,
+      );
+      assert.equal(formatLsn((await durableProgress(sql, 'n1', origin)) ?? 0n), '0/100000');
 
-    // The next one writes, sets up its origin LSN, then fails: it is rolled back, and never applied here.
-    await assert.rejects(
-      session.unsafe(`BEGIN; INSERT INTO t VALUES (2); SELECT pg_catalog.pg_replication_origin_xact_setup('0/200000', now()); SELECT 1 / 0`),
-      /division by zero/,
-    );
-    await session.unsafe('ROLLBACK');
-    // Then one that only aborts with an xid: the LSN set up before is still the session's.
-    await session.unsafe(`BEGIN; INSERT INTO t VALUES (3); ROLLBACK`);
+      // The next one writes, sets up its origin LSN, then fails: it is rolled back, and never applied here.
+      await assert.rejects(
+        session.unsafe(`BEGIN; INSERT INTO t VALUES (2); SELECT pg_catalog.pg_replication_origin_xact_setup('0/200000', now()); SELECT 1 / 0`),
+        /division by zero/,
+      );
+      await session.unsafe('ROLLBACK');
+      // Then one that only aborts with an xid: the LSN set up before is still the session's.
+      await session.unsafe(`BEGIN; INSERT INTO t VALUES (3); ROLLBACK`);
 
-    const originAt = await sql.unsafe<{ lsn: string }[]>(`SELECT pg_catalog.pg_replication_origin_progress($1, true)::text AS lsn`, [origin]);
-    assert.equal(originAt[0]?.lsn, '0/200000', 'PostgreSQL moved the origin for the aborted transaction (what this test guards against)');
-    assert.equal(formatLsn((await durableProgress(sql, 'n1', origin)) ?? 0n), '0/100000', 'only the committed transaction is acknowledged');
-    const rows = await sql.unsafe<{ k: number }[]>(`SELECT k FROM t ORDER BY k`);
-    assert.deepEqual(
-      rows.map((r) => r.k),
-      [1],
-    );
-  } finally {
-    await session.end({ timeout: 1 });
-    await sql.end({ timeout: 1 });
-    await server.stop();
-    rmSync(base, { recursive: true, force: true });
-  }
+      const originAt = await sql.unsafe<{ lsn: string }[]>(`SELECT pg_catalog.pg_replication_origin_progress($1, true)::text AS lsn`, [origin]);
+      assert.equal(originAt[0]?.lsn, '0/200000', 'PostgreSQL moved the origin for the aborted transaction (what this test guards against)');
+      assert.equal(formatLsn((await durableProgress(sql, 'n1', origin)) ?? 0n), '0/100000', 'only the committed transaction is acknowledged');
+      const rows = await sql.unsafe<{ k: number }[]>(`SELECT k FROM t ORDER BY k`);
+      assert.deepEqual(
+        rows.map((r) => r.k),
+        [1],
+      );
+    } finally {
+      await session.end({ timeout: 1 });
+    }
+  });
 });

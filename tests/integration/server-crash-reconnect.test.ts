@@ -9,14 +9,10 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { silentLogger } from '../../src/core/logger.ts';
-import { EmbeddedServer } from '../../src/embedded/embedded-server.ts';
 import { openSql } from '../../src/pg/connect.ts';
-import { PG_MAJOR, eventually } from '../support/cluster.ts';
+import { eventually, withServer } from '../support/cluster.ts';
 
 /** One query with its own deadline: a query that hangs must not hang the test. */
 async function attempt(sql: ReturnType<typeof openSql>): Promise<'ok' | 'failed' | 'hung'> {
@@ -30,34 +26,30 @@ async function attempt(sql: ReturnType<typeof openSql>): Promise<'ok' | 'failed'
 }
 
 test('the pipelined apply connection works again after its server crashed, stayed down, and came back', { timeout: 120_000 }, async () => {
-  const baseDir = mkdtempSync(join(tmpdir(), 'pgmesh-test-'));
-  chmodSync(baseDir, 0o755);
-  const server = await EmbeddedServer.create({ name: 'n1', baseDir, major: PG_MAJOR, password: 'pw-crash' });
-  const sql = openSql(server.dsn, { node: 'n1', applicationName: 'pgmesh test', logger: silentLogger, max: 1, pipelined: true });
-  try {
-    await server.start();
-    assert.equal(await attempt(sql), 'ok');
-    await server.kill();
-    // Down: the query in flight fails, and so do reconnects (refused).
-    let whileDown: string[] = [];
-    for (let i = 0; i < 3; i++) whileDown.push(await attempt(sql));
-    whileDown = [...new Set(whileDown)];
-    assert.ok(!whileDown.includes('ok'), `no query succeeds while the server is down: ${whileDown.join(', ')}`);
-    await server.start();
-    const seen: string[] = [];
-    await eventually(
-      async () => {
-        seen.push(await attempt(sql));
-        return seen.at(-1) === 'ok';
-      },
-      {
-      timeoutMs: 60_000,
-        what: () => `a query to succeed after the restart (attempts: ${seen.join(', ')})`,
-      },
-    );
-  } finally {
-    await sql.end({ timeout: 1 }).catch(() => undefined);
-    await server.stop().catch(() => server.kill());
-    rmSync(baseDir, { recursive: true, force: true });
-  }
+  await withServer('n1', async (server) => {
+    const sql = openSql(server.dsn, { node: 'n1', applicationName: 'pgmesh test', logger: silentLogger, max: 1, pipelined: true });
+    try {
+      assert.equal(await attempt(sql), 'ok');
+      await server.kill();
+      // Down: the query in flight fails, and so do reconnects (refused).
+      let whileDown: string[] = [];
+      for (let i = 0; i < 3; i++) whileDown.push(await attempt(sql));
+      whileDown = [...new Set(whileDown)];
+      assert.ok(!whileDown.includes('ok'), `no query succeeds while the server is down: ${whileDown.join(', ')}`);
+      await server.start();
+      const seen: string[] = [];
+      await eventually(
+        async () => {
+          seen.push(await attempt(sql));
+          return seen.at(-1) === 'ok';
+        },
+        {
+          timeoutMs: 60_000,
+          what: () => `a query to succeed after the restart (attempts: ${seen.join(', ')})`,
+        },
+      );
+    } finally {
+      await sql.end({ timeout: 1 }).catch(() => undefined);
+    }
+  });
 });

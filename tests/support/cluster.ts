@@ -188,6 +188,25 @@ export class TestCluster {
   }
 }
 
+/**
+ * Runs a test body against one fresh, started server (in a folder of its own) and a client of it; always cleans
+ * up. For tests of one node; a distributed feature takes withCluster.
+ */
+export async function withServer(name: string, body: (server: EmbeddedServer, sql: Sql) => Promise<void>): Promise<void> {
+  const baseDir = mkdtempSync(join(tmpdir(), 'pgmesh-test-'));
+  chmodSync(baseDir, 0o755);
+  const server = await EmbeddedServer.create({ name, baseDir, major: PG_MAJOR, password: 'pw' });
+  const sql = postgres(server.dsn, { max: 1, onnotice: () => undefined, fetch_types: false }) as Sql;
+  try {
+    await server.start();
+    await body(server, sql);
+  } finally {
+    await sql.end({ timeout: 1 }).catch(() => undefined);
+    await server.stop().catch(() => server.kill());
+    if (!process.env.PGMESH_KEEP_TEST_DIRS) rmSync(baseDir, { recursive: true, force: true });
+  }
+}
+
 /** Runs a test body against a fresh cluster; prints every log tail if the body fails; always cleans up. */
 export async function withCluster(options: ClusterOptions, body: (cluster: TestCluster) => Promise<void>): Promise<void> {
   const cluster = await TestCluster.start(options);
