@@ -107,9 +107,9 @@ test('a conflict in a transaction too large to replay in place: the stream resta
  * Scenario: rows 1..6 replicate to both nodes; both agents stop. n2 writes locally: updates row 3, deletes row 4,
  * updates row 5. Then n1, later by its clock, in one-statement transactions: updates 3, updates 4, deletes 5, and
  * updates 6 (no conflict). The agents start. On n2, each of n1's first three transactions meets a local version the
- * fast path must not overwrite blindly (written by n2 within the conflict window, or deleted): the first one's check
- * of the rows it wrote (folded into the progress log's insert for a one-statement transaction) must fail it, so it
- * is applied again with the full statements, which resolve (n1 is newer: n1 wins) and record the conflict; the
+ * fast path must not overwrite blindly (written by n2 within the conflict window, or deleted): the first one's count
+ * of the rows it wrote (in its one statement, which also finishes the transaction) must fail it, so it is applied
+ * again with the full statements, which resolve (n1 is newer: n1 wins) and record the conflict; the
  * table then takes the full statements for a while, so the next two are resolved there.
  * Without the code under test (a check that lets a fast update or delete write nothing): n1's update of 3 and
  * delete of 5 would be dropped on n2 and the nodes would diverge, with no conflict recorded.
