@@ -27,15 +27,35 @@ export function pgTimestampToUnixMicros(ts: PgTimestamp): bigint {
   return ts + PG_EPOCH_US;
 }
 
+/**
+ * The second the last formatted timestamp fell in, and its text up to the fraction: the transactions of one second
+ * share it (Date's ISO formatting of every commit timestamp was a few percent of the agent's time).
+ */
+let formattedSecond = Number.NaN;
+let formattedPrefix = '';
+
 /** ISO 8601 in UTC with all six fractional digits, accepted by timestamptz input: `2026-11-22T04:55:12.123456Z`. */
 export function formatPgTimestamp(ts: PgTimestamp): string {
   const unixUs = ts + PG_EPOCH_US;
-  let ms = unixUs / 1000n;
-  let us = unixUs % 1000n;
-  if (us < 0n) {
-    us += 1000n;
-    ms -= 1n;
+  let second: number;
+  let micros: number;
+  const n = Number(unixUs);
+  if (Number.isSafeInteger(n)) {
+    second = Math.floor(n / 1_000_000);
+    micros = n - second * 1_000_000;
+  } else {
+    let s = unixUs / 1_000_000n;
+    let us = unixUs % 1_000_000n;
+    if (us < 0n) {
+      us += 1_000_000n;
+      s -= 1n;
+    }
+    second = Number(s);
+    micros = Number(us);
   }
-  const iso = new Date(Number(ms)).toISOString(); // yyyy-mm-ddThh:mm:ss.mmmZ
-  return `${iso.slice(0, 23)}${us.toString().padStart(3, '0')}Z`;
+  if (second !== formattedSecond) {
+    formattedPrefix = new Date(second * 1000).toISOString().slice(0, 20); // yyyy-mm-ddThh:mm:ss.
+    formattedSecond = second;
+  }
+  return `${formattedPrefix}${String(micros).padStart(6, '0')}Z`;
 }

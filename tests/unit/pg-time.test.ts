@@ -91,3 +91,14 @@ test('property: formatted timestamps sort as text in time order', () => {
     { numRuns: 2000 },
   );
 });
+
+// Commit timestamps of today's transactions: a stream of them falls in few seconds, which the formatter reuses.
+test('property: runs of nearby timestamps (the same second, the next, before and after) format exactly', () => {
+  const now = BigInt(Date.UTC(2026, 10, 22)) * 1000n - PG_EPOCH_US;
+  fc.assert(
+    fc.property(fc.bigInt({ min: -PG_EPOCH_US - 5_000_000n, max: now }), fc.array(fc.bigInt({ min: -2_500_000n, max: 2_500_000n }), { maxLength: 20 }), (base, steps) => {
+      for (const step of [0n, ...steps]) assert.equal(parseFormatted(formatPgTimestamp(pgTimestamp(base + step))), base + step);
+    }),
+    { numRuns: 1000 },
+  );
+});
