@@ -57,6 +57,14 @@ import { findUniqueConflict, recordUniqueConflict, type UniqueConflict } from '.
 
 /** Message bytes in flight before the applier waits for replies (keeps a huge transaction's memory flat). */
 const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
+/**
+ * Transactions sent and not yet known to have committed before the applier waits for replies. Everything of such a
+ * transaction (its events, kept for a replay; its state; its statements) lives until the reply: with up to
+ * maxInflightStatements messages of MAX_TRANSACTIONS_PER_MESSAGE each (16k one-row transactions) the garbage
+ * collector copied that much on every young-generation collection, a third of the agent's time. At this bound the
+ * session still has tens of milliseconds of work queued when the applier wakes (at half of it).
+ */
+const MAX_UNCONFIRMED_TRANSACTIONS = 1024;
 /** A large transaction is sent in messages of about this size. */
 const MESSAGE_BYTES = 512 * 1024;
 /**
@@ -113,10 +121,10 @@ interface EventSource {
 
 interface Batch {
   readonly first: RowOp;
-  /** One array per parameter, one entry per row. */
-  readonly columns: (string | null)[][];
-  readonly keys: Set<string>;
-  rows: number;
+  /** The rows, in order (turned into one array per parameter when the batch is sent). */
+  readonly ops: RowOp[];
+  /** The primary keys of the rows, once there are two (one row needs no set to compare against). */
+  keys: Set<string> | undefined;
 }
 
 interface OpenTransaction {
@@ -130,14 +138,14 @@ interface OpenTransaction {
   changes: number;
   /** A message of it was sent (with BEGIN): it is an explicit transaction block, ended by COMMIT. */
   sent: boolean;
-  /** Conflict counts of this transaction, added to the stats when it commits. */
-  readonly conflicts: Map<string, number>;
+  /** Conflict counts of this transaction, added to the stats when it commits (created by the first conflict). */
+  conflicts: Map<string, number> | undefined;
   /** Careful mode: the exception policy decided by a failed change ('skip_transaction' or 'pause'). */
   abandon: { policy: ExceptionPolicy; error: unknown; change: RemoteChange; conflict: UniqueConflict | undefined } | undefined;
   /** Careful mode: the row changes seen, for skip_transaction. */
   readonly seen: { change: RemoteChange; binding: RelationBinding | undefined }[];
-  /** Keys written into tables with deferrable unique constraints, by table: checked before the commit. */
-  readonly deferredKeys: Map<string, { binding: RelationBinding; keys: (string | null)[][] }>;
+  /** Keys written into tables with deferrable unique constraints, by table: checked before the commit (created by the first). */
+  deferredKeys: Map<string, { binding: RelationBinding; keys: (string | null)[][] }> | undefined;
 }
 
 interface CommitRecord {
@@ -170,7 +178,8 @@ export class Applier {
   private issuedEnd: Lsn;
   private readonly bindings = new Map<RelationMessage, { binding: RelationBinding; at: number }>();
   private readonly statements = new Map<string, string>();
-  private readonly fastStatements = new Map<string, { text: string; timestamp: boolean } | undefined>();
+  /** Fast-path statements by binding, then by shape (kind, insert or update, rows, finishing; value positions). */
+  private readonly fastStatements = new WeakMap<RelationBinding, Map<string, { text: string; timestamp: boolean } | undefined>>();
   /** Statements prepared in the session: text -> name. */
   private readonly prepared = new Map<string, string>();
   private preparedCount = 0;
@@ -454,10 +463,10 @@ export class Applier {
           full,
           changes: 0,
           sent: false,
-          conflicts: new Map(),
+          conflicts: undefined,
           abandon: undefined,
           seen: [],
-          deferredKeys: new Map(),
+          deferredKeys: undefined,
         };
         if (skip) return undefined;
         if (careful) return this.beginCareful();
@@ -496,11 +505,13 @@ export class Applier {
     }
   }
 
-  private async addRows(ops: readonly RowOp[]): Promise<void> {
-    for (const op of ops) {
-      const wait = this.addRow(op);
-      if (wait) await wait;
+  /** Returns a promise only when it must wait (as handle does: most changes do not, and need no await). */
+  private addRows(ops: readonly RowOp[]): Promise<void> | undefined {
+    for (let i = 0; i < ops.length; i++) {
+      const wait = this.addRow(ops[i] as RowOp);
+      if (wait) return i + 1 < ops.length ? wait.then(() => this.addRows(ops.slice(i + 1))) : wait;
     }
+    return undefined;
   }
 
   private async truncate(change: Extract<RemoteChange, { kind: 'truncate' }>): Promise<void> {
@@ -517,20 +528,19 @@ export class Applier {
 
   /** Adds a row to the batch being built; returns a promise only when it must wait (the pipeline is full). */
   private addRow(op: RowOp): Promise<void> | undefined {
-    if (op.kind !== 'delete' && op.binding.local.deferredUnique.length > 0 && this.txn) rememberKeys(this.txn.deferredKeys, op);
+    if (op.kind !== 'delete' && op.binding.local.deferredUnique.length > 0 && this.txn) rememberKeys((this.txn.deferredKeys ??= new Map()), op);
     let batch = this.batch;
     let wait: Promise<void> | undefined;
-    if (batch && (!sameShape(batch.first, op) || batch.keys.has(op.key) || batch.rows >= this.options.maxBatchRows)) {
+    if (batch && (!sameShape(batch.first, op) || batch.ops.length >= this.options.maxBatchRows || touches(batch, op.key))) {
       wait = this.flushBatch();
       batch = undefined;
     }
     if (!batch) {
-      batch = { first: op, columns: op.values.map(() => []), keys: new Set(), rows: 0 };
-      this.batch = batch;
+      this.batch = { first: op, ops: [op], keys: undefined };
+      return wait;
     }
-    for (let i = 0; i < op.values.length; i++) (batch.columns[i] as (string | null)[]).push(op.values[i] ?? null);
-    batch.keys.add(op.key);
-    batch.rows++;
+    batch.ops.push(op);
+    batch.keys?.add(op.key);
     return wait;
   }
 
@@ -589,11 +599,9 @@ export class Applier {
     this.batch = undefined;
     const txn = this.txn;
     if (!txn) throw new PgmeshError('INTERNAL', 'batch outside a transaction');
-    const multiRow = batch.rows > 1;
-    const params: (string | null)[] = multiRow
-      ? batch.columns.map((column) => textArrayLiteral(column))
-      : batch.columns.map((column) => column[0] ?? null);
-    txn.changes += batch.rows;
+    const multiRow = batch.ops.length > 1;
+    const params: (string | null)[] = multiRow ? batch.first.values.map((_, i) => textArrayLiteral(batch.ops.map((op) => op.values[i] ?? null))) : [...batch.first.values];
+    txn.changes += batch.ops.length;
     const fast = txn.full ? undefined : this.fastStatementFor(batch.first, multiRow, finish !== undefined);
     if (fast) {
       if (fast.timestamp) params.push(formatPgTimestamp(txn.commitTime));
@@ -620,12 +628,18 @@ export class Applier {
       this.slowTables.delete(binding.local.oid);
     }
     const upsertOp = op.kind === 'upsert' ? (op.values.at(-1) as 'i' | 'u') : undefined;
-    const key = `${op.kind}:${upsertOp ?? ''}:${binding.local.qualified}:${binding.deltaPositions.join(',')}:${op.valuePositions.join(',')}:${multiRow ? 'm' : 's'}:${finishing ? 'f' : ''}`;
-    if (this.fastStatements.has(key)) return this.fastStatements.get(key);
+    // An upsert sends every column (its positions are the same for every row of a binding); other kinds vary.
+    const key = `${op.kind}:${upsertOp ?? ''}:${multiRow ? 'm' : 's'}:${finishing ? 'f' : ''}${op.kind === 'upsert' ? '' : `:${op.valuePositions.join(',')}`}`;
+    let cache = this.fastStatements.get(binding);
+    if (!cache) {
+      cache = new Map();
+      this.fastStatements.set(binding, cache);
+    }
+    if (cache.has(key)) return cache.get(key);
     const shape = { kind: op.kind, binding, valuePositions: op.valuePositions, multiRow };
     const plain = buildFastStatement(shape, this.ctx, upsertOp);
     const fast = plain && finishing ? withFinish(plain, shape) : plain;
-    this.fastStatements.set(key, fast);
+    cache.set(key, fast);
     return fast;
   }
 
@@ -646,13 +660,14 @@ export class Applier {
       // MESSAGE_BYTES) that copy was a fifth of the apply backend's time on one-row updates (perf).
       void this.issue(`PREPARE ${name} AS ${text}`, [], `preparing statement ${name}`);
     }
-    let out = `EXECUTE ${name}(`;
+    // Joined rather than appended one by one: a chain of appends is a rope of small strings that lives (and is
+    // copied by the garbage collector) until the message is sent.
+    const literals = new Array<string>(params.length);
     for (let i = 0; i < params.length; i++) {
       const p = params[i];
-      if (i > 0) out += ', ';
-      out += p === null || p === undefined ? 'NULL' : quoteLiteral(p);
+      literals[i] = p === null || p === undefined ? 'NULL' : quoteLiteral(p);
     }
-    return out + ')';
+    return `EXECUTE ${name}(${literals.join(', ')})`;
   }
 
   /**
@@ -691,7 +706,7 @@ export class Applier {
     const commits = complete.map((segment) => segment.commit as CommitRecord);
     const conflictsOf = commits.at(-1)?.txn ?? open?.txn;
     return this.issue(text, [], what, (result) => {
-      if (conflictsOf) countConflicts(conflictsOf.conflicts, result);
+      if (conflictsOf) countConflicts(conflictsOf, result);
       for (const record of commits) {
         if (this.unconfirmed.peekFront() === record) this.unconfirmed.shift();
         this.committed(record.txn, record.endLsn, record.commitTime);
@@ -775,7 +790,7 @@ export class Applier {
     const finish = [this.options.peer, formatLsn(prev), formatLsn(endLsn), formatPgTimestamp(commitTime)];
     // A transaction of one statement finishes in it (when that statement takes the fast path).
     const segment = this.segments.at(-1);
-    const alone = segment?.txn === txn && this.message.length === segment.start && !txn.sent && txn.deferredKeys.size === 0 && txn.finalLsn !== this.resumeLsn;
+    const alone = segment?.txn === txn && this.message.length === segment.start && !txn.sent && txn.deferredKeys === undefined && txn.finalLsn !== this.resumeLsn;
     this.finishedInBatch = false;
     const wait = this.flushBatch(alone ? finish : undefined);
     return wait ? wait.then(() => this.endTransaction(txn, endLsn, commitTime, finish)) : this.endTransaction(txn, endLsn, commitTime, finish);
@@ -785,7 +800,7 @@ export class Applier {
   private endTransaction(txn: OpenTransaction, endLsn: Lsn, commitTime: PgTimestamp, finish: readonly string[]): Promise<void> | undefined {
     // this.txn stays set until COMMIT is issued: a failure of the checks, the finish statement or COMMIT is then
     // attributed to this transaction, so that a data error found there gets the transaction applied carefully.
-    for (const { binding, keys } of txn.deferredKeys.values()) {
+    for (const { binding, keys } of txn.deferredKeys?.values() ?? []) {
       for (const index of binding.local.deferredUnique) {
         this.append(this.execute(this.deferredCheckFor(binding, index), keys.map((column) => textArrayLiteral(column))));
       }
@@ -818,7 +833,7 @@ export class Applier {
     this.stats.appliedChanges += txn.changes;
     this.stats.lastCommitTime = commitTime;
     this.stats.lastAppliedAt = Date.now();
-    for (const [key, n] of txn.conflicts) {
+    for (const [key, n] of txn.conflicts ?? []) {
       const [kind, table] = key.split('\u0000') as [string, string];
       this.stats.conflicts[kind] = (this.stats.conflicts[kind] ?? 0) + n;
       this.stats.conflictsByTable[table] = (this.stats.conflictsByTable[table] ?? 0) + n;
@@ -854,7 +869,7 @@ export class Applier {
           if (lock) await this.session.unsafe(lock.text, lock.params as string[], { prepare: true });
           const params = [...op.values, formatPgTimestamp(txn.commitTime), formatLsn(txn.finalLsn)];
           const result = await this.session.unsafe(this.statementFor(op, false), params as string[], { prepare: true });
-          countConflicts(txn.conflicts, result);
+          countConflicts(txn, result);
         }
         // Deferrable unique constraints are checked per change here, so that the change breaking one is the one kept.
         const written = new Map<string, { binding: RelationBinding; keys: (string | null)[][] }>();
@@ -900,7 +915,7 @@ export class Applier {
       // None of the transaction is applied; every change of it is kept in the exception table.
       await this.session.unsafe('ROLLBACK');
       await this.session.unsafe('BEGIN');
-      txn.conflicts.clear();
+      txn.conflicts = undefined;
       for (const { change, binding } of txn.seen) {
         const bound = binding ?? (change.kind === 'insert' || change.kind === 'update' || change.kind === 'delete' ? await this.bind(change.relation) : undefined);
         const failed = change === abandon.change;
@@ -967,7 +982,8 @@ export class Applier {
         remoteCommitLsn: formatLsn(txn.finalLsn),
       });
       const key = `${conflict.type}\u0000${relation}`;
-      txn.conflicts.set(key, (txn.conflicts.get(key) ?? 0) + 1);
+      const counts = (txn.conflicts ??= new Map());
+      counts.set(key, (counts.get(key) ?? 0) + 1);
     }
   }
 
@@ -994,7 +1010,9 @@ export class Applier {
         this.settled(bytes);
       },
     );
-    if (this.inflight < this.options.maxInflightStatements && this.inflightBytes < MAX_INFLIGHT_BYTES) return undefined;
+    if (this.inflight < this.options.maxInflightStatements && this.inflightBytes < MAX_INFLIGHT_BYTES && this.unconfirmed.length < MAX_UNCONFIRMED_TRANSACTIONS) {
+      return undefined;
+    }
     return new Promise((resolve) => {
       this.roomWaiter = resolve;
     });
@@ -1003,7 +1021,13 @@ export class Applier {
   private settled(bytes: number): void {
     this.inflight--;
     this.inflightBytes -= bytes;
-    if (this.roomWaiter && this.inflight <= this.options.maxInflightStatements / 2 && this.inflightBytes < MAX_INFLIGHT_BYTES / 2) {
+    if (
+      this.roomWaiter &&
+      this.inflight <= this.options.maxInflightStatements / 2 &&
+      this.inflightBytes < MAX_INFLIGHT_BYTES / 2 &&
+      // After a failure the failed message's transactions stay unconfirmed: the replies are what count then.
+      (this.unconfirmed.length <= MAX_UNCONFIRMED_TRANSACTIONS / 2 || this.failure !== undefined || this.inflight === 0)
+    ) {
       const wake = this.roomWaiter;
       this.roomWaiter = undefined;
       wake();
@@ -1120,6 +1144,15 @@ async function readProgress(session: Sql, options: ApplierOptions): Promise<Prog
  * Rows that can share one statement: same table binding and kind, the same columns sent, and for upserts the same
  * operation (inserts and updates have separate fast paths).
  */
+/** Whether the batch already has a row with this primary key (a second write of a row needs a statement of its own). */
+function touches(batch: Batch, key: string): boolean {
+  if (!batch.keys) {
+    if (batch.ops.length === 1) return batch.first.key === key;
+    batch.keys = new Set(batch.ops.map((op) => op.key));
+  }
+  return batch.keys.has(key);
+}
+
 function sameShape(a: RowOp, b: RowOp): boolean {
   if (a.kind !== b.kind || a.binding !== b.binding) return false;
   if (a.kind === 'upsert' && a.values[a.values.length - 1] !== b.values[b.values.length - 1]) return false;
@@ -1142,17 +1175,18 @@ function rememberKeys(into: Map<string, { binding: RelationBinding; keys: (strin
 }
 
 /** Adds up the summary rows of full statements (conflict, rel, n), in the results of a message or a statement. */
-function countConflicts(into: Map<string, number>, result: unknown): void {
+function countConflicts(txn: OpenTransaction, result: unknown): void {
   if (!Array.isArray(result)) return;
   for (const item of result as unknown[]) {
     if (Array.isArray(item)) {
-      countConflicts(into, item);
+      countConflicts(txn, item);
       continue;
     }
     const row = item as { conflict?: string; rel?: string; n?: number } | null;
     if (!row?.conflict) continue;
     const key = `${row.conflict}\u0000${row.rel ?? '?'}`;
-    into.set(key, (into.get(key) ?? 0) + Number(row.n ?? 0));
+    const counts = (txn.conflicts ??= new Map());
+    counts.set(key, (counts.get(key) ?? 0) + Number(row.n ?? 0));
   }
 }
 

@@ -28,7 +28,7 @@ export function rowOps(change: RowChange, binding: RelationBinding): RowOp[] {
     case 'insert':
       return [upsert(binding, change.newTuple, 'i')];
     case 'update': {
-      const sent = change.newTuple.flatMap((v, i) => (v.kind === 'unchanged' ? [] : [i]));
+      const sent = sentPositions(change.newTuple);
       if (binding.deltaPositions.length > 0) {
         if (!change.oldTuple || change.oldTuple.length !== change.newTuple.length) {
           throw new PgmeshError(
@@ -64,6 +64,13 @@ export function rowOps(change: RowChange, binding: RelationBinding): RowOp[] {
     case 'delete':
       return [remove(binding, change.oldTuple)];
   }
+}
+
+/** The positions of the values an update sent (all but unchanged TOAST values). */
+function sentPositions(tuple: Tuple): number[] {
+  const positions: number[] = [];
+  for (let i = 0; i < tuple.length; i++) if (tuple[i]?.kind !== 'unchanged') positions.push(i);
+  return positions;
 }
 
 /** Every column position of a binding, one array per binding (so batches compare them by identity). */

@@ -8,7 +8,7 @@ export function quoteIdent(name: string): string {
 /** A string literal; valid with standard_conforming_strings = on, which pgmesh sets on every session it opens. */
 export function quoteLiteral(value: string): string {
   if (value.includes('\0')) throw new RangeError('literal contains a NUL byte');
-  return `'${value.replaceAll("'", "''")}'`;
+  return value.includes("'") ? `'${value.replaceAll("'", "''")}'` : `'${value}'`;
 }
 
 export function qualifiedName(schema: string, name: string): string {
