@@ -212,7 +212,10 @@ async function runOnce(system: System, workload: Workload, major: PgMajor, profi
     const node = process.cpuUsage(node0);
     const machineMs = machineBusyMs() - machine0;
     const nodeIo = syscallsSince(io0);
-    if (profile && profileDir) log(`cpu profile of the apply window: ${await profile.stop(profileDir, `${workload.name}-${system}`)}`);
+    if (profile && profileDir) {
+      const { path, allocatedBytes } = await profile.stop(profileDir, `${workload.name}-${system}`);
+      log(`cpu profile of the apply window: ${path} (and .heapprofile); allocated ${Math.round(allocatedBytes / (workload.txns * workload.rowsPerTxn))} bytes per row`);
+    }
     const subUsage = serverCpuBetween(sub0, sampleServerCpu(subPid));
     const pubUsage = serverCpuBetween(pub0, sampleServerCpu(pubPid));
     const [subscriberBusiest, publisherBusiest] = await Promise.all([
