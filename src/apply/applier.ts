@@ -45,7 +45,6 @@ import {
   buildDeferredUniqueCheck,
   buildFastStatement,
   buildFinish,
-  withFinish,
   buildRowLock,
   buildStatement,
   keyParameterIndexes,
@@ -637,8 +636,7 @@ export class Applier {
     }
     if (cache.has(key)) return cache.get(key);
     const shape = { kind: op.kind, binding, valuePositions: op.valuePositions, multiRow };
-    const plain = buildFastStatement(shape, this.ctx, upsertOp);
-    const fast = plain && finishing ? withFinish(plain, shape) : plain;
+    const fast = buildFastStatement(shape, this.ctx, upsertOp, finishing);
     cache.set(key, fast);
     return fast;
   }
