@@ -25,9 +25,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import postgres from 'postgres';
-import { FINISH } from '../src/apply/applier.ts';
 import { bindRelation, loadLocalRelation } from '../src/apply/local-relation.ts';
-import { buildFastStatement, buildRowLock, buildStatement } from '../src/apply/statement-builder.ts';
+import { buildFastStatement, buildFinish, buildRowLock, buildStatement } from '../src/apply/statement-builder.ts';
 import { addTables, ensurePeer, initNode } from '../src/cluster/node-admin.ts';
 import { formatLsn } from '../src/core/lsn.ts';
 import type { Logger } from '../src/core/logger.ts';
@@ -92,7 +91,7 @@ try {
       `PREPARE fast_insert AS ${fast}; PREPARE fast_update AS ${fastUpdate}; ` +
       `PREPARE plain_update AS UPDATE t SET n = $2::text::int, payload = $3::text WHERE id = $1::text::bigint; ` +
       `PREPARE lock_row AS ${buildRowLock(binding, false)}; ` +
-      `PREPARE full_upsert AS ${buildStatement(shape, ctx, 'last_update_wins')}; PREPARE finish AS ${FINISH}; ` +
+      `PREPARE full_upsert AS ${buildStatement(shape, ctx, 'last_update_wins')}; PREPARE finish AS ${buildFinish(ctx)}; ` +
       `PREPARE origin_only AS SELECT pg_catalog.pg_replication_origin_xact_setup($3::text::pg_lsn, $4::text::timestamptz), $1::text, $2::text; ` +
       `` +
       `PREPARE second_insert AS INSERT INTO second SELECT $3::text::pg_lsn, $4::text::timestamptz WHERE $1::text || $2::text IS NOT NULL; ` +
@@ -123,7 +122,7 @@ try {
   const finish = (): string => {
     const prev = formatLsn(end);
     end += 100n;
-    return `EXECUTE finish('n1', '${prev}', '${formatLsn(end)}', '${ts}')`;
+    return `EXECUTE finish('${prev}', '${formatLsn(end)}', '${ts}')`;
   };
   const row = (): [string, string, string] => {
     const id = nextId++;

@@ -80,8 +80,6 @@ const SETTLE_TIMEOUT_MS = 10_000;
 const RETAIN_MAX_EVENTS = 50_000;
 /** After a fast-path miss on a table, its changes take the full statements for this long. */
 const SLOW_TABLE_MS = 10_000;
-/** The last statement of every applied transaction (before COMMIT); see finishCtes. */
-export const FINISH = buildFinish();
 /** How long a relation's binding (columns, policies) is trusted before it is read again. */
 const BINDING_TTL_MS = 5_000;
 
@@ -147,6 +145,13 @@ interface OpenTransaction {
   deferredKeys: Map<string, { binding: RelationBinding; keys: (string | null)[][] }> | undefined;
 }
 
+/** The finish statement's parameters (see buildFinish): previous and this transaction's end LSN, commit timestamp. */
+interface Finish {
+  readonly prev: string;
+  readonly end: string;
+  readonly ts: string;
+}
+
 interface CommitRecord {
   readonly txn: OpenTransaction;
   readonly endLsn: Lsn;
@@ -198,6 +203,8 @@ export class Applier {
   /** Tables whose changes take the full statements until the given time (a fast-path miss happened there). */
   private readonly slowTables = new Map<number, number>();
   private readonly ctx: StatementContext;
+  /** The last statement of every applied transaction that does not finish in its only statement (see buildFinish). */
+  private readonly finishText: string;
   /** Set when an operator resumed the peer: the policy that replaces 'pause' for the first transaction applied. */
   private resumeResolution: ConflictPolicy | undefined;
   /** Commit LSN of that first transaction (the one that paused the peer). */
@@ -232,6 +239,7 @@ export class Applier {
     this.appliedEnd = start;
     this.issuedEnd = start;
     this.ctx = { peer: options.peer, localNode: options.localNode, conflictWindowMs: options.conflictWindowMs, peerOriginId };
+    this.finishText = buildFinish(this.ctx);
   }
 
   /**
@@ -259,7 +267,7 @@ export class Applier {
     try {
       await session.unsafe(`SELECT pg_catalog.pg_replication_origin_session_setup(${quoteLiteral(options.origin)})`);
       const progress = await readProgress(session, options);
-      // Where the finish statement's predecessor check starts (see FINISH).
+      // Where the finish statement's predecessor check starts (see buildFinish).
       await session.unsafe(`SELECT pg_catalog.set_config('pgmesh.applied_end', ${quoteLiteral(formatLsn(progress.start))}, false)`);
       const origins = await session.unsafe<{ id: number }[]>(
         `SELECT roident::int AS id FROM pg_catalog.pg_replication_origin WHERE roname = ${quoteLiteral(options.origin)}`,
@@ -592,7 +600,7 @@ export class Applier {
    * finish statement's parameters, for a transaction whose only statement this is), a fast-path statement also
    * finishes the transaction, and `finishedInBatch` is set.
    */
-  private flushBatch(finish?: readonly (string | null)[]): Promise<void> | undefined {
+  private flushBatch(finish?: Finish): Promise<void> | undefined {
     const batch = this.batch;
     if (!batch) return undefined;
     this.batch = undefined;
@@ -605,7 +613,8 @@ export class Applier {
     if (fast) {
       if (fast.timestamp) params.push(formatPgTimestamp(txn.commitTime));
       if (finish) {
-        params.push(...finish);
+        // A finishing statement takes the commit timestamp (pushed above) and then the end LSNs.
+        params.push(finish.prev, finish.end);
         this.finishedInBatch = true;
       }
       this.append(this.execute(fast.text, params));
@@ -785,7 +794,7 @@ export class Applier {
     }
     const prev = this.issuedEnd;
     this.issuedEnd = endLsn;
-    const finish = [this.options.peer, formatLsn(prev), formatLsn(endLsn), formatPgTimestamp(commitTime)];
+    const finish: Finish = { prev: formatLsn(prev), end: formatLsn(endLsn), ts: formatPgTimestamp(commitTime) };
     // A transaction of one statement finishes in it (when that statement takes the fast path).
     const segment = this.segments.at(-1);
     const alone = segment?.txn === txn && this.message.length === segment.start && !txn.sent && txn.deferredKeys === undefined && txn.finalLsn !== this.resumeLsn;
@@ -795,7 +804,7 @@ export class Applier {
   }
 
   /** The rest of commit(), once the last batch is in the message: checks, finish, COMMIT. */
-  private endTransaction(txn: OpenTransaction, endLsn: Lsn, commitTime: PgTimestamp, finish: readonly string[]): Promise<void> | undefined {
+  private endTransaction(txn: OpenTransaction, endLsn: Lsn, commitTime: PgTimestamp, finish: Finish): Promise<void> | undefined {
     // this.txn stays set until COMMIT is issued: a failure of the checks, the finish statement or COMMIT is then
     // attributed to this transaction, so that a data error found there gets the transaction applied carefully.
     for (const { binding, keys } of txn.deferredKeys?.values() ?? []) {
@@ -804,7 +813,7 @@ export class Applier {
       }
     }
     if (txn.finalLsn === this.resumeLsn) this.append(`UPDATE pgmesh.apply_progress SET resume_resolution = NULL WHERE peer = ${quoteLiteral(this.options.peer)}`);
-    if (!this.finishedInBatch) this.append(this.execute(FINISH, finish));
+    if (!this.finishedInBatch) this.append(this.execute(this.finishText, [finish.prev, finish.end, finish.ts]));
     const record: CommitRecord = { txn, endLsn, commitTime };
     this.unconfirmed.push(record);
     const current = this.segments.at(-1);
@@ -923,12 +932,7 @@ export class Applier {
     if (txn.finalLsn === this.resumeLsn) await this.session.unsafe(CLEAR_RESUME, [this.options.peer]);
     const prev = this.issuedEnd;
     await this.session.unsafe('SET CONSTRAINTS ALL IMMEDIATE');
-    await this.session.unsafe(FINISH, [
-      this.options.peer,
-      formatLsn(prev),
-      formatLsn(endLsn),
-      formatPgTimestamp(commitTime),
-    ]);
+    await this.session.unsafe(this.finishText, [formatLsn(prev), formatLsn(endLsn), formatPgTimestamp(commitTime)]);
     const result = await this.session.unsafe('COMMIT');
     await this.session.unsafe('SELECT pg_catalog.pg_replication_origin_xact_reset()');
     if ((result as unknown as { command?: string }).command !== 'COMMIT') {

@@ -344,7 +344,8 @@ function quoteIdentIfNeeded(name: string): string {
  * `finishing`: the statement also finishes its transaction (see finishCtes), for a transaction whose only statement
  * it is (one statement instead of two saved the apply backend about 10 us); its finish parameters follow its own.
  * Tables with delta columns take the fast path for inserts only (their versions may live in version_override).
- * Parameters: as buildStatement's value parameters, then (update, delete) the remote commit timestamp.
+ * Parameters: as buildStatement's value parameters, then (update, delete, any finishing statement) the remote commit
+ * timestamp, then (finishing) the previous and this transaction's end LSN.
  * Returns undefined where there is no fast path.
  */
 export function buildFastStatement(
@@ -365,7 +366,7 @@ export function buildFastStatement(
   // instead when the count is off (before setting anything up), so no third table is written.
   const checked = (written: string): string => {
     if (!finishing) return ` INSERT INTO pgmesh.fast_path_check (miss) SELECT ${raise} FROM (SELECT count(*) AS n FROM ${written}) c WHERE c.n <> ${count}`;
-    const { check, log } = finishCtes(n + 2, { ok: `(SELECT count(*) FROM ${written}) = ${count}`, raise });
+    const { check, log } = finishCtes(ctx, n + 2, ts, { ok: `(SELECT count(*) FROM ${written}) = ${count}`, raise });
     return `, ${check} ${log}`;
   };
   const ts = `$${n + 1}::timestamptz`;
@@ -395,8 +396,8 @@ export function buildFastStatement(
           `INSERT INTO ${table} (${names.join(', ')}) SELECT ${typed.join(', ')} FROM ${source(aliases, shape.multiRow)} ` +
           `WHERE s.op = 'i' AND CASE WHEN ${tombstone} THEN ${raise}::boolean ELSE true END ORDER BY s.ord`;
         if (!finishing) return { text: insert, timestamp: false };
-        const { check, log } = finishCtes(n + 1);
-        return { text: `WITH ${check}, pgmesh_f AS (${log}) ${insert}`, timestamp: false };
+        const { check, log } = finishCtes(ctx, n + 2, ts);
+        return { text: `WITH ${check}, pgmesh_f AS (${log}) ${insert}`, timestamp: true };
       }
       if (op !== 'u' || delta) return undefined;
       const nonKey = shape.valuePositions.filter((p) => !b.keyPositions.includes(p));
@@ -437,8 +438,9 @@ export function buildFastStatement(
 }
 
 /**
- * The finish of an applied transaction, as CTEs whose parameters start at $first (peer, previous end LSN, this end
- * LSN, remote commit timestamp): the transaction's row in the progress log (pgmesh.applied_xact), and the origin LSN
+ * The finish of an applied transaction, as CTEs whose parameters start at $first (previous end LSN, this end LSN;
+ * the remote commit timestamp is `ts`, a parameter of the statement the CTEs are in, and the peer a literal, as in
+ * every statement of its apply session): the transaction's row in the progress log (pgmesh.applied_xact), and the origin LSN
  * and timestamp of its commit. It raises PM001 unless the previous transaction committed: the session variable
  * pgmesh.applied_end holds the end LSN of the last transaction committed in the session (set with set_config, so
  * an aborted transaction's value is rolled back with it; the applier sets it when the session opens). No SET
@@ -446,10 +448,16 @@ export function buildFastStatement(
  * constraints are checked by the applier), and no pg_replication_origin_xact_reset after the commit: every commit
  * of the session sets up its own values.
  */
-function finishCtes(first: number, gate?: { readonly ok: string; readonly raise: string }): { check: string; log: string } {
+function finishCtes(
+  ctx: StatementContext,
+  first: number,
+  ts: string,
+  gate?: { readonly ok: string; readonly raise: string },
+): { check: string; log: string } {
   // Typed parameters (converted once, see the top of this file). The session variable holds an LSN as text and is
   // compared as an LSN (its text form is the server's).
-  const [peer, prev, end, ts] = [`$${first}::text`, `$${first + 1}::pg_lsn`, `$${first + 2}::pg_lsn`, `$${first + 3}::timestamptz`];
+  const [prev, end] = [`$${first}::pg_lsn`, `$${first + 1}::pg_lsn`];
+  const peer = quoteLiteral(ctx.peer);
   return {
     check:
       `pgmesh_o AS (SELECT CASE WHEN pg_catalog.current_setting('pgmesh.applied_end', true)::pg_lsn = ${prev} ` +
@@ -462,9 +470,9 @@ function finishCtes(first: number, gate?: { readonly ok: string; readonly raise:
   };
 }
 
-/** The finish alone, as one statement returning no rows. Parameters: peer, previous end LSN, end LSN, commit timestamp. */
-export function buildFinish(): string {
-  const { check, log } = finishCtes(1);
+/** The finish alone, as one statement returning no rows. Parameters: previous end LSN, end LSN, commit timestamp. */
+export function buildFinish(ctx: StatementContext): string {
+  const { check, log } = finishCtes(ctx, 1, '$3::timestamptz');
   return `WITH ${check} ${log}`;
 }
 
