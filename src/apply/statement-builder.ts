@@ -382,12 +382,29 @@ export function buildFastStatement(
   const keyAliases = b.keyPositions.map((_, i) => `k${i}`);
   const match = b.keyPositions.map((p, i) => `x.${quoteIdent(col(b, p).name)} = u.k${i}`).join(' AND ');
   const delta = b.deltaPositions.length > 0;
+  // One row: its values are the parameters themselves, with no VALUES list joined to the table (a CTE scan, a values
+  // scan and a join fewer to start and run per statement). `param(i, p)`: parameter i cast to column p's type.
+  const param = (i: number, p: number): string => `$${i + 1}::text::${col(b, p).type}`;
+  const keyMatchParams = (firstKey: (i: number) => number): string =>
+    b.keyPositions.map((p, i) => `x.${quoteIdent(col(b, p).name)} = ${param(firstKey(i), p)}`).join(' AND ');
   switch (shape.kind) {
     case 'upsert': {
       const aliases = [...shape.valuePositions.map((_, i) => `v${i}`), 'op'];
       const names = shape.valuePositions.map((p) => quoteIdent(col(b, p).name));
       const typed = shape.valuePositions.map((p, i) => `s.v${i}::${col(b, p).type}`);
       const keyTypedFromValues = b.keyPositions.map((p) => `s.v${shape.valuePositions.indexOf(p)}::${col(b, p).type}`);
+      if (op === 'i' && !shape.multiRow) {
+        const keys = b.keyPositions.map((p) => param(shape.valuePositions.indexOf(p), p));
+        const tombstone =
+          `(EXISTS (SELECT 1 FROM pgmesh.tombstone t0 WHERE t0.relid = ${rel}) AND ` +
+          `EXISTS (SELECT 1 FROM pgmesh.tombstone t WHERE t.relid = ${rel} AND t.pkey = jsonb_build_array(${keys.join(', ')})::text))`;
+        const insert =
+          `INSERT INTO ${table} (${names.join(', ')}) SELECT ${shape.valuePositions.map((p, i) => param(i, p)).join(', ')} ` +
+          `WHERE $${shape.valuePositions.length + 1}::text = 'i' AND CASE WHEN ${tombstone} THEN ${raise}::boolean ELSE true END`;
+        if (!finishing) return { text: insert, timestamp: false };
+        const { check, log } = finishCtes(ctx, n + 2, ts);
+        return { text: `WITH ${check}, pgmesh_f AS (${log}) ${insert}`, timestamp: true };
+      }
       if (op === 'i') {
         const tombstone =
           `(EXISTS (SELECT 1 FROM pgmesh.tombstone t0 WHERE t0.relid = ${rel}) AND ` +
@@ -401,7 +418,16 @@ export function buildFastStatement(
       }
       if (op !== 'u' || delta) return undefined;
       const nonKey = shape.valuePositions.filter((p) => !b.keyPositions.includes(p));
-      const set = (nonKey.length > 0 ? nonKey : shape.valuePositions).map((p) => `${quoteIdent(col(b, p).name)} = u.v${shape.valuePositions.indexOf(p)}`);
+      const setPositions = nonKey.length > 0 ? nonKey : shape.valuePositions;
+      if (!shape.multiRow) {
+        const set = setPositions.map((p) => `${quoteIdent(col(b, p).name)} = ${param(shape.valuePositions.indexOf(p), p)}`);
+        const text =
+          `WITH w AS (UPDATE ${table} AS x SET ${set.join(', ')} WHERE ${keyMatchParams((i) => shape.valuePositions.indexOf(b.keyPositions[i] as number))} ` +
+          `AND $${shape.valuePositions.length + 1}::text = 'u' AND ${older} RETURNING 1)` +
+          checked('w');
+        return { text, timestamp: true };
+      }
+      const set = setPositions.map((p) => `${quoteIdent(col(b, p).name)} = u.v${shape.valuePositions.indexOf(p)}`);
       const text =
         `WITH u AS (SELECT ${typed.map((t, i) => `${t} AS v${i}`).join(', ')}, ${keyTypedFromValues.map((t, i) => `${t} AS k${i}`).join(', ')} ` +
         `FROM ${source(aliases, shape.multiRow)} WHERE s.op = 'u'), ` +
@@ -411,6 +437,12 @@ export function buildFastStatement(
     }
     case 'partial_update': {
       if (delta) return undefined;
+      if (!shape.multiRow) {
+        const keys = b.keyPositions.length;
+        const set = shape.valuePositions.map((p, i) => `${quoteIdent(col(b, p).name)} = ${param(keys + i, p)}`);
+        const text = `WITH w AS (UPDATE ${table} AS x SET ${set.join(', ')} WHERE ${keyMatchParams((i) => i)} AND ${older} RETURNING 1)` + checked('w');
+        return { text, timestamp: true };
+      }
       const valueAliases = shape.valuePositions.map((_, i) => `v${i}`);
       const typed = [...keyTyped, ...shape.valuePositions.map((p, i) => `s.v${i}::${col(b, p).type} AS v${i}`)];
       const set = shape.valuePositions.map((p, i) => `${quoteIdent(col(b, p).name)} = u.v${i}`);
@@ -423,9 +455,13 @@ export function buildFastStatement(
     case 'delete': {
       if (delta) return undefined;
       const g = { ts, remote: quoteLiteral(ctx.peer) } as Gen;
+      const removed = shape.multiRow
+        ? `WITH u AS (SELECT ${keyTyped.join(', ')} FROM ${source(keyAliases, shape.multiRow)}), ` +
+          `w AS (DELETE FROM ${table} AS x USING u WHERE ${match} AND ${older} RETURNING jsonb_build_array(${keyAliases.map((k) => `u.${k}`).join(', ')})::text AS pkey), `
+        : `WITH w AS (DELETE FROM ${table} AS x WHERE ${keyMatchParams((i) => i)} AND ${older} ` +
+          `RETURNING jsonb_build_array(${b.keyPositions.map((p) => `x.${quoteIdent(col(b, p).name)}`).join(', ')})::text AS pkey), `;
       const text =
-        `WITH u AS (SELECT ${keyTyped.join(', ')} FROM ${source(keyAliases, shape.multiRow)}), ` +
-        `w AS (DELETE FROM ${table} AS x USING u WHERE ${match} AND ${older} RETURNING jsonb_build_array(${keyAliases.map((k) => `u.${k}`).join(', ')})::text AS pkey), ` +
+        removed +
         // The delete's version lives on in a tombstone (as in the full statement).
         `tw AS (INSERT INTO pgmesh.tombstone AS t (relid, pkey) SELECT ${rel}, w.pkey FROM w ` +
         `ON CONFLICT (relid, pkey) DO UPDATE SET pkey = EXCLUDED.pkey WHERE (SELECT ${remoteNewer('tv.ts', 'tv.node', g)} FROM pgmesh.row_version(t.xmin, ${quoteLiteral(ctx.localNode)}) tv))` +
