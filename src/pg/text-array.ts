@@ -4,16 +4,16 @@
  * serializer needs type metadata fetched at connect time; this needs none and is exact.)
  */
 export function textArrayLiteral(values: readonly (string | null)[]): string {
-  let out = '{';
+  // Elements joined rather than appended one by one (a rope of thousands of small strings until it is sent).
+  const elements = new Array<string>(values.length);
   for (let i = 0; i < values.length; i++) {
-    if (i > 0) out += ',';
     const value = values[i];
     if (value === null || value === undefined) {
-      out += 'NULL';
+      elements[i] = 'NULL';
     } else {
       // Most values need no escaping; the regular expression runs only for those that do.
-      out += value.indexOf('"') === -1 && value.indexOf('\\') === -1 ? `"${value}"` : `"${value.replace(/[\\"]/g, '\\$&')}"`;
+      elements[i] = value.indexOf('"') === -1 && value.indexOf('\\') === -1 ? `"${value}"` : `"${value.replace(/[\\"]/g, '\\$&')}"`;
     }
   }
-  return out + '}';
+  return `{${elements.join(',')}}`;
 }

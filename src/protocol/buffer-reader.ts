@@ -106,15 +106,18 @@ export class BufferReader {
     if (end === -1) {
       this.fail(field, `no NUL terminator in the remaining ${this.remaining()} bytes`);
     }
-    const value = this.#utf8(this.#buffer.subarray(this.#offset, end), field, this.#offset);
+    const value = this.#utf8(this.#offset, end, field);
     this.#offset = end + 1;
     return value;
   }
 
   /** `length` bytes decoded as UTF-8; invalid UTF-8 is an error rather than silently replaced by U+FFFD. */
   utf8(length: number, field = 'text'): string {
+    if (!Number.isInteger(length) || length < 0) this.fail(field, `invalid length ${length}`);
+    this.#need(length, field);
     const start = this.#offset;
-    return this.#utf8(this.bytes(length, field), field, start);
+    this.#offset += length;
+    return this.#utf8(start, start + length, field);
   }
 
   /** A view of the next `length` bytes (shares memory with the input; copy it to keep it past the input's life). */
@@ -154,9 +157,15 @@ export class BufferReader {
     }
   }
 
-  #utf8(bytes: Buffer, field: string, start: number): string {
-    if (!isUtf8(bytes)) this.fail(field, 'invalid UTF-8', start);
-    return bytes.toString('utf8');
+  /**
+   * Bytes start..end decoded straight from the input (no view of them: a column value is the commonest thing read).
+   * The decoder replaces invalid UTF-8 with U+FFFD, so only a result that contains U+FFFD is checked (whether the
+   * input was invalid, or held that character).
+   */
+  #utf8(start: number, end: number, field: string): string {
+    const value = this.#buffer.toString('utf8', start, end);
+    if (value.includes('\uFFFD') && !isUtf8(this.#buffer.subarray(start, end))) this.fail(field, 'invalid UTF-8', start);
+    return value;
   }
 }
 

@@ -69,6 +69,14 @@ describe('BufferReader', () => {
     assertProtocolError(() => r.utf8(3, 'value'), { field: 'value', offset: 1, message: /invalid UTF-8/ });
   });
 
+  test('U+FFFD that is in the data (valid UTF-8) is read as it is, beside invalid bytes that are refused', () => {
+    const text = 'a\uFFFDb';
+    const r = new BufferReader(Buffer.concat([Buffer.from(`${text}\0`, 'utf8'), Buffer.from(text, 'utf8'), bytes(0xff)]));
+    assert.equal(r.cstring(), text);
+    assert.equal(r.utf8(Buffer.byteLength(text)), text);
+    assertProtocolError(() => r.utf8(1, 'value'), { field: 'value', message: /invalid UTF-8/ });
+  });
+
   test('bytes returns a view of exactly n bytes; rest returns what is left', () => {
     const r = new BufferReader(bytes(1, 2, 3, 4, 5));
     assert.deepEqual([...r.bytes(2)], [1, 2]);
