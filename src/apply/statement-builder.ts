@@ -364,9 +364,12 @@ export function buildFastStatement(
   // What follows the CTEs of an update or delete (which count what they wrote in CTE `written`): alone, an insert
   // into pgmesh.fast_path_check that only raises; finishing, the progress log's insert, whose origin set-up raises
   // instead when the count is off (before setting anything up), so no third table is written.
+  // One row matches its primary key at most once: "it wrote a row" is then the whole check, and EXISTS needs no
+  // aggregate (about 2 us less per statement than counting, 9 interleaved rounds).
+  const wroteAll = shape.multiRow ? (written: string) => `(SELECT count(*) FROM ${written}) = ${count}` : (written: string) => `EXISTS (SELECT FROM ${written})`;
   const checked = (written: string): string => {
-    if (!finishing) return ` INSERT INTO pgmesh.fast_path_check (miss) SELECT ${raise} FROM (SELECT count(*) AS n FROM ${written}) c WHERE c.n <> ${count}`;
-    const { check, log } = finishCtes(ctx, n + 2, ts, { ok: `(SELECT count(*) FROM ${written}) = ${count}`, raise });
+    if (!finishing) return ` INSERT INTO pgmesh.fast_path_check (miss) SELECT ${raise} WHERE NOT ${wroteAll(written)}`;
+    const { check, log } = finishCtes(ctx, n + 2, ts, { ok: wroteAll(written), raise });
     return `, ${check} ${log}`;
   };
   const ts = `$${n + 1}::timestamptz`;
