@@ -14,8 +14,7 @@
  *
  * Parameters: the value columns ($1..$n), then $n+1 remote commit timestamp, $n+2 remote commit LSN.
  * The values are text (cast to each column's type where used); the commit timestamp and LSN parameters are typed, so
- * that the server converts them once, when the parameters are bound: a cast from text at every place they are used
- * ran the input function each time (timestamptz input is not cheap), a sixth of a one-row update's statement.
+ * that the server converts them once, when the parameters are bound, not with a cast from text at every use.
  */
 import { quoteIdent, quoteLiteral } from '../pg/quote.ts';
 import type { ConflictPolicy, DeferredUnique, LocalColumn, RelationBinding } from './local-relation.ts';
@@ -339,8 +338,9 @@ function quoteIdentIfNeeded(name: string): string {
  *           violation, which the applier takes as a miss on the fast path
  *   update  the local row exists and its version is older than the remote one and either was written by this
  *   delete  same peer or lies outside the conflict window (so no *_origin_differs); a delete leaves its tombstone
- * Update and delete count the rows they wrote in a CTE; the statement around it inserts into pgmesh.fast_path_check
- * only to raise (it never receives a row), so that it returns no rows.
+ * Update and delete check, in a CTE, that they wrote every row; the statement around it inserts into
+ * pgmesh.fast_path_check only to raise (it never receives a row), so that it returns no rows, or, finishing, raises
+ * before its origin set-up.
  * `finishing`: the statement also finishes its transaction (see finishCtes), for a transaction whose only statement
  * it is (one statement instead of two saved the apply backend about 10 us); its finish parameters follow its own.
  * Tables with delta columns take the fast path for inserts only (their versions may live in version_override).
@@ -361,9 +361,9 @@ export function buildFastStatement(
   const table = b.local.qualified;
   const count = shape.multiRow ? `cardinality($1::text[])` : '1';
   const raise = `pgmesh.raise_error('PM004', 'pgmesh: fast path miss', ${quoteLiteral(String(b.local.oid))})`;
-  // What follows the CTEs of an update or delete (which count what they wrote in CTE `written`): alone, an insert
+  // What follows the CTEs of an update or delete (CTE `written` returns a row per row written): alone, an insert
   // into pgmesh.fast_path_check that only raises; finishing, the progress log's insert, whose origin set-up raises
-  // instead when the count is off (before setting anything up), so no third table is written.
+  // instead when a row was not written (before setting anything up), so no third table is written.
   // One row matches its primary key at most once: "it wrote a row" is then the whole check, and EXISTS needs no
   // aggregate (about 2 us less per statement than counting, 9 interleaved rounds).
   const wroteAll = shape.multiRow ? (written: string) => `(SELECT count(*) FROM ${written}) = ${count}` : (written: string) => `EXISTS (SELECT FROM ${written})`;
@@ -396,25 +396,17 @@ export function buildFastStatement(
       const names = shape.valuePositions.map((p) => quoteIdent(col(b, p).name));
       const typed = shape.valuePositions.map((p, i) => `s.v${i}::${col(b, p).type}`);
       const keyTypedFromValues = b.keyPositions.map((p) => `s.v${shape.valuePositions.indexOf(p)}::${col(b, p).type}`);
-      if (op === 'i' && !shape.multiRow) {
-        const keys = b.keyPositions.map((p) => param(shape.valuePositions.indexOf(p), p));
+      if (op === 'i') {
+        // One row: its parameters (see `param`); several: unnested arrays, inserted in their order.
+        const one = !shape.multiRow;
+        const keys = one ? b.keyPositions.map((p) => param(shape.valuePositions.indexOf(p), p)) : keyTypedFromValues;
+        const values = one ? shape.valuePositions.map((p, i) => param(i, p)) : typed;
         const tombstone =
           `(EXISTS (SELECT 1 FROM pgmesh.tombstone t0 WHERE t0.relid = ${rel}) AND ` +
           `EXISTS (SELECT 1 FROM pgmesh.tombstone t WHERE t.relid = ${rel} AND t.pkey = jsonb_build_array(${keys.join(', ')})::text))`;
         const insert =
-          `INSERT INTO ${table} (${names.join(', ')}) SELECT ${shape.valuePositions.map((p, i) => param(i, p)).join(', ')} ` +
-          `WHERE $${shape.valuePositions.length + 1}::text = 'i' AND CASE WHEN ${tombstone} THEN ${raise}::boolean ELSE true END`;
-        if (!finishing) return { text: insert, timestamp: false };
-        const { check, log } = finishCtes(ctx, n + 2, ts);
-        return { text: `WITH ${check}, pgmesh_f AS (${log}) ${insert}`, timestamp: true };
-      }
-      if (op === 'i') {
-        const tombstone =
-          `(EXISTS (SELECT 1 FROM pgmesh.tombstone t0 WHERE t0.relid = ${rel}) AND ` +
-          `EXISTS (SELECT 1 FROM pgmesh.tombstone t WHERE t.relid = ${rel} AND t.pkey = jsonb_build_array(${keyTypedFromValues.join(', ')})::text))`;
-        const insert =
-          `INSERT INTO ${table} (${names.join(', ')}) SELECT ${typed.join(', ')} FROM ${source(aliases, shape.multiRow)} ` +
-          `WHERE s.op = 'i' AND CASE WHEN ${tombstone} THEN ${raise}::boolean ELSE true END ORDER BY s.ord`;
+          `INSERT INTO ${table} (${names.join(', ')}) SELECT ${values.join(', ')}${one ? '' : ` FROM ${source(aliases, true)}`} ` +
+          `WHERE ${one ? `$${aliases.length}::text` : 's.op'} = 'i' AND CASE WHEN ${tombstone} THEN ${raise}::boolean ELSE true END${one ? '' : ' ORDER BY s.ord'}`;
         if (!finishing) return { text: insert, timestamp: false };
         const { check, log } = finishCtes(ctx, n + 2, ts);
         return { text: `WITH ${check}, pgmesh_f AS (${log}) ${insert}`, timestamp: true };
@@ -426,7 +418,7 @@ export function buildFastStatement(
         const set = setPositions.map((p) => `${quoteIdent(col(b, p).name)} = ${param(shape.valuePositions.indexOf(p), p)}`);
         const text =
           `WITH w AS (UPDATE ${table} AS x SET ${set.join(', ')} WHERE ${keyMatchParams((i) => shape.valuePositions.indexOf(b.keyPositions[i] as number))} ` +
-          `AND $${shape.valuePositions.length + 1}::text = 'u' AND ${older} RETURNING 1)` +
+          `AND $${aliases.length}::text = 'u' AND ${older} RETURNING 1)` +
           checked('w');
         return { text, timestamp: true };
       }
