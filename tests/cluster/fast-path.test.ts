@@ -74,6 +74,41 @@ test('a conflict met on the fast path is applied with the full statements, in pl
 
 /**
  * Topology: 2 nodes, agents in this process, started after the writes.
+ * Scenario: n2 inserts key 1000 (older); then n1 commits 3,000 one-row transactions (keys 1..3000). n2's applier
+ * pipelines the backlog until 1,024 transactions are unconfirmed and waits for room; the transaction inserting key
+ * 1000 misses the fast path while it waits (about a thousand transactions behind it are sent), and every message
+ * behind it fails too, so those transactions never become confirmed.
+ * Without the code under test (the applier also wakes when a failure came back, not only when the unconfirmed count
+ * falls): it would wait for room forever, and n2 would stop applying without an error.
+ */
+test('a fast-path miss while the pipeline is full wakes the applier, which applies it again and goes on', { timeout: 120_000 }, async () => {
+  await withCluster({ nodes: 2, schema: SCHEMA }, async (cluster) => {
+    const n1 = cluster.node('n1');
+    const n2 = cluster.node('n2');
+    await n2.sql.unsafe(`INSERT INTO t VALUES (1000, 'n2, older')`);
+    // One transaction per row, committed inside one DO block (one round trip for all of them).
+    await n1.sql.unsafe(`DO $$ BEGIN FOR k IN 1..3000 LOOP INSERT INTO t VALUES (k, 'n1'); COMMIT; END LOOP; END $$`);
+    await cluster.startAgents();
+    await barrier(cluster);
+
+    const hashes = await cluster.waitConverged(['t'], 5_000);
+    assert.match(hashes.t ?? '', /^3000:/, 'both nodes hold the 3,000 rows');
+    assert.deepEqual(
+      (await n2.sql.unsafe<{ v: string }[]>(`SELECT v FROM t WHERE k = 1000`)).map((r) => r.v),
+      ['n1'],
+      "n1's newer insert won on n2",
+    );
+    // n1's 3,000 transactions, then the barrier's: each applied exactly once.
+    assert.equal(await applied(n2, 'n1'), 3001);
+    assert.deepEqual(await conflicts(n2), [{ pkey: '[1000]', conflict_type: 'insert_exists', resolution: 'apply_remote' }]);
+    const link = linkStatus(cluster, 'n2', 'n1');
+    assert.ok(link.fastPathMisses >= 1, `n2 applied a transaction again after a fast-path miss (${link.fastPathMisses})`);
+    assert.equal(link.lastError, null);
+  });
+});
+
+/**
+ * Topology: 2 nodes, agents in this process, started after the writes.
  * Scenario: n2 inserts key 60000 (older); n1 inserts keys 1..60000 in one transaction, more changes than the
  * applier keeps for replay, so the miss on the last row is handled by restarting the stream and applying the
  * transaction with the full statements from its start.
