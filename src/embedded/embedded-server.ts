@@ -8,7 +8,7 @@
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
-import { mkdirSync, writeFileSync, appendFileSync, chownSync, openSync, closeSync, readFileSync, existsSync, rmSync } from 'node:fs';
+import { mkdirSync, writeFileSync, appendFileSync, chownSync, openSync, closeSync, readFileSync, readdirSync, existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { userInfo } from 'node:os';
 import postgres from 'postgres';
@@ -198,7 +198,7 @@ export class EmbeddedServer {
   async kill(): Promise<void> {
     const child = this.process;
     if (!child) return;
-    killGroup(child, 'SIGKILL');
+    killServer(child);
     await this.exited;
     this.process = undefined;
   }
@@ -220,6 +220,53 @@ function formatSettings(settings: Readonly<Record<string, string | number | bool
     .map(([key, value]) => `${key} = ${typeof value === 'string' && !value.startsWith("'") ? `'${value}'` : String(value)}`)
     .join('\n')
     .concat('\n');
+}
+
+/**
+ * SIGKILL to the postmaster and to each of its children. Every postmaster child calls setsid(), so the postmaster's
+ * process group holds only the postmaster: a backend survived the group's kill until it noticed the postmaster's
+ * death, and could still answer a query sent right after the "crash". The postmaster is stopped first, so that it
+ * forks nothing between the listing of its children and their kill.
+ */
+function killServer(child: ChildProcess): void {
+  const pid = child.pid;
+  if (pid === undefined) return;
+  try {
+    process.kill(pid, 'SIGSTOP');
+  } catch {
+    return; // already gone
+  }
+  for (const backend of childrenOf(pid)) {
+    try {
+      process.kill(backend, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+  killGroup(child, 'SIGKILL');
+}
+
+/** The processes whose parent is `pid`, from /proc (Linux). */
+function childrenOf(pid: number): number[] {
+  const children: number[] = [];
+  let entries: string[];
+  try {
+    entries = readdirSync('/proc');
+  } catch {
+    return children;
+  }
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      // pid (comm) state ppid ...: comm may hold spaces and parentheses, so read after its last ')'.
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid === pid) children.push(Number(entry));
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return children;
 }
 
 function killGroup(child: ChildProcess, signal: NodeJS.Signals, group = true): void {

@@ -9,6 +9,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { setTimeout as delay } from 'node:timers/promises';
 import { silentLogger } from '../../src/core/logger.ts';
 import { openSql } from '../../src/pg/connect.ts';
@@ -51,5 +52,29 @@ test('the pipelined apply connection works again after its server crashed, staye
     } finally {
       await sql.end({ timeout: 1 }).catch(() => undefined);
     }
+  });
+});
+
+/**
+ * Topology: one real server. Scenario: a session is open (its backend idle), the server is killed.
+ * Without the code under test: kill() signalled the postmaster's process group, but every postmaster child calls
+ * setsid(), so the backend lived on until it noticed its parent's death and could answer a query sent right after
+ * the "crash" (seen once: the test above saw a query succeed while the server was down).
+ */
+test("kill() takes every server process down at once, the sessions' backends too", { timeout: 60_000 }, async () => {
+  await withServer('n1', async (server, sql) => {
+    const rows = await sql.unsafe<{ pid: number }[]>('SELECT pg_backend_pid() AS pid');
+    const pid = Number(rows[0]?.pid);
+    assert.ok(pid > 0);
+    await server.kill();
+    // Dead: gone, or a zombie not reaped yet (its parent, the postmaster, was killed too).
+    let state = 'gone';
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      state = stat.slice(stat.lastIndexOf(')') + 2)[0] ?? '?';
+    } catch {
+      // reaped already
+    }
+    assert.ok(state === 'gone' || state === 'Z', `the backend ${pid} still runs after kill() (state ${state})`);
   });
 });
