@@ -198,8 +198,9 @@ export class EmbeddedServer {
   async kill(): Promise<void> {
     const child = this.process;
     if (!child) return;
-    killServer(child);
+    const backends = killServer(child);
     await this.exited;
+    await waitDead(backends);
     this.process = undefined;
   }
 
@@ -228,15 +229,16 @@ function formatSettings(settings: Readonly<Record<string, string | number | bool
  * death, and could still answer a query sent right after the "crash". The postmaster is stopped first, so that it
  * forks nothing between the listing of its children and their kill.
  */
-function killServer(child: ChildProcess): void {
+function killServer(child: ChildProcess): number[] {
   const pid = child.pid;
-  if (pid === undefined) return;
+  if (pid === undefined) return [];
   try {
     process.kill(pid, 'SIGSTOP');
   } catch {
-    return; // already gone
+    return []; // already gone
   }
-  for (const backend of childrenOf(pid)) {
+  const backends = childrenOf(pid);
+  for (const backend of backends) {
     try {
       process.kill(backend, 'SIGKILL');
     } catch {
@@ -244,6 +246,25 @@ function killServer(child: ChildProcess): void {
     }
   }
   killGroup(child, 'SIGKILL');
+  return backends;
+}
+
+/** Until every process is gone or a zombie (a SIGKILL is delivered when the process next runs); at most 5 s. */
+async function waitDead(pids: readonly number[]): Promise<void> {
+  const deadline = Date.now() + 5_000;
+  for (const pid of pids) {
+    while (Date.now() < deadline) {
+      let state: string | undefined;
+      try {
+        const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+        state = stat.slice(stat.lastIndexOf(')') + 2)[0];
+      } catch {
+        break; // gone
+      }
+      if (state === 'Z' || state === 'X') break;
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+  }
 }
 
 /** The processes whose parent is `pid`, from /proc (Linux). */
