@@ -253,17 +253,19 @@ function killServer(child: ChildProcess): number[] {
 async function waitDead(pids: readonly number[]): Promise<void> {
   const deadline = Date.now() + 5_000;
   for (const pid of pids) {
-    while (Date.now() < deadline) {
-      let state: string | undefined;
-      try {
-        const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-        state = stat.slice(stat.lastIndexOf(')') + 2)[0];
-      } catch {
-        break; // gone
-      }
-      if (state === 'Z' || state === 'X') break;
-      await new Promise((resolve) => setTimeout(resolve, 5));
-    }
+    while (Date.now() < deadline && isRunning(pid)) await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+/** Whether a process exists and has not exited (a zombie has), from /proc/<pid>/stat (Linux). */
+export function isRunning(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // pid (comm) state ...: comm may hold spaces and parentheses, so read after its last ')'.
+    const state = stat.slice(stat.lastIndexOf(')') + 2)[0];
+    return state !== 'Z' && state !== 'X';
+  } catch {
+    return false;
   }
 }
 
