@@ -56,18 +56,31 @@ test('the pipelined apply connection works again after its server crashed, staye
 });
 
 /**
- * Topology: one real server. Scenario: a session is open (its backend idle), the server is killed.
+ * Topology: one real server. Scenario: a session runs a long CPU-bound query (a backend that is not waiting does not
+ * look for its postmaster's death), the server is killed.
  * Without the code under test: kill() signalled the postmaster's process group, but every postmaster child calls
- * setsid(), so the backend lived on until it noticed its parent's death and could answer a query sent right after
- * the "crash" (seen once: the test above saw a query succeed while the server was down).
+ * setsid(), so the backend lived on (until its query ended, here), and an idle one could answer a query sent right
+ * after the "crash" (seen once: the test above saw a query succeed while the server was down).
  */
 test("kill() takes every server process down at once, the sessions' backends too", { timeout: 60_000 }, async () => {
   await withServer('n1', async (server, sql) => {
     const rows = await sql.unsafe<{ pid: number }[]>('SELECT pg_backend_pid() AS pid');
     const pid = Number(rows[0]?.pid);
     assert.ok(pid > 0);
-    await server.kill();
-    // Dead: gone, or a zombie not reaped yet (its parent, the postmaster, was killed too).
-    assert.ok(!isRunning(pid), `the backend ${pid} still runs after kill()`);
+    // Some tens of seconds of work here; the query fails when the server dies (not awaited: a backend that survives
+    // a broken kill() would keep the test waiting for its end).
+    void sql.unsafe('SELECT count(*) FROM generate_series(1, 300000000)').catch(() => undefined);
+    const watcher = openSql(server.dsn, { node: 'n1', applicationName: 'pgmesh test watcher', logger: silentLogger, max: 1 });
+    try {
+      await eventually(
+        async () => (await watcher.unsafe(`SELECT 1 FROM pg_stat_activity WHERE pid = ${pid} AND state = 'active'`)).length === 1,
+        { what: `the backend ${pid} running its query` },
+      );
+      await server.kill();
+      // Dead: gone, or a zombie not reaped yet (its parent, the postmaster, was killed too).
+      assert.ok(!isRunning(pid), `the backend ${pid} still runs after kill()`);
+    } finally {
+      await watcher.end({ timeout: 1 }).catch(() => undefined);
+    }
   });
 });
