@@ -257,39 +257,32 @@ async function waitDead(pids: readonly number[]): Promise<void> {
   }
 }
 
-/** Whether a process exists and has not exited (a zombie has), from /proc/<pid>/stat (Linux). */
+/** Whether a process exists and has not exited (a zombie has), from /proc (Linux). */
 export function isRunning(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // pid (comm) state ...: comm may hold spaces and parentheses, so read after its last ')'.
-    const state = stat.slice(stat.lastIndexOf(')') + 2)[0];
-    return state !== 'Z' && state !== 'X';
-  } catch {
-    return false;
-  }
+  const state = statFields(pid)?.[0];
+  return state !== undefined && state !== 'Z' && state !== 'X';
 }
 
 /** The processes whose parent is `pid`, from /proc (Linux). */
 function childrenOf(pid: number): number[] {
-  const children: number[] = [];
   let entries: string[];
   try {
     entries = readdirSync('/proc');
   } catch {
-    return children;
+    return [];
   }
-  for (const entry of entries) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      // pid (comm) state ppid ...: comm may hold spaces and parentheses, so read after its last ')'.
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      if (ppid === pid) children.push(Number(entry));
-    } catch {
-      // exited meanwhile
-    }
+  return entries.filter((entry) => /^\d+$/.test(entry) && Number(statFields(entry)?.[1]) === pid).map(Number);
+}
+
+/** The fields of /proc/<pid>/stat after `pid (comm)`: state, ppid, ...; undefined when the process is gone. */
+function statFields(pid: number | string): string[] | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // comm may hold spaces and parentheses: the fields start after its last ')'.
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  } catch {
+    return undefined;
   }
-  return children;
 }
 
 function killGroup(child: ChildProcess, signal: NodeJS.Signals, group = true): void {

@@ -113,20 +113,14 @@ export class BufferReader {
 
   /** `length` bytes decoded as UTF-8; invalid UTF-8 is an error rather than silently replaced by U+FFFD. */
   utf8(length: number, field = 'text'): string {
-    if (!Number.isInteger(length) || length < 0) this.fail(field, `invalid length ${length}`);
-    this.#need(length, field);
-    const start = this.#offset;
-    this.#offset += length;
+    const start = this.#take(length, field);
     return this.#utf8(start, start + length, field);
   }
 
   /** A view of the next `length` bytes (shares memory with the input; copy it to keep it past the input's life). */
   bytes(length: number, field = 'bytes'): Buffer {
-    if (!Number.isInteger(length) || length < 0) this.fail(field, `invalid length ${length}`);
-    this.#need(length, field);
-    const value = this.#buffer.subarray(this.#offset, this.#offset + length);
-    this.#offset += length;
-    return value;
+    const start = this.#take(length, field);
+    return this.#buffer.subarray(start, start + length);
   }
 
   /** Everything not read yet, as a view. */
@@ -148,6 +142,15 @@ export class BufferReader {
     throw new PgmeshError('PROTOCOL', `malformed ${this.#message}: ${field} at byte ${offset}: ${problem}`, {
       context: { message: this.#message, field, offset },
     });
+  }
+
+  /** Consumes the next `length` bytes (checked) and returns where they start. */
+  #take(length: number, field: string): number {
+    if (!Number.isInteger(length) || length < 0) this.fail(field, `invalid length ${length}`);
+    this.#need(length, field);
+    const start = this.#offset;
+    this.#offset += length;
+    return start;
   }
 
   #need(length: number, field: string): void {
