@@ -127,6 +127,8 @@ interface Batch {
 interface OpenTransaction {
   readonly finalLsn: Lsn;
   readonly commitTime: PgTimestamp;
+  /** commitTime as statements take it (formatted once: every batch and the finish use it). */
+  readonly commitTimeText: string;
   readonly skip: boolean;
   readonly careful: boolean;
   /** Every batch with the full statements (no fast path). */
@@ -465,6 +467,7 @@ export class Applier {
         this.txn = {
           finalLsn: event.finalLsn,
           commitTime: event.commitTime,
+          commitTimeText: formatPgTimestamp(event.commitTime),
           skip,
           careful,
           full,
@@ -611,7 +614,7 @@ export class Applier {
     txn.changes += batch.ops.length;
     const fast = txn.full ? undefined : this.fastStatementFor(batch.first, multiRow, finish !== undefined);
     if (fast) {
-      if (fast.timestamp) params.push(formatPgTimestamp(txn.commitTime));
+      if (fast.timestamp) params.push(txn.commitTimeText);
       if (finish) {
         // A finishing statement takes the commit timestamp (pushed above) and then the end LSNs.
         params.push(finish.prev, finish.end);
@@ -621,7 +624,7 @@ export class Applier {
     } else {
       const lock = this.rowLockFor(batch.first, multiRow, params);
       if (lock) this.append(this.execute(lock.text, lock.params));
-      params.push(formatPgTimestamp(txn.commitTime), formatLsn(txn.finalLsn));
+      params.push(txn.commitTimeText, formatLsn(txn.finalLsn));
       this.append(this.execute(this.statementFor(batch.first, multiRow), params));
     }
     if (this.messageBytes >= MESSAGE_BYTES) return this.flushMessage(`changes of the transaction at ${formatLsn(txn.finalLsn)}`);
@@ -794,7 +797,8 @@ export class Applier {
     }
     const prev = this.issuedEnd;
     this.issuedEnd = endLsn;
-    const finish: Finish = { prev: formatLsn(prev), end: formatLsn(endLsn), ts: formatPgTimestamp(commitTime) };
+    const ts = commitTime === txn.commitTime ? txn.commitTimeText : formatPgTimestamp(commitTime);
+    const finish: Finish = { prev: formatLsn(prev), end: formatLsn(endLsn), ts };
     // A transaction of one statement finishes in it (when that statement takes the fast path).
     const segment = this.segments.at(-1);
     const alone = segment?.txn === txn && this.message.length === segment.start && !txn.sent && txn.deferredKeys === undefined && txn.finalLsn !== this.resumeLsn;
@@ -874,7 +878,7 @@ export class Applier {
         for (const op of ops) {
           const lock = this.rowLockFor(op, false, op.values);
           if (lock) await this.session.unsafe(lock.text, lock.params as string[], { prepare: true });
-          const params = [...op.values, formatPgTimestamp(txn.commitTime), formatLsn(txn.finalLsn)];
+          const params = [...op.values, txn.commitTimeText, formatLsn(txn.finalLsn)];
           const result = await this.session.unsafe(this.statementFor(op, false), params as string[], { prepare: true });
           countConflicts(txn, result);
         }
@@ -967,7 +971,7 @@ export class Applier {
         change.kind,
         key,
         JSON.stringify(described),
-        formatPgTimestamp(txn.commitTime),
+        txn.commitTimeText,
         formatLsn(txn.finalLsn),
         sqlState(error) ?? null,
         error === undefined ? 'not applied: another change of its transaction failed (exception policy skip_transaction)' : errorMessage(error),
@@ -980,7 +984,7 @@ export class Applier {
       await recordUniqueConflict(this.session, conflict, {
         peer: this.options.peer,
         relation,
-        remoteTs: formatPgTimestamp(txn.commitTime),
+        remoteTs: txn.commitTimeText,
         remoteCommitLsn: formatLsn(txn.finalLsn),
       });
       const key = `${conflict.type}\u0000${relation}`;
