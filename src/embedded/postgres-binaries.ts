@@ -5,7 +5,7 @@
  */
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { PgmeshError } from '../core/errors.ts';
 
 export type PgMajor = 16 | 17 | 18;
@@ -18,8 +18,17 @@ const PACKAGE_BY_MAJOR: Record<PgMajor, string> = {
   18: 'pg18',
 };
 
+/** The npm package (under node_modules) that holds a major's binaries. */
+export function binaryPackage(major: PgMajor): string {
+  return PACKAGE_BY_MAJOR[major];
+}
+
 export interface PostgresBinaries {
   readonly major: PgMajor;
+  /** The package's version, e.g. 17.10.0-beta.17 (names a staged copy, see server-user.ts). */
+  readonly version: string;
+  /** The folder holding bin/, lib/ and share/. */
+  readonly root: string;
   readonly initdb: string;
   readonly postgres: string;
 }
@@ -54,8 +63,10 @@ export function postgresBinaries(major: PgMajor): PostgresBinaries {
       cause,
     });
   }
-  const bin = join(root, 'native', 'bin');
-  const binaries = { major, initdb: join(bin, 'initdb'), postgres: join(bin, 'postgres') };
+  const native = join(root, 'native');
+  const bin = join(native, 'bin');
+  const version = (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version?: string }).version ?? 'unknown';
+  const binaries = { major, version, root: native, initdb: join(bin, 'initdb'), postgres: join(bin, 'postgres') };
   if (!existsSync(binaries.postgres)) {
     throw new PgmeshError('CONFIG_INVALID', `PostgreSQL ${major} binaries are missing from ${bin}; run "npm ci"`);
   }

@@ -8,11 +8,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { eventually } from '../support/cluster.ts';
+import { makeServerTempDir } from '../../src/embedded/server-user.ts';
 
 const CLI = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
 
@@ -26,8 +26,7 @@ function running(pid: number): boolean {
 }
 
 test('the demo replicates, and two SIGINTs stop its agents and servers before it exits', { timeout: 180_000 }, async () => {
-  const base = mkdtempSync(join(tmpdir(), 'pgmesh-demo-test-'));
-  chmodSync(base, 0o755); // the servers run as the postgres user when the tests run as root
+  const base = makeServerTempDir('pgmesh-demo-test-');
   const dir = join(base, 'demo');
   const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'demo', '--nodes', '2', '--dir', dir, '--rate', '10'], {
     stdio: ['ignore', 'pipe', 'pipe'],

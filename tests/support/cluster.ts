@@ -5,8 +5,7 @@
  * PGMESH_PG_MAJOR=16|17|18 picks the major (default 17).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, createWriteStream, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { createWriteStream, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import postgres from 'postgres';
@@ -17,6 +16,7 @@ import { silentLogger, type Logger } from '../../src/core/logger.ts';
 import { createLogger } from '../../src/core/pino-logger.ts';
 import { EmbeddedServer } from '../../src/embedded/embedded-server.ts';
 import { parseMajor, type PgMajor } from '../../src/embedded/postgres-binaries.ts';
+import { makeServerTempDir } from '../../src/embedded/server-user.ts';
 
 export type Sql = postgres.Sql<Record<string, never>>;
 
@@ -76,8 +76,7 @@ export class TestCluster {
   }
 
   static async start(options: ClusterOptions): Promise<TestCluster> {
-    const baseDir = mkdtempSync(join(tmpdir(), 'pgmesh-test-'));
-    chmodSync(baseDir, 0o755);
+    const baseDir = makeServerTempDir('pgmesh-test-');
     const password = `pw-${Math.random().toString(36).slice(2, 10)}`;
     const servers = await Promise.all(
       Array.from({ length: options.nodes }, (_, i) =>
@@ -193,8 +192,7 @@ export class TestCluster {
  * up. For tests of one node; a distributed feature takes withCluster.
  */
 export async function withServer(name: string, body: (server: EmbeddedServer, sql: Sql) => Promise<void>): Promise<void> {
-  const baseDir = mkdtempSync(join(tmpdir(), 'pgmesh-test-'));
-  chmodSync(baseDir, 0o755);
+  const baseDir = makeServerTempDir('pgmesh-test-');
   const server = await EmbeddedServer.create({ name, baseDir, major: PG_MAJOR, password: 'pw' });
   const sql = postgres(server.dsn, { max: 1, onnotice: () => undefined, fetch_types: false }) as Sql;
   try {

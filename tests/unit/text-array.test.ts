@@ -5,14 +5,14 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import postgres from 'postgres';
 import { textArrayLiteral } from '../../src/pg/text-array.ts';
 import { EmbeddedServer } from '../../src/embedded/embedded-server.ts';
 import { PG_MAJOR } from '../support/cluster.ts';
+import { makeServerTempDir } from '../../src/embedded/server-user.ts';
 
 test('every element is quoted; " and \\ are escaped; null is NULL', () => {
   assert.equal(textArrayLiteral([]), '{}');
@@ -28,8 +28,7 @@ let sql: postgres.Sql<Record<string, never>> | undefined;
 let baseDir = '';
 
 before(async () => {
-  baseDir = mkdtempSync(join(tmpdir(), 'pgmesh-text-array-'));
-  chmodSync(baseDir, 0o755);
+  baseDir = makeServerTempDir('pgmesh-text-array-');
   server = await EmbeddedServer.create({ name: 'ta', baseDir, major: PG_MAJOR, password: `pw-${Math.random().toString(36).slice(2)}` });
   await server.start();
   // As pgmesh's own sessions: values as text, no type fetching.
