@@ -250,7 +250,8 @@ test('a peer that is not there: cluster create and status name it, quickly, and 
     const create = await refusal(createCluster(config, silentLogger));
     assert.equal(create.code, 'CONNECTION_FAILED');
     assert.equal(create.message, refused);
-    assert.ok(Date.now() - startedAt < 10_000, `took ${Date.now() - startedAt} ms`);
+    // Refused at once, not retried until some deadline (a generous bound: the machine may be busy).
+    assert.ok(Date.now() - startedAt < 30_000, `took ${Date.now() - startedAt} ms`);
     assert.deepEqual([await hasCatalog(n1), await hasCatalog(n2)], [false, false]);
 
     const [cli, status, json] = await Promise.all([
@@ -297,8 +298,10 @@ test('a peer that is not there: cluster create and status name it, quickly, and 
       assert.ok(check.stdout.includes(`n6: ${timeout('n6')}`), check.stdout);
       assert.equal(create.code, 1, create.output);
       assert.equal(create.stderr, `pgmesh: ${['n4', 'n5', 'n6'].map(timeout).join('\n')}\n`);
-      // status and check wait 5 s for a connection, cluster create 10 s: once, not once per silent node.
-      assert.ok(hung.ms < 12_000 && check.ms < 12_000 && create.ms < 20_000, `took ${hung.ms}, ${check.ms} and ${create.ms} ms`);
+      // status and check wait 5 s for a connection, cluster create 10 s: once, not once per silent node. Waiting
+      // for the three nodes one after the other would take at least 15 s and 30 s however idle the machine, so
+      // these bounds hold on a busy machine and still fail a sequential wait.
+      assert.ok(hung.ms < 15_000 && check.ms < 15_000 && create.ms < 30_000, `took ${hung.ms}, ${check.ms} and ${create.ms} ms`);
       for (const r of [hung, check, create]) assertNoSecret(r.output, [real], 'output with silent peers');
       assert.equal(await hasCatalog(n1), false);
     } finally {
