@@ -176,8 +176,10 @@ async function live(
         formatStatus(status),
         '',
         renderTable(rows),
-        `=> ${verdict}; ${writes} writes so far; last: ${lastWrite}`,
-        `   stock.on_hand is a delta column: decrements made on different nodes at once add up, so stock + ordered stays 500.`,
+        `=> ${verdict}; ${writes} writes so far`,
+        `   last: ${lastWrite}`,
+        '   stock.on_hand is a delta column: decrements made on different nodes at once',
+        '   add up, so stock + ordered stays 500.',
       ].join('\n');
       options.out(options.interactive ? `\x1b[2J\x1b[H${screen}\n` : `${screen}\n\n`);
       await new Promise((r) => setTimeout(r, 1000));

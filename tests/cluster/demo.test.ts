@@ -46,6 +46,10 @@ test('the demo replicates, and two SIGINTs stop its agents and servers before it
       what: () => `the demo to show both links streaming and identical nodes after some writes; its output ends:\n${output.slice(-2000)}`,
       abort: () => (child.exitCode !== null ? `the demo exited (${child.exitCode}):\n${output.slice(-2000)}` : undefined),
     });
+    // The screen fits an 80-column terminal.
+    const last = screen().split('\n\n\n')[0] ?? '';
+    const wide = last.split('\n').filter((line) => line.length > 80);
+    assert.deepEqual(wide, [], `lines wider than 80 columns in:\n${last}`);
     for (const node of ['n1', 'n2']) {
       const pid = Number(readFileSync(join(dir, node, 'data', 'postmaster.pid'), 'utf8').split('\n')[0]);
       assert.ok(running(pid), `${node}'s server runs`);
