@@ -8,7 +8,7 @@
  */
 import { PgmeshError, errorMessage } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
-import { formatLsn, parseLsn, type Lsn } from '../core/lsn.ts';
+import { formatLsn, LSN_ZERO, parseLsn, type Lsn } from '../core/lsn.ts';
 import { formatPgTimestamp } from '../core/pg-time.ts';
 import { SQLSTATE, isDataSqlState } from '../core/sqlstate.ts';
 import { Applier, durableProgress } from '../apply/applier.ts';
@@ -190,11 +190,18 @@ export class PeerReplicator {
           context: { peer, slot },
         });
       }
+      // Flushes this node's WAL as far as the origin's progress and reads what is now on disk: the only position
+      // the new stream may acknowledge before the applier reports more.
+      const durableAtStart = await durableProgress(this.options.catalog, peer, originName(peer)).catch(async (error) => {
+        await connection.close();
+        throw error;
+      });
       const stream = await PeerStream.start(connection, {
         peer,
         slot,
         publication: PUBLICATION,
         startLsn: applier.appliedEnd,
+        durableLsn: durableAtStart ?? LSN_ZERO,
         protocolVersion: 4,
         feedbackIntervalMs: tuning.feedbackIntervalMs,
         highWaterEvents: tuning.highWaterEvents,

@@ -33,6 +33,12 @@ export interface PeerStreamOptions {
   readonly slot: string;
   readonly publication: string;
   readonly startLsn: Lsn;
+  /**
+   * How far this node's apply of the peer is known flushed at start (durableProgress, which flushes): the stream may
+   * acknowledge that much before the apply side reports anything. Not startLsn: what the last agent committed with
+   * asynchronous commit may not be on disk yet, and a crash of this server would lose what the peer already forgot.
+   */
+  readonly durableLsn: Lsn;
   readonly protocolVersion: number;
   readonly feedbackIntervalMs: number;
   readonly highWaterEvents: number;
@@ -99,7 +105,7 @@ export class PeerStream implements ProgressSink {
     private readonly duplex: Duplex,
     private readonly options: PeerStreamOptions,
   ) {
-    this.durable = options.startLsn;
+    this.durable = options.durableLsn < options.startLsn ? options.durableLsn : options.startLsn;
     this.lastCommitEnd = options.startLsn;
     this.spoolDir = options.spoolDir ?? tmpdir();
   }
