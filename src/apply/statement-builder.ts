@@ -86,8 +86,13 @@ function keyMatch(g: Gen, alias: string): string {
   return g.b.keyPositions.map((p, i) => `${alias}.${quoteIdent(col(g.b, p).name)} = u.k${i}`).join(' AND ');
 }
 
+/**
+ * Whether the remote change beats a local version. A version written by the same peer always loses: the peer's
+ * changes arrive in its commit order, so its later change is newer whatever its timestamp says (a peer whose clock
+ * stepped back must not have its later writes dropped).
+ */
 function remoteNewer(ts: string, node: string, g: Gen): string {
-  return `(${ts}, ${node} COLLATE "C") < (${g.ts}, ${g.remote} COLLATE "C")`;
+  return `(${node} IS NOT DISTINCT FROM ${g.remote} OR (${ts}, ${node} COLLATE "C") < (${g.ts}, ${g.remote} COLLATE "C"))`;
 }
 
 function concurrent(g: Gen): string {
@@ -336,8 +341,9 @@ function quoteIdentIfNeeded(name: string): string {
  *   insert  no local row and no tombstone for its key; a plain INSERT (no ON CONFLICT, whose speculative insertion
  *           writes a second WAL record per row, and no probe of its own): an existing row fails it with a unique
  *           violation, which the applier takes as a miss on the fast path
- *   update  the local row exists and its version is older than the remote one and either was written by this
- *   delete  same peer or lies outside the conflict window (so no *_origin_differs); a delete leaves its tombstone
+ *   update  the local row exists and its version was written by this same peer (older whatever its timestamp:
+ *   delete  see remoteNewer) or is older than the remote one by more than the conflict window (so no
+ *           *_origin_differs); a delete leaves its tombstone
  * Update and delete check, in a CTE, that they wrote every row; the statement around it inserts into
  * pgmesh.fast_path_check only to raise (it never receives a row), so that it returns no rows, or, finishing, raises
  * before its origin set-up.
@@ -378,8 +384,9 @@ export function buildFastStatement(
   // in the expression (a commit-timestamp lookup each), not a subquery over it: the subquery's plan (a function scan
   // in a subplan) was started and run for every statement, about 8% of a one-row update's backend time (perf).
   const version = `pg_catalog.pg_xact_commit_timestamp_origin(x.xmin)`;
+  // A version of the same peer is older whatever its timestamp (see remoteNewer).
   const older =
-    `(((${version}).roident = ${ctx.peerOriginId} AND (${version}).timestamp < ${ts}) OR ` +
+    `((${version}).roident = ${ctx.peerOriginId} OR ` +
     `coalesce((${version}).timestamp, '-infinity') < ${ts} - interval '${Math.round(ctx.conflictWindowMs)} milliseconds')`;
   const keyTyped = b.keyPositions.map((p, i) => `s.k${i}::${col(b, p).type} AS k${i}`);
   const keyAliases = b.keyPositions.map((_, i) => `k${i}`);
