@@ -411,9 +411,14 @@ export function buildFastStatement(
         const tombstone =
           `(EXISTS (SELECT 1 FROM pgmesh.tombstone t0 WHERE t0.relid = ${rel}) AND ` +
           `EXISTS (SELECT 1 FROM pgmesh.tombstone t WHERE t.relid = ${rel} AND t.pkey = jsonb_build_array(${keys.join(', ')})::text))`;
+        // A row of the key on this statement's snapshot is a miss too, although the INSERT would fail on it anyway:
+        // if a local transaction is deleting that row, the INSERT's unique check waits for it and, once the delete
+        // commits, inserts, and the delete's tombstone is not on this snapshot. The full statement locks the row and
+        // decides against the delete's version.
+        const present = `EXISTS (SELECT 1 FROM ${table} x WHERE ${b.keyPositions.map((p, i) => `x.${quoteIdent(col(b, p).name)} = ${keys[i]}`).join(' AND ')})`;
         const insert =
           `INSERT INTO ${table} (${names.join(', ')}) SELECT ${values.join(', ')}${one ? '' : ` FROM ${source(aliases, true)}`} ` +
-          `WHERE ${one ? `$${aliases.length}::text` : 's.op'} = 'i' AND CASE WHEN ${tombstone} THEN ${raise}::boolean ELSE true END${one ? '' : ' ORDER BY s.ord'}`;
+          `WHERE ${one ? `$${aliases.length}::text` : 's.op'} = 'i' AND CASE WHEN ${tombstone} OR ${present} THEN ${raise}::boolean ELSE true END${one ? '' : ' ORDER BY s.ord'}`;
         if (!finishing) return { text: insert, timestamp: false };
         const { check, log } = finishCtes(ctx, n + 2, ts);
         return { text: `WITH ${check}, pgmesh_f AS (${log}) ${insert}`, timestamp: true };

@@ -72,3 +72,37 @@ test('a primary key change leaves a tombstone for the old key on its own node to
     for (const node of cluster.nodes) assert.deepEqual(await rows(node), [{ k: 5, v: 'from n1, moved' }], `${node.name}: key 2 is gone, key 5 holds the row`);
   });
 });
+
+/**
+ * Topology: 2 nodes, agents in this process; n2's agent stopped for a while.
+ * Scenario: both nodes insert key 1 while they cannot see each other (n1 first); then a local transaction on n2
+ * deletes key 1 and stays open while n2's apply session brings n1's insert of key 1 (the fast path: a plain INSERT,
+ * which waits for the open delete); the delete commits. The delete is the newest change of key 1: no node keeps it.
+ * Without the code under test: the fast insert checked for tombstones on its snapshot, taken before the delete
+ * committed, then its unique check waited for the delete and went on: n2 kept n1's row, n1 dropped its own when
+ * n2's delete arrived, and the nodes stayed different for good.
+ */
+test('a fast-path insert that waits for a local delete of its key does not bring the row back', { timeout: 120_000 }, async () => {
+  await withCluster({ nodes: 2, schema: SCHEMA }, async (cluster) => {
+    const n1 = cluster.node('n1');
+    const n2 = cluster.node('n2');
+    await cluster.startAgents(['n1']);
+    await n1.sql.unsafe(`INSERT INTO t VALUES (1, 'from n1'), (2, 'untouched')`);
+    await n2.sql.unsafe(`INSERT INTO t VALUES (1, 'from n2')`);
+    const deleter = await n2.sql.reserve();
+    try {
+      await deleter.unsafe('BEGIN');
+      await deleter.unsafe('DELETE FROM t WHERE k = 1');
+      await cluster.startAgents(['n2']);
+      await eventually(
+        async () => (await n2.sql.unsafe(`SELECT 1 FROM pg_stat_activity WHERE application_name = 'pgmesh apply n1' AND wait_event_type = 'Lock'`)).length > 0,
+        { what: "n2's apply of n1's insert to wait for the local delete" },
+      );
+      await deleter.unsafe('COMMIT');
+    } finally {
+      deleter.release();
+    }
+    await barrier(cluster);
+    for (const node of cluster.nodes) assert.deepEqual(await rows(node), [{ k: 2, v: 'untouched' }], `${node.name}: the newest change of key 1 is its delete`);
+  });
+});
