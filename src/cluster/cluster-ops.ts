@@ -16,11 +16,13 @@ import {
   initNode,
   initProblems,
   listUserTables,
+  readLocalNode,
   requireLocalNode,
   type AddTablesResult,
   type TableRef,
   type TableRefusal,
 } from './node-admin.ts';
+import { interleaveSequences, memberProblems, type Member } from './sequences.ts';
 
 export interface CreateClusterResult {
   readonly nodes: readonly { readonly name: string; readonly created: boolean; readonly tables: AddTablesResult }[];
@@ -74,6 +76,17 @@ export async function createCluster(
     for (const [index, node] of config.nodes.entries()) {
       problems.push(...(await initProblems(conns.get(node.name) as Sql, initOptions(index, node))));
     }
+    // Slots and maxNodes as they are (nodes already initialized keep theirs) or will be: sequences interleave by them.
+    const members: Member[] = [];
+    for (const [index, node] of config.nodes.entries()) {
+      const existing = await readLocalNode(conns.get(node.name) as Sql);
+      members.push(
+        existing
+          ? { node: node.name, slot: existing.nodeSlot, maxNodes: existing.maxNodes, initialized: true }
+          : { node: node.name, slot: index + 1, maxNodes: config.maxNodes, initialized: false },
+      );
+    }
+    for (const problem of memberProblems(members, config.maxNodes)) problems.push(new PgmeshError('CONFIG_INVALID', problem));
     if (problems.length > 0) {
       throw new PgmeshError(problems[0]?.code ?? 'SERVER_SETTINGS', problems.map((p) => p.message).join('\n'));
     }
@@ -147,10 +160,15 @@ export async function addTablesEverywhere(conns: ReadonlyMap<string, Sql>, table
     refusedEverywhere.push({ ...table, problem: 'refused_elsewhere', reason: `table ${table.schema}.${table.name} ${state}: ${where.join('; ')}` });
   }
   const accepted = [...candidates.entries()].filter(([key]) => !reasons.has(key)).map(([, t]) => t);
+  // Before a table is published, its sequences hand out node-interleaved values (or it is refused).
+  const sequences = await interleaveSequences(conns, accepted);
+  refusedEverywhere.push(...sequences.refused);
+  const refusedKeys = new Set(sequences.refused.map(tableKey));
+  const ready = accepted.filter((t) => !refusedKeys.has(tableKey(t)));
   const results = new Map<string, AddTablesResult>();
   for (const [node, sql] of conns) {
-    const result = await addTables(sql, accepted);
-    results.set(node, { ...result, refused: [...result.refused, ...refusedEverywhere] });
+    const result = await addTables(sql, ready);
+    results.set(node, { ...result, refused: [...result.refused, ...refusedEverywhere], sequences: sequences.byNode.get(node) ?? [] });
   }
   return results;
 }
