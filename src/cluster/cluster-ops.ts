@@ -22,7 +22,7 @@ import {
   type TableRef,
   type TableRefusal,
 } from './node-admin.ts';
-import { interleaveSequences, memberProblems, type Member } from './sequences.ts';
+import { interleaveSequences, memberProblems, readSequenceStatus, type Member } from './sequences.ts';
 
 export interface CreateClusterResult {
   readonly nodes: readonly { readonly name: string; readonly created: boolean; readonly tables: AddTablesResult }[];
@@ -217,6 +217,11 @@ export interface NodeStatus {
   readonly initialized: boolean;
   readonly replicatedTables: number | null;
   readonly openExceptions: number | null;
+  /**
+   * Sequences that feed replicated tables: how many hand out only this node's values, and those that do not (created
+   * or altered after their table joined replication: "pgmesh tables add" for the table interleaves them).
+   */
+  readonly sequences: { readonly interleaved: number; readonly notInterleaved: readonly string[] } | null;
 }
 
 export interface ClusterStatus {
@@ -260,6 +265,7 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
     const progress = new Map<string, PeerProgress>();
     let tables: number | null = null;
     let openExceptions: number | null = null;
+    let sequences: NodeStatus['sequences'] = null;
     if (initialized) {
       for (const row of await sql.unsafe<
         { peer: string; applied_xacts: string; applied_at: string | null; remote_commit_ts: string | null; skew: string | null; conflicts: string; paused_reason: string | null; paused: boolean }[]
@@ -284,9 +290,11 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
       );
       tables = Number(t[0]?.n ?? 0);
       openExceptions = Number(t[0]?.e ?? 0);
+      const feeding = await readSequenceStatus(sql);
+      sequences = { interleaved: feeding.filter((f) => f.interleaved).length, notInterleaved: feeding.filter((f) => !f.interleaved).map((f) => f.sequence) };
     }
     return {
-      status: { ...base, reachable: true, error: null, serverVersion: info[0]?.version ?? null, initialized, replicatedTables: tables, openExceptions },
+      status: { ...base, reachable: true, error: null, serverVersion: info[0]?.version ?? null, initialized, replicatedTables: tables, openExceptions, sequences },
       slots,
       progress,
     };
@@ -307,6 +315,7 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
         initialized: reached?.initialized ?? false,
         replicatedTables: null,
         openExceptions: null,
+        sequences: null,
       },
       slots: new Map(),
       progress: new Map(),

@@ -19,6 +19,7 @@ import { PgmeshError } from '../core/errors.ts';
 import { SQLSTATE, sqlState } from '../core/sqlstate.ts';
 import type { Sql } from '../pg/connect.ts';
 import { qualifiedName, quoteIdent } from '../pg/quote.ts';
+import { textArrayLiteral } from '../pg/text-array.ts';
 import type { TableRef, TableRefusal } from './node-admin.ts';
 
 type Queryable = Pick<Sql, 'unsafe'>;
@@ -161,7 +162,7 @@ async function readFacts(sql: Queryable, tables: readonly TableRef[]): Promise<S
        FROM wanted w JOIN pg_catalog.pg_class s ON s.oid = w.seqrelid
        JOIN pg_catalog.pg_namespace n ON n.oid = s.relnamespace JOIN pg_catalog.pg_sequence q ON q.seqrelid = s.oid
       ORDER BY 1`,
-    [tables.map((t) => qualifiedName(t.schema, t.name))],
+    [textArrayLiteral(tables.map((t) => qualifiedName(t.schema, t.name)))],
   );
   return rows.map((r) => ({ ...r, increment: BigInt(r.increment), feeds: r.feeds ?? [] }));
 }
@@ -379,12 +380,12 @@ async function applyChanges(tx: Queryable, member: Member, changes: readonly Cha
     }
     await tx.unsafe(
       `INSERT INTO pgmesh.interleaved_sequence AS i (seqrelid, sequence_name, node_slot, step, first_value, feeds, restarted_at, checked_at)
-       VALUES ($1::text::oid, $2, $3::int, $4::text::bigint, $5::text::bigint, $6::text[], now(), now())
+       VALUES ($1::text::oid, $2, $3::text::int, $4::text::bigint, $5::text::bigint, $6::text[], now(), now())
        ON CONFLICT (seqrelid) DO UPDATE SET sequence_name = EXCLUDED.sequence_name, node_slot = EXCLUDED.node_slot, step = EXCLUDED.step,
          feeds = EXCLUDED.feeds, checked_at = now(),
-         first_value = CASE WHEN $7::boolean THEN EXCLUDED.first_value ELSE i.first_value END,
-         restarted_at = CASE WHEN $7::boolean THEN now() ELSE i.restarted_at END`,
-      [c.state.oid, c.state.key, member.slot, String(c.step), String(c.start), c.state.feeds as string[], c.restart],
+         first_value = CASE WHEN $7::text::boolean THEN EXCLUDED.first_value ELSE i.first_value END,
+         restarted_at = CASE WHEN $7::text::boolean THEN now() ELSE i.restarted_at END`,
+      [c.state.oid, c.state.key, String(member.slot), String(c.step), String(c.start), textArrayLiteral(c.state.feeds), String(c.restart)],
     );
     results.push({
       sequence: c.state.key,
@@ -505,7 +506,7 @@ export async function readSequenceStatus(sql: Queryable): Promise<SequenceStatus
   const rows = await sql.unsafe<
     { sequence_name: string; feeds: string[]; increment: string; last_value: string | null; interleaved: boolean; first_value: string | null; values_left: string | null }[]
   >(
-    `SELECT sequence_name, feeds, increment::text, last_value::text, interleaved, first_value::text, values_left::text
+    `SELECT sequence_name, to_json(feeds) AS feeds, increment::text, last_value::text, interleaved, first_value::text, values_left::text
        FROM pgmesh.sequence_status ORDER BY sequence_name`,
   );
   return rows.map((r) => ({
