@@ -128,7 +128,6 @@ interface Feed {
 
 interface SequenceFacts {
   readonly key: string;
-  readonly increment: bigint;
   readonly cycle: boolean;
   readonly unlogged: boolean;
   readonly owner: string;
@@ -139,12 +138,12 @@ interface SequenceFacts {
 /** Sequences that feed any of `tables` (and every column they feed, in any table), from the catalog only. */
 async function readFacts(sql: Queryable, tables: readonly TableRef[]): Promise<SequenceFacts[]> {
   const rows = await sql.unsafe<
-    { key: string; increment: string; cycle: boolean; unlogged: boolean; owner: string; owned: boolean; feeds: Feed[] }[]
+    { key: string; cycle: boolean; unlogged: boolean; owner: string; owned: boolean; feeds: Feed[] }[]
   >(
     `WITH wanted AS (
        SELECT DISTINCT f.seqrelid FROM pgmesh.sequence_feed f
         WHERE f.relid IN (SELECT to_regclass(t)::oid FROM unnest($1::text[]) t))
-     SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(s.relname) AS key, q.seqincrement::text AS increment, q.seqcycle AS cycle,
+     SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(s.relname) AS key, q.seqcycle AS cycle,
             s.relpersistence = 'u' AS unlogged, pg_catalog.pg_get_userbyid(s.relowner) AS owner,
             pg_catalog.pg_has_role(s.relowner, 'USAGE') AS owned,
             (SELECT json_agg(json_build_object('schema', rn.nspname, 'table', r.relname, 'column', a.attname,
@@ -164,7 +163,7 @@ async function readFacts(sql: Queryable, tables: readonly TableRef[]): Promise<S
       ORDER BY 1`,
     [textArrayLiteral(tables.map((t) => qualifiedName(t.schema, t.name)))],
   );
-  return rows.map((r) => ({ ...r, increment: BigInt(r.increment), feeds: r.feeds ?? [] }));
+  return rows.map((r) => ({ ...r, feeds: r.feeds ?? [] }));
 }
 
 function feedName(f: Feed): string {
@@ -223,11 +222,15 @@ interface LockedState {
   readonly feeds: readonly string[];
 }
 
+const BIGINT_MIN = -9223372036854775808n;
+const BIGINT_MAX = 9223372036854775807n;
 const INTEGER_RANGES: Readonly<Record<string, readonly [bigint, bigint]>> = {
   smallint: [-32768n, 32767n],
   integer: [-2147483648n, 2147483647n],
-  bigint: [-9223372036854775808n, 9223372036854775807n],
+  bigint: [BIGINT_MIN, BIGINT_MAX],
 };
+/** A whole number as PostgreSQL prints it (a numeric column may also hold NaN or Infinity, which bound nothing). */
+const WHOLE = /^-?\d+$/;
 const NUMERIC_TYPES = new Set(['smallint', 'integer', 'bigint', 'numeric']);
 
 const LOCK_TIMEOUT = '10s';
@@ -236,10 +239,9 @@ async function lockAndRead(tx: Queryable, facts: readonly SequenceFacts[]): Prom
   await tx.unsafe(`SET LOCAL lock_timeout = '${LOCK_TIMEOUT}'`);
   const out: LockedState[] = [];
   for (const s of facts) {
-    // ALTER SEQUENCE blocks nextval on the sequence until this transaction ends; LOCK does not take sequences.
-    // Without a change it only takes that lock.
-    const increment = await tx.unsafe<{ inc: string }[]>(`SELECT seqincrement::text AS inc FROM pg_catalog.pg_sequence WHERE seqrelid = $1::regclass`, [s.key]);
-    await tx.unsafe(`ALTER SEQUENCE ${s.key} INCREMENT BY ${BigInt(increment[0]?.inc ?? String(s.increment))}`);
+    // ALTER SEQUENCE blocks nextval on the sequence until this transaction ends (LOCK does not take sequences). This
+    // one changes nothing, it only takes that lock: CYCLE sequences were refused before.
+    await tx.unsafe(`ALTER SEQUENCE ${s.key} NO CYCLE`);
     const rows = await tx.unsafe<{ oid: string; increment: string; min: string; max: string; last_value: string; is_called: boolean }[]>(
       `SELECT q.seqrelid::oid::text AS oid, q.seqincrement::text AS increment, q.seqmin::text AS min, q.seqmax::text AS max,
               v.last_value::text AS last_value, v.is_called
@@ -250,8 +252,8 @@ async function lockAndRead(tx: Queryable, facts: readonly SequenceFacts[]): Prom
     if (!row) throw new PgmeshError('INTERNAL', `sequence ${s.key} disappeared while it was being interleaved`);
     let columnMax: bigint | null = null;
     let columnMin: bigint | null = null;
-    let typeMax = INTEGER_RANGES.bigint?.[1] ?? 0n;
-    let typeMin = INTEGER_RANGES.bigint?.[0] ?? 0n;
+    let typeMax = BIGINT_MAX;
+    let typeMin = BIGINT_MIN;
     for (const f of s.feeds) {
       const range = INTEGER_RANGES[f.type];
       if (range) {
@@ -267,8 +269,8 @@ async function lockAndRead(tx: Queryable, facts: readonly SequenceFacts[]): Prom
       );
       const hi = extremes[0]?.hi;
       const lo = extremes[0]?.lo;
-      if (hi != null && (columnMax === null || BigInt(hi) > columnMax)) columnMax = BigInt(hi);
-      if (lo != null && (columnMin === null || BigInt(lo) < columnMin)) columnMin = BigInt(lo);
+      if (hi != null && WHOLE.test(hi) && (columnMax === null || BigInt(hi) > columnMax)) columnMax = BigInt(hi);
+      if (lo != null && WHOLE.test(lo) && (columnMin === null || BigInt(lo) < columnMin)) columnMin = BigInt(lo);
     }
     out.push({
       key: s.key,
@@ -316,7 +318,7 @@ interface Decision {
  * alike; each node starts at the first value of its residue class past everything used anywhere: the columns'
  * extremes on every node, the last value of every node whose sequence still counts one by one, and its own.
  */
-function decide(states: ReadonlyMap<string, readonly LockedState[]>, members: ReadonlyMap<string, Member>): Decision {
+function decide(states: ReadonlyMap<string, readonly LockedState[]>, memberOf: (node: string) => Member): Decision {
   const byKey = new Map<string, { node: string; state: LockedState }[]>();
   for (const [node, list] of states) for (const state of list) byKey.set(state.key, [...(byKey.get(state.key) ?? []), { node, state }]);
   const changes = new Map<string, Change[]>();
@@ -330,8 +332,7 @@ function decide(states: ReadonlyMap<string, readonly LockedState[]>, members: Re
     }
     const up = ascending.length > 0;
     const interleavedOn = (node: string, s: LockedState): boolean => {
-      const m = members.get(node);
-      if (!m) return false;
+      const m = memberOf(node);
       const M = BigInt(m.maxNodes);
       return s.increment === (up ? M : -M) && mod(s.lastValue, M) === mod(BigInt(m.slot), M);
     };
@@ -346,7 +347,7 @@ function decide(states: ReadonlyMap<string, readonly LockedState[]>, members: Re
     const planned: { node: string; change: Change }[] = [];
     const noRoom: string[] = [];
     for (const { node, state } of entries) {
-      const m = members.get(node) as Member;
+      const m = memberOf(node);
       const M = BigInt(m.maxNodes);
       const r = mod(BigInt(m.slot), M);
       const past = floor === null ? lastUsed(state) : beyond(floor, lastUsed(state));
@@ -411,6 +412,11 @@ export async function interleaveSequences(conns: ReadonlyMap<string, Sql>, table
   const problems = memberProblems(memberList);
   if (problems.length > 0) throw new PgmeshError('CONFIG_INVALID', problems.join('\n'));
   const members = new Map(memberList.map((m) => [m.node, m]));
+  const memberOf = (node: string): Member => {
+    const member = members.get(node);
+    if (!member) throw new PgmeshError('INTERNAL', `node ${node} has no slot`);
+    return member;
+  };
   const wanted = new Set(tables.map((t) => tableKey(t.schema, t.name)));
 
   const facts = new Map<string, SequenceFacts[]>();
@@ -436,6 +442,9 @@ export async function interleaveSequences(conns: ReadonlyMap<string, Sql>, table
     }
   }
 
+  const toChange = (node: string) => (facts.get(node) ?? []).filter((s) => !refusedKeys.has(s.key));
+  if ([...conns.keys()].every((node) => toChange(node).length === 0)) return { byNode, refused: refusals(tables, reasons) };
+
   // Lock and read on every node, decide once every node has read, then restart; each node in one transaction.
   const arrived = new Map<string, LockedState[]>();
   let release: (d: Decision) => void = () => undefined;
@@ -448,17 +457,16 @@ export async function interleaveSequences(conns: ReadonlyMap<string, Sql>, table
   const tasks = [...conns].map(([node, sql]) =>
     sql
       .begin(async (tx) => {
-        const mine = (facts.get(node) ?? []).filter((s) => !refusedKeys.has(s.key));
-        arrived.set(node, await lockAndRead(tx, mine));
+        arrived.set(node, await lockAndRead(tx, toChange(node)));
         if (arrived.size === conns.size) {
           try {
-            release(decide(arrived, members));
+            release(decide(arrived, memberOf));
           } catch (error) {
             abort(error);
           }
         }
         const decision = await decided;
-        byNode.set(node, await applyChanges(tx, members.get(node) as Member, decision.changes.get(node) ?? []));
+        byNode.set(node, await applyChanges(tx, memberOf(node), decision.changes.get(node) ?? []));
         return decision;
       })
       .catch((error: unknown) => {
@@ -474,12 +482,16 @@ export async function interleaveSequences(conns: ReadonlyMap<string, Sql>, table
     const feeds = [...facts.values()].flat().find((s) => s.key === key)?.feeds ?? [];
     refuse({ key, feeds }, reason);
   }
+  return { byNode, refused: refusals(tables, reasons) };
+}
+
+function refusals(tables: readonly TableRef[], reasons: ReadonlyMap<string, readonly string[]>): TableRefusal[] {
   const refused: TableRefusal[] = [];
   for (const t of tables) {
     const why = reasons.get(tableKey(t.schema, t.name));
     if (why) refused.push({ ...t, problem: 'sequence', reason: `table ${t.schema}.${t.name} is not replicated: ${why.join('; ')}` });
   }
-  return { byNode, refused };
+  return refused;
 }
 
 function busyError(error: unknown, node: string): unknown {
