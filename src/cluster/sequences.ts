@@ -320,7 +320,9 @@ interface Decision {
  */
 function decide(states: ReadonlyMap<string, readonly LockedState[]>, memberOf: (node: string) => Member): Decision {
   const byKey = new Map<string, { node: string; state: LockedState }[]>();
-  for (const [node, list] of states) for (const state of list) byKey.set(state.key, [...(byKey.get(state.key) ?? []), { node, state }]);
+  // In slot order, whichever node read first: messages list the nodes the same way every time.
+  const bySlot = [...states].sort(([a], [b]) => memberOf(a).slot - memberOf(b).slot);
+  for (const [node, list] of bySlot) for (const state of list) byKey.set(state.key, [...(byKey.get(state.key) ?? []), { node, state }]);
   const changes = new Map<string, Change[]>();
   const refusals = new Map<string, string>();
   for (const [key, entries] of byKey) {
