@@ -174,18 +174,23 @@ function tableKey(schema: string, name: string): string {
   return JSON.stringify([schema, name]);
 }
 
-/** Why one node's sequence cannot be interleaved at all, whatever its values; undefined when it can. */
-function staticProblem(node: string, s: SequenceFacts): string | undefined {
-  if (s.cycle) {
-    return `sequence ${s.key} is CYCLE on ${node}: when it wraps around it hands out values already used, and on a cluster such a row overwrites another node's row; make it NO CYCLE on every node (ALTER SEQUENCE ${s.key} NO CYCLE)`;
+type StaticProblem = 'cycle' | 'unlogged' | 'not_owned';
+
+/** Why a sequence cannot be interleaved at all, whatever its values (on `nodes`), and what to do. */
+function staticReason(problem: StaticProblem, s: SequenceFacts, nodes: readonly string[]): string {
+  const on = nodes.join(', ');
+  switch (problem) {
+    case 'cycle':
+      return `sequence ${s.key} is CYCLE on ${on}: when it wraps around it hands out values already used, and on a cluster such a row overwrites another node's row; make it NO CYCLE on every node (ALTER SEQUENCE ${s.key} NO CYCLE)`;
+    case 'unlogged':
+      return `sequence ${s.key} is UNLOGGED on ${on}: after a crash it starts again and hands out values already used; make it logged on every node (ALTER SEQUENCE ${s.key} SET LOGGED)`;
+    case 'not_owned':
+      return `on ${on}, pgmesh's role does not own sequence ${s.key} (its owner is ${s.owner}), so it cannot make it hand out node-interleaved values; connect as ${s.owner} or a superuser, or give it to pgmesh's role (ALTER SEQUENCE ${s.key} OWNER TO ...)`;
   }
-  if (s.unlogged) {
-    return `sequence ${s.key} is UNLOGGED on ${node}: after a crash it starts again and hands out values already used; make it logged on every node (ALTER SEQUENCE ${s.key} SET LOGGED)`;
-  }
-  if (!s.owned) {
-    return `on ${node}, pgmesh's role does not own sequence ${s.key} (its owner is ${s.owner}), so it cannot make it hand out node-interleaved values; connect as ${s.owner} or a superuser, or give it to pgmesh's role (ALTER SEQUENCE ${s.key} OWNER TO ...)`;
-  }
-  return undefined;
+}
+
+function staticProblem(s: SequenceFacts): StaticProblem | undefined {
+  return s.cycle ? 'cycle' : s.unlogged ? 'unlogged' : !s.owned ? 'not_owned' : undefined;
 }
 
 /**
@@ -431,18 +436,22 @@ export async function interleaveSequences(conns: ReadonlyMap<string, Sql>, table
       if (wanted.has(t) && !(reasons.get(t) ?? []).includes(reason)) reasons.set(t, [...(reasons.get(t) ?? []), reason]);
     }
   };
+  const flagged = new Map<string, { facts: SequenceFacts; problem: StaticProblem; nodes: string[] }>();
   for (const [node, sql] of conns) {
     const list = await readFacts(sql, tables);
     facts.set(node, list);
     for (const s of list) {
-      const problem = staticProblem(node, s);
-      if (problem) refuse(s, problem);
+      const problem = staticProblem(s);
+      const flag = `${s.key} ${problem}`;
+      if (problem) flagged.set(flag, { facts: s, problem, nodes: [...(flagged.get(flag)?.nodes ?? []), node] });
       for (const f of s.feeds) {
         const identity = identityProblem(f);
         if (identity) refuse({ key: s.key, feeds: [f] }, identity);
       }
     }
   }
+
+  for (const { facts: s, problem, nodes } of flagged.values()) refuse(s, staticReason(problem, s, nodes));
 
   const toChange = (node: string) => (facts.get(node) ?? []).filter((s) => !refusedKeys.has(s.key));
   if ([...conns.keys()].every((node) => toChange(node).length === 0)) return { byNode, refused: refusals(tables, reasons) };
@@ -491,7 +500,7 @@ function refusals(tables: readonly TableRef[], reasons: ReadonlyMap<string, read
   const refused: TableRefusal[] = [];
   for (const t of tables) {
     const why = reasons.get(tableKey(t.schema, t.name));
-    if (why) refused.push({ ...t, problem: 'sequence', reason: `table ${t.schema}.${t.name} is not replicated: ${why.join('; ')}` });
+    if (why) refused.push({ ...t, problem: 'sequence', reason: `table ${t.schema}.${t.name}: ${why.join('; ')}` });
   }
   return refused;
 }
