@@ -11,6 +11,12 @@ export interface LocalColumn {
   readonly name: string;
   /** The type as format_type prints it, used in casts: `numeric(10,2)`, `public.mood`, `integer[]`. */
   readonly type: string;
+  /**
+   * GENERATED ALWAYS AS IDENTITY: inserts give its value with OVERRIDING SYSTEM VALUE, and updates leave it out (an
+   * UPDATE may set it only to DEFAULT; pgmesh replicates such columns only as part of the primary key, which an
+   * update does not change).
+   */
+  readonly identityAlways: boolean;
 }
 
 export type ConflictPolicy = 'last_update_wins' | 'keep_local' | 'apply_remote' | 'pause';
@@ -51,8 +57,8 @@ export interface RelationBinding {
 }
 
 export async function loadLocalRelation(sql: Sql, schema: string, name: string): Promise<LocalRelation | undefined> {
-  const rows = await sql.unsafe<{ oid: number; attname: string; type: string; pk_pos: number | null }[]>(
-    `SELECT c.oid::int8 AS oid, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) AS type,
+  const rows = await sql.unsafe<{ oid: number; attname: string; type: string; always: boolean; pk_pos: number | null }[]>(
+    `SELECT c.oid::int8 AS oid, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) AS type, a.attidentity = 'a' AS always,
             array_position(i.indkey::int2[], a.attnum) AS pk_pos
        FROM pg_catalog.pg_class c
        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -67,7 +73,7 @@ export async function loadLocalRelation(sql: Sql, schema: string, name: string):
   const columns = new Map<string, LocalColumn>();
   const keyed: { pos: number; name: string }[] = [];
   for (const row of rows) {
-    columns.set(row.attname, { name: row.attname, type: row.type });
+    columns.set(row.attname, { name: row.attname, type: row.type, identityAlways: row.always });
     if (row.pk_pos !== null) keyed.push({ pos: row.pk_pos, name: row.attname });
   }
   keyed.sort((a, b) => a.pos - b.pos);

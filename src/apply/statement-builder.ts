@@ -223,7 +223,7 @@ export function buildStatement(shape: StatementShape, ctx: StatementContext, pol
         `CASE WHEN cur.ord IS NOT NULL THEN ${newerLocal} WHEN tomb.ord IS NOT NULL THEN ${newerTomb} ELSE true END AS newer ` +
         `FROM u LEFT JOIN cur USING (ord) LEFT JOIN tomb USING (ord)), ` +
         `a AS MATERIALIZED (SELECT d.*, ${applyRule(policy)} AS apply FROM d), ` +
-        `w AS (INSERT INTO ${g.table} AS x (${names.join(', ')}) SELECT ${shape.valuePositions.map((_, i) => `u.v${i}`).join(', ')} ` +
+        `w AS (INSERT INTO ${g.table} AS x (${names.join(', ')}) OVERRIDING SYSTEM VALUE SELECT ${shape.valuePositions.map((_, i) => `u.v${i}`).join(', ')} ` +
         `FROM u JOIN a USING (ord) WHERE a.apply ORDER BY u.ord ON CONFLICT (${conflictTarget}) DO UPDATE SET ${set.join(', ')}${onConflictCheck})` +
         epilogue(g, policy, remoteRowOf(g, shape.valuePositions, (i) => `v${i}`), `CASE WHEN a.apply THEN 'apply_remote' WHEN a.found THEN 'keep_local' ELSE 'skip' END`)
       );
@@ -239,7 +239,9 @@ export function buildStatement(shape: StatementShape, ctx: StatementContext, pol
         ...shape.valuePositions.map((p, i) => `s.v${i}::${col(b, p).type} AS v${i}`),
         ...b.deltaPositions.filter(() => delta).map((p, i) => `s.o${i}::${col(b, p).type} AS o${i}`),
       ];
-      const set = shape.valuePositions.map((p, i) => {
+      // GENERATED ALWAYS identity columns are left out: an UPDATE may set them only to DEFAULT (they are key columns).
+      const set = shape.valuePositions.flatMap((p, i) => {
+        if (col(b, p).identityAlways) return [];
         const name = quoteIdent(col(b, p).name);
         const d = delta ? b.deltaPositions.indexOf(p) : -1;
         if (d >= 0) return `${name} = x.${name} + (u.v${i} - u.o${d})`;
@@ -256,7 +258,7 @@ export function buildStatement(shape: StatementShape, ctx: StatementContext, pol
           `ov AS (INSERT INTO pgmesh.version_override (relid, pkey, row_xmin, ts, node) SELECT ${g.rel}, w.pkey, w.new_xmin, w.lts, w.lnode ` +
           `FROM w WHERE NOT w.apply ON CONFLICT (relid, pkey) DO UPDATE SET row_xmin = EXCLUDED.row_xmin, ts = EXCLUDED.ts, node = EXCLUDED.node), ` +
           // An update whose row has not arrived yet (or was deleted by an older delete) creates it.
-          `ins AS (INSERT INTO ${g.table} (${names.join(', ')}) SELECT ${valueAliases.map((a) => `u.${a}`).join(', ')} FROM u JOIN a USING (ord) ` +
+          `ins AS (INSERT INTO ${g.table} (${names.join(', ')}) OVERRIDING SYSTEM VALUE SELECT ${valueAliases.map((a) => `u.${a}`).join(', ')} FROM u JOIN a USING (ord) ` +
           `WHERE NOT a.found AND a.apply ON CONFLICT DO NOTHING)`
         : `w AS (UPDATE ${g.table} AS x SET ${set.join(', ')} FROM u JOIN a USING (ord) WHERE ${keyMatch(g, 'x')} AND ${where}${recheck})`;
       // A delta table sends the old row (REPLICA IDENTITY FULL): when the local delta values are the ones the remote
@@ -417,7 +419,7 @@ export function buildFastStatement(
         // decides against the delete's version.
         const present = `EXISTS (SELECT 1 FROM ${table} x WHERE ${b.keyPositions.map((p, i) => `x.${quoteIdent(col(b, p).name)} = ${keys[i]}`).join(' AND ')})`;
         const insert =
-          `INSERT INTO ${table} (${names.join(', ')}) SELECT ${values.join(', ')}${one ? '' : ` FROM ${source(aliases, true)}`} ` +
+          `INSERT INTO ${table} (${names.join(', ')}) OVERRIDING SYSTEM VALUE SELECT ${values.join(', ')}${one ? '' : ` FROM ${source(aliases, true)}`} ` +
           `WHERE ${one ? `$${aliases.length}::text` : 's.op'} = 'i' AND CASE WHEN ${tombstone} OR ${present} THEN ${raise}::boolean ELSE true END${one ? '' : ' ORDER BY s.ord'}`;
         if (!finishing) return { text: insert, timestamp: false };
         const { check, log } = finishCtes(ctx, n + 2, ts);
@@ -426,6 +428,7 @@ export function buildFastStatement(
       if (op !== 'u' || delta) return undefined;
       const nonKey = shape.valuePositions.filter((p) => !b.keyPositions.includes(p));
       const setPositions = nonKey.length > 0 ? nonKey : shape.valuePositions;
+      if (setPositions.some((p) => col(b, p).identityAlways)) return undefined;
       if (!shape.multiRow) {
         const set = setPositions.map((p) => `${quoteIdent(col(b, p).name)} = ${param(shape.valuePositions.indexOf(p), p)}`);
         const text =
@@ -443,7 +446,8 @@ export function buildFastStatement(
       return { text, timestamp: true };
     }
     case 'partial_update': {
-      if (delta) return undefined;
+      // An identity column that is GENERATED ALWAYS cannot be set by an UPDATE: the full statement leaves it out.
+      if (delta || shape.valuePositions.some((p) => col(b, p).identityAlways)) return undefined;
       if (!shape.multiRow) {
         const keys = b.keyPositions.length;
         const set = shape.valuePositions.map((p, i) => `${quoteIdent(col(b, p).name)} = ${param(keys + i, p)}`);

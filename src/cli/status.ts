@@ -30,7 +30,7 @@ export function renderTable(rows: readonly (readonly string[])[]): string {
 /** The human view of a cluster: one line per node, one per directed link. */
 export function formatStatus(status: ClusterStatus): string {
   const now = Date.parse(status.at);
-  const nodes = [['NODE', 'ENDPOINT', 'STATE', 'VERSION', 'TABLES', 'OPEN EXCEPTIONS']];
+  const nodes = [['NODE', 'ENDPOINT', 'STATE', 'VERSION', 'TABLES', 'OPEN EXCEPTIONS', 'SEQUENCES']];
   for (const n of status.nodes) {
     nodes.push([
       n.name,
@@ -39,6 +39,7 @@ export function formatStatus(status: ClusterStatus): string {
       n.serverVersion ?? '-',
       n.replicatedTables === null ? '-' : String(n.replicatedTables),
       n.openExceptions === null ? '-' : String(n.openExceptions),
+      n.sequences === null ? '-' : `${n.sequences.interleaved} interleaved${n.sequences.notInterleaved.length > 0 ? `, ${n.sequences.notInterleaved.length} NOT` : ''}`,
     ]);
   }
   // Short headers: a link's line fits an 80-column terminal (XACTS: transactions applied; APPLIED: when last).
@@ -58,6 +59,12 @@ export function formatStatus(status: ClusterStatus): string {
   }
   const errors = [
     ...status.nodes.filter((n) => n.error).map((n) => `! ${n.error}`),
+    ...status.nodes
+      .filter((n) => n.sequences && n.sequences.notInterleaved.length > 0)
+      .map(
+        (n) =>
+          `! node ${n.name}: sequence(s) ${n.sequences?.notInterleaved.join(', ')} feed replicated tables but do not hand out node-interleaved values, so nodes can take the same keys; run "pgmesh tables add" for their tables`,
+      ),
     ...status.links.filter((l) => l.pausedReason).map((l) => `! ${l.from} -> ${l.to} paused: ${l.pausedReason}`),
     ...status.links
       .filter((l) => l.clockSkewWarning)

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { PgmeshError } from '../core/errors.ts';
 import { addClusterTables } from '../cluster/cluster-ops.ts';
 import { listReplicatedTables, type AddTablesResult, type TableRef } from '../cluster/node-admin.ts';
+import { readSequenceStatus, type SequenceResult, type SequenceStatus } from '../cluster/sequences.ts';
 import { connectionError, openSql } from '../pg/connect.ts';
 import { configFrom, loggerFor, printJson, type GlobalOptions } from './common.ts';
 
@@ -17,6 +18,15 @@ export function printTables(node: string, result: AddTablesResult): void {
   for (const t of result.added) process.stdout.write(`  ${node}: replicating ${t.schema}.${t.name}\n`);
   for (const t of result.alreadyReplicated) process.stdout.write(`  ${node}: already replicating ${t.schema}.${t.name}\n`);
   for (const t of result.refused) process.stdout.write(`  ${node}: NOT replicated: ${t.reason}\n`);
+  for (const s of result.sequences ?? []) process.stdout.write(`  ${node}: ${describeSequence(s)}\n`);
+}
+
+/** "sequence public.orders_id_seq (public.orders.id) hands out 3, 11, 19, ... (interleaved now)". */
+export function describeSequence(s: SequenceResult): string {
+  const next = BigInt(s.nextValue);
+  const values = [next, next + BigInt(s.step), next + 2n * BigInt(s.step)].join(', ');
+  const state = s.action === 'interleaved' ? 'interleaved now' : 'already interleaved';
+  return `sequence ${s.sequence} (${s.feeds.join(', ')}) hands out ${values}, ... (${state}; ${s.valuesLeft} values left)`;
 }
 
 /** The tables of every node; a table refused on every node (as addTablesEverywhere refuses) is printed once. */
@@ -51,17 +61,30 @@ export function registerTables(program: Command): void {
     .action(async (options: { json?: boolean }, command: Command) => {
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
       const out: Record<string, string[]> = {};
+      const sequences: Record<string, SequenceStatus[]> = {};
       for (const node of config.nodes) {
         const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh tables', logger: loggerFor(config) });
         try {
           out[node.name] = (await listReplicatedTables(sql)).map((t) => `${t.schema}.${t.name}`);
+          sequences[node.name] = await readSequenceStatus(sql);
         } catch (error) {
           throw connectionError(error, node.name, node.dsn);
         } finally {
           await sql.end({ timeout: 2 });
         }
       }
-      if (options.json) printJson(out);
-      else for (const [node, list] of Object.entries(out)) process.stdout.write(`${node}: ${list.join(', ') || '(none)'}\n`);
+      if (options.json) {
+        printJson(out);
+        return;
+      }
+      for (const [node, list] of Object.entries(out)) {
+        process.stdout.write(`${node}: ${list.join(', ') || '(none)'}\n`);
+        for (const s of sequences[node] ?? []) {
+          const state = s.interleaved
+            ? `steps by ${s.increment.replace(/^-/, '')}${s.increment.startsWith('-') ? ' down' : ''}, last value ${s.lastValue ?? 'none yet'}, ${s.valuesLeft ?? '?'} values left`
+            : `NOT interleaved (increment ${s.increment}): run "pgmesh tables add" for its tables`;
+          process.stdout.write(`  sequence ${s.sequence} (${s.feeds.join(', ')}): ${state}\n`);
+        }
+      }
     });
 }

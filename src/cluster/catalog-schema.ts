@@ -390,6 +390,116 @@ BEGIN
 END
 $fn$;
 `,
+  /* 4: node-interleaved sequences, snowflake ids (docs/sequences.md) */ `
+-- Which columns each sequence feeds: serial and identity columns (the sequence depends on the column) and columns
+-- whose default calls nextval() of it (the default depends on the sequence).
+CREATE VIEW pgmesh.sequence_feed AS
+SELECT d.objid AS seqrelid, d.refobjid AS relid, d.refobjsubid::int2 AS attnum
+  FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+ WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.refclassid = 'pg_catalog.pg_class'::regclass
+   AND d.deptype IN ('a', 'i') AND d.refobjsubid > 0
+UNION
+SELECT d.refobjid, ad.adrelid, ad.adnum
+  FROM pg_catalog.pg_attrdef ad
+  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.objid = ad.oid
+   AND d.refclassid = 'pg_catalog.pg_class'::regclass
+  JOIN pg_catalog.pg_class s ON s.oid = d.refobjid AND s.relkind = 'S';
+
+-- What pgmesh did to each sequence of a replicated table on this node: it hands out first_value, then every
+-- step-th value (step = the cluster's maxNodes, negative for a descending sequence).
+CREATE TABLE pgmesh.interleaved_sequence (
+  seqrelid oid PRIMARY KEY,
+  sequence_name text NOT NULL,
+  node_slot integer NOT NULL,
+  step bigint NOT NULL,
+  first_value bigint NOT NULL,
+  feeds text[] NOT NULL,
+  restarted_at timestamptz NOT NULL,
+  checked_at timestamptz NOT NULL
+);
+
+-- Every sequence that feeds a replicated table, and whether it still hands out only this node's values (someone may
+-- have altered it since, or it was created after its table joined replication).
+CREATE VIEW pgmesh.sequence_status AS
+WITH used AS (
+  SELECT f.seqrelid, array_agg(DISTINCT format('%s.%s.%s', rn.nspname, r.relname, a.attname) ORDER BY format('%s.%s.%s', rn.nspname, r.relname, a.attname)) AS feeds
+    FROM pgmesh.sequence_feed f
+    JOIN pg_catalog.pg_class r ON r.oid = f.relid
+    JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = f.relid AND a.attnum = f.attnum
+   WHERE f.relid IN (SELECT pr.prrelid FROM pg_catalog.pg_publication_rel pr JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
+                      WHERE p.pubname = 'pgmesh')
+   GROUP BY f.seqrelid
+), state AS (
+  SELECT u.seqrelid, u.feeds, pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(s.relname) AS sequence_name,
+         q.seqincrement AS increment, q.seqmin, q.seqmax, q.seqstart,
+         CASE WHEN pg_catalog.has_sequence_privilege(s.oid, 'SELECT,USAGE') THEN pg_catalog.pg_sequence_last_value(s.oid) END AS last_value
+    FROM used u JOIN pg_catalog.pg_class s ON s.oid = u.seqrelid JOIN pg_catalog.pg_namespace n ON n.oid = s.relnamespace
+    JOIN pg_catalog.pg_sequence q ON q.seqrelid = s.oid
+)
+SELECT st.seqrelid, st.sequence_name, st.feeds, st.increment, st.last_value,
+       abs(st.increment) = l.max_nodes AND mod(mod(coalesce(st.last_value, i.first_value, st.seqstart), l.max_nodes) + l.max_nodes, l.max_nodes)
+         = mod(l.node_slot, l.max_nodes) AS interleaved,
+       i.first_value, i.restarted_at,
+       CASE WHEN st.increment > 0 THEN greatest(0, (st.seqmax - coalesce(st.last_value, st.seqstart - st.increment)) / st.increment)
+            ELSE greatest(0, (coalesce(st.last_value, st.seqstart - st.increment) - st.seqmin) / -st.increment) END AS values_left
+  FROM state st CROSS JOIN pgmesh.local_node l
+  LEFT JOIN pgmesh.interleaved_sequence i ON i.seqrelid = st.seqrelid AND i.sequence_name = st.sequence_name;
+
+-- Snowflake ids: 64-bit, sortable by time, unique across nodes without coordination. Bit layout, from the top:
+--   1 bit 0 (ids are positive), 41 bits milliseconds since 2025-01-01 00:00 UTC (until 2094),
+--   10 bits node slot - 1 (maxNodes is at most 1024), 12 bits counter within the millisecond.
+-- The time and counter bits are one value kept in a sequence, never smaller than the last one handed out: the next
+-- id takes the clock's millisecond with counter 0, or the last value + 1 if that is not smaller. So a clock that
+-- goes back, or more than 4096 ids in a millisecond, borrow from the following milliseconds (ids stay unique and
+-- increasing; their time runs ahead until the clock catches up). A sequence survives crashes and never goes back.
+CREATE SEQUENCE pgmesh.snowflake_state AS bigint MINVALUE 0 MAXVALUE 9007199254740991 START WITH 0 NO CYCLE;
+
+-- The read-and-advance of the sequence must not interleave with another session's (a setval could go back), so it
+-- runs under a session advisory lock held for microseconds, released even when the call is cancelled in between.
+-- A transaction-level lock would make every transaction that takes an id wait for the previous one to end.
+CREATE FUNCTION pgmesh.snowflake_id_at(clock timestamptz) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+  tick bigint := (floor(extract(epoch FROM clock) * 1000)::bigint - 1735689600000) << 12;
+  slot integer;
+  state bigint;
+  locked boolean := false;
+BEGIN
+  SELECT l.node_slot INTO slot FROM pgmesh.local_node l;
+  IF slot IS NULL OR slot > 1024 THEN
+    RAISE EXCEPTION 'pgmesh.snowflake_id: this node has no slot from 1 to 1024 (run "pgmesh init" for it)' USING ERRCODE = 'PM005';
+  END IF;
+  IF tick < 0 THEN
+    RAISE EXCEPTION 'pgmesh.snowflake_id: the clock (%) is before the id epoch 2025-01-01', clock USING ERRCODE = 'PM005';
+  END IF;
+  BEGIN
+    PERFORM pg_advisory_lock(hashtext('pgmesh.snowflake'));
+    locked := true;
+    state := nextval('pgmesh.snowflake_state');
+    IF state < tick THEN
+      PERFORM setval('pgmesh.snowflake_state', tick);
+      state := tick;
+    END IF;
+    locked := false;
+    PERFORM pg_advisory_unlock(hashtext('pgmesh.snowflake'));
+  EXCEPTION WHEN OTHERS OR query_canceled THEN
+    IF locked THEN
+      PERFORM pg_advisory_unlock(hashtext('pgmesh.snowflake'));
+    END IF;
+    RAISE;
+  END;
+  RETURN ((state >> 12) << 22) | ((slot - 1)::bigint << 12) | (state & 4095);
+END
+$fn$;
+-- Taking ids at a chosen time moves the sequence for everyone: only for tests and operators.
+REVOKE ALL ON FUNCTION pgmesh.snowflake_id_at(timestamptz) FROM PUBLIC;
+
+CREATE FUNCTION pgmesh.snowflake_id() RETURNS bigint
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+  SELECT pgmesh.snowflake_id_at(clock_timestamp())
+$fn$;
+`,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

@@ -16,11 +16,13 @@ import {
   initNode,
   initProblems,
   listUserTables,
+  readLocalNode,
   requireLocalNode,
   type AddTablesResult,
   type TableRef,
   type TableRefusal,
 } from './node-admin.ts';
+import { interleaveSequences, memberProblems, readSequenceStatus, type Member } from './sequences.ts';
 
 export interface CreateClusterResult {
   readonly nodes: readonly { readonly name: string; readonly created: boolean; readonly tables: AddTablesResult }[];
@@ -74,6 +76,17 @@ export async function createCluster(
     for (const [index, node] of config.nodes.entries()) {
       problems.push(...(await initProblems(conns.get(node.name) as Sql, initOptions(index, node))));
     }
+    // Slots and maxNodes as they are (nodes already initialized keep theirs) or will be: sequences interleave by them.
+    const members: Member[] = [];
+    for (const [index, node] of config.nodes.entries()) {
+      const existing = await readLocalNode(conns.get(node.name) as Sql);
+      members.push(
+        existing
+          ? { node: node.name, slot: existing.nodeSlot, maxNodes: existing.maxNodes, initialized: true }
+          : { node: node.name, slot: index + 1, maxNodes: config.maxNodes, initialized: false },
+      );
+    }
+    for (const problem of memberProblems(members, config.maxNodes)) problems.push(new PgmeshError('CONFIG_INVALID', problem));
     if (problems.length > 0) {
       throw new PgmeshError(problems[0]?.code ?? 'SERVER_SETTINGS', problems.map((p) => p.message).join('\n'));
     }
@@ -147,10 +160,15 @@ export async function addTablesEverywhere(conns: ReadonlyMap<string, Sql>, table
     refusedEverywhere.push({ ...table, problem: 'refused_elsewhere', reason: `table ${table.schema}.${table.name} ${state}: ${where.join('; ')}` });
   }
   const accepted = [...candidates.entries()].filter(([key]) => !reasons.has(key)).map(([, t]) => t);
+  // Before a table is published, its sequences hand out node-interleaved values (or it is refused).
+  const sequences = await interleaveSequences(conns, accepted);
+  refusedEverywhere.push(...sequences.refused);
+  const refusedKeys = new Set(sequences.refused.map(tableKey));
+  const ready = accepted.filter((t) => !refusedKeys.has(tableKey(t)));
   const results = new Map<string, AddTablesResult>();
   for (const [node, sql] of conns) {
-    const result = await addTables(sql, accepted);
-    results.set(node, { ...result, refused: [...result.refused, ...refusedEverywhere] });
+    const result = await addTables(sql, ready);
+    results.set(node, { ...result, refused: [...result.refused, ...refusedEverywhere], sequences: sequences.byNode.get(node) ?? [] });
   }
   return results;
 }
@@ -199,6 +217,11 @@ export interface NodeStatus {
   readonly initialized: boolean;
   readonly replicatedTables: number | null;
   readonly openExceptions: number | null;
+  /**
+   * Sequences that feed replicated tables: how many hand out only this node's values, and those that do not (created
+   * or altered after their table joined replication: "pgmesh tables add" for the table interleaves them).
+   */
+  readonly sequences: { readonly interleaved: number; readonly notInterleaved: readonly string[] } | null;
 }
 
 export interface ClusterStatus {
@@ -242,6 +265,7 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
     const progress = new Map<string, PeerProgress>();
     let tables: number | null = null;
     let openExceptions: number | null = null;
+    let sequences: NodeStatus['sequences'] = null;
     if (initialized) {
       for (const row of await sql.unsafe<
         { peer: string; applied_xacts: string; applied_at: string | null; remote_commit_ts: string | null; skew: string | null; conflicts: string; paused_reason: string | null; paused: boolean }[]
@@ -266,9 +290,11 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
       );
       tables = Number(t[0]?.n ?? 0);
       openExceptions = Number(t[0]?.e ?? 0);
+      const feeding = await readSequenceStatus(sql);
+      sequences = { interleaved: feeding.filter((f) => f.interleaved).length, notInterleaved: feeding.filter((f) => !f.interleaved).map((f) => f.sequence) };
     }
     return {
-      status: { ...base, reachable: true, error: null, serverVersion: info[0]?.version ?? null, initialized, replicatedTables: tables, openExceptions },
+      status: { ...base, reachable: true, error: null, serverVersion: info[0]?.version ?? null, initialized, replicatedTables: tables, openExceptions, sequences },
       slots,
       progress,
     };
@@ -289,6 +315,7 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
         initialized: reached?.initialized ?? false,
         replicatedTables: null,
         openExceptions: null,
+        sequences: null,
       },
       slots: new Map(),
       progress: new Map(),

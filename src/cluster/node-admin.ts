@@ -6,6 +6,7 @@ import { PgmeshError } from '../core/errors.ts';
 import type { Sql } from '../pg/connect.ts';
 import { qualifiedName, quoteIdent, quoteLiteral, NODE_NAME_PATTERN } from '../pg/quote.ts';
 import { CATALOG_VERSION, MIGRATIONS, PUBLICATION, originName, slotName } from './catalog-schema.ts';
+import { memberProblems, type SequenceResult } from './sequences.ts';
 import { checkServerFacts, formatProblems, readServerFacts } from './server-checks.ts';
 
 export interface LocalNode {
@@ -20,7 +21,7 @@ export interface TableRef {
 }
 
 export interface TableRefusal extends TableRef {
-  readonly problem: 'missing' | 'not_a_table' | 'not_logged' | 'no_primary_key' | 'refused_elsewhere';
+  readonly problem: 'missing' | 'not_a_table' | 'not_logged' | 'no_primary_key' | 'refused_elsewhere' | 'sequence';
   /** What is wrong and what to do, for the user. */
   readonly reason: string;
 }
@@ -29,6 +30,8 @@ export interface AddTablesResult {
   readonly added: readonly TableRef[];
   readonly alreadyReplicated: readonly TableRef[];
   readonly refused: readonly TableRefusal[];
+  /** What was done to the sequences of these tables (cluster-wide adds only; see sequences.ts). */
+  readonly sequences?: readonly SequenceResult[];
 }
 
 export function validateNodeName(name: string): void {
@@ -101,6 +104,11 @@ export async function initProblems(sql: Sql, options: InitOptions): Promise<Pgme
     );
   }
   const existing = await readLocalNode(sql);
+  if (!existing) {
+    for (const problem of memberProblems([{ node: options.nodeName, slot: options.nodeSlot, maxNodes: options.maxNodes, initialized: false }])) {
+      found.push(new PgmeshError('CONFIG_INVALID', problem, { context }));
+    }
+  }
   if (existing && existing.nodeName !== options.nodeName) {
     found.push(
       new PgmeshError(

@@ -17,6 +17,7 @@ export type PgmeshErrorCode =
   | 'SLOT_MISSING'
   | 'PROTOCOL'
   | 'APPLY_FAILED'
+  | 'BUSY'
   | 'INTERNAL';
 
 export type ErrorContext = Readonly<Record<string, string | number | bigint | boolean | undefined>>;

@@ -22,6 +22,7 @@ export const SQLSTATE = {
   invalidCatalogName: '3D000',
   insufficientPrivilege: '42501',
   objectInUse: '55006',
+  lockNotAvailable: '55P03',
   adminShutdown: '57P01',
   crashShutdown: '57P02',
   cannotConnectNow: '57P03',
