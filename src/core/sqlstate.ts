@@ -12,6 +12,7 @@ export const SQLSTATE = {
   numericValueOutOfRange: '22003',
   stringDataRightTruncation: '22001',
   datatypeMismatch: '42804',
+  generatedAlways: '428C9',
   undefinedTable: '42P01',
   undefinedColumn: '42703',
   undefinedObject: '42704',
@@ -51,18 +52,13 @@ const RETRYABLE = new Set<string>([
   SQLSTATE.objectInUse,
 ]);
 
-/** Errors that a row change can raise because of the data it carries; in the convergence issue they go to the exception table. */
-const DATA = new Set<string>([
-  SQLSTATE.uniqueViolation,
-  SQLSTATE.foreignKeyViolation,
-  SQLSTATE.checkViolation,
-  SQLSTATE.notNullViolation,
-  SQLSTATE.exclusionViolation,
-  SQLSTATE.invalidTextRepresentation,
-  SQLSTATE.numericValueOutOfRange,
-  SQLSTATE.stringDataRightTruncation,
-  SQLSTATE.datatypeMismatch,
-]);
+/**
+ * Errors that a row change can raise because of the data it carries: the transaction is applied again change by
+ * change, and a change that fails goes to the exception table instead of stopping the stream for good. Every data
+ * exception (class 22) and integrity constraint violation (class 23), and the listed others.
+ */
+const DATA = new Set<string>([SQLSTATE.datatypeMismatch, SQLSTATE.generatedAlways]);
+const DATA_CLASSES = ['22', '23'];
 
 export function sqlState(error: unknown): string | undefined {
   if (typeof error === 'object' && error !== null && 'code' in error) {
@@ -77,5 +73,5 @@ export function isRetryableSqlState(code: string | undefined): boolean {
 }
 
 export function isDataSqlState(code: string | undefined): boolean {
-  return code !== undefined && DATA.has(code);
+  return code !== undefined && (DATA.has(code) || DATA_CLASSES.includes(code.slice(0, 2)));
 }
