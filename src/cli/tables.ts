@@ -50,18 +50,26 @@ export function registerTables(program: Command): void {
     .option('--json', 'print as JSON')
     .action(async (options: { json?: boolean }, command: Command) => {
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
-      const out: Record<string, string[]> = {};
-      for (const node of config.nodes) {
-        const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh tables', logger: loggerFor(config) });
-        try {
-          out[node.name] = (await listReplicatedTables(sql)).map((t) => `${t.schema}.${t.name}`);
-        } catch (error) {
-          throw connectionError(error, node.name, node.dsn);
-        } finally {
-          await sql.end({ timeout: 2 });
-        }
+      // Every node at once, each on its own: a node that cannot be read is reported, the others still listed.
+      const results = await Promise.all(
+        config.nodes.map(async (node): Promise<[string, string[] | PgmeshError]> => {
+          const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh tables', logger: loggerFor(config), connectTimeoutS: 5 });
+          try {
+            return [node.name, (await listReplicatedTables(sql)).map((t) => `${t.schema}.${t.name}`)];
+          } catch (error) {
+            return [node.name, connectionError(error, node.name, node.dsn)];
+          } finally {
+            await sql.end({ timeout: 2 }).catch(() => undefined);
+          }
+        }),
+      );
+      const failed = results.filter((r): r is [string, PgmeshError] => r[1] instanceof PgmeshError);
+      if (options.json) {
+        printJson(Object.fromEntries(results.filter((r): r is [string, string[]] => Array.isArray(r[1]))));
+        for (const [, error] of failed) process.stderr.write(`pgmesh: ${error.message}\n`);
+      } else {
+        for (const [node, list] of results) process.stdout.write(`${node}: ${Array.isArray(list) ? list.join(', ') || '(none)' : list.message}\n`);
       }
-      if (options.json) printJson(out);
-      else for (const [node, list] of Object.entries(out)) process.stdout.write(`${node}: ${list.join(', ') || '(none)'}\n`);
+      if (failed.length > 0) process.exitCode = 1;
     });
 }
