@@ -11,7 +11,7 @@ const MAX_BIGINT = 9_223_372_036_854_775_807n;
 /** A catalog id: decimal digits only, 1 to 2^63-1, kept exact as a bigint. */
 export function parseId(text: string): bigint {
   if (!/^[0-9]+$/.test(text) || BigInt(text) < 1n || BigInt(text) > MAX_BIGINT) {
-    throw new InvalidArgumentError(`give the id as a whole number from 1 to ${MAX_BIGINT} (written in decimal), as the list shows it.`);
+    throw new InvalidArgumentError(`Give the id as a whole number from 1 to ${MAX_BIGINT} (written in decimal), as the list shows it.`);
   }
   return BigInt(text);
 }
@@ -20,7 +20,7 @@ export function parseId(text: string): bigint {
 export function wholeNumber(min: number, max: number): (text: string) => number {
   return (text) => {
     const n = /^[0-9]+$/.test(text) ? Number(text) : Number.NaN;
-    if (!Number.isSafeInteger(n) || n < min || n > max) throw new InvalidArgumentError(`give a whole number from ${min} to ${max}.`);
+    if (!Number.isSafeInteger(n) || n < min || n > max) throw new InvalidArgumentError(`Give a whole number from ${min} to ${max}.`);
     return n;
   };
 }
@@ -29,7 +29,7 @@ export function wholeNumber(min: number, max: number): (text: string) => number 
 export function seconds(min: number, max: number): (text: string) => number {
   return (text) => {
     const n = /^[0-9]+(\.[0-9]+)?$/.test(text) ? Number(text) : Number.NaN;
-    if (!Number.isFinite(n) || n < min || n > max) throw new InvalidArgumentError(`give a number of seconds from ${min} to ${max}.`);
+    if (!Number.isFinite(n) || n < min || n > max) throw new InvalidArgumentError(`Give a number of seconds from ${min} to ${max}.`);
     return n;
   };
 }
