@@ -99,7 +99,8 @@ test('bad input, one row each: exit code 2 (or 1 for a failure), a message that 
         writeFileSync(config, JSON.stringify(row.config));
       }
       const options: CliOptions = { config, ...(row.env ? { env: row.env } : {}) };
-      return pgmesh(row.args, options);
+      // A run that hangs (status --watch 0 would refresh forever) is that row's failure.
+      return pgmesh(row.args, options).catch((error: unknown) => ({ code: null, output: (error as Error).message }));
     });
     // Every row is checked before failing, so one run shows every row that is wrong.
     const wrong: string[] = [];
