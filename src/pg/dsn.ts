@@ -52,6 +52,9 @@ export function dsnProblem(dsn: string): string | undefined {
     if (!decodes(text)) return `has a % in its ${part} that is not followed by two hexadecimal digits; write a % itself as %25`;
   }
   if (url.port === '0') return 'has port 0; give the port the server listens on (5432 by default)';
+  for (const [key, value] of rawQuery(dsn)) {
+    if (!decodes(key) || !decodes(value)) return `has a % in its query (?${decodes(key) ? decodeURIComponent(key) : '...'}=) that is not followed by two hexadecimal digits; write a % itself as %25`;
+  }
   const query = url.searchParams;
   for (const key of new Set(query.keys())) {
     if (query.getAll(key).length > 1) return `gives ?${key}= more than once; keep one`;
@@ -92,16 +95,36 @@ export function dsnTarget(dsn: string): DsnTarget {
   return { host: host.replace(/^\[(.*)\]$/, '$1') || 'localhost', port };
 }
 
+/** The query's parameters as written (not decoded): [key, value]. */
+function rawQuery(dsn: string): [string, string][] {
+  const question = dsn.indexOf('?');
+  if (question < 0) return [];
+  const hash = dsn.indexOf('#', question);
+  const query = dsn.slice(question + 1, hash < 0 ? undefined : hash);
+  return query
+    .split('&')
+    .filter((part) => part !== '')
+    .map((part) => {
+      const eq = part.indexOf('=');
+      return eq < 0 ? [part, ''] : [part.slice(0, eq), part.slice(eq + 1)];
+    });
+}
+
 /**
  * The connection string the driver gets, and the password it is told apart: postgres.js sends a `?password=`
  * query parameter to the server as a run-time parameter, while libpq (and so pgmesh) reads it as the password.
+ * Decoded as libpq does (percent-escapes only; a "+" stays a "+").
  */
 export function splitQueryPassword(dsn: string): { dsn: string; password: string | undefined } {
-  const url = new URL(dsn);
-  const password = url.searchParams.get('password');
-  if (password === null) return { dsn, password: undefined };
-  url.searchParams.delete('password');
-  return { dsn: url.toString(), password };
+  const raw = rawQuery(dsn).find(([key]) => key === 'password');
+  if (!raw) return { dsn, password: undefined };
+  const question = dsn.indexOf('?');
+  const hash = dsn.indexOf('#', question);
+  const rest = rawQuery(dsn)
+    .filter(([key]) => key !== 'password')
+    .map(([key, value]) => `${key}=${value}`)
+    .join('&');
+  return { dsn: `${dsn.slice(0, question)}${rest ? `?${rest}` : ''}${hash < 0 ? '' : dsn.slice(hash)}`, password: decodeURIComponent(raw[1]) };
 }
 
 /** postgres.js parses a URL whose host part may list several hosts ("h1:5432,h2:5433"): it keeps the first one. */
@@ -164,8 +187,13 @@ export function dsnPassword(dsn: string): string | undefined {
         return raw || undefined;
       }
     }
-    const query = /[?&][^=&]*pass[^=&]*=([^&]*)/i.exec(dsn)?.[1];
-    return query ? decodeURIComponent(query) : undefined;
+    const query = /[?&][^=&]*pass[^=&]*=([^&#]*)/i.exec(dsn)?.[1];
+    if (!query) return undefined;
+    try {
+      return decodeURIComponent(query);
+    } catch {
+      return query;
+    }
   }
   const match = /password\s*=\s*('((?:[^'\\]|\\.)*)'|\S+)/i.exec(dsn);
   if (!match) return undefined;

@@ -81,6 +81,7 @@ test('dsnProblem accepts what pgmesh can use and explains the rest without repea
     [`postgres://app:${SECRET}@db1/app?sslmode=bogus`, /^has sslmode=bogus, which is not an sslmode; use one of disable, allow, prefer, require, verify-ca, verify-full$/],
     [`postgres://app:${SECRET}@db1/app?password=${SECRET}`, /^gives a password twice/],
     [`postgres://app:${SECRET}@db1/app?DateStyle=German`, /^sets DateStyle in its query, which pgmesh sets itself/],
+    [`postgres://app@db1/app?password=${SECRET}%ZZ`, /^has a % in its query \(\?password=\) that is not followed by two hexadecimal digits/],
   ];
   for (const [dsn, expected] of cases) {
     const problem = dsnProblem(dsn);
@@ -105,6 +106,8 @@ test('a password given as ?password= is taken out of the URL the driver sees (wh
     password: 'a&b c',
   });
   assert.deepEqual(splitQueryPassword('postgres://app@db1/app'), { dsn: 'postgres://app@db1/app', password: undefined });
+  // As libpq reads it: percent-escapes only, a "+" is a "+".
+  assert.deepEqual(splitQueryPassword('postgres://app@db1/app?password=a+b&application_name=x'), { dsn: 'postgres://app@db1/app?application_name=x', password: 'a+b' });
 });
 
 test('scrubSecrets removes given secrets and passwords inside URLs', () => {
