@@ -30,10 +30,8 @@ export function dsnProblem(dsn: string): string | undefined {
       ? 'is in key=value form, which pgmesh does not support; write it as a URL: postgres://user:password@host:port/dbname'
       : 'is not a connection string; write it as a URL: postgres://user:password@host:port/dbname';
   }
-  const hostPart = dsnHostPart(dsn);
-  if (hostPart.includes(',')) {
-    return `names several hosts (${hostPart}); a node is one server: give one host:port`;
-  }
+  // Not echoed: with an unencoded "/" in the password, what looks like the host part is the password.
+  if (dsnHostPart(dsn).includes(',')) return 'names several hosts (a list with ","); a node is one server: give one host:port';
   let url: URL;
   try {
     url = new URL(dsn);

@@ -76,7 +76,7 @@ test('dsnProblem accepts what pgmesh can use and explains the rest without repea
     [`db1.example:5432`, /not a connection string.*postgres:\/\//],
     [`postgres://app:${SECRET}@db1:notaport/app`, /not a valid URL; percent-encode.*port is a number/],
     [`postgres://app:pa/${SECRET}@db1/app`, /not a valid URL/],
-    [`postgres://app:${SECRET}@h1:5432,h2:5433/app`, /^names several hosts \(h1:5432,h2:5433\); a node is one server: give one host:port$/],
+    [`postgres://app:${SECRET}@h1:5432,h2:5433/app`, /^names several hosts \(a list with ","\); a node is one server: give one host:port$/],
     [`postgres://app:${SECRET}%ZZ@db1/app`, /^has a % in its password that is not followed by two hexadecimal digits; write a % itself as %25$/],
     [`postgres://app:${SECRET}@db1/app?sslmode=bogus`, /^has sslmode=bogus, which is not an sslmode; use one of disable, allow, prefer, require, verify-ca, verify-full$/],
     [`postgres://app:${SECRET}@db1/app?password=${SECRET}`, /^gives a password twice/],
