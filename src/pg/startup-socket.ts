@@ -84,7 +84,7 @@ class StartupGuard {
     const wrong = () => new StartupError('NOT_POSTGRES', printable(chunk));
     let i = 0;
     while (i < chunk.length && this.expect !== 'done') {
-      const byte = chunk[i] as number;
+      const byte = chunk.readUInt8(i);
       switch (this.expect) {
         case 'ssl':
           if (!SSL_ANSWER.has(byte)) return wrong();

@@ -104,8 +104,8 @@ test('bad input, one row each: exit code 2 (or 1 for a failure), a message that 
     });
     // Every row is checked before failing, so one run shows every row that is wrong.
     const wrong: string[] = [];
-    for (const [i, result] of results.entries()) {
-      const row = rows[i] as Row;
+    for (const [i, row] of rows.entries()) {
+      const result = results[i] ?? { code: null, output: '(not run)' };
       const what = `row ${i}: pgmesh ${row.args.join(' ')}${row.config !== undefined ? ` with ${JSON.stringify(row.config)}` : ''}`;
       try {
         assert.equal(result.code, row.code, 'exit code');

@@ -26,10 +26,10 @@ function satisfies(version: Version, range: string): boolean {
   return range.split('||').some((alternative) => {
     const text = alternative.trim();
     const atLeast = /^>=\s*(\S+)$/.exec(text);
-    if (atLeast) return compare(version, parseVersion(atLeast[1] as string)) >= 0;
+    if (atLeast) return compare(version, parseVersion(atLeast[1] ?? '')) >= 0;
     const caret = /^\^(\S+)$/.exec(text);
     if (caret) {
-      const base = parseVersion(caret[1] as string);
+      const base = parseVersion(caret[1] ?? '');
       return version[0] === base[0] && compare(version, base) >= 0;
     }
     const wildcard = /^(\d+)(?:\.x)?$/.exec(text);
