@@ -62,7 +62,7 @@ function printable(bytes: Buffer): string {
  * Reads the server's side of the start-up: settled once the driver is past it (or into TLS), failed when the
  * bytes are not PostgreSQL's.
  */
-class StartupGuard {
+export class StartupGuard {
   /** 'ssl': the one-byte answer to an SSLRequest is next; 'type', 'length': a message's header; 'body': its payload. */
   private expect: 'ssl' | 'type' | 'length' | 'body' | 'done';
   private first = true;
