@@ -58,7 +58,7 @@ export class Agent {
       });
       const problems = checkServerFacts(facts, peers.length);
       if (problems.length > 0) throw new PgmeshError('SERVER_SETTINGS', formatProblems(nodeName, problems), { context: { node: nodeName } });
-      for (const warning of serverWarnings(facts)) log.warn({ node: nodeName }, warning);
+      for (const warning of serverWarnings(facts)) log.warn({}, warning);
       await requireLocalNode(catalog, nodeName);
       const versions = await catalog.unsafe<{ version: number }[]>(`SELECT version FROM pgmesh.catalog_version`);
       const version = versions[0]?.version ?? 0;

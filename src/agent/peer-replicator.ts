@@ -6,7 +6,7 @@
  * Invariant: at most one stream and one apply session per peer exist at a time (the previous ones are closed
  * before the next start), so the replication origin is never set up twice.
  */
-import { PgmeshError, errorMessage } from '../core/errors.ts';
+import { PgmeshError, errorMessage, serverValues } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
 import { formatLsn, LSN_ZERO, parseLsn, type Lsn } from '../core/lsn.ts';
 import { formatPgTimestamp } from '../core/pg-time.ts';
@@ -103,6 +103,9 @@ export class PeerReplicator {
         }
         this.lastError = { code, message: errorMessage(error), at: new Date().toISOString() };
         log.error({ peer: this.options.peer, code, err: errorMessage(error) }, 'stream from peer stopped; will retry');
+        // The row's values, which the message leaves out (personal data), only when asked for.
+        const values = serverValues(error);
+        if (values) log.debug({ peer: this.options.peer, ...values }, 'the server\'s own words about that failure');
         if (sqlstate === SQLSTATE.conflictPause || sqlstate === SQLSTATE.exceptionPause) {
           await this.pause(errorMessage(error));
           continue;

@@ -22,7 +22,7 @@
  * savepoint; a change that fails goes to pgmesh.exception under the table's exception policy.
  */
 import Denque from 'denque';
-import { PgmeshError, errorMessage } from '../core/errors.ts';
+import { PgmeshError, errorMessage, messageWithoutValues } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
 import { formatLsn, parseLsn, type Lsn } from '../core/lsn.ts';
 import { formatPgTimestamp, type PgTimestamp } from '../core/pg-time.ts';
@@ -434,11 +434,11 @@ export class Applier {
     // Our own errors already say what failed and carry their context (careful mode's exception-policy pause has
     // sqlstate PM003 there, which the peer replicator acts on): wrapping them would lose it.
     if (cause instanceof PgmeshError) throw cause;
-    const server = cause as { detail?: string; constraint_name?: string };
-    const detail = [server.detail, server.constraint_name ? `constraint ${server.constraint_name}` : undefined].filter(Boolean).join('; ');
+    // The row's values (the server's DETAIL) stay in the cause, for debug-level logs only: this message reaches
+    // error-level logs and the status.
     throw new PgmeshError(
       'APPLY_FAILED',
-      `applying ${failure.what} from ${this.options.peer} on ${this.options.localNode} failed: ${errorMessage(cause)}${detail ? ` (${detail})` : ''}`,
+      `applying ${failure.what} from ${this.options.peer} on ${this.options.localNode} failed: ${messageWithoutValues(cause)}`,
       {
         cause,
         context: {
@@ -918,7 +918,7 @@ export class Applier {
       await this.session.unsafe('ROLLBACK');
       throw new PgmeshError(
         'APPLY_FAILED',
-        `a change from ${this.options.peer} failed and the table's exception policy is pause: ${errorMessage(abandon.error)}; repair the row, then run "pgmesh resume"`,
+        `a change from ${this.options.peer} failed and the table's exception policy is pause: ${messageWithoutValues(abandon.error)}; repair the row, then run "pgmesh resume"`,
         { cause: abandon.error, context: { peer: this.options.peer, sqlstate: SQLSTATE.exceptionPause, transaction: formatLsn(txn.finalLsn) } },
       );
     }
@@ -979,6 +979,13 @@ export class Applier {
       ] as string[],
     );
     this.stats.exceptions++;
+    // The failing change's table and key; its values are in pgmesh.exception (and at debug level in the logs).
+    if (error !== undefined) {
+      this.options.logger.warn(
+        { peer: this.options.peer, table: binding ? `${binding.local.schema}.${binding.local.name}` : null, key, sqlstate: sqlState(error) ?? null, err: messageWithoutValues(error) },
+        'a change could not be applied; it is kept in pgmesh.exception',
+      );
+    }
     if (conflict && binding) {
       const relation = `${binding.local.schema}.${binding.local.name}`;
       await recordUniqueConflict(this.session, conflict, {

@@ -14,9 +14,9 @@ export function registerCluster(program: Command): void {
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
       const tables = options.tables ? options.tables.split(',').map((t) => parseTableName(t.trim())) : 'all';
       const result = await createCluster(config, loggerFor(config), { tables });
-      // Tables named on the command line that could not be added are a failure; with the default (every table),
-      // tables without a primary key are only reported.
-      if (tables !== 'all' && result.nodes.some((n) => n.tables.refused.length > 0)) process.exitCode = 1;
+      // A table left out is a failure (exit 1), named or not: the nodes are linked, but its rows do not replicate.
+      const refused = new Set(result.nodes.flatMap((n) => n.tables.refused.map((t) => `${t.schema}.${t.name}`)));
+      if (refused.size > 0) process.exitCode = 1;
       if (options.json) {
         printJson(result);
         return;
@@ -26,5 +26,8 @@ export function registerCluster(program: Command): void {
       }
       printClusterTables(Object.fromEntries(result.nodes.map((n) => [n.name, n.tables])));
       process.stdout.write(`linked ${config.nodes.length} nodes (${result.slotsCreated} new slots); start an agent per node: pgmesh start --node <name>\n`);
+      if (refused.size > 0) {
+        process.stderr.write(`pgmesh: not replicated: ${[...refused].join(', ')}; fix what is said above for each, then run "pgmesh tables add"\n`);
+      }
     });
 }

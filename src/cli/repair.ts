@@ -17,6 +17,7 @@ import type { ClusterConfig, NodeConfig } from '../config/config.ts';
 import { findNode } from '../config/config.ts';
 import { connectionError, openSql, type Sql } from '../pg/connect.ts';
 import { configFrom, loggerFor, printJson, type GlobalOptions } from './common.ts';
+import { parseId, wholeNumber } from './parsers.ts';
 import { renderTable } from './status.ts';
 import { parseTableName } from './tables.ts';
 
@@ -44,12 +45,12 @@ export function registerRepair(program: Command): void {
     .requiredOption('--node <name>', 'the node whose conflict log to read')
     .option('--table <schema.table>', 'only this table')
     .option('--type <type>', 'only this conflict type (insert_exists, update_origin_differs, ...)')
-    .option('--limit <n>', 'at most this many', '50')
+    .option('--limit <n>', 'at most this many (1-100000)', wholeNumber(1, 100_000), 50)
     .option('--json', 'print as JSON (with the whole rows)')
-    .action(async (options: { node: string; table?: string; type?: string; limit: string; json?: boolean }, command: Command) => {
+    .action(async (options: { node: string; table?: string; type?: string; limit: number; json?: boolean }, command: Command) => {
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
       const records = await onNode(config, findNode(config, options.node), (sql) =>
-        listConflicts(sql, { relation: options.table, type: options.type, limit: Number(options.limit) || 50 }),
+        listConflicts(sql, { relation: options.table, type: options.type, limit: options.limit }),
       );
       if (options.json) return printJson(records);
       const rows = [['ID', 'AT', 'FROM', 'TABLE', 'KEY', 'TYPE', 'RESOLUTION', 'LOCAL VERSION', 'REMOTE VERSION']];
@@ -77,23 +78,23 @@ export function registerRepair(program: Command): void {
   exceptions
     .command('replay')
     .description('apply an exception\'s change again (after fixing its cause), with its original version')
-    .argument('<id>', 'exception id')
+    .argument('<id>', 'exception id', parseId)
     .requiredOption('--node <name>', 'the node the exception is on')
-    .action(async (id: string, options: { node: string }, command: Command) => {
+    .action(async (id: bigint, options: { node: string }, command: Command) => {
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
       const node = findNode(config, options.node);
-      await replayException(node.dsn, node.name, Number(id), loggerFor(config));
+      await replayException(node.dsn, node.name, id, loggerFor(config));
       process.stdout.write(`exception ${id} replayed on ${node.name}\n`);
     });
   exceptions
     .command('discard')
     .description('mark an exception as dealt with, without applying it')
-    .argument('<id>', 'exception id')
+    .argument('<id>', 'exception id', parseId)
     .requiredOption('--node <name>', 'the node the exception is on')
     .option('--note <text>', 'why', 'discarded by operator')
-    .action(async (id: string, options: { node: string; note: string }, command: Command) => {
+    .action(async (id: bigint, options: { node: string; note: string }, command: Command) => {
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
-      await onNode(config, findNode(config, options.node), (sql) => discardException(sql, Number(id), options.note));
+      await onNode(config, findNode(config, options.node), (sql) => discardException(sql, id, options.note));
       process.stdout.write(`exception ${id} discarded on ${options.node}\n`);
     });
 
@@ -140,7 +141,15 @@ export function registerRepair(program: Command): void {
     )
     .action(async (options: { node: string; peer: string; resolution: ResumeResolution }, command: Command) => {
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
-      const resumed = await onNode(config, findNode(config, options.node), (sql) => resumePeer(sql, options.peer, { resolution: options.resolution }));
+      const node = findNode(config, options.node);
+      const peers = config.nodes.filter((n) => n !== node).map((n) => n.name);
+      if (options.peer === node.name) {
+        throw new PgmeshError('CONFIG_INVALID', `--peer ${options.peer} is the node itself; give the peer whose stream to ${node.name} is paused (${peers.join(', ') || 'none'})`);
+      }
+      if (!peers.includes(options.peer)) {
+        throw new PgmeshError('UNKNOWN_NODE', `--peer ${options.peer}: there is no node ${options.peer} in the configuration (peers of ${node.name}: ${peers.join(', ') || 'none'})`);
+      }
+      const resumed = await onNode(config, node, (sql) => resumePeer(sql, options.peer, { resolution: options.resolution }));
       process.stdout.write(resumed ? `${options.node} resumes streaming from ${options.peer}\n` : `${options.peer} was not paused on ${options.node}\n`);
     });
 }

@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { clusterStatus, type ClusterStatus } from '../cluster/cluster-ops.ts';
 import { configFrom, loggerFor, printJson, type GlobalOptions } from './common.ts';
+import { seconds } from './parsers.ts';
 
 function bytes(n: number | null): string {
   if (n === null) return '-';
@@ -11,7 +12,7 @@ function bytes(n: number | null): string {
 
 function ago(iso: string | null, now: number): string {
   if (!iso) return 'never';
-  const ms = now - Date.parse(iso.replace(' ', 'T').replace(/\+00$/, 'Z'));
+  const ms = now - Date.parse(iso);
   if (!Number.isFinite(ms)) return iso;
   if (ms < 1000) return 'just now';
   if (ms < 60_000) return `${Math.round(ms / 1000)}s ago`;
@@ -81,8 +82,8 @@ export function registerStatus(program: Command): void {
     .command('status')
     .description('show every node and every replication link: streaming, lag, applied transactions')
     .option('--json', 'print as JSON')
-    .option('--watch <seconds>', 'refresh every N seconds until Ctrl-C')
-    .action(async (options: { json?: boolean; watch?: string }, command: Command) => {
+    .option('--watch <seconds>', 'refresh every N seconds (0.5-3600) until Ctrl-C', seconds(0.5, 3600))
+    .action(async (options: { json?: boolean; watch?: number }, command: Command) => {
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
       const logger = loggerFor(config);
       const show = async () => {
@@ -96,7 +97,7 @@ export function registerStatus(program: Command): void {
         if (status.nodes.some((n) => !n.reachable || n.error)) process.exitCode = 1;
         return;
       }
-      const everyMs = Math.max(0.5, Number(options.watch) || 2) * 1000;
+      const everyMs = options.watch * 1000;
       const timer = setInterval(() => void show().catch(() => undefined), everyMs);
       await new Promise<void>((resolve) => process.once('SIGINT', () => resolve()));
       clearInterval(timer);

@@ -60,31 +60,41 @@ export function registerTables(program: Command): void {
     .option('--json', 'print as JSON')
     .action(async (options: { json?: boolean }, command: Command) => {
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
-      const out: Record<string, string[]> = {};
-      const sequences: Record<string, SequenceStatus[]> = {};
-      for (const node of config.nodes) {
-        const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh tables', logger: loggerFor(config) });
-        try {
-          out[node.name] = (await listReplicatedTables(sql)).map((t) => `${t.schema}.${t.name}`);
-          sequences[node.name] = await readSequenceStatus(sql);
-        } catch (error) {
-          throw connectionError(error, node.name, node.dsn);
-        } finally {
-          await sql.end({ timeout: 2 });
-        }
-      }
+      // Every node at once, each on its own: a node that cannot be read is reported, the others still listed.
+      type Listing = { tables: string[]; sequences: SequenceStatus[] };
+      const results = await Promise.all(
+        config.nodes.map(async (node): Promise<[string, Listing | PgmeshError]> => {
+          const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh tables', logger: loggerFor(config), connectTimeoutS: 5 });
+          try {
+            const tables = (await listReplicatedTables(sql)).map((t) => `${t.schema}.${t.name}`);
+            return [node.name, { tables, sequences: await readSequenceStatus(sql) }];
+          } catch (error) {
+            return [node.name, connectionError(error, node.name, node.dsn)];
+          } finally {
+            await sql.end({ timeout: 2 }).catch(() => undefined);
+          }
+        }),
+      );
+      const failed = results.filter((r): r is [string, PgmeshError] => r[1] instanceof PgmeshError);
+      const listed = results.filter((r): r is [string, Listing] => !(r[1] instanceof PgmeshError));
       if (options.json) {
-        printJson(out);
-        return;
-      }
-      for (const [node, list] of Object.entries(out)) {
-        process.stdout.write(`${node}: ${list.join(', ') || '(none)'}\n`);
-        for (const s of sequences[node] ?? []) {
-          const state = s.interleaved
-            ? `steps by ${s.increment.replace(/^-/, '')}${s.increment.startsWith('-') ? ' down' : ''}, last value ${s.lastValue ?? 'none yet'}, ${s.valuesLeft ?? '?'} values left`
-            : `NOT interleaved (increment ${s.increment}): run "pgmesh tables add" for its tables`;
-          process.stdout.write(`  sequence ${s.sequence} (${s.feeds.join(', ')}): ${state}\n`);
+        printJson(Object.fromEntries(listed.map(([node, l]) => [node, l.tables])));
+        for (const [, error] of failed) process.stderr.write(`pgmesh: ${error.message}\n`);
+      } else {
+        for (const [node, listing] of results) {
+          if (listing instanceof PgmeshError) {
+            process.stdout.write(`${node}: ${listing.message}\n`);
+            continue;
+          }
+          process.stdout.write(`${node}: ${listing.tables.join(', ') || '(none)'}\n`);
+          for (const s of listing.sequences) {
+            const state = s.interleaved
+              ? `steps by ${s.increment.replace(/^-/, '')}${s.increment.startsWith('-') ? ' down' : ''}, last value ${s.lastValue ?? 'none yet'}, ${s.valuesLeft ?? '?'} values left`
+              : `NOT interleaved (increment ${s.increment}): run "pgmesh tables add" for its tables`;
+            process.stdout.write(`  sequence ${s.sequence} (${s.feeds.join(', ')}): ${state}\n`);
+          }
         }
       }
+      if (failed.length > 0) process.exitCode = 1;
     });
 }

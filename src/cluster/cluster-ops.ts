@@ -4,6 +4,7 @@
  */
 import { PgmeshError, errorMessage } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
+import { isoTimestampSql } from '../core/pg-time.ts';
 import { SQLSTATE, sqlState } from '../core/sqlstate.ts';
 import { connectionError, openSql, type Sql } from '../pg/connect.ts';
 import { describeEndpoint } from '../pg/dsn.ts';
@@ -270,7 +271,8 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
       for (const row of await sql.unsafe<
         { peer: string; applied_xacts: string; applied_at: string | null; remote_commit_ts: string | null; skew: string | null; conflicts: string; paused_reason: string | null; paused: boolean }[]
       >(
-        `SELECT p.peer, p.applied_xacts::text, p.applied_at::text, p.remote_commit_ts::text, c.skew_ms::text AS skew,
+        `SELECT p.peer, p.applied_xacts::text, ${isoTimestampSql('p.applied_at')} AS applied_at,
+                ${isoTimestampSql('p.remote_commit_ts')} AS remote_commit_ts, c.skew_ms::text AS skew,
                 (SELECT count(*) FROM pgmesh.conflict f WHERE f.peer = p.peer)::text AS conflicts,
                 p.paused_reason, p.paused_at IS NOT NULL AS paused
            FROM pgmesh.progress p LEFT JOIN pgmesh.peer_clock c USING (peer)`,

@@ -4,6 +4,7 @@
  * `conflicts`, `exceptions`, `tables policy`, `tables delta` and `resume` are thin shells over these.
  */
 import { PgmeshError, errorMessage } from '../core/errors.ts';
+import { isoTimestampSql } from '../core/pg-time.ts';
 import type { Logger } from '../core/logger.ts';
 import { bindRelation, loadLocalRelation, type ConflictPolicy, type ExceptionPolicy } from '../apply/local-relation.ts';
 import { rowOps } from '../apply/row-ops.ts';
@@ -35,8 +36,9 @@ export async function listConflicts(
   filter: { limit?: number; relation?: string; type?: string; peer?: string } = {},
 ): Promise<ConflictRecord[]> {
   const rows = await sql.unsafe<Record<string, string | null>[]>(
-    `SELECT id::text, recorded_at::text, peer, relation, pkey, conflict_type, resolution, local_ts::text, local_node,
-            local_row::text, remote_ts::text, remote_node, remote_row::text, remote_commit_lsn::text
+    `SELECT id::text, ${isoTimestampSql('recorded_at')} AS recorded_at, peer, relation, pkey, conflict_type, resolution,
+            ${isoTimestampSql('local_ts')} AS local_ts, local_node, local_row::text, ${isoTimestampSql('remote_ts')} AS remote_ts,
+            remote_node, remote_row::text, remote_commit_lsn::text
        FROM pgmesh.conflict
       WHERE ($1::text IS NULL OR relation = $1::text) AND ($2::text IS NULL OR conflict_type = $2::text) AND ($3::text IS NULL OR peer = $3::text)
       ORDER BY id DESC LIMIT $4::text::int`,
@@ -74,12 +76,21 @@ export interface ExceptionRecord {
   readonly note: string | null;
 }
 
-export async function listExceptions(sql: Sql, filter: { state?: string; limit?: number } = {}): Promise<ExceptionRecord[]> {
+/**
+ * An exception's id: a bigint in the catalog. The CLI parses it as decimal text into a bigint (a JS number would
+ * round ids above 2^53); the records carry numbers, exact for every id a node can reach in practice.
+ */
+export type ExceptionId = bigint | number;
+
+export async function listExceptions(sql: Sql, filter: { state?: string; limit?: number; id?: ExceptionId } = {}): Promise<ExceptionRecord[]> {
   const rows = await sql.unsafe<Record<string, string | null>[]>(
-    `SELECT id::text, recorded_at::text, peer, relation, change_kind, pkey, change::text, remote_ts::text, remote_commit_lsn::text,
-            sqlstate, error, conflict_type, state, resolved_at::text, resolution_note
-       FROM pgmesh.exception WHERE ($1::text IS NULL OR state = $1::text) ORDER BY id LIMIT $2::text::int`,
-    [filter.state ?? null, String(filter.limit ?? 1000)],
+    `SELECT id::text, ${isoTimestampSql('recorded_at')} AS recorded_at, peer, relation, change_kind, pkey, change::text,
+            ${isoTimestampSql('remote_ts')} AS remote_ts, remote_commit_lsn::text, sqlstate, error, conflict_type, state,
+            ${isoTimestampSql('resolved_at')} AS resolved_at, resolution_note
+       FROM pgmesh.exception
+      WHERE ($1::text IS NULL OR state = $1::text) AND ($3::text IS NULL OR id = $3::text::bigint)
+      ORDER BY id LIMIT $2::text::int`,
+    [filter.state ?? null, String(filter.limit ?? 1000), filter.id === undefined ? null : String(filter.id)],
   );
   return rows.map((r) => ({
     id: Number(r.id),
@@ -100,17 +111,14 @@ export async function listExceptions(sql: Sql, filter: { state?: string; limit?:
   }));
 }
 
-async function openException(sql: Sql, id: number): Promise<ExceptionRecord> {
-  const rows = await sql.unsafe<{ id: string }[]>(`SELECT id::text FROM pgmesh.exception WHERE id = $1::text::bigint`, [String(id)]);
-  if (rows.length === 0) throw new PgmeshError('CONFIG_INVALID', `there is no exception ${id} on this node; "pgmesh exceptions list" shows them`);
-  const all = await listExceptions(sql, { limit: 1_000_000 });
-  const found = all.find((e) => e.id === id);
-  if (!found) throw new PgmeshError('INTERNAL', `exception ${id} vanished`);
+async function openException(sql: Sql, id: ExceptionId): Promise<ExceptionRecord> {
+  const [found] = await listExceptions(sql, { id });
+  if (!found) throw new PgmeshError('CONFIG_INVALID', `there is no exception ${id} on this node; "pgmesh exceptions list" shows them`);
   if (found.state !== 'open') throw new PgmeshError('CONFIG_INVALID', `exception ${id} is already ${found.state}`);
   return found;
 }
 
-export async function discardException(sql: Sql, id: number, note: string): Promise<void> {
+export async function discardException(sql: Sql, id: ExceptionId, note: string): Promise<void> {
   await openException(sql, id);
   await sql.unsafe(`UPDATE pgmesh.exception SET state = 'discarded', resolved_at = now(), resolution_note = $2 WHERE id = $1::text::bigint`, [
     String(id),
@@ -132,7 +140,7 @@ function tupleFrom(row: Record<string, unknown> | null, names: readonly string[]
  * remote version (the peer's replay origin and commit timestamp), so last-update-wins still judges it fairly and
  * it is not sent on to other nodes (they applied it already). On success the exception is marked replayed.
  */
-export async function replayException(localDsn: string, localNode: string, id: number, logger: Logger): Promise<void> {
+export async function replayException(localDsn: string, localNode: string, id: ExceptionId, logger: Logger): Promise<void> {
   const sql = openSql(localDsn, {
     node: localNode,
     applicationName: 'pgmesh replay',

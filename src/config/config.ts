@@ -6,9 +6,9 @@
  * Env:    PGMESH_CONFIG (file path), PGMESH_LOG_LEVEL, PGMESH_MAX_NODES, PGMESH_DSN_<NODE> (a node's connection string,
  *         so that passwords can stay out of the file).
  */
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readSync } from 'node:fs';
 import { PgmeshError } from '../core/errors.ts';
-import { dsnProblem } from '../pg/dsn.ts';
+import { describeEndpoint, dsnProblem } from '../pg/dsn.ts';
 import { NODE_NAME_PATTERN } from '../pg/quote.ts';
 
 export interface NodeConfig {
@@ -94,6 +94,9 @@ const TUNING_LIMITS: Record<NumericTuningKey, readonly [number, number]> = {
   tombstoneMarginMs: [0, 86_400_000],
 };
 
+/** A configuration is a few lines per node; more than this is the wrong file (a log, a device such as /dev/zero). */
+const MAX_CONFIG_BYTES = 1024 * 1024;
+
 const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'warn', 'error', 'silent'];
 const TOP_KEYS = new Set(['nodes', 'maxNodes', 'logLevel', 'tuning']);
 const NODE_KEYS = new Set(['name', 'dsn']);
@@ -111,12 +114,7 @@ export function loadConfig(sources: ConfigSources): ClusterConfig {
   const path = sources.file ?? env.PGMESH_CONFIG;
   let raw: unknown = {};
   if (path) {
-    let text: string;
-    try {
-      text = readFileSync(path, 'utf8');
-    } catch (error) {
-      throw new PgmeshError('CONFIG_INVALID', `cannot read config file ${path}: ${(error as Error).message}`);
-    }
+    const text = readConfigFile(path);
     try {
       raw = JSON.parse(text);
     } catch (error) {
@@ -129,6 +127,34 @@ export function loadConfig(sources: ConfigSources): ClusterConfig {
     throw new PgmeshError('CONFIG_INVALID', `the configuration has ${problems.length} problem(s):\n- ${problems.join('\n- ')}`);
   }
   return merged;
+}
+
+/** The file's text, read up to MAX_CONFIG_BYTES: a larger file, or one without end, is refused, not read whole. */
+function readConfigFile(path: string): string {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (error) {
+    throw new PgmeshError('CONFIG_INVALID', `cannot read config file ${path}: ${(error as Error).message}`);
+  }
+  try {
+    const buffer = Buffer.alloc(MAX_CONFIG_BYTES + 1);
+    let length = 0;
+    for (;;) {
+      const n = readSync(fd, buffer, length, buffer.length - length, null);
+      if (n === 0) break;
+      length += n;
+      if (length > MAX_CONFIG_BYTES) {
+        throw new PgmeshError('CONFIG_INVALID', `config file ${path} is larger than ${MAX_CONFIG_BYTES / 1024 / 1024} MiB; is it the right file? (a configuration is a few lines per node)`);
+      }
+    }
+    return buffer.toString('utf8', 0, length);
+  } catch (error) {
+    if (error instanceof PgmeshError) throw error;
+    throw new PgmeshError('CONFIG_INVALID', `cannot read config file ${path}: ${(error as Error).message}`);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /**
@@ -164,7 +190,9 @@ function parseConfig(raw: unknown, problems: string[], where: string): ClusterCo
   for (const key of Object.keys(raw)) {
     if (!TOP_KEYS.has(key)) problems.push(`unknown key "${key}" (known: ${[...TOP_KEYS].join(', ')})`);
   }
-  if (raw.nodes !== undefined) {
+  if (raw.nodes === undefined || (Array.isArray(raw.nodes) && raw.nodes.length === 0)) {
+    problems.push('there are no nodes: list them in "nodes", for example [{ "name": "n1", "dsn": "postgres://user@db1:5432/app" }, ...]');
+  } else {
     if (!Array.isArray(raw.nodes)) {
       problems.push('"nodes" must be an array of { "name", "dsn" }');
     } else {
@@ -240,9 +268,14 @@ function applyOverrides(
   // the node it was meant for would silently keep its other connection string.
   const known = new Set(config.nodes.map((n) => `PGMESH_DSN_${n.name.toUpperCase()}`));
   for (const variable of Object.keys(env).sort()) {
-    if (variable.startsWith('PGMESH_DSN_') && env[variable] && !known.has(variable)) {
+    // Environment variables are case-sensitive: PGMESH_DSN_n1 is not PGMESH_DSN_N1, and would be ignored.
+    if (!variable.toUpperCase().startsWith('PGMESH_DSN_') || !env[variable] || known.has(variable)) continue;
+    const meant = variable.toUpperCase();
+    if (known.has(meant)) {
+      problems.push(`${variable} is set, but the variable for node ${meant.slice('PGMESH_DSN_'.length).toLowerCase()} is ${meant} (upper case); rename it`);
+    } else {
       const names = config.nodes.map((n) => n.name).join(', ') || 'none';
-      problems.push(`${variable} is set, but the configuration has no node ${variable.slice('PGMESH_DSN_'.length).toLowerCase()} (nodes: ${names}); fix its name or unset it`);
+      problems.push(`${variable} is set, but the configuration has no node ${meant.slice('PGMESH_DSN_'.length).toLowerCase()} (nodes: ${names}); fix its name or unset it`);
     }
   }
   validate({ ...config, nodes, maxNodes, logLevel }, dsnSources, problems);
@@ -252,6 +285,7 @@ function applyOverrides(
 /** @param dsnSources where each node's connection string came from, to point at the right place */
 function validate(config: ClusterConfig, dsnSources: readonly string[], problems: string[]): void {
   const seen = new Set<string>();
+  const endpoints = new Map<string, string>();
   config.nodes.forEach((node, i) => {
     if (!NODE_NAME_PATTERN.test(node.name)) {
       problems.push(`nodes[${i}].name "${node.name}": use 1-40 lowercase letters, digits or "_", starting with a letter`);
@@ -260,6 +294,14 @@ function validate(config: ClusterConfig, dsnSources: readonly string[], problems
     seen.add(node.name);
     const dsn = dsnProblem(node.dsn);
     if (dsn) problems.push(`${dsnSources[i]}: the connection string of node ${node.name} ${dsn}`);
+    // Two nodes in one database would replicate into themselves; each node is a database of its own.
+    const endpoint = dsn ? undefined : sameDatabaseKey(describeEndpoint(node.dsn));
+    const first = endpoint === undefined ? undefined : endpoints.get(endpoint);
+    if (first !== undefined) {
+      problems.push(`${dsnSources[i]}: node ${node.name} has the same server and database as node ${first} (${endpoint}); each node must be a database of its own`);
+    } else if (endpoint !== undefined) {
+      endpoints.set(endpoint, node.name);
+    }
   });
   if (!Number.isInteger(config.maxNodes) || config.maxNodes < 2 || config.maxNodes > 1024) {
     problems.push(`maxNodes ${config.maxNodes} must be a whole number from 2 to 1024`);
@@ -273,6 +315,12 @@ function validate(config: ClusterConfig, dsnSources: readonly string[], problems
   if (config.tuning.retryMaxMs < config.tuning.retryBaseMs) {
     problems.push(`tuning.retryMaxMs = ${config.tuning.retryMaxMs} must not be below tuning.retryBaseMs = ${config.tuning.retryBaseMs}`);
   }
+}
+
+/** host:port/dbname with the host in lower case (host names are not case-sensitive; database names are). */
+function sameDatabaseKey(endpoint: string): string {
+  const slash = endpoint.indexOf('/');
+  return slash < 0 ? endpoint.toLowerCase() : `${endpoint.slice(0, slash).toLowerCase()}${endpoint.slice(slash)}`;
 }
 
 export function findNode(config: ClusterConfig, name: string): NodeConfig {

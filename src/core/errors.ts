@@ -50,3 +50,49 @@ function stringifyContext(context: ErrorContext): Record<string, string | number
 export function errorMessage(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
+
+interface ServerErrorFields {
+  readonly message: string;
+  readonly code: string;
+  readonly detail?: unknown;
+  readonly schema_name?: unknown;
+  readonly table_name?: unknown;
+  readonly constraint_name?: unknown;
+  readonly column_name?: unknown;
+}
+
+/** The PostgreSQL error behind an error (itself, or the first in its chain of causes), if any. */
+function serverError(error: unknown): ServerErrorFields | undefined {
+  for (let e: unknown = error, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
+    const fields: Partial<ServerErrorFields> = e;
+    if (!(e instanceof PgmeshError) && typeof fields.code === 'string' && /^[0-9A-Z]{5}$/.test(fields.code)) return { ...fields, message: e.message, code: fields.code };
+  }
+  return undefined;
+}
+
+/**
+ * The server's message without the row values it may hold, for error-level logs, errors and status (personal data
+ * stays out of them): a data exception (SQLSTATE class 22) quotes the value it could not take ('invalid input
+ * syntax for type integer: "Jane"'), so its quoted text is left out; integrity errors (class 23) keep values in
+ * DETAIL ("Failing row contains (...)", "Key (email)=(...)"), which is left out whole. Where it happened (table,
+ * constraint, column) is added: that names no value.
+ */
+export function messageWithoutValues(error: unknown): string {
+  const server = serverError(error);
+  if (!server) return errorMessage(error);
+  const message = server.code.startsWith('22') ? server.message.replace(/"[\s\S]*"/, '"…"') : server.message;
+  const table = typeof server.table_name === 'string' ? `table ${typeof server.schema_name === 'string' ? `${server.schema_name}.` : ''}${server.table_name}` : undefined;
+  const where = [
+    table,
+    typeof server.constraint_name === 'string' ? `constraint ${server.constraint_name}` : undefined,
+    typeof server.column_name === 'string' ? `column ${server.column_name}` : undefined,
+  ].filter((part) => part !== undefined);
+  return where.length > 0 ? `${message} (${where.join(', ')})` : message;
+}
+
+/** What messageWithoutValues leaves out (the server's whole message and its DETAIL), for debug-level logs only. */
+export function serverValues(error: unknown): { serverMessage: string; detail?: string } | undefined {
+  const server = serverError(error);
+  if (!server) return undefined;
+  return typeof server.detail === 'string' && server.detail !== '' ? { serverMessage: server.message, detail: server.detail } : { serverMessage: server.message };
+}

@@ -59,3 +59,12 @@ export function formatPgTimestamp(ts: PgTimestamp): string {
   }
   return `${formattedPrefix}${String(micros).padStart(6, '0')}Z`;
 }
+
+/**
+ * SQL that prints a timestamptz column as ISO 8601 in UTC, to the microsecond ("2026-05-01T12:00:00.123456Z"), for
+ * JSON output; PostgreSQL's own text form ("2026-05-01 12:00:00.123456+00") is not ISO 8601. Infinite values stay
+ * "infinity" / "-infinity".
+ */
+export function isoTimestampSql(column: string): string {
+  return `CASE WHEN isfinite(${column}) THEN to_char(${column} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') ELSE ${column}::text END`;
+}

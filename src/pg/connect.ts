@@ -2,12 +2,12 @@
  * Opening connections. This folder is the only one that imports the driver (postgres.js: it pipelines queries on one
  * connection, prepares statements once, and exposes COPY BOTH as a stream, which a replication client needs).
  */
-import { connect as netConnect, type Socket } from 'node:net';
 import postgres from 'postgres';
 import { PgmeshError } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
 import { SQLSTATE, sqlState } from '../core/sqlstate.ts';
-import { describeEndpoint, dsnPassword, dsnProblem, scrubSecrets } from './dsn.ts';
+import { describeEndpoint, dsnPassword, dsnProblem, dsnTarget, scrubSecrets, splitQueryPassword } from './dsn.ts';
+import { StartupError, startupSocket } from './startup-socket.ts';
 
 export type Sql = postgres.Sql<Record<string, never>>;
 export type ReservedSql = postgres.ReservedSql<Record<string, never>>;
@@ -35,25 +35,6 @@ export interface OpenOptions {
   readonly onClose?: () => void;
 }
 
-interface SocketOptions {
-  readonly host: readonly string[];
-  readonly port: readonly number[];
-  readonly path?: string | false;
-  readonly connect_timeout?: number;
-}
-
-/**
- * The socket is handed to the driver at once, still connecting: the driver attaches its 'error' and 'close' handlers
- * and writes the startup message (buffered until connected), so a failed connect goes through its normal close and
- * reconnect path. A factory that waited for 'connect' and rejected instead left the driver's only connection stuck
- * in "connecting": after one failed reconnect (server down) every later query waited forever.
- */
-function noDelaySocket(o: SocketOptions): Socket {
-  const socket = o.path ? netConnect({ path: o.path }) : netConnect({ host: o.host[0] ?? 'localhost', port: o.port[0] ?? 5432 });
-  socket.setNoDelay(true);
-  return socket;
-}
-
 export function openSql(dsn: string, options: OpenOptions): Sql {
   // The driver throws a TypeError whose `input` is the whole string, password included: never let it out.
   const problem = dsnProblem(dsn);
@@ -61,7 +42,9 @@ export function openSql(dsn: string, options: OpenOptions): Sql {
     throw new PgmeshError('CONFIG_INVALID', `the connection string of node ${options.node} ${problem}`, { context: { node: options.node } });
   }
   const log = options.logger;
-  return postgres(dsn, {
+  const { dsn: url, password } = splitQueryPassword(dsn);
+  return postgres(url, {
+    ...(password === undefined ? {} : { password }),
     max: options.max ?? 1,
     connect_timeout: options.connectTimeoutS ?? 10,
     idle_timeout: 0,
@@ -81,10 +64,14 @@ export function openSql(dsn: string, options: OpenOptions): Sql {
       ...(options.replication ? { replication: 'database' } : {}),
       ...options.parameters,
     },
-    onnotice: (notice) => log.debug({ node: options.node, notice: notice.message }, 'server notice'),
+    // "server", not "node": the logger may be bound to the node of the agent, which is another one for a peer.
+    onnotice: (notice) => log.debug({ server: options.node, notice: notice.message }, 'server notice'),
     debug: false,
     ...(options.onClose ? { onclose: options.onClose } : {}),
-    ...(options.pipelined ? { max_pipeline: 10_000, socket: noDelaySocket as unknown as () => Socket } : {}),
+    // Our socket (an option postgres.js's types leave out): it connects to the host as written (postgres.js cuts an
+    // IPv6 address at its first colon) and ends an attempt whose answer is not PostgreSQL (see startup-socket.ts).
+    ...{ socket: startupSocket(dsnTarget(dsn), { noDelay: options.pipelined === true }) },
+    ...(options.pipelined ? { max_pipeline: 10_000 } : {}),
   }) as unknown as Sql;
 }
 
@@ -109,6 +96,15 @@ export function connectionError(error: unknown, node: string, dsn: string, secre
       context,
       cause: error,
     });
+  }
+  if (error instanceof StartupError) {
+    return new PgmeshError(
+      'CONNECTION_FAILED',
+      error.code === 'NOT_POSTGRES'
+        ? `cannot connect to node ${node}: what answers at ${endpoint} is not PostgreSQL (it sent ${JSON.stringify(error.answer)}); check the host and port in its connection string`
+        : `cannot connect to node ${node}: the server at ${endpoint} closed the connection without answering; check the host and port in its connection string, and that PostgreSQL (not another service, or a proxy without a backend) listens there`,
+      { context, cause: error },
+    );
   }
   if (errno === 'ECONNREFUSED') {
     return new PgmeshError(

@@ -29,6 +29,7 @@ import {
   type ExceptionRecord,
 } from '../../src/cluster/repair.ts';
 import { silentLogger } from '../../src/core/logger.ts';
+import { isoTimestampSql } from '../../src/core/pg-time.ts';
 import { eventually, withCluster, type TestCluster, type TestNode } from '../support/cluster.ts';
 
 const SCHEMA = `
@@ -73,14 +74,14 @@ async function restartAgents(cluster: TestCluster, running: readonly Node[]): Pr
   await cluster.startAgents(running);
 }
 
-/** Runs the statements in one transaction on a node; returns the commit timestamp as the servers print it. */
+/** Runs the statements in one transaction on a node; returns the commit timestamp as pgmesh prints it (ISO 8601). */
 async function commit(node: TestNode, ...statements: string[]): Promise<string> {
   const xid = await node.sql.begin(async (tx) => {
     for (const statement of statements) await tx.unsafe(statement);
     const rows = await tx.unsafe<{ xid: string }[]>(`SELECT xid(pg_current_xact_id())::text AS xid`);
     return rows[0]?.xid ?? '';
   });
-  const rows = await node.sql.unsafe<{ ts: string | null }[]>(`SELECT pg_xact_commit_timestamp($1::text::xid)::text AS ts`, [xid]);
+  const rows = await node.sql.unsafe<{ ts: string | null }[]>(`SELECT ${isoTimestampSql('pg_xact_commit_timestamp($1::text::xid)')} AS ts`, [xid]);
   const ts = rows[0]?.ts;
   assert.ok(ts, `commit timestamp of transaction ${xid} on ${node.name}`);
   return ts;
@@ -113,7 +114,7 @@ async function waitRow(node: TestNode, table: string, id: number, expected: Row)
 /** The version (commit timestamp, node) of a live row, as the apply statements read it. */
 async function rowVersion(node: TestNode, table: string, id: number): Promise<Version | null> {
   const rows = await node.sql.unsafe<{ ts: string; node: string }[]>(
-    `SELECT v.ts::text AS ts, v.node FROM ${table} x CROSS JOIN LATERAL pgmesh.row_version_keyed($1::text::regclass, jsonb_build_array(x.id)::text, x.xmin, $2) v
+    `SELECT ${isoTimestampSql('v.ts')} AS ts, v.node FROM ${table} x CROSS JOIN LATERAL pgmesh.row_version_keyed($1::text::regclass, jsonb_build_array(x.id)::text, x.xmin, $2) v
       WHERE x.id = $3::int`,
     [table, node.name, id],
   );
@@ -123,7 +124,7 @@ async function rowVersion(node: TestNode, table: string, id: number): Promise<Ve
 /** The version a delete left behind in its tombstone. */
 async function tombstoneVersion(node: TestNode, table: string, id: number): Promise<Version | null> {
   const rows = await node.sql.unsafe<{ ts: string; node: string }[]>(
-    `SELECT v.ts::text AS ts, v.node FROM pgmesh.tombstone t CROSS JOIN LATERAL pgmesh.row_version(t.xmin, $2) v
+    `SELECT ${isoTimestampSql('v.ts')} AS ts, v.node FROM pgmesh.tombstone t CROSS JOIN LATERAL pgmesh.row_version(t.xmin, $2) v
       WHERE t.relid = $1::text::regclass AND t.pkey = jsonb_build_array($3::int)::text`,
     [table, node.name, id],
   );

@@ -9,62 +9,18 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { Agent } from '../../src/agent/agent.ts';
 import { clusterStatus, createCluster } from '../../src/cluster/cluster-ops.ts';
 import { loadConfig, type ClusterConfig } from '../../src/config/config.ts';
 import { PgmeshError } from '../../src/core/errors.ts';
 import { silentLogger } from '../../src/core/logger.ts';
 import { freePort } from '../../src/embedded/embedded-server.ts';
+import { assertNoSecret, pgmesh } from '../support/cli.ts';
 import { eventually, withCluster, type Sql, type TestCluster, type TestNode } from '../support/cluster.ts';
-
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const CLI = join(ROOT, 'src/cli/main.ts');
-
-interface CliResult {
-  readonly code: number | null;
-  readonly stdout: string;
-  readonly stderr: string;
-  readonly output: string;
-}
-
-/** Runs `pgmesh <args>`; a run that outlives the deadline is killed and fails the test as a hang. */
-async function pgmesh(args: readonly string[], options: { config?: string; env?: Record<string, string>; timeoutMs?: number } = {}): Promise<CliResult> {
-  const env: Record<string, string> = {};
-  for (const [key, value] of Object.entries(process.env)) {
-    // The user's own PostgreSQL and pgmesh settings must not leak into these runs.
-    if (value !== undefined && !key.startsWith('PGMESH_') && !key.startsWith('PG')) env[key] = value;
-  }
-  const argv = [...(options.config ? ['--config', options.config] : []), ...args];
-  const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...argv], { cwd: ROOT, env: { ...env, ...options.env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  const timeoutMs = options.timeoutMs ?? 30_000;
-  let timer: NodeJS.Timeout | undefined;
-  const code = await Promise.race([
-    new Promise<number | null>((resolve) => child.once('close', (c) => resolve(c))),
-    new Promise<'hung'>((resolve) => (timer = setTimeout(() => resolve('hung'), timeoutMs))),
-  ]);
-  clearTimeout(timer);
-  if (code === 'hung') {
-    child.kill('SIGKILL');
-    assert.fail(`pgmesh ${argv.join(' ')} did not finish within ${timeoutMs} ms\nstdout: ${stdout}\nstderr: ${stderr}`);
-  }
-  return { code, stdout, stderr, output: stdout + stderr };
-}
-
-function assertNoSecret(text: string, secrets: readonly string[], what: string): void {
-  for (const secret of secrets) {
-    assert.ok(!text.includes(secret) && !text.includes(encodeURIComponent(secret)), `${what} shows a password:\n${text}`);
-  }
-}
 
 /** Awaits a promise that must fail with a PgmeshError, and returns that error. */
 async function refusal(promise: Promise<unknown>): Promise<PgmeshError> {
@@ -279,10 +235,11 @@ test('a peer that is not there: cluster create and status name it, quickly, and 
     await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
     try {
       const port = (silent.address() as { port: number }).port;
-      const silentDsn = `postgres://postgres:${encodeURIComponent(real)}@127.0.0.1:${port}/postgres`;
-      // Three such nodes: connecting to them one after the other would wait three connect timeouts.
+      // Three such nodes (three databases behind that port): connecting to them one after the other would wait
+      // three connect timeouts.
+      const silentDsn = (db: string) => `postgres://postgres:${encodeURIComponent(real)}@127.0.0.1:${port}/${db}`;
       const silentConfig = writeConfig(cluster, 'silent-peer.json', {
-        nodes: [{ name: 'n1', dsn: n1.server.dsn }, ...['n4', 'n5', 'n6'].map((name) => ({ name, dsn: silentDsn }))],
+        nodes: [{ name: 'n1', dsn: n1.server.dsn }, ...['n4', 'n5', 'n6'].map((name) => ({ name, dsn: silentDsn(name) }))],
       });
       const timed = async (args: string[]) => {
         const before = Date.now();
@@ -290,7 +247,7 @@ test('a peer that is not there: cluster create and status name it, quickly, and 
         return { ...result, ms: Date.now() - before };
       };
       const [hung, check, create] = await Promise.all([timed(['status']), timed(['check']), timed(['cluster', 'create'])]);
-      const timeout = (name: string) => `cannot reach node ${name} at 127.0.0.1:${port}/postgres (CONNECT_TIMEOUT); check the host name, the network and firewalls`;
+      const timeout = (name: string) => `cannot reach node ${name} at 127.0.0.1:${port}/${name} (CONNECT_TIMEOUT); check the host name, the network and firewalls`;
       assert.equal(hung.code, 1, hung.output);
       assert.match(hung.stdout, /^n4\s+\S+\s+UNREACHABLE/m);
       assert.ok(hung.stdout.includes(`! ${timeout('n4')}`), hung.stdout);
@@ -415,8 +372,10 @@ test('tables: no primary key, unknown names, a table on one node only; refused w
     assert.match(unlinked.stderr, /node n1 is not linked with n2; run "pgmesh cluster create"/);
 
     // Every table by default: the one without a primary key is reported once, with the fix; the others are added.
+    // The table left out makes it a failure (exit 1), as README says.
     const created = await pgmesh(['cluster', 'create'], { config });
-    assert.equal(created.code, 0, created.output);
+    assert.equal(created.code, 1, created.output);
+    assert.equal(created.stderr, 'pgmesh: not replicated: public.nokey; fix what is said above for each, then run "pgmesh tables add"\n');
     const fix =
       'NOT replicated: table "public"."nokey" has no primary key; pgmesh needs one to find the same row on every node. ' +
       'Add one (ALTER TABLE "public"."nokey" ADD PRIMARY KEY (...)), then run "pgmesh tables add public.nokey"';

@@ -104,8 +104,9 @@ test('PGMESH_DSN_<NODE> replaces a node\'s connection string, so the password ca
   const path = file({ nodes: [{ name: 'n1', dsn: fileDsn }, { name: 'db_east', dsn: DSN2 }] });
   const config = loadConfig({ file: path, env: { PGMESH_DSN_N1: DSN1, PGMESH_DSN_DB_EAST: undefined } });
   assert.deepEqual(config.nodes.map((n) => n.dsn), [DSN1, DSN2]);
-  const upper = loadConfig({ file: path, env: { PGMESH_DSN_DB_EAST: DSN1 } });
-  assert.deepEqual(upper.nodes.map((n) => n.dsn), [fileDsn, DSN1]);
+  const east = `postgres://app:${SECRET}@db2.example:5432/app`;
+  const upper = loadConfig({ file: path, env: { PGMESH_DSN_DB_EAST: east } });
+  assert.deepEqual(upper.nodes.map((n) => n.dsn), [fileDsn, east]);
   // An empty variable is "not set", not an empty connection string.
   assert.equal(loadConfig({ file: path, env: { PGMESH_DSN_N1: '' } }).nodes[0]?.dsn, fileDsn);
   // A bad override is reported under the variable's name: the file is fine, so that is where to look.
@@ -161,7 +162,7 @@ test('duplicate node names are refused', () => {
 test('node names must be usable bare in slot and origin names', () => {
   const good = ['n1', 'a', 'east_1', `n${'x'.repeat(39)}`];
   assert.deepEqual(
-    loadConfig({ file: file({ maxNodes: 16, nodes: good.map((name) => ({ name, dsn: DSN2 })) }) }).nodes.map((n) => n.name),
+    loadConfig({ file: file({ maxNodes: 16, nodes: good.map((name) => ({ name, dsn: `${DSN2}_${name}` })) }) }).nodes.map((n) => n.name),
     good,
   );
   for (const bad of ['N1', '1n', 'n-1', 'n 1', '', '_n', 'n1;drop', 'ñ1', `n${'x'.repeat(40)}`]) {

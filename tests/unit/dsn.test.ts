@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { describeEndpoint, dsnPassword, dsnProblem, redactDsn, scrubSecrets } from '../../src/pg/dsn.ts';
+import { describeEndpoint, dsnPassword, dsnProblem, dsnTarget, redactDsn, scrubSecrets, splitQueryPassword } from '../../src/pg/dsn.ts';
 
 const SECRET = 'S3cr3t-pw';
 
@@ -61,12 +61,13 @@ test('dsnPassword finds the password wherever a connection string keeps it', () 
   assert.equal(dsnPassword('host=db1'), undefined);
 });
 
-test('dsnProblem accepts what the driver accepts and explains the rest without repeating the string', () => {
+test('dsnProblem accepts what pgmesh can use and explains the rest without repeating the string', () => {
   for (const ok of [
     'postgres://app@db1:5432/app',
     `postgresql://app:${encodeURIComponent('p@ss:/?#% w')}@db1/app?sslmode=require`,
-    'postgres://app@h1:5432,h2:5433/app',
     'postgres://db1',
+    'postgres://app@[::1]:5432/app',
+    `postgres://app@db1/app?password=${SECRET}&sslmode=verify-full`,
   ]) {
     assert.equal(dsnProblem(ok), undefined, ok);
   }
@@ -75,12 +76,38 @@ test('dsnProblem accepts what the driver accepts and explains the rest without r
     [`db1.example:5432`, /not a connection string.*postgres:\/\//],
     [`postgres://app:${SECRET}@db1:notaport/app`, /not a valid URL; percent-encode.*port is a number/],
     [`postgres://app:pa/${SECRET}@db1/app`, /not a valid URL/],
+    [`postgres://app:${SECRET}@h1:5432,h2:5433/app`, /^names several hosts \(a list with ","\); a node is one server: give one host:port$/],
+    [`postgres://app:${SECRET}%ZZ@db1/app`, /^has a % in its password that is not followed by two hexadecimal digits; write a % itself as %25$/],
+    [`postgres://app:${SECRET}@db1/app?sslmode=bogus`, /^has sslmode=bogus, which is not an sslmode; use one of disable, allow, prefer, require, verify-ca, verify-full$/],
+    [`postgres://app:${SECRET}@db1/app?password=${SECRET}`, /^gives a password twice/],
+    [`postgres://app:${SECRET}@db1/app?DateStyle=German`, /^sets DateStyle in its query, which pgmesh sets itself/],
+    [`postgres://app@db1/app?password=${SECRET}%ZZ`, /^has a % in its query \(\?password=\) that is not followed by two hexadecimal digits/],
   ];
   for (const [dsn, expected] of cases) {
     const problem = dsnProblem(dsn);
     assert.match(problem ?? '(accepted)', expected, dsn);
     assert.ok(!problem?.includes(SECRET), problem);
   }
+});
+
+test('dsnTarget: the host as written (an IPv6 address without brackets), the port, or a Unix socket', () => {
+  assert.deepEqual(dsnTarget('postgres://app@[::1]:6543/app'), { host: '::1', port: 6543 });
+  assert.deepEqual(dsnTarget('postgres://app@db1/app'), { host: 'db1', port: 5432 });
+  assert.deepEqual(dsnTarget('postgres://app@%2Fvar%2Frun%2Fpostgresql:5433/app'), {
+    host: '/var/run/postgresql',
+    port: 5433,
+    path: '/var/run/postgresql/.s.PGSQL.5433',
+  });
+});
+
+test('a password given as ?password= is taken out of the URL the driver sees (which would send it as a setting)', () => {
+  assert.deepEqual(splitQueryPassword(`postgres://app@db1/app?sslmode=require&password=${encodeURIComponent('a&b c')}`), {
+    dsn: 'postgres://app@db1/app?sslmode=require',
+    password: 'a&b c',
+  });
+  assert.deepEqual(splitQueryPassword('postgres://app@db1/app'), { dsn: 'postgres://app@db1/app', password: undefined });
+  // As libpq reads it: percent-escapes only, a "+" is a "+".
+  assert.deepEqual(splitQueryPassword('postgres://app@db1/app?password=a+b&application_name=x'), { dsn: 'postgres://app@db1/app?application_name=x', password: 'a+b' });
 });
 
 test('scrubSecrets removes given secrets and passwords inside URLs', () => {

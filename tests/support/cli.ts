@@ -1,0 +1,57 @@
+/**
+ * The real `pgmesh` command in a child process, as a user runs it, with a deadline: a run that outlives it is
+ * killed and fails the test as a hang.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const CLI = join(ROOT, 'src/cli/main.ts');
+
+export interface CliResult {
+  readonly code: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+  readonly output: string;
+}
+
+export interface CliOptions {
+  /** Passed as --config before the arguments. */
+  readonly config?: string;
+  readonly env?: Readonly<Record<string, string>>;
+  readonly timeoutMs?: number;
+}
+
+export async function pgmesh(args: readonly string[], options: CliOptions = {}): Promise<CliResult> {
+  const env: Record<string, string> = {};
+  for (const [key, value] of Object.entries(process.env)) {
+    // The user's own PostgreSQL and pgmesh settings must not leak into these runs.
+    if (value !== undefined && !key.startsWith('PGMESH_') && !key.startsWith('PG')) env[key] = value;
+  }
+  const argv = [...(options.config ? ['--config', options.config] : []), ...args];
+  const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...argv], { cwd: ROOT, env: { ...env, ...options.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const timeoutMs = options.timeoutMs ?? 30_000;
+  let timer: NodeJS.Timeout | undefined;
+  const code = await Promise.race([
+    new Promise<number | null>((resolve) => child.once('close', (c) => resolve(c))),
+    new Promise<'hung'>((resolve) => (timer = setTimeout(() => resolve('hung'), timeoutMs))),
+  ]);
+  clearTimeout(timer);
+  if (code === 'hung') {
+    child.kill('SIGKILL');
+    assert.fail(`pgmesh ${argv.join(' ')} did not finish within ${timeoutMs} ms\nstdout: ${stdout}\nstderr: ${stderr}`);
+  }
+  return { code, stdout, stderr, output: stdout + stderr };
+}
+
+export function assertNoSecret(text: string, secrets: readonly string[], what: string): void {
+  for (const secret of secrets) {
+    assert.ok(!text.includes(secret) && !text.includes(encodeURIComponent(secret)), `${what} shows a password:\n${text}`);
+  }
+}
