@@ -526,6 +526,9 @@ export interface SequenceStatus {
 }
 
 export async function readSequenceStatus(sql: Queryable): Promise<SequenceStatus[]> {
+  // A node without the catalog (not initialized yet) replicates nothing: no sequences to show.
+  const catalog = await sql.unsafe<{ present: boolean }[]>(`SELECT to_regclass('pgmesh.sequence_status') IS NOT NULL AS present`);
+  if (catalog[0]?.present !== true) return [];
   const rows = await sql.unsafe<
     { sequence_name: string; feeds: string[]; increment: string; last_value: string | null; interleaved: boolean; first_value: string | null; values_left: string | null }[]
   >(
