@@ -9,11 +9,12 @@ export function registerCluster(program: Command): void {
     .command('create')
     .description('make every node of the configuration one full mesh: init each node, add tables, link every pair (idempotent)')
     .option('--tables <list>', 'comma-separated schema.table list (default: every table with a primary key)')
+    .option('--agent-role <role>', 'the (non-superuser) role the agents will connect as: grant it what an agent needs on every node')
     .option('--json', 'print the result as JSON')
-    .action(async (options: { tables?: string; json?: boolean }, command: Command) => {
+    .action(async (options: { tables?: string; agentRole?: string; json?: boolean }, command: Command) => {
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
       const tables = options.tables ? options.tables.split(',').map((t) => parseTableName(t.trim())) : 'all';
-      const result = await createCluster(config, loggerFor(config), { tables });
+      const result = await createCluster(config, loggerFor(config), { tables, agentRole: options.agentRole });
       // Tables named on the command line that could not be added are a failure; with the default (every table),
       // tables without a primary key are only reported.
       if (tables !== 'all' && result.nodes.some((n) => n.tables.refused.length > 0)) process.exitCode = 1;

@@ -51,15 +51,17 @@ async function withNodes<T>(config: ClusterConfig, logger: Logger, fn: (conns: M
   }
 }
 
+export interface CreateClusterOptions {
+  readonly tables: readonly TableRef[] | 'all';
+  /** The role the agents will connect as, on every node: it gets what an agent needs (agent-privileges.ts). */
+  readonly agentRole?: string;
+}
+
 /**
  * Makes every configured node a member of one full mesh. The nodes' replicated tables must hold the same rows
  * when this runs (empty, or restored from one backup): streams start from now. Idempotent.
  */
-export async function createCluster(
-  config: ClusterConfig,
-  logger: Logger,
-  options: { tables: readonly TableRef[] | 'all' } = { tables: 'all' },
-): Promise<CreateClusterResult> {
+export async function createCluster(config: ClusterConfig, logger: Logger, options: CreateClusterOptions = { tables: 'all' }): Promise<CreateClusterResult> {
   if (config.nodes.length < 2) throw new PgmeshError('CONFIG_INVALID', 'a cluster needs at least two nodes in the configuration');
   return withNodes(config, logger, async (conns) => {
     const nodes: { name: string; created: boolean; tables: AddTablesResult }[] = [];
@@ -68,6 +70,7 @@ export async function createCluster(
       nodeSlot: index + 1,
       maxNodes: config.maxNodes,
       expectedPeers: config.nodes.length - 1,
+      agentRole: options.agentRole,
     });
     // Every node's problems are reported, and fixed, before anything is installed anywhere.
     const problems: PgmeshError[] = [];

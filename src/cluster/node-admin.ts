@@ -5,7 +5,8 @@
 import { PgmeshError } from '../core/errors.ts';
 import type { Sql } from '../pg/connect.ts';
 import { qualifiedName, quoteIdent, quoteLiteral, NODE_NAME_PATTERN } from '../pg/quote.ts';
-import { CATALOG_VERSION, MIGRATIONS, PUBLICATION, originName, slotName } from './catalog-schema.ts';
+import { agentRoles, grantAgentPrivileges } from './agent-privileges.ts';
+import { CATALOG_SCHEMA, CATALOG_VERSION, MIGRATIONS, PUBLICATION, originName, replayOriginName, slotName } from './catalog-schema.ts';
 import { checkServerFacts, formatProblems, readServerFacts } from './server-checks.ts';
 
 export interface LocalNode {
@@ -73,6 +74,8 @@ export interface InitOptions {
   readonly maxNodes: number;
   /** How many peers this node will have; used to check slot and sender limits. */
   readonly expectedPeers: number;
+  /** A role that agents will connect as: it gets every privilege the agent needs (see agent-privileges.ts). */
+  readonly agentRole?: string;
 }
 
 export interface InitResult {
@@ -99,6 +102,18 @@ export async function initProblems(sql: Sql, options: InitOptions): Promise<Pgme
         { context },
       ),
     );
+  }
+  if (options.agentRole !== undefined) {
+    const role = await sql.unsafe(`SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1`, [options.agentRole]);
+    if (role.length === 0) {
+      found.push(
+        new PgmeshError(
+          'CONFIG_INVALID',
+          `node ${options.nodeName} has no role ${options.agentRole} for the agent; create it there first (CREATE ROLE ${quoteIdent(options.agentRole)} LOGIN PASSWORD '...')`,
+          { context },
+        ),
+      );
+    }
   }
   const existing = await readLocalNode(sql);
   if (existing && existing.nodeName !== options.nodeName) {
@@ -152,6 +167,11 @@ export async function initNode(sql: Sql, options: InitOptions): Promise<InitResu
     if (pub.length === 0) {
       await tx.unsafe(`CREATE PUBLICATION ${PUBLICATION} WITH (publish = 'insert, update, delete, truncate')`);
     }
+    // New functions are executable by everyone unless revoked; pgmesh's are only for agent roles (and superusers).
+    await tx.unsafe(`REVOKE ALL ON ALL FUNCTIONS IN SCHEMA ${quoteIdent(CATALOG_SCHEMA)} FROM PUBLIC`);
+    if (options.agentRole !== undefined) await grantAgentPrivileges(tx, options.agentRole);
+    // Again for every agent role: an upgrade may have added catalog tables or functions that the agent uses.
+    for (const role of await agentRoles(tx)) await grantAgentPrivileges(tx, role);
   });
   const node = await readLocalNode(sql);
   if (!node) throw new PgmeshError('INTERNAL', 'catalog was installed but pgmesh.local_node is empty');
@@ -243,7 +263,11 @@ export async function addTables(sql: Sql, tables: readonly TableRef[] | 'all', o
     await sql.unsafe(`ALTER PUBLICATION ${PUBLICATION} ADD TABLE ${qualified}`);
     await ensureDeleteTrigger(sql, table);
   }
-  if (!options.dryRun) for (const table of alreadyReplicated) await ensureDeleteTrigger(sql, table);
+  if (!options.dryRun) {
+    for (const table of alreadyReplicated) await ensureDeleteTrigger(sql, table);
+    // The agents apply changes to the added tables: their roles get the rights to.
+    if (added.length > 0) for (const role of await agentRoles(sql)) await grantAgentPrivileges(sql, role);
+  }
   return { added, alreadyReplicated, refused };
 }
 
@@ -301,11 +325,14 @@ export async function ensurePeer(sql: Sql, peer: PeerLink): Promise<void> {
         WHERE NOT EXISTS (SELECT 1 FROM pgmesh.applied_xact WHERE peer = $1)`,
       [peer.name],
     );
-    await tx.unsafe(
-      `SELECT pg_catalog.pg_replication_origin_create($1)
-        WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1)`,
-      [originName(peer.name)],
-    );
+    // The replay origin too (for "pgmesh exceptions replay"): creating origins is for the installing role only.
+    for (const origin of [originName(peer.name), replayOriginName(peer.name)]) {
+      await tx.unsafe(
+        `SELECT pg_catalog.pg_replication_origin_create($1)
+          WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1)`,
+        [origin],
+      );
+    }
   });
 }
 

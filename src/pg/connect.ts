@@ -12,6 +12,8 @@ import { describeEndpoint, dsnPassword, dsnProblem, scrubSecrets } from './dsn.t
 export type Sql = postgres.Sql<Record<string, never>>;
 export type ReservedSql = postgres.ReservedSql<Record<string, never>>;
 export type Row = postgres.Row;
+/** A pool, a reserved connection or a transaction: whatever runs queries. */
+export type Queryable = Pick<Sql, 'unsafe'>;
 
 export interface OpenOptions {
   /** Name used in messages: the node this connection goes to ("n2"). */
