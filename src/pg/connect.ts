@@ -112,6 +112,14 @@ export function connectionError(error: unknown, node: string, dsn: string, secre
       cause: error,
     });
   }
+  if (code === SQLSTATE.insufficientPrivilege) {
+    const detail = (error as { detail?: unknown }).detail;
+    return new PgmeshError(
+      'INSUFFICIENT_PRIVILEGE',
+      `node ${node} (${endpoint}): ${raw}${typeof detail === 'string' ? ` (${detail})` : ''}; the role in its connection string lacks a privilege pgmesh needs: "pgmesh check" lists each one with the GRANT that fixes it`,
+      { context, cause: error },
+    );
+  }
   if (errno === 'ECONNREFUSED') {
     return new PgmeshError(
       'CONNECTION_FAILED',
