@@ -16,8 +16,11 @@ import {
   initNode,
   initProblems,
   listUserTables,
+  removeTables,
   requireLocalNode,
+  requireUserTables,
   type AddTablesResult,
+  type RemoveTablesResult,
   type TableRef,
   type TableRefusal,
 } from './node-admin.ts';
@@ -63,6 +66,7 @@ export interface CreateClusterOptions {
  */
 export async function createCluster(config: ClusterConfig, logger: Logger, options: CreateClusterOptions = { tables: 'all' }): Promise<CreateClusterResult> {
   if (config.nodes.length < 2) throw new PgmeshError('CONFIG_INVALID', 'a cluster needs at least two nodes in the configuration');
+  requireUserTables(options.tables);
   return withNodes(config, logger, async (conns) => {
     const nodes: { name: string; created: boolean; tables: AddTablesResult }[] = [];
     const initOptions = (index: number, node: NodeConfig) => ({
@@ -164,13 +168,36 @@ export async function addClusterTables(
   logger: Logger,
   tables: readonly TableRef[],
 ): Promise<Record<string, AddTablesResult>> {
+  requireUserTables(tables);
   return withNodes(config, logger, async (conns) => {
-    const problems: string[] = [];
-    for (const node of config.nodes) {
-      await requireLocalNode(conns.get(node.name) as Sql, node.name).catch((error: unknown) => problems.push(errorMessage(error)));
-    }
-    if (problems.length > 0) throw new PgmeshError('NOT_INITIALIZED', problems.join('\n'));
+    await requireEveryLocalNode(config, conns);
     return Object.fromEntries(await addTablesEverywhere(conns, tables));
+  });
+}
+
+async function requireEveryLocalNode(config: ClusterConfig, conns: ReadonlyMap<string, Sql>): Promise<void> {
+  const problems: string[] = [];
+  for (const node of config.nodes) {
+    await requireLocalNode(conns.get(node.name) as Sql, node.name).catch((error: unknown) => problems.push(errorMessage(error)));
+  }
+  if (problems.length > 0) throw new PgmeshError('NOT_INITIALIZED', problems.join('\n'));
+}
+
+/**
+ * `pgmesh tables remove`: the tables leave replication on every node of the configuration (every node is reached
+ * before any changes). Their rows stay on every node, as they are; from then on each node's writes to them stay there.
+ */
+export async function removeClusterTables(
+  config: ClusterConfig,
+  logger: Logger,
+  tables: readonly TableRef[],
+): Promise<Record<string, RemoveTablesResult>> {
+  requireUserTables(tables);
+  return withNodes(config, logger, async (conns) => {
+    await requireEveryLocalNode(config, conns);
+    const results: Record<string, RemoveTablesResult> = {};
+    for (const node of config.nodes) results[node.name] = await removeTables(conns.get(node.name) as Sql, tables);
+    return results;
   });
 }
 

@@ -32,6 +32,29 @@ export interface AddTablesResult {
   readonly refused: readonly TableRefusal[];
 }
 
+export interface RemoveTablesResult {
+  readonly removed: readonly TableRef[];
+  /** Tables that exist but were not replicated (anything pgmesh had left on them is gone all the same). */
+  readonly notReplicated: readonly TableRef[];
+  readonly missing: readonly TableRef[];
+}
+
+/** Why a table can never be replicated, whatever it holds: it belongs to the system or to pgmesh itself. */
+function notAUserTable(table: TableRef): string | undefined {
+  const name = `${table.schema}.${table.name}`;
+  if (table.schema === CATALOG_SCHEMA) return `${name} is part of pgmesh's own catalog, which is local to each node; it is never replicated`;
+  // PostgreSQL reserves schema names starting with pg_ (pg_catalog, pg_toast, temporary schemas).
+  if (table.schema === 'information_schema' || table.schema.startsWith('pg_')) return `${name} is a system table; only user tables can be replicated`;
+  return undefined;
+}
+
+/** Refuses, all at once, tables named for replication that are system or pgmesh tables: bad input, not a failure. */
+export function requireUserTables(tables: readonly TableRef[] | 'all'): void {
+  if (tables === 'all') return;
+  const problems = tables.map(notAUserTable).filter((p) => p !== undefined);
+  if (problems.length > 0) throw new PgmeshError('CONFIG_INVALID', problems.join('\n'));
+}
+
 export function validateNodeName(name: string): void {
   if (!NODE_NAME_PATTERN.test(name)) {
     throw new PgmeshError(
@@ -206,6 +229,7 @@ export async function listReplicatedTables(sql: Sql): Promise<TableRef[]> {
  * needs, use addTablesEverywhere in cluster-ops.)
  */
 export async function addTables(sql: Sql, tables: readonly TableRef[] | 'all', options: { dryRun?: boolean } = {}): Promise<AddTablesResult> {
+  requireUserTables(tables);
   const candidates = tables === 'all' ? await listUserTables(sql) : tables;
   const already = new Set((await listReplicatedTables(sql)).map((t) => `${t.schema}.${t.name}`));
   const added: TableRef[] = [];
@@ -298,6 +322,38 @@ export async function ensureDeleteTrigger(sql: Sql, table: TableRef): Promise<vo
     `CREATE OR REPLACE TRIGGER pgmesh_record_key_change AFTER UPDATE OF ${columns.join(', ')} ON ${qualifiedName(table.schema, table.name)}
        FOR EACH ROW WHEN (${row('OLD')} IS DISTINCT FROM ${row('NEW')}) EXECUTE FUNCTION pgmesh.record_key_change(${args})`,
   );
+}
+
+/**
+ * Takes tables out of replication on this node: out of the publication, so its changes are no longer sent; its
+ * pgmesh triggers, tombstones, version overrides and policy go. Its rows stay. (On every node at once:
+ * removeClusterTables in cluster-ops.)
+ */
+export async function removeTables(sql: Sql, tables: readonly TableRef[]): Promise<RemoveTablesResult> {
+  requireUserTables(tables);
+  const replicated = new Set((await listReplicatedTables(sql)).map((t) => `${t.schema}.${t.name}`));
+  const removed: TableRef[] = [];
+  const notReplicated: TableRef[] = [];
+  const missing: TableRef[] = [];
+  for (const table of tables) {
+    const qualified = qualifiedName(table.schema, table.name);
+    const exists = await sql.unsafe<{ ok: boolean }[]>(`SELECT to_regclass($1) IS NOT NULL AS ok`, [qualified]);
+    if (!exists[0]?.ok) {
+      missing.push(table);
+      continue;
+    }
+    const published = replicated.has(`${table.schema}.${table.name}`);
+    await sql.begin(async (tx) => {
+      if (published) await tx.unsafe(`ALTER PUBLICATION ${PUBLICATION} DROP TABLE ${qualified}`);
+      await tx.unsafe(`DROP TRIGGER IF EXISTS pgmesh_record_deletes ON ${qualified}`);
+      await tx.unsafe(`DROP TRIGGER IF EXISTS pgmesh_record_key_change ON ${qualified}`);
+      await tx.unsafe(`DELETE FROM pgmesh.tombstone WHERE relid = $1::text::regclass`, [qualified]);
+      await tx.unsafe(`DELETE FROM pgmesh.version_override WHERE relid = $1::text::regclass`, [qualified]);
+      await tx.unsafe(`DELETE FROM pgmesh.table_policy WHERE relation_schema = $1 AND relation_name = $2`, [table.schema, table.name]);
+    });
+    (published ? removed : notReplicated).push(table);
+  }
+  return { removed, notReplicated, missing };
 }
 
 export interface PeerLink {
