@@ -3,7 +3,7 @@
  * These are the library functions behind `pgmesh init`, `pgmesh tables add` and `pgmesh cluster create`.
  */
 import { PgmeshError } from '../core/errors.ts';
-import type { Sql } from '../pg/connect.ts';
+import type { Queryable, Sql } from '../pg/connect.ts';
 import { qualifiedName, quoteIdent, quoteLiteral, NODE_NAME_PATTERN } from '../pg/quote.ts';
 import { agentRoles, grantAgentPrivileges } from './agent-privileges.ts';
 import { CATALOG_SCHEMA, CATALOG_VERSION, MIGRATIONS, PUBLICATION, originName, replayOriginName, slotName } from './catalog-schema.ts';
@@ -284,14 +284,15 @@ export async function addTables(sql: Sql, tables: readonly TableRef[] | 'all', o
     }
     added.push(table);
     if (options.dryRun) continue;
-    await sql.unsafe(`ALTER PUBLICATION ${PUBLICATION} ADD TABLE ${qualified}`);
-    await ensureDeleteTrigger(sql, table);
+    // One commit: from the moment its changes are published, its deletes leave tombstones and the agents' roles
+    // may write it (an agent that starts in between would otherwise refuse to, for want of the grant).
+    await sql.begin(async (tx) => {
+      await tx.unsafe(`ALTER PUBLICATION ${PUBLICATION} ADD TABLE ${qualified}`);
+      await ensureDeleteTrigger(tx, table);
+      for (const role of await agentRoles(tx)) await grantAgentPrivileges(tx, role);
+    });
   }
-  if (!options.dryRun) {
-    for (const table of alreadyReplicated) await ensureDeleteTrigger(sql, table);
-    // The agents apply changes to the added tables: their roles get the rights to.
-    if (added.length > 0) for (const role of await agentRoles(sql)) await grantAgentPrivileges(sql, role);
-  }
+  if (!options.dryRun) for (const table of alreadyReplicated) await ensureDeleteTrigger(sql, table);
   return { added, alreadyReplicated, refused };
 }
 
@@ -302,7 +303,7 @@ export async function addTables(sql: Sql, tables: readonly TableRef[] | 'all', o
  * An UPDATE that changes the primary key removes the old key as a delete does (peers apply it as one): a row-level
  * trigger that fires only when the key really changes records that tombstone.
  */
-export async function ensureDeleteTrigger(sql: Sql, table: TableRef): Promise<void> {
+export async function ensureDeleteTrigger(sql: Queryable, table: TableRef): Promise<void> {
   const keys = await sql.unsafe<{ attname: string }[]>(
     `SELECT a.attname FROM pg_catalog.pg_index i
        JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) ON true

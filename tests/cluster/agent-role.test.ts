@@ -9,7 +9,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { withCluster, type TestCluster } from '../support/cluster.ts';
+import { eventually, withCluster, type TestCluster } from '../support/cluster.ts';
 import { runPgmesh } from '../support/cli.ts';
 import { dsnAs } from '../support/roles.ts';
 
@@ -31,6 +31,26 @@ async function pgmeshSessionRoles(cluster: TestCluster, node: string): Promise<{
     `SELECT usename FROM pg_stat_activity WHERE application_name LIKE 'pgmesh%' AND pid <> pg_backend_pid()`,
   );
   return { roles: [...new Set(rows.map((r) => r.usename))], sessions: rows.length };
+}
+
+/** Until every node streams to each of its peers (every agent is up). */
+async function waitStreaming(cluster: TestCluster): Promise<void> {
+  await eventually(
+    async () => {
+      for (const node of cluster.nodes) {
+        const rows = await node.sql.unsafe<{ n: number }[]>(`SELECT count(*)::int AS n FROM pg_replication_slots WHERE active AND slot_name LIKE 'pgmesh%'`);
+        if (rows[0]?.n !== cluster.nodes.length - 1) return false;
+      }
+      return true;
+    },
+    {
+      what: 'every agent to stream from its peers',
+      abort: () => {
+        const exited = [...cluster.processes.values()].find((p) => !p.running);
+        return exited ? `the agent of ${exited.node} exited` : undefined;
+      },
+    },
+  );
 }
 
 /** Each node writes its own rows, changes the others', deletes one and changes a key. */
@@ -78,6 +98,7 @@ test('a table added after cluster create --agent-role is granted to the agent ro
     assert.equal(create.code, 0, create.output);
     const env = agentEnv(cluster);
     for (const node of cluster.nodes) cluster.startAgentProcess(node.name, env);
+    await waitStreaming(cluster);
     for (const node of cluster.nodes) await node.sql.unsafe(`CREATE TABLE public.later (id integer PRIMARY KEY, v text)`);
     const add = await runPgmesh(['tables', 'add', 'public.later'], { config: cluster.configPath });
     assert.equal(add.code, 0, add.output);
