@@ -17,6 +17,7 @@ const ROLE = 'pgmesh_agent';
 const PASSWORD = 'agent-pw';
 const SCHEMA = `
 CREATE TABLE public.accounts (id integer PRIMARY KEY, owner text NOT NULL, balance numeric NOT NULL);
+CREATE TABLE public.journal (id integer PRIMARY KEY, note text);
 CREATE ROLE ${ROLE} LOGIN PASSWORD '${PASSWORD}';
 `;
 
@@ -68,7 +69,9 @@ async function workload(cluster: TestCluster): Promise<void> {
 }
 
 test('cluster create --agent-role: three agents connect as a non-superuser role everywhere, and the cluster replicates', { timeout: 240_000 }, async () => {
-  await withCluster({ nodes: 3, schema: SCHEMA, link: false }, async (cluster) => {
+  // Tombstones are collected soon, so that the agents' maintenance runs as the role too.
+  const tuning = { tombstoneGcIntervalMs: 200, tombstoneMarginMs: 0 };
+  await withCluster({ nodes: 3, schema: SCHEMA, link: false, tuning }, async (cluster) => {
     const create = await runPgmesh(['cluster', 'create', '--agent-role', ROLE], { config: cluster.configPath });
     assert.equal(create.code, 0, create.output);
     const env = agentEnv(cluster);
@@ -78,8 +81,17 @@ test('cluster create --agent-role: three agents connect as a non-superuser role 
 
     for (const node of cluster.nodes) cluster.startAgentProcess(node.name, env);
     await workload(cluster);
-    const hashes = await cluster.waitConverged(['public.accounts']);
+    await cluster.node('n1').sql.unsafe(`INSERT INTO public.journal SELECT g, 'entry' FROM generate_series(1, 5) g`);
+    await cluster.waitConverged(['public.journal']);
+    await cluster.node('n3').sql.unsafe(`TRUNCATE public.journal`);
+    const hashes = await cluster.waitConverged(['public.accounts', 'public.journal']);
     assert.match(hashes['public.accounts'] ?? '', /^27:/, '30 rows less 3 deleted');
+    assert.match(hashes['public.journal'] ?? '', /^0:/, 'the truncate reached every node');
+    for (const node of cluster.nodes) {
+      await eventually(async () => (await node.sql.unsafe(`SELECT 1 FROM pgmesh.tombstone`)).length === 0, {
+        what: `the tombstones on ${node.name} to be collected by its agent`,
+      });
+    }
     for (const node of cluster.nodes) {
       const { roles, sessions } = await pgmeshSessionRoles(cluster, node.name);
       // The node's own agent (catalog and apply sessions) and both peers' streams and clock readings.
