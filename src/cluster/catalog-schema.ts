@@ -21,6 +21,12 @@ export function replayOriginName(peer: string): string {
   return `pgmeshr_${peer}`;
 }
 
+/**
+ * Catalog functions meant for applications (pgmesh.snowflake_id() in column defaults): executable by every role.
+ * Every other function of the catalog is executable only by agent roles and superusers (initNode revokes the rest).
+ */
+export const PUBLIC_FUNCTIONS: readonly string[] = ['snowflake_id'];
+
 export const MIGRATIONS: readonly string[] = [
   /* 1: identity, peers, apply progress, last-update-wins helpers */ `
 CREATE SCHEMA pgmesh;

@@ -5,8 +5,18 @@
 import { PgmeshError } from '../core/errors.ts';
 import type { Queryable, Sql } from '../pg/connect.ts';
 import { qualifiedName, quoteIdent, quoteLiteral, NODE_NAME_PATTERN } from '../pg/quote.ts';
+import { textArrayLiteral } from '../pg/text-array.ts';
 import { agentRoles, grantAgentPrivileges } from './agent-privileges.ts';
-import { CATALOG_SCHEMA, CATALOG_VERSION, MIGRATIONS, PUBLICATION, originName, replayOriginName, slotName } from './catalog-schema.ts';
+import {
+  CATALOG_SCHEMA,
+  CATALOG_VERSION,
+  MIGRATIONS,
+  PUBLICATION,
+  PUBLIC_FUNCTIONS,
+  originName,
+  replayOriginName,
+  slotName,
+} from './catalog-schema.ts';
 import { checkServerFacts, formatProblems, readServerFacts } from './server-checks.ts';
 
 export interface LocalNode {
@@ -190,8 +200,14 @@ export async function initNode(sql: Sql, options: InitOptions): Promise<InitResu
     if (pub.length === 0) {
       await tx.unsafe(`CREATE PUBLICATION ${PUBLICATION} WITH (publish = 'insert, update, delete, truncate')`);
     }
-    // New functions are executable by everyone unless revoked; pgmesh's are only for agent roles (and superusers).
-    await tx.unsafe(`REVOKE ALL ON ALL FUNCTIONS IN SCHEMA ${quoteIdent(CATALOG_SCHEMA)} FROM PUBLIC`);
+    // New functions are executable by everyone unless revoked; pgmesh's are for agent roles (and superusers) only,
+    // but for those meant for applications.
+    const closed = await tx.unsafe<{ fn: string }[]>(
+      `SELECT p.oid::regprocedure::text AS fn FROM pg_catalog.pg_proc p
+        WHERE p.pronamespace = $1::regnamespace AND NOT p.proname = ANY($2::text[])`,
+      [CATALOG_SCHEMA, textArrayLiteral(PUBLIC_FUNCTIONS)],
+    );
+    for (const { fn } of closed) await tx.unsafe(`REVOKE ALL ON FUNCTION ${fn} FROM PUBLIC`);
     if (options.agentRole !== undefined) await grantAgentPrivileges(tx, options.agentRole);
     // Again for every agent role: an upgrade may have added catalog tables or functions that the agent uses.
     for (const role of await agentRoles(tx)) await grantAgentPrivileges(tx, role);
