@@ -131,13 +131,18 @@ async function missingCatalogPrivileges(sql: Queryable, role: string, who: strin
   const missing: MissingPrivilege[] = [];
   const usage = await sql.unsafe<{ ok: boolean }[]>(`SELECT has_schema_privilege($1, $2, 'USAGE') AS ok`, [role, CATALOG_SCHEMA]);
   if (!usage[0]?.ok) missing.push({ privilege: `USAGE on schema ${CATALOG_SCHEMA}`, grant: `GRANT USAGE ON SCHEMA ${CATALOG_SCHEMA} TO ${who}` });
-  const relations = await sql.unsafe<{ name: string; qualified: string; kind: string; s: boolean; i: boolean; u: boolean; d: boolean; usage: boolean }[]>(
+  const relations = await sql.unsafe<
+    { name: string; qualified: string; kind: string; s: boolean; i: boolean; u: boolean; d: boolean; usage: boolean; owner: string | null }[]
+  >(
     `SELECT c.relname AS name, format('%I.%I', $2::text, c.relname) AS qualified, c.relkind::text AS kind,
             c.relkind <> 'S' AND has_table_privilege($1, c.oid, 'SELECT') AS s,
             c.relkind <> 'S' AND has_table_privilege($1, c.oid, 'INSERT') AS i,
             c.relkind <> 'S' AND has_table_privilege($1, c.oid, 'UPDATE') AS u,
             c.relkind <> 'S' AND has_table_privilege($1, c.oid, 'DELETE') AS d,
-            c.relkind = 'S' AND has_sequence_privilege($1, c.oid, 'USAGE') AS usage
+            c.relkind = 'S' AND has_sequence_privilege($1, c.oid, 'USAGE') AS usage,
+            (SELECT t.relname FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class t ON t.oid = d.refobjid
+              WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid AND d.deptype IN ('a', 'i')
+                AND d.refclassid = 'pg_catalog.pg_class'::regclass LIMIT 1) AS owner
        FROM pg_catalog.pg_class c
       WHERE c.relnamespace = $2::regnamespace AND c.relkind IN ('r', 'p', 'v', 'S')
       ORDER BY c.relname`,
@@ -148,7 +153,8 @@ async function missingCatalogPrivileges(sql: Queryable, role: string, who: strin
   for (const r of relations) {
     const name = r.qualified;
     if (r.kind === 'S') {
-      if (!r.usage) sequences.push(name);
+      // The id sequences of the tables the agent inserts into; no other sequence of the catalog.
+      if (!r.usage && r.owner !== null && AGENT_CATALOG_WRITES[r.owner]?.includes('INSERT')) sequences.push(name);
       continue;
     }
     const has: Readonly<Record<string, boolean>> = { SELECT: r.s, INSERT: r.i, UPDATE: r.u, DELETE: r.d };
