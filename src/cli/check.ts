@@ -21,7 +21,7 @@ export function registerCheck(program: Command): void {
             const settings = checkServerFacts(facts, config.nodes.length - 1);
             const problems = [
               ...(settings.length ? formatProblems(node.name, settings).split('\n') : []),
-              ...(await agentRoleProblems(sql, node.name, facts.currentUser, facts.isSuperuser)),
+              ...(await agentRoleProblems(sql, node.name, facts)),
             ];
             return {
               node: node.name,

@@ -10,6 +10,7 @@ import type { Queryable } from '../pg/connect.ts';
 import { quoteIdent } from '../pg/quote.ts';
 import { textArrayLiteral } from '../pg/text-array.ts';
 import { CATALOG_SCHEMA, PUBLICATION } from './catalog-schema.ts';
+import type { ServerFacts } from './server-checks.ts';
 
 export interface MissingPrivilege {
   /** What the role lacks, for the user: "SET on parameter session_replication_role". */
@@ -232,8 +233,10 @@ export async function agentRoles(sql: Queryable): Promise<string[]> {
  * What `pgmesh check` says about the role of a node's connection string, the role its agent runs as: every privilege
  * it lacks with its GRANT, and that pgmesh must be installed by a superuser first if it is not yet.
  */
-export async function agentRoleProblems(sql: Queryable, node: string, role: string, isSuperuser: boolean): Promise<string[]> {
-  if (isSuperuser) return [];
+export async function agentRoleProblems(sql: Queryable, node: string, facts: ServerFacts): Promise<string[]> {
+  // Before 16 the server itself is the problem (checkServerFacts says so), and privileges on parameters do not exist.
+  if (facts.isSuperuser || facts.major < 16) return [];
+  const role = facts.currentUser;
   const installed = await sql.unsafe<{ ok: boolean }[]>(`SELECT to_regnamespace($1) IS NOT NULL AS ok`, [CATALOG_SCHEMA]);
   const lines = installed[0]?.ok
     ? []
