@@ -1,9 +1,12 @@
 /** The library entry point: everything the CLI does, callable from code. */
 export { loadConfig, findNode, DEFAULT_TUNING } from './config/config.ts';
 export type { ClusterConfig, NodeConfig, AgentTuning, LogLevel } from './config/config.ts';
-export { createCluster, clusterStatus } from './cluster/cluster-ops.ts';
-export type { ClusterStatus, LinkStatus, NodeStatus, CreateClusterResult } from './cluster/cluster-ops.ts';
-export { initNode, addTables, listReplicatedTables, readLocalNode } from './cluster/node-admin.ts';
+export { createCluster, clusterStatus, addClusterTables, removeClusterTables } from './cluster/cluster-ops.ts';
+export type { ClusterStatus, LinkStatus, NodeStatus, CreateClusterResult, CreateClusterOptions } from './cluster/cluster-ops.ts';
+export { initNode, addTables, removeTables, listReplicatedTables, readLocalNode } from './cluster/node-admin.ts';
+export type { AddTablesResult, RemoveTablesResult, TableRef, TableRefusal } from './cluster/node-admin.ts';
+export { grantAgentPrivileges, missingAgentPrivileges } from './cluster/agent-privileges.ts';
+export type { MissingPrivilege } from './cluster/agent-privileges.ts';
 export { checkServerFacts, readServerFacts } from './cluster/server-checks.ts';
 export { Agent } from './agent/agent.ts';
 export type { AgentStatus } from './agent/agent.ts';

@@ -8,6 +8,7 @@ import { connectionError, openSql, type Sql } from '../pg/connect.ts';
 import { requireLocalNode } from '../cluster/node-admin.ts';
 import { CATALOG_VERSION } from '../cluster/catalog-schema.ts';
 import { checkServerFacts, formatProblems, readServerFacts, serverWarnings } from '../cluster/server-checks.ts';
+import { formatMissingPrivileges, missingAgentPrivileges } from '../cluster/agent-privileges.ts';
 import { findNode, type ClusterConfig } from '../config/config.ts';
 import { errorMessage } from '../core/errors.ts';
 import { ClockMonitor, type ClockReading } from './clock-monitor.ts';
@@ -59,6 +60,11 @@ export class Agent {
       const problems = checkServerFacts(facts, peers.length);
       if (problems.length > 0) throw new PgmeshError('SERVER_SETTINGS', formatProblems(nodeName, problems), { context: { node: nodeName } });
       for (const warning of serverWarnings(facts)) log.warn({}, warning);
+      // Every missing privilege at once, each with its GRANT, rather than the first one the agent would trip on.
+      const lacking = await missingAgentPrivileges(catalog, facts.currentUser);
+      if (lacking.length > 0) {
+        throw new PgmeshError('INSUFFICIENT_PRIVILEGE', formatMissingPrivileges(nodeName, facts.currentUser, lacking).join('\n'), { context: { node: nodeName } });
+      }
       await requireLocalNode(catalog, nodeName);
       const versions = await catalog.unsafe<{ version: number }[]>(`SELECT version FROM pgmesh.catalog_version`);
       const version = versions[0]?.version ?? 0;

@@ -101,8 +101,12 @@ export class PeerReplicator {
           attempt = 0;
           continue;
         }
-        this.lastError = { code, message: errorMessage(error), at: new Date().toISOString() };
-        log.error({ peer: this.options.peer, code, err: errorMessage(error) }, 'stream from peer stopped; will retry');
+        const message =
+          sqlstate === SQLSTATE.insufficientPrivilege
+            ? `${errorMessage(error)}; the agent's role lacks a privilege: "pgmesh check" lists each one with the GRANT that fixes it`
+            : errorMessage(error);
+        this.lastError = { code, message, at: new Date().toISOString() };
+        log.error({ peer: this.options.peer, code, err: message }, 'stream from peer stopped; will retry');
         // The row's values, which the message leaves out (personal data), only when asked for.
         const values = serverValues(error);
         if (values) log.debug({ peer: this.options.peer, ...values }, 'the server\'s own words about that failure');

@@ -1,13 +1,14 @@
 import type { Command } from 'commander';
 import { errorMessage } from '../core/errors.ts';
 import { checkServerFacts, formatProblems, readServerFacts, serverWarnings } from '../cluster/server-checks.ts';
+import { agentRoleProblems } from '../cluster/agent-privileges.ts';
 import { connectionError, openSql } from '../pg/connect.ts';
 import { configFrom, loggerFor, printJson, type GlobalOptions } from './common.ts';
 
 export function registerCheck(program: Command): void {
   program
     .command('check')
-    .description('check that every node can be reached and has the server settings pgmesh needs (changes nothing)')
+    .description('check that every node can be reached, has the server settings pgmesh needs, and that its role has the privileges the agent needs (changes nothing)')
     .option('--json', 'print as JSON')
     .action(async (options: { json?: boolean }, command: Command) => {
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
@@ -17,11 +18,15 @@ export function registerCheck(program: Command): void {
           const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh check', logger: loggerFor(config), connectTimeoutS: 5 });
           try {
             const facts = await readServerFacts(sql);
-            const problems = checkServerFacts(facts, config.nodes.length - 1);
+            const settings = checkServerFacts(facts, config.nodes.length - 1);
+            const problems = [
+              ...(settings.length ? formatProblems(node.name, settings).split('\n') : []),
+              ...(await agentRoleProblems(sql, node.name, facts)),
+            ];
             return {
               node: node.name,
               ok: problems.length === 0,
-              problems: problems.length ? formatProblems(node.name, problems).split('\n') : [],
+              problems,
               warnings: serverWarnings(facts),
             };
           } catch (error) {

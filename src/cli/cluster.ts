@@ -9,11 +9,12 @@ export function registerCluster(program: Command): void {
     .command('create')
     .description('make every node of the configuration one full mesh: init each node, add tables, link every pair (idempotent)')
     .option('--tables <list>', 'comma-separated schema.table list (default: every table with a primary key)')
+    .option('--agent-role <role>', 'the (non-superuser) role the agents will connect as: grant it what an agent needs on every node')
     .option('--json', 'print the result as JSON')
-    .action(async (options: { tables?: string; json?: boolean }, command: Command) => {
+    .action(async (options: { tables?: string; agentRole?: string; json?: boolean }, command: Command) => {
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
       const tables = options.tables ? options.tables.split(',').map((t) => parseTableName(t.trim())) : 'all';
-      const result = await createCluster(config, loggerFor(config), { tables });
+      const result = await createCluster(config, loggerFor(config), { tables, agentRole: options.agentRole });
       // A table left out is a failure (exit 1), named or not: the nodes are linked, but its rows do not replicate.
       const refused = new Set(result.nodes.flatMap((n) => n.tables.refused.map((t) => `${t.schema}.${t.name}`)));
       if (refused.size > 0) process.exitCode = 1;

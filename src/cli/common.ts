@@ -1,5 +1,6 @@
 /** What every command shares: loading the configuration from --config / env, the logger, error output. */
 import { PgmeshError, errorMessage } from '../core/errors.ts';
+import { SQLSTATE, sqlState } from '../core/sqlstate.ts';
 import { loadConfig, type ClusterConfig } from '../config/config.ts';
 import { createLogger } from '../core/pino-logger.ts';
 import type { Logger } from '../core/logger.ts';
@@ -26,6 +27,13 @@ export function fail(error: unknown): never {
     process.stderr.write(`pgmesh: ${error.message}\n`);
     // 2: the input is wrong (the configuration, or a node name that it does not have); 1: the operation failed.
     process.exit(error.code === 'CONFIG_INVALID' || error.code === 'UNKNOWN_NODE' ? 2 : 1);
+  }
+  if (sqlState(error) === SQLSTATE.insufficientPrivilege) {
+    process.stderr.write(
+      `pgmesh: ${errorMessage(error)}: the role in the node's connection string lacks this privilege. ` +
+        `"pgmesh check" lists what an agent's role needs; installing and changing what replicates (cluster create, tables) need a superuser\n`,
+    );
+    process.exit(1);
   }
   process.stderr.write(`pgmesh: unexpected error: ${errorMessage(error)}\n`);
   if (error instanceof Error && error.stack && process.env.PGMESH_DEBUG) process.stderr.write(`${error.stack}\n`);

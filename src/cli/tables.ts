@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { PgmeshError } from '../core/errors.ts';
-import { addClusterTables } from '../cluster/cluster-ops.ts';
+import { addClusterTables, removeClusterTables } from '../cluster/cluster-ops.ts';
 import { listReplicatedTables, type AddTablesResult, type TableRef } from '../cluster/node-admin.ts';
 import { readSequenceStatus, type SequenceResult, type SequenceStatus } from '../cluster/sequences.ts';
 import { connectionError, openSql } from '../pg/connect.ts';
@@ -53,6 +53,24 @@ export function registerTables(program: Command): void {
       if (options.json) printJson(results);
       else printClusterTables(results);
       if (Object.values(results).some((r) => r.refused.length > 0)) process.exitCode = 1;
+    });
+  tables
+    .command('remove')
+    .description('take tables out of replication on every node; their rows stay (schema.table ...)')
+    .argument('<tables...>', 'tables as schema.table')
+    .option('--json', 'print the result as JSON')
+    .action(async (names: string[], options: { json?: boolean }, command: Command) => {
+      const config = configFrom(command.optsWithGlobals<GlobalOptions>());
+      const results = await removeClusterTables(config, loggerFor(config), names.map(parseTableName));
+      if (options.json) printJson(results);
+      else {
+        for (const [node, result] of Object.entries(results)) {
+          for (const t of result.removed) process.stdout.write(`  ${node}: no longer replicating ${t.schema}.${t.name} (its rows stay)\n`);
+          for (const t of result.notReplicated) process.stdout.write(`  ${node}: ${t.schema}.${t.name} was not replicated\n`);
+          for (const t of result.missing) process.stdout.write(`  ${node}: table ${t.schema}.${t.name} does not exist (names are case-sensitive)\n`);
+        }
+      }
+      if (Object.values(results).some((r) => r.missing.length > 0)) process.exitCode = 1;
     });
   tables
     .command('list')

@@ -21,6 +21,12 @@ export function replayOriginName(peer: string): string {
   return `pgmeshr_${peer}`;
 }
 
+/**
+ * Catalog functions meant for applications (pgmesh.snowflake_id() in column defaults): executable by every role.
+ * Every other function of the catalog is executable only by agent roles and superusers (initNode revokes the rest).
+ */
+export const PUBLIC_FUNCTIONS: readonly string[] = ['snowflake_id'];
+
 export const MIGRATIONS: readonly string[] = [
   /* 1: identity, peers, apply progress, last-update-wins helpers */ `
 CREATE SCHEMA pgmesh;
@@ -499,6 +505,47 @@ CREATE FUNCTION pgmesh.snowflake_id() RETURNS bigint
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
   SELECT pgmesh.snowflake_id_at(clock_timestamp())
 $fn$;
+`,
+  /* 5: what runs on users' tables runs as pgmesh; agent roles */ `
+-- The triggers on replicated tables fire in the sessions of whoever writes the table: they run as the catalog's
+-- owner (SECURITY DEFINER), so a role with only its own table privileges can delete rows and change keys, and with a
+-- search_path pinned to pg_catalog, so that role's objects cannot stand in for the ones the functions use.
+-- (Which roles may execute pgmesh's functions at all is set by initNode after every upgrade: nobody by default.)
+CREATE OR REPLACE FUNCTION pgmesh.record_deletes() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
+AS $fn$
+BEGIN
+  INSERT INTO pgmesh.tombstone (relid, pkey)
+  SELECT TG_RELID, (SELECT pg_catalog.jsonb_agg(j -> k ORDER BY n)::text
+                      FROM pg_catalog.unnest(TG_ARGV) WITH ORDINALITY AS a(k, n))
+    FROM (SELECT pg_catalog.to_jsonb(o) AS j FROM pgmesh_deleted o) d
+  ON CONFLICT (relid, pkey) DO UPDATE SET pkey = EXCLUDED.pkey;
+  RETURN NULL;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION pgmesh.record_key_change() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
+AS $fn$
+BEGIN
+  INSERT INTO pgmesh.tombstone (relid, pkey)
+  SELECT TG_RELID, (SELECT pg_catalog.jsonb_agg(j -> k ORDER BY n)::text
+                      FROM pg_catalog.unnest(TG_ARGV) WITH ORDINALITY AS a(k, n))
+    FROM (SELECT pg_catalog.to_jsonb(OLD) AS j) o
+  ON CONFLICT (relid, pkey) DO UPDATE SET pkey = EXCLUDED.pkey;
+  RETURN NULL;
+END
+$fn$;
+
+-- Roles that agents connect as ("pgmesh cluster create --agent-role"): they get the privileges the agent needs, and
+-- again after every catalog upgrade and every "tables add".
+CREATE TABLE pgmesh.agent_role (
+  role_name text PRIMARY KEY
+);
 `,
 ];
 

@@ -18,8 +18,11 @@ import {
   initProblems,
   listUserTables,
   readLocalNode,
+  removeTables,
   requireLocalNode,
+  requireUserTables,
   type AddTablesResult,
+  type RemoveTablesResult,
   type TableRef,
   type TableRefusal,
 } from './node-admin.ts';
@@ -54,16 +57,19 @@ async function withNodes<T>(config: ClusterConfig, logger: Logger, fn: (conns: M
   }
 }
 
+export interface CreateClusterOptions {
+  readonly tables: readonly TableRef[] | 'all';
+  /** The role the agents will connect as, on every node: it gets what an agent needs (agent-privileges.ts). */
+  readonly agentRole?: string;
+}
+
 /**
  * Makes every configured node a member of one full mesh. The nodes' replicated tables must hold the same rows
  * when this runs (empty, or restored from one backup): streams start from now. Idempotent.
  */
-export async function createCluster(
-  config: ClusterConfig,
-  logger: Logger,
-  options: { tables: readonly TableRef[] | 'all' } = { tables: 'all' },
-): Promise<CreateClusterResult> {
+export async function createCluster(config: ClusterConfig, logger: Logger, options: CreateClusterOptions = { tables: 'all' }): Promise<CreateClusterResult> {
   if (config.nodes.length < 2) throw new PgmeshError('CONFIG_INVALID', 'a cluster needs at least two nodes in the configuration');
+  requireUserTables(options.tables);
   return withNodes(config, logger, async (conns) => {
     const nodes: { name: string; created: boolean; tables: AddTablesResult }[] = [];
     const initOptions = (index: number, node: NodeConfig) => ({
@@ -71,6 +77,7 @@ export async function createCluster(
       nodeSlot: index + 1,
       maxNodes: config.maxNodes,
       expectedPeers: config.nodes.length - 1,
+      agentRole: options.agentRole,
     });
     // Every node's problems are reported, and fixed, before anything is installed anywhere.
     const problems: PgmeshError[] = [];
@@ -180,13 +187,36 @@ export async function addClusterTables(
   logger: Logger,
   tables: readonly TableRef[],
 ): Promise<Record<string, AddTablesResult>> {
+  requireUserTables(tables);
   return withNodes(config, logger, async (conns) => {
-    const problems: string[] = [];
-    for (const node of config.nodes) {
-      await requireLocalNode(conns.get(node.name) as Sql, node.name).catch((error: unknown) => problems.push(errorMessage(error)));
-    }
-    if (problems.length > 0) throw new PgmeshError('NOT_INITIALIZED', problems.join('\n'));
+    await requireEveryLocalNode(config, conns);
     return Object.fromEntries(await addTablesEverywhere(conns, tables));
+  });
+}
+
+async function requireEveryLocalNode(config: ClusterConfig, conns: ReadonlyMap<string, Sql>): Promise<void> {
+  const problems: string[] = [];
+  for (const node of config.nodes) {
+    await requireLocalNode(conns.get(node.name) as Sql, node.name).catch((error: unknown) => problems.push(errorMessage(error)));
+  }
+  if (problems.length > 0) throw new PgmeshError('NOT_INITIALIZED', problems.join('\n'));
+}
+
+/**
+ * `pgmesh tables remove`: the tables leave replication on every node of the configuration (every node is reached
+ * before any changes). Their rows stay on every node, as they are; from then on each node's writes to them stay there.
+ */
+export async function removeClusterTables(
+  config: ClusterConfig,
+  logger: Logger,
+  tables: readonly TableRef[],
+): Promise<Record<string, RemoveTablesResult>> {
+  requireUserTables(tables);
+  return withNodes(config, logger, async (conns) => {
+    await requireEveryLocalNode(config, conns);
+    const results: Record<string, RemoveTablesResult> = {};
+    for (const node of config.nodes) results[node.name] = await removeTables(conns.get(node.name) as Sql, tables);
+    return results;
   });
 }
 

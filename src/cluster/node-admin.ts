@@ -3,9 +3,20 @@
  * These are the library functions behind `pgmesh init`, `pgmesh tables add` and `pgmesh cluster create`.
  */
 import { PgmeshError } from '../core/errors.ts';
-import type { Sql } from '../pg/connect.ts';
+import type { Queryable, Sql } from '../pg/connect.ts';
 import { qualifiedName, quoteIdent, quoteLiteral, NODE_NAME_PATTERN } from '../pg/quote.ts';
-import { CATALOG_VERSION, MIGRATIONS, PUBLICATION, originName, slotName } from './catalog-schema.ts';
+import { textArrayLiteral } from '../pg/text-array.ts';
+import { agentRoles, grantAgentPrivileges } from './agent-privileges.ts';
+import {
+  CATALOG_SCHEMA,
+  CATALOG_VERSION,
+  MIGRATIONS,
+  PUBLICATION,
+  PUBLIC_FUNCTIONS,
+  originName,
+  replayOriginName,
+  slotName,
+} from './catalog-schema.ts';
 import { memberProblems, type SequenceResult } from './sequences.ts';
 import { checkServerFacts, formatProblems, readServerFacts } from './server-checks.ts';
 
@@ -32,6 +43,29 @@ export interface AddTablesResult {
   readonly refused: readonly TableRefusal[];
   /** What was done to the sequences of these tables (cluster-wide adds only; see sequences.ts). */
   readonly sequences?: readonly SequenceResult[];
+}
+
+export interface RemoveTablesResult {
+  readonly removed: readonly TableRef[];
+  /** Tables that exist but were not replicated (anything pgmesh had left on them is gone all the same). */
+  readonly notReplicated: readonly TableRef[];
+  readonly missing: readonly TableRef[];
+}
+
+/** Why a table can never be replicated, whatever it holds: it belongs to the system or to pgmesh itself. */
+function notAUserTable(table: TableRef): string | undefined {
+  const name = `${table.schema}.${table.name}`;
+  if (table.schema === CATALOG_SCHEMA) return `${name} is part of pgmesh's own catalog, which is local to each node; it is never replicated`;
+  // PostgreSQL reserves schema names starting with pg_ (pg_catalog, pg_toast, temporary schemas).
+  if (table.schema === 'information_schema' || table.schema.startsWith('pg_')) return `${name} is a system table; only user tables can be replicated`;
+  return undefined;
+}
+
+/** Refuses, all at once, tables named for replication that are system or pgmesh tables: bad input, not a failure. */
+export function requireUserTables(tables: readonly TableRef[] | 'all'): void {
+  if (tables === 'all') return;
+  const problems = tables.map(notAUserTable).filter((p) => p !== undefined);
+  if (problems.length > 0) throw new PgmeshError('CONFIG_INVALID', problems.join('\n'));
 }
 
 export function validateNodeName(name: string): void {
@@ -76,6 +110,8 @@ export interface InitOptions {
   readonly maxNodes: number;
   /** How many peers this node will have; used to check slot and sender limits. */
   readonly expectedPeers: number;
+  /** A role that agents will connect as: it gets every privilege the agent needs (see agent-privileges.ts). */
+  readonly agentRole?: string;
 }
 
 export interface InitResult {
@@ -102,6 +138,18 @@ export async function initProblems(sql: Sql, options: InitOptions): Promise<Pgme
         { context },
       ),
     );
+  }
+  if (options.agentRole !== undefined) {
+    const role = await sql.unsafe(`SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1`, [options.agentRole]);
+    if (role.length === 0) {
+      found.push(
+        new PgmeshError(
+          'CONFIG_INVALID',
+          `node ${options.nodeName} has no role ${options.agentRole} for the agent; create it there first (CREATE ROLE ${quoteIdent(options.agentRole)} LOGIN PASSWORD '...')`,
+          { context },
+        ),
+      );
+    }
   }
   const existing = await readLocalNode(sql);
   if (!existing) {
@@ -160,6 +208,17 @@ export async function initNode(sql: Sql, options: InitOptions): Promise<InitResu
     if (pub.length === 0) {
       await tx.unsafe(`CREATE PUBLICATION ${PUBLICATION} WITH (publish = 'insert, update, delete, truncate')`);
     }
+    // New functions are executable by everyone unless revoked; pgmesh's are for agent roles (and superusers) only,
+    // but for those meant for applications.
+    const closed = await tx.unsafe<{ fn: string }[]>(
+      `SELECT p.oid::regprocedure::text AS fn FROM pg_catalog.pg_proc p
+        WHERE p.pronamespace = $1::regnamespace AND NOT p.proname = ANY($2::text[])`,
+      [CATALOG_SCHEMA, textArrayLiteral(PUBLIC_FUNCTIONS)],
+    );
+    for (const { fn } of closed) await tx.unsafe(`REVOKE ALL ON FUNCTION ${fn} FROM PUBLIC`);
+    if (options.agentRole !== undefined) await grantAgentPrivileges(tx, options.agentRole);
+    // Again for every agent role: an upgrade may have added catalog tables or functions that the agent uses.
+    for (const role of await agentRoles(tx)) await grantAgentPrivileges(tx, role);
   });
   const node = await readLocalNode(sql);
   if (!node) throw new PgmeshError('INTERNAL', 'catalog was installed but pgmesh.local_node is empty');
@@ -194,6 +253,7 @@ export async function listReplicatedTables(sql: Sql): Promise<TableRef[]> {
  * needs, use addTablesEverywhere in cluster-ops.)
  */
 export async function addTables(sql: Sql, tables: readonly TableRef[] | 'all', options: { dryRun?: boolean } = {}): Promise<AddTablesResult> {
+  requireUserTables(tables);
   const candidates = tables === 'all' ? await listUserTables(sql) : tables;
   const already = new Set((await listReplicatedTables(sql)).map((t) => `${t.schema}.${t.name}`));
   const added: TableRef[] = [];
@@ -248,8 +308,13 @@ export async function addTables(sql: Sql, tables: readonly TableRef[] | 'all', o
     }
     added.push(table);
     if (options.dryRun) continue;
-    await sql.unsafe(`ALTER PUBLICATION ${PUBLICATION} ADD TABLE ${qualified}`);
-    await ensureDeleteTrigger(sql, table);
+    // One commit: from the moment its changes are published, its deletes leave tombstones and the agents' roles
+    // may write it (an agent that starts in between would otherwise refuse to, for want of the grant).
+    await sql.begin(async (tx) => {
+      await tx.unsafe(`ALTER PUBLICATION ${PUBLICATION} ADD TABLE ${qualified}`);
+      await ensureDeleteTrigger(tx, table);
+      for (const role of await agentRoles(tx)) await grantAgentPrivileges(tx, role);
+    });
   }
   if (!options.dryRun) for (const table of alreadyReplicated) await ensureDeleteTrigger(sql, table);
   return { added, alreadyReplicated, refused };
@@ -262,7 +327,7 @@ export async function addTables(sql: Sql, tables: readonly TableRef[] | 'all', o
  * An UPDATE that changes the primary key removes the old key as a delete does (peers apply it as one): a row-level
  * trigger that fires only when the key really changes records that tombstone.
  */
-export async function ensureDeleteTrigger(sql: Sql, table: TableRef): Promise<void> {
+export async function ensureDeleteTrigger(sql: Queryable, table: TableRef): Promise<void> {
   const keys = await sql.unsafe<{ attname: string }[]>(
     `SELECT a.attname FROM pg_catalog.pg_index i
        JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) ON true
@@ -282,6 +347,38 @@ export async function ensureDeleteTrigger(sql: Sql, table: TableRef): Promise<vo
     `CREATE OR REPLACE TRIGGER pgmesh_record_key_change AFTER UPDATE OF ${columns.join(', ')} ON ${qualifiedName(table.schema, table.name)}
        FOR EACH ROW WHEN (${row('OLD')} IS DISTINCT FROM ${row('NEW')}) EXECUTE FUNCTION pgmesh.record_key_change(${args})`,
   );
+}
+
+/**
+ * Takes tables out of replication on this node: out of the publication, so its changes are no longer sent; its
+ * pgmesh triggers, tombstones, version overrides and policy go. Its rows stay. (On every node at once:
+ * removeClusterTables in cluster-ops.)
+ */
+export async function removeTables(sql: Sql, tables: readonly TableRef[]): Promise<RemoveTablesResult> {
+  requireUserTables(tables);
+  const replicated = new Set((await listReplicatedTables(sql)).map((t) => `${t.schema}.${t.name}`));
+  const removed: TableRef[] = [];
+  const notReplicated: TableRef[] = [];
+  const missing: TableRef[] = [];
+  for (const table of tables) {
+    const qualified = qualifiedName(table.schema, table.name);
+    const exists = await sql.unsafe<{ ok: boolean }[]>(`SELECT to_regclass($1) IS NOT NULL AS ok`, [qualified]);
+    if (!exists[0]?.ok) {
+      missing.push(table);
+      continue;
+    }
+    const published = replicated.has(`${table.schema}.${table.name}`);
+    await sql.begin(async (tx) => {
+      if (published) await tx.unsafe(`ALTER PUBLICATION ${PUBLICATION} DROP TABLE ${qualified}`);
+      await tx.unsafe(`DROP TRIGGER IF EXISTS pgmesh_record_deletes ON ${qualified}`);
+      await tx.unsafe(`DROP TRIGGER IF EXISTS pgmesh_record_key_change ON ${qualified}`);
+      await tx.unsafe(`DELETE FROM pgmesh.tombstone WHERE relid = $1::text::regclass`, [qualified]);
+      await tx.unsafe(`DELETE FROM pgmesh.version_override WHERE relid = $1::text::regclass`, [qualified]);
+      await tx.unsafe(`DELETE FROM pgmesh.table_policy WHERE relation_schema = $1 AND relation_name = $2`, [table.schema, table.name]);
+    });
+    (published ? removed : notReplicated).push(table);
+  }
+  return { removed, notReplicated, missing };
 }
 
 export interface PeerLink {
@@ -309,11 +406,14 @@ export async function ensurePeer(sql: Sql, peer: PeerLink): Promise<void> {
         WHERE NOT EXISTS (SELECT 1 FROM pgmesh.applied_xact WHERE peer = $1)`,
       [peer.name],
     );
-    await tx.unsafe(
-      `SELECT pg_catalog.pg_replication_origin_create($1)
-        WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1)`,
-      [originName(peer.name)],
-    );
+    // The replay origin too (for "pgmesh exceptions replay"): creating origins is for the installing role only.
+    for (const origin of [originName(peer.name), replayOriginName(peer.name)]) {
+      await tx.unsafe(
+        `SELECT pg_catalog.pg_replication_origin_create($1)
+          WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1)`,
+        [origin],
+      );
+    }
   });
 }
 

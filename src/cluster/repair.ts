@@ -179,12 +179,11 @@ export async function replayException(localDsn: string, localNode: string, id: E
           ? rowOps({ kind: 'update', relation, oldTuple, newTuple }, binding)
           : rowOps({ kind: 'delete', relation, oldTuple: oldTuple ?? newTuple }, binding);
     const origin = replayOriginName(exception.peer);
-    await sql.begin(async (tx) => {
-      await tx.unsafe(
-        `SELECT pg_catalog.pg_replication_origin_create($1) WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1)`,
-        [origin],
-      );
-    });
+    // Linking creates the replay origin (cluster create); created here only for nodes linked before it did. Asked
+    // first, because naming pg_replication_origin_create in a statement needs the right to execute it, which an
+    // agent's role does not have.
+    const known = await sql.unsafe(`SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1`, [origin]);
+    if (known.length === 0) await sql.unsafe(`SELECT pg_catalog.pg_replication_origin_create($1)`, [origin]);
     const session = await sql.reserve();
     try {
       await session.unsafe(`SELECT pg_catalog.pg_replication_origin_session_setup(${quoteLiteral(origin)})`);

@@ -16,6 +16,8 @@ export interface ServerFacts {
   readonly versionNum: number;
   readonly major: number;
   readonly isSuperuser: boolean;
+  /** The role of the connection: the one the agent runs as when it uses the same connection string. */
+  readonly currentUser: string;
   readonly settings: Readonly<Record<string, string>>;
 }
 
@@ -36,9 +38,11 @@ export async function readServerFacts(sql: Sql): Promise<ServerFacts> {
   );
   const settings: Record<string, string> = {};
   for (const row of rows) settings[row.name] = row.setting;
-  const superuser = await sql.unsafe<{ su: boolean }[]>(`SELECT rolsuper AS su FROM pg_catalog.pg_roles WHERE rolname = current_user`);
+  const superuser = await sql.unsafe<{ su: boolean; who: string }[]>(
+    `SELECT rolsuper AS su, rolname AS who FROM pg_catalog.pg_roles WHERE rolname = current_user`,
+  );
   const versionNum = Number(settings.server_version_num ?? 0);
-  return { versionNum, major: Math.floor(versionNum / 10000), isSuperuser: superuser[0]?.su === true, settings };
+  return { versionNum, major: Math.floor(versionNum / 10000), isSuperuser: superuser[0]?.su === true, currentUser: superuser[0]?.who ?? '', settings };
 }
 
 /**

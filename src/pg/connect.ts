@@ -12,6 +12,8 @@ import { StartupError, startupSocket } from './startup-socket.ts';
 export type Sql = postgres.Sql<Record<string, never>>;
 export type ReservedSql = postgres.ReservedSql<Record<string, never>>;
 export type Row = postgres.Row;
+/** A pool, a reserved connection or a transaction: whatever runs queries. */
+export type Queryable = Pick<Sql, 'unsafe'>;
 
 export interface OpenOptions {
   /** Name used in messages: the node this connection goes to ("n2"). */
@@ -103,6 +105,14 @@ export function connectionError(error: unknown, node: string, dsn: string, secre
       error.code === 'NOT_POSTGRES'
         ? `cannot connect to node ${node}: what answers at ${endpoint} is not PostgreSQL (it sent ${JSON.stringify(error.answer)}); check the host and port in its connection string`
         : `cannot connect to node ${node}: the server at ${endpoint} closed the connection without answering; check the host and port in its connection string, and that PostgreSQL (not another service, or a proxy without a backend) listens there`,
+      { context, cause: error },
+    );
+  }
+  if (code === SQLSTATE.insufficientPrivilege) {
+    const detail = (error as { detail?: unknown }).detail;
+    return new PgmeshError(
+      'INSUFFICIENT_PRIVILEGE',
+      `node ${node} (${endpoint}): ${raw}${typeof detail === 'string' ? ` (${detail})` : ''}; the role in its connection string lacks a privilege pgmesh needs: "pgmesh check" lists each one with the GRANT that fixes it`,
       { context, cause: error },
     );
   }

@@ -36,7 +36,7 @@ export async function pgmesh(args: readonly string[], options: CliOptions = {}):
   let stderr = '';
   child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
   child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  const timeoutMs = options.timeoutMs ?? 30_000;
+  const timeoutMs = options.timeoutMs ?? 60_000;
   let timer: NodeJS.Timeout | undefined;
   const code = await Promise.race([
     new Promise<number | null>((resolve) => child.once('close', (c) => resolve(c))),

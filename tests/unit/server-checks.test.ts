@@ -27,7 +27,7 @@ function facts(major: number, settings: Record<string, string | undefined> = {})
     if (value === undefined) delete base[key];
     else base[key] = value;
   }
-  return { versionNum: major * 10000 + 2, major, isSuperuser: true, settings: base };
+  return { versionNum: major * 10000 + 2, major, isSuperuser: true, currentUser: 'postgres', settings: base };
 }
 
 function settingsOf(problems: ReturnType<typeof checkServerFacts>): string[] {
