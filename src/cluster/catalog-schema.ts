@@ -3,6 +3,8 @@
  * Migrations run in order inside one transaction; `pgmesh.catalog_version` records the last one applied.
  */
 
+import { DDL_CAPTURE_MIGRATION } from '../ddl/capture-sql.ts';
+
 export const CATALOG_SCHEMA = 'pgmesh';
 export const PUBLICATION = 'pgmesh';
 
@@ -390,6 +392,7 @@ BEGIN
 END
 $fn$;
 `,
+  /* 4: DDL replication: capture by event triggers, the join of new tables, apply (src/ddl/capture-sql.ts) */ DDL_CAPTURE_MIGRATION,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;
