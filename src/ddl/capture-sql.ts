@@ -88,6 +88,7 @@ DECLARE
   user_path text := pg_catalog.current_setting('search_path');
   drop_local text := pg_catalog.current_setting('pgmesh.ddl_drop_local', true);
   ctx text;
+  nested boolean;
   commands jsonb;
   total integer;
   replicable integer;
@@ -102,6 +103,21 @@ DECLARE
 BEGIN
   PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
   PERFORM set_config('pgmesh.ddl_drop_local', '', true);
+  -- Called from a function, a procedure, a DO block (or pgmesh's own join_table): the error context has one line
+  -- per level of nesting.
+  GET DIAGNOSTICS ctx = PG_CONTEXT;
+  nested := strpos(ctx, E'\\n') > 0;
+  -- Which DDL statement of the query string this is: the trigger fires once per top-level DDL statement, and a string
+  -- can hold several. Every one counts, also those not replicated, since the apply side counts the DDL statements of
+  -- the string. Counted per query string and statement start (a string sent again counts from 1 again).
+  IF NOT nested THEN
+    statement_key := md5(statement_timestamp()::text || current_query());
+    previous := current_setting('pgmesh.ddl_statement', true);
+    IF split_part(previous, '/', 1) = statement_key THEN
+      ordinal := split_part(previous, '/', 2)::integer + 1;
+    END IF;
+    PERFORM set_config('pgmesh.ddl_statement', statement_key || '/' || ordinal, false);
+  END IF;
   SELECT * INTO settings FROM pgmesh.ddl_settings;
   IF current_setting('pgmesh.ddl_capture', true) = 'off' OR NOT coalesce(settings.capture, true) THEN
     PERFORM set_config('search_path', user_path, true);
@@ -125,9 +141,8 @@ BEGIN
   END IF;
 
   -- DDL run by a function, a procedure or a DO block: the query string holds the call, not the DDL, and what the
-  -- code did cannot be replayed statement by statement. (The error context has one line per level of nesting.)
-  GET DIAGNOSTICS ctx = PG_CONTEXT;
-  IF strpos(ctx, E'\\n') > 0 THEN
+  -- code did cannot be replayed statement by statement.
+  IF nested THEN
     RAISE EXCEPTION 'pgmesh: % inside a function, procedure or DO block cannot be replicated', tg_tag
       USING ERRCODE = 'PM007',
             DETAIL = 'pgmesh replays DDL statements from the query text that the client sent; this statement was run by code called from it.',
@@ -145,15 +160,6 @@ BEGIN
       END IF;
     END LOOP;
   END IF;
-
-  -- Which DDL statement of the query string this is: the trigger fires once per DDL statement, and a string can
-  -- hold several. Counted per query string and statement start (a string sent again counts from 1 again).
-  statement_key := md5(statement_timestamp()::text || current_query());
-  previous := current_setting('pgmesh.ddl_statement', true);
-  IF split_part(previous, '/', 1) = statement_key THEN
-    ordinal := split_part(previous, '/', 2)::integer + 1;
-  END IF;
-  PERFORM set_config('pgmesh.ddl_statement', statement_key || '/' || ordinal, false);
 
   -- New tables join replication in this same transaction, so rows written after the CREATE are published.
   FOR t IN SELECT d.objid::regclass AS rel, d.object_identity AS identity,
@@ -196,27 +202,33 @@ CREATE EVENT TRIGGER pgmesh_ddl_command_end ON ddl_command_end EXECUTE FUNCTION 
 -- Runs one captured statement in an apply session, inside the applied transaction, as the role that ran it at the
 -- origin and with its search_path; then joins the tables the origin joined. A statement that fails here is rolled
 -- back alone (the block is a subtransaction) and kept in pgmesh.exception with its text; the transaction goes on.
-CREATE FUNCTION pgmesh.apply_ddl(peer text, remote_ts timestamptz, remote_lsn pg_lsn, statement text, message jsonb)
+CREATE FUNCTION pgmesh.apply_ddl(peer text, remote_ts timestamptz, remote_lsn pg_lsn, statement text, problem text, message jsonb)
 RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
   identity text;
-  code text;
-  error text;
+  code text := CASE WHEN problem IS NOT NULL THEN 'PM008' END;
+  error text := problem;
   detail text;
 BEGIN
-  BEGIN
-    PERFORM set_config('search_path', message ->> 'search_path', true);
-    EXECUTE format('SET LOCAL ROLE %I', message ->> 'role');
-    EXECUTE statement;
-    SET LOCAL ROLE NONE;
-    PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
-  EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, error = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
+  IF statement IS NOT NULL THEN
+    BEGIN
+      PERFORM set_config('search_path', message ->> 'search_path', true);
+      EXECUTE format('SET LOCAL ROLE %I', message ->> 'role');
+      EXECUTE statement;
+      SET LOCAL ROLE NONE;
+      PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
+    EXCEPTION WHEN OTHERS THEN
+      GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, error = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
+      error := error || CASE WHEN coalesce(detail, '') <> '' THEN ' (' || detail || ')' ELSE '' END;
+    END;
+  END IF;
+  IF code IS NOT NULL THEN
     INSERT INTO pgmesh.exception (peer, relation, change_kind, change, remote_ts, remote_commit_lsn, sqlstate, error)
     VALUES (peer, NULL, 'ddl', jsonb_build_object('statement', statement, 'search_path', message -> 'search_path',
                                                   'role', message -> 'role', 'tag', message -> 'tag', 'query', message -> 'query'),
-            remote_ts, remote_lsn, code, error || CASE WHEN coalesce(detail, '') <> '' THEN ' (' || detail || ')' ELSE '' END);
-  END;
+            remote_ts, remote_lsn, code, error);
+  END IF;
+  -- Joined even when the statement failed here (the table may exist already): the origin publishes its changes.
   FOR identity IN SELECT jsonb_array_elements_text(message -> 'joined') LOOP
     IF to_regclass(identity) IS NOT NULL THEN
       PERFORM pgmesh.join_table(identity::regclass);
