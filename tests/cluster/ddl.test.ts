@@ -114,3 +114,70 @@ test('a migration script run on one node while every node writes: same schema an
     }
   });
 });
+
+/** Stops a node's agent, runs `body`, starts the agent again: the node applies nothing of its peers meanwhile. */
+async function whileHeld(cluster: TestCluster, node: string, body: () => Promise<void>): Promise<void> {
+  await cluster.stopAgent(node);
+  await body();
+  await cluster.startAgents([node]);
+}
+
+test('a column added on n1 while n2, not yet aware of it, keeps writing: nothing stops, nothing is lost', { timeout: 180_000 }, async () => {
+  await withCluster({ nodes: 3, schema: SCHEMA }, async (cluster) => {
+    await cluster.startAgents();
+    const [n1, n2] = cluster.nodes as [TestNode, TestNode, TestNode];
+    await n1.sql.unsafe(`INSERT INTO orders (id, note) SELECT g, 'before' FROM generate_series(1, 20) g`);
+    await cluster.waitConverged(['orders']);
+    await whileHeld(cluster, 'n2', async () => {
+      await n1.sql.unsafe(`ALTER TABLE orders ADD COLUMN priority integer NOT NULL DEFAULT 0`);
+      await n1.sql.unsafe(`INSERT INTO orders (id, note, priority) SELECT g, 'n1 after', 5 FROM generate_series(100, 110) g`);
+      // n2 has not seen the new column: its rows and updates do not carry it.
+      await n2.sql.unsafe(`INSERT INTO orders (id, note) SELECT g, 'n2 unaware' FROM generate_series(200, 210) g`);
+      await n2.sql.unsafe(`UPDATE orders SET note = 'n2 updated' WHERE id <= 5`);
+      await waitForRows(cluster, n1, `SELECT 1 FROM orders WHERE id = 210`, "n2's rows");
+    });
+    await cluster.waitConverged(['orders']);
+    await assertSameSchema(cluster);
+    for (const node of cluster.nodes) {
+      const rows = await node.sql.unsafe<{ kind: string; n: string }[]>(
+        `SELECT note || ':' || priority AS kind, count(*)::text AS n FROM orders GROUP BY 1 ORDER BY 1`,
+      );
+      assert.deepEqual(
+        rows.map((r) => `${r.kind} x${r.n}`),
+        ['before:0 x15', 'n1 after:5 x11', 'n2 unaware:0 x11', 'n2 updated:0 x5'],
+        `rows on ${node.name}`,
+      );
+      assert.deepEqual(await openExceptions(node), [], `no exception on ${node.name}`);
+    }
+  });
+});
+
+test('a column dropped on n1 while n2, not yet aware of it, writes into it: the rest applies and the lost values are kept as exceptions', { timeout: 180_000 }, async () => {
+  await withCluster({ nodes: 3, schema: SCHEMA }, async (cluster) => {
+    await cluster.startAgents();
+    const [n1, n2] = cluster.nodes as [TestNode, TestNode, TestNode];
+    await n1.sql.unsafe(`INSERT INTO orders (id, note) SELECT g, 'before' FROM generate_series(1, 10) g`);
+    await cluster.waitConverged(['orders']);
+    await whileHeld(cluster, 'n2', async () => {
+      await n1.sql.unsafe(`ALTER TABLE orders DROP COLUMN note`);
+      await n2.sql.unsafe(`UPDATE orders SET note = 'lost here', status = 'done' WHERE id <= 3`);
+      await n2.sql.unsafe(`INSERT INTO orders (id) VALUES (50)`);
+      await waitForRows(cluster, n1, `SELECT 1 FROM orders WHERE id = 50`, "n2's rows");
+    });
+    await cluster.waitConverged(['orders']);
+    await assertSameSchema(cluster);
+    const [done] = await n1.sql.unsafe<{ n: string }[]>(`SELECT count(*)::text AS n FROM orders WHERE status = 'done'`);
+    assert.equal(done?.n, '3', "n2's updates applied on n1 without the dropped column");
+    // Where a value was lost (the updates set it), the whole change is kept, on every node that had dropped the
+    // column when n2's changes arrived (n1 and n3); the insert carried NULL: nothing lost.
+    for (const node of [n1, cluster.node('n3')]) {
+      const kept = await listExceptions(node.sql, { state: 'open' });
+      assert.deepEqual(
+        kept.map((e) => [e.kind, e.relation, e.sqlstate, (e.change as { new?: { note?: string } }).new?.note]),
+        [1, 2, 3].map(() => ['update', 'public.orders', '42703', 'lost here']),
+        `exceptions on ${node.name}`,
+      );
+    }
+    assert.deepEqual(await openExceptions(n2), [], 'no exception on n2');
+  });
+});
