@@ -896,6 +896,8 @@ export class Applier {
         ? this.flushMessage(`transactions up to the one at ${formatLsn(txn.finalLsn)}`)
         : undefined;
     this.txn = undefined;
+    // The next transactions read their tables on the catalog connection: after DDL, only once this one committed.
+    if (txn.ddl) return wait ? wait.then(() => this.drain()) : this.drain();
     return wait;
   }
 

@@ -56,8 +56,13 @@ export function formatStatus(status: ClusterStatus): string {
       l.clockSkewMs === null ? '-' : `${l.clockSkewMs >= 0 ? '+' : ''}${l.clockSkewMs.toFixed(1)} ms`,
     ]);
   }
+  const fingerprints = status.nodes.filter((n) => n.schemaFingerprint !== null);
+  const schemasDiffer = new Set(fingerprints.map((n) => n.schemaFingerprint)).size > 1;
   const errors = [
     ...status.nodes.filter((n) => n.error).map((n) => `! ${n.error}`),
+    ...(schemasDiffer
+      ? [`! the nodes' schemas differ (fingerprints ${fingerprints.map((n) => `${n.name} ${n.schemaFingerprint}`).join(', ')}): see docs/ddl.md, "Checking that nodes agree"`]
+      : []),
     ...status.links.filter((l) => l.pausedReason).map((l) => `! ${l.from} -> ${l.to} paused: ${l.pausedReason}`),
     ...status.links
       .filter((l) => l.clockSkewWarning)

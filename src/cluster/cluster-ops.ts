@@ -9,6 +9,7 @@ import { connectionError, openSql, type Sql } from '../pg/connect.ts';
 import { describeEndpoint } from '../pg/dsn.ts';
 import type { ClusterConfig, NodeConfig } from '../config/config.ts';
 import { slotName } from './catalog-schema.ts';
+import { readSchemaDump, schemaFingerprint as schemaFingerprintOf } from './schema-dump.ts';
 import {
   addTables,
   ensurePeer,
@@ -199,6 +200,8 @@ export interface NodeStatus {
   readonly initialized: boolean;
   readonly replicatedTables: number | null;
   readonly openExceptions: number | null;
+  /** A hash of the node's schema (see schema-dump.ts): equal on nodes whose schemas are alike. */
+  readonly schemaFingerprint: string | null;
 }
 
 export interface ClusterStatus {
@@ -242,6 +245,7 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
     const progress = new Map<string, PeerProgress>();
     let tables: number | null = null;
     let openExceptions: number | null = null;
+    const schemaFingerprint = schemaFingerprintOf(await readSchemaDump(sql));
     if (initialized) {
       for (const row of await sql.unsafe<
         { peer: string; applied_xacts: string; applied_at: string | null; remote_commit_ts: string | null; skew: string | null; conflicts: string; paused_reason: string | null; paused: boolean }[]
@@ -268,7 +272,7 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
       openExceptions = Number(t[0]?.e ?? 0);
     }
     return {
-      status: { ...base, reachable: true, error: null, serverVersion: info[0]?.version ?? null, initialized, replicatedTables: tables, openExceptions },
+      status: { ...base, reachable: true, error: null, serverVersion: info[0]?.version ?? null, initialized, replicatedTables: tables, openExceptions, schemaFingerprint },
       slots,
       progress,
     };
@@ -289,6 +293,7 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
         initialized: reached?.initialized ?? false,
         replicatedTables: null,
         openExceptions: null,
+        schemaFingerprint: null,
       },
       slots: new Map(),
       progress: new Map(),

@@ -13,7 +13,10 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { formatStatus } from '../../src/cli/status.ts';
+import { clusterStatus } from '../../src/cluster/cluster-ops.ts';
 import { listExceptions } from '../../src/cluster/repair.ts';
+import { silentLogger } from '../../src/core/logger.ts';
 import { readSchemaDump } from '../../src/cluster/schema-dump.ts';
 import { eventually, withCluster, type TestCluster, type TestNode } from '../support/cluster.ts';
 
@@ -135,9 +138,16 @@ test('a column added on n1 while n2, not yet aware of it, keeps writing: nothing
       await n2.sql.unsafe(`INSERT INTO orders (id, note) SELECT g, 'n2 unaware' FROM generate_series(200, 210) g`);
       await n2.sql.unsafe(`UPDATE orders SET note = 'n2 updated' WHERE id <= 5`);
       await waitForRows(cluster, n1, `SELECT 1 FROM orders WHERE id = 210`, "n2's rows");
+      // Meanwhile status shows that n2's schema is behind.
+      const behind = await clusterStatus(cluster.config, silentLogger);
+      assert.equal(new Set(behind.nodes.map((n) => n.schemaFingerprint)).size, 2, 'n2 has a fingerprint of its own');
+      assert.match(formatStatus(behind), /! the nodes' schemas differ \(fingerprints n1 \w+, n2 \w+, n3 \w+\)/);
     });
     await cluster.waitConverged(['orders']);
     await assertSameSchema(cluster);
+    const converged = await clusterStatus(cluster.config, silentLogger);
+    assert.equal(new Set(converged.nodes.map((n) => n.schemaFingerprint)).size, 1, 'one fingerprint once n2 caught up');
+    assert.doesNotMatch(formatStatus(converged), /schemas differ/);
     for (const node of cluster.nodes) {
       const rows = await node.sql.unsafe<{ kind: string; n: string }[]>(
         `SELECT note || ':' || priority AS kind, count(*)::text AS n FROM orders GROUP BY 1 ORDER BY 1`,
