@@ -9,7 +9,7 @@ import { connectionError, openSql, type Sql } from '../pg/connect.ts';
 import { describeEndpoint } from '../pg/dsn.ts';
 import type { ClusterConfig, NodeConfig } from '../config/config.ts';
 import { slotName } from './catalog-schema.ts';
-import { readSchemaDump, schemaFingerprint as schemaFingerprintOf } from './schema-dump.ts';
+import { diffSchemaDumps, readSchemaDump, schemaFingerprint as schemaFingerprintOf, type SchemaDifference, type SchemaDump } from './schema-dump.ts';
 import {
   addTables,
   ensurePeer,
@@ -169,6 +169,16 @@ export async function addClusterTables(
     }
     if (problems.length > 0) throw new PgmeshError('NOT_INITIALIZED', problems.join('\n'));
     return Object.fromEntries(await addTablesEverywhere(conns, tables));
+  });
+}
+
+/** `pgmesh schema diff`: every node's schema compared; the lines that not every node has. */
+export async function clusterSchemaDiff(config: ClusterConfig, logger: Logger): Promise<{ fingerprints: Record<string, string>; differences: SchemaDifference[] }> {
+  return withNodes(config, logger, async (conns) => {
+    const dumps = new Map<string, SchemaDump>();
+    for (const [node, sql] of conns) dumps.set(node, await readSchemaDump(sql));
+    const fingerprints = Object.fromEntries([...dumps].map(([node, dump]) => [node, schemaFingerprintOf(dump)]));
+    return { fingerprints, differences: diffSchemaDumps(dumps) };
   });
 }
 

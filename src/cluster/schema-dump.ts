@@ -60,3 +60,32 @@ export function schemaFingerprint(dump: SchemaDump): string {
   for (const [name, lines] of Object.entries(dump.sections)) hash.update(`${name}\n${lines.join('\n')}\n`);
   return hash.digest('hex').slice(0, 16);
 }
+
+/** A line of a schema dump that not every node has. */
+export interface SchemaDifference {
+  readonly section: string;
+  readonly line: string;
+  readonly presentOn: readonly string[];
+  readonly missingOn: readonly string[];
+}
+
+/** What differs between the nodes' dumps (empty when all are alike), by section and line. */
+export function diffSchemaDumps(dumps: ReadonlyMap<string, SchemaDump>): SchemaDifference[] {
+  const nodes = [...dumps.keys()];
+  const sections = new Set([...dumps.values()].flatMap((d) => Object.keys(d.sections)));
+  const differences: SchemaDifference[] = [];
+  for (const section of sections) {
+    const holders = new Map<string, string[]>();
+    for (const [node, dump] of dumps) for (const line of dump.sections[section] ?? []) holders.set(line, [...(holders.get(line) ?? []), node]);
+    for (const [line, presentOn] of [...holders].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+      if (presentOn.length === nodes.length) continue;
+      differences.push({ section, line, presentOn, missingOn: nodes.filter((n) => !presentOn.includes(n)) });
+    }
+  }
+  return differences;
+}
+
+/** The differences as an operator reads them, one line each. */
+export function formatSchemaDifferences(differences: readonly SchemaDifference[]): string[] {
+  return differences.map((d) => `${d.section}: ${d.line}  (on ${d.presentOn.join(', ')}; missing on ${d.missingOn.join(', ')})`);
+}

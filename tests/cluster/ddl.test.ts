@@ -14,10 +14,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { formatStatus } from '../../src/cli/status.ts';
-import { clusterStatus } from '../../src/cluster/cluster-ops.ts';
+import { clusterSchemaDiff, clusterStatus } from '../../src/cluster/cluster-ops.ts';
 import { listExceptions } from '../../src/cluster/repair.ts';
 import { silentLogger } from '../../src/core/logger.ts';
-import { readSchemaDump } from '../../src/cluster/schema-dump.ts';
+import { runDdl } from '../../src/ddl/run-ddl.ts';
+import { formatSchemaDifferences, readSchemaDump } from '../../src/cluster/schema-dump.ts';
 import { eventually, withCluster, type TestCluster, type TestNode } from '../support/cluster.ts';
 
 const SCHEMA = `
@@ -84,7 +85,8 @@ test('a migration script run on one node while every node writes: same schema an
     const writers = cluster.nodes.map((node, i) => startWriter(node, (i + 1) * 1_000_000));
     // Some rows of every writer first, so the migration meets rows in flight from every node.
     for (const node of cluster.nodes) await waitForRows(cluster, node, `SELECT 1 FROM orders WHERE id >= 3000000 LIMIT 1`, 'rows of n3');
-    await n1.sql.unsafe(MIGRATION);
+    // As "pgmesh ddl" runs it: one query string, on n1.
+    assert.deepEqual(await runDdl(cluster.config, silentLogger, MIGRATION, 'n1'), { node: 'n1' });
     // Writes that need the migration, on every node once it arrived there.
     for (const [i, node] of cluster.nodes.entries()) {
       await waitForRows(cluster, node, `SELECT 1 FROM information_schema.columns WHERE table_name = 'orders' AND column_name = 'remark'`, 'the migration');
@@ -138,7 +140,10 @@ test('a column added on n1 while n2, not yet aware of it, keeps writing: nothing
       await n2.sql.unsafe(`INSERT INTO orders (id, note) SELECT g, 'n2 unaware' FROM generate_series(200, 210) g`);
       await n2.sql.unsafe(`UPDATE orders SET note = 'n2 updated' WHERE id <= 5`);
       await waitForRows(cluster, n1, `SELECT 1 FROM orders WHERE id = 210`, "n2's rows");
-      // Meanwhile status shows that n2's schema is behind.
+      // Meanwhile status shows that n2's schema is behind, and schema diff shows how.
+      await waitForRows(cluster, cluster.node('n3'), `SELECT 1 FROM orders WHERE id = 110`, "n1's rows");
+      const diff = await clusterSchemaDiff(cluster.config, silentLogger);
+      assert.deepEqual(formatSchemaDifferences(diff.differences), ['columns: public.orders.priority integer not null default 0  (on n1, n3; missing on n2)']);
       const behind = await clusterStatus(cluster.config, silentLogger);
       assert.equal(new Set(behind.nodes.map((n) => n.schemaFingerprint)).size, 2, 'n2 has a fingerprint of its own');
       assert.match(formatStatus(behind), /! the nodes' schemas differ \(fingerprints n1 \w+, n2 \w+, n3 \w+\)/);
@@ -148,6 +153,7 @@ test('a column added on n1 while n2, not yet aware of it, keeps writing: nothing
     const converged = await clusterStatus(cluster.config, silentLogger);
     assert.equal(new Set(converged.nodes.map((n) => n.schemaFingerprint)).size, 1, 'one fingerprint once n2 caught up');
     assert.doesNotMatch(formatStatus(converged), /schemas differ/);
+    assert.deepEqual((await clusterSchemaDiff(cluster.config, silentLogger)).differences, []);
     for (const node of cluster.nodes) {
       const rows = await node.sql.unsafe<{ kind: string; n: string }[]>(
         `SELECT note || ':' || priority AS kind, count(*)::text AS n FROM orders GROUP BY 1 ORDER BY 1`,
