@@ -53,6 +53,8 @@ import {
   type StatementContext,
 } from './statement-builder.ts';
 import { findUniqueConflict, recordUniqueConflict, type UniqueConflict } from './unique-conflicts.ts';
+import { DDL_MESSAGE_PREFIX, ddlApplyStatement } from '../ddl/ddl-apply.ts';
+import { droppedValues, driftExceptionSql, reduceChange, reduceRelation, type Reduction } from '../ddl/schema-drift.ts';
 
 /** Message bytes in flight before the applier waits for replies (keeps a huge transaction's memory flat). */
 const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
@@ -145,6 +147,8 @@ interface OpenTransaction {
   readonly seen: { change: RemoteChange; binding: RelationBinding | undefined }[];
   /** Keys written into tables with deferrable unique constraints, by table: checked before the commit (created by the first). */
   deferredKeys: Map<string, { binding: RelationBinding; keys: (string | null)[][] }> | undefined;
+  /** A DDL statement of the peer ran in it: its later changes read their tables in the apply session (see ddl). */
+  ddl: boolean;
 }
 
 /** The finish statement's parameters (see buildFinish): previous and this transaction's end LSN, commit timestamp. */
@@ -183,6 +187,8 @@ export class Applier {
   /** End LSN of the last transaction sent to the server (committed or still in the pipeline). */
   private issuedEnd: Lsn;
   private readonly bindings = new Map<RelationMessage, { binding: RelationBinding; at: number }>();
+  /** Bindings of peer relations with columns this node lacks: bound without them (see opsOf). */
+  private readonly reductions = new WeakMap<RelationBinding, Reduction>();
   private readonly statements = new Map<string, string>();
   /** Fast-path statements by binding, then by shape (kind, insert or update, rows, finishing; value positions). */
   private readonly fastStatements = new WeakMap<RelationBinding, Map<string, { text: string; timestamp: boolean } | undefined>>();
@@ -477,6 +483,7 @@ export class Applier {
           abandon: undefined,
           seen: [],
           deferredKeys: undefined,
+          ddl: false,
         };
         if (skip) return undefined;
         if (careful) return this.beginCareful();
@@ -503,16 +510,74 @@ export class Applier {
       case 'update':
       case 'delete': {
         const cached = this.bindings.get(change.relation);
-        if (cached && Date.now() - cached.at < BINDING_TTL_MS) return this.addRows(rowOps(change, cached.binding));
-        return this.bind(change.relation).then((binding) => this.addRows(rowOps(change, binding)));
+        if (cached && Date.now() - cached.at < BINDING_TTL_MS) return this.addRows(this.opsOf(change, cached.binding));
+        return this.bind(change.relation).then(
+          (binding) => this.addRows(this.opsOf(change, binding)),
+          (error: unknown) => this.missingTable(change, error),
+        );
       }
       case 'truncate':
         return this.truncate(change);
       case 'message':
-        // DDL and other pgmesh messages are handled by later stages; nothing else is expected here.
+        if (change.prefix === DDL_MESSAGE_PREFIX) return this.ddl(change);
         this.options.logger.debug({ peer: this.options.peer, prefix: change.prefix }, 'logical message ignored');
         return undefined;
     }
+  }
+
+  /**
+   * A DDL statement of the peer (src/ddl): runs at its place among the transaction's row changes. Later changes of
+   * the transaction may need what it created or changed, which only this session sees before the commit: so what
+   * is built is sent, the replies awaited, and the transaction's relations are read again, in the session.
+   */
+  private async ddl(change: Extract<RemoteChange, { kind: 'message' }>): Promise<void> {
+    const txn = this.txn;
+    if (!txn) throw new PgmeshError('PROTOCOL', 'DDL message outside a transaction');
+    const ddl = await ddlApplyStatement(change.content, { peer: this.options.peer, remoteTs: txn.commitTimeText, remoteLsn: formatLsn(txn.finalLsn) });
+    if (ddl.problem !== undefined) this.options.logger.warn({ peer: this.options.peer, problem: ddl.problem }, 'DDL message cannot be applied; kept in pgmesh.exception');
+    const wait = this.flushBatch();
+    if (wait) await wait;
+    this.append(ddl.sql);
+    txn.ddl = true;
+    this.forgetRelations();
+    const sent = this.flushMessage(`the DDL of the transaction at ${formatLsn(txn.finalLsn)} (${ddl.statement ?? ddl.problem})`);
+    if (sent) await sent;
+    await this.drain();
+  }
+
+  /**
+   * The row operations of a change. A change written on the peer before a column was renamed or dropped here is
+   * applied without that column (see src/ddl/schema-drift.ts), and kept in the exception table if a value is lost.
+   */
+  private opsOf(change: Extract<RemoteChange, { kind: 'insert' | 'update' | 'delete' }>, binding: RelationBinding): RowOp[] {
+    const reduction = this.reductions.get(binding);
+    if (!reduction) return rowOps(change, binding);
+    if (droppedValues(change, reduction) !== undefined) {
+      this.append(driftExceptionSql(change, { missingColumns: reduction.missing }, this.driftContext()));
+      this.stats.exceptions++;
+    }
+    return rowOps(reduceChange(change, reduction), binding);
+  }
+
+  /** A change of a table that does not exist here (dropped here by DDL): kept in the exception table, not applied. */
+  private async missingTable(change: Extract<RemoteChange, { kind: 'insert' | 'update' | 'delete' }>, error: unknown): Promise<void> {
+    if (!(error instanceof PgmeshError) || error.code !== 'UNKNOWN_TABLE') throw error;
+    const wait = this.flushBatch();
+    if (wait) await wait;
+    this.append(driftExceptionSql(change, { missingTable: true }, this.driftContext()));
+    this.stats.exceptions++;
+  }
+
+  private driftContext(): { peer: string; node: string; remoteTs: string; remoteLsn: string } {
+    const txn = this.txn;
+    if (!txn) throw new PgmeshError('INTERNAL', 'change outside a transaction');
+    return { peer: this.options.peer, node: this.options.localNode, remoteTs: txn.commitTimeText, remoteLsn: formatLsn(txn.finalLsn) };
+  }
+
+  /** Table bindings and the statements built from them, after DDL: they are read and built again. */
+  private forgetRelations(): void {
+    this.bindings.clear();
+    this.statements.clear();
   }
 
   /** Returns a promise only when it must wait (as handle does: most changes do not, and need no await). */
@@ -831,6 +896,8 @@ export class Applier {
         ? this.flushMessage(`transactions up to the one at ${formatLsn(txn.finalLsn)}`)
         : undefined;
     this.txn = undefined;
+    // The next transactions read their tables on the catalog connection: after DDL, only once this one committed.
+    if (txn.ddl) return wait ? wait.then(() => this.drain()) : this.drain();
     return wait;
   }
 
@@ -867,14 +934,34 @@ export class Applier {
       txn.seen.push({ change, binding: undefined });
       return;
     }
-    const binding = change.kind === 'insert' || change.kind === 'update' || change.kind === 'delete' ? await this.bind(change.relation) : undefined;
+    let binding: RelationBinding | undefined;
+    if (change.kind === 'insert' || change.kind === 'update' || change.kind === 'delete') {
+      try {
+        binding = await this.bind(change.relation);
+      } catch (error) {
+        if (!(error instanceof PgmeshError) || error.code !== 'UNKNOWN_TABLE') throw error;
+        await this.session.unsafe(driftExceptionSql(change, { missingTable: true }, this.driftContext()));
+        this.stats.exceptions++;
+        return;
+      }
+    }
     txn.seen.push({ change, binding });
     await this.session.unsafe('SAVEPOINT pgmesh_change');
     try {
-      if (change.kind === 'truncate') {
+      if (change.kind === 'message' && change.prefix === DDL_MESSAGE_PREFIX) {
+        // pgmesh.apply_ddl keeps a failing statement in the exception table itself.
+        const ddl = await ddlApplyStatement(change.content, { peer: this.options.peer, remoteTs: txn.commitTimeText, remoteLsn: formatLsn(txn.finalLsn) });
+        await this.session.unsafe(ddl.sql);
+        txn.ddl = true;
+        this.forgetRelations();
+      } else if (change.kind === 'truncate') {
         await this.session.unsafe(await this.truncateSql(change));
       } else if (binding && change.kind !== 'message') {
-        const ops = rowOps(change, binding);
+        const reduction = this.reductions.get(binding);
+        if (reduction && droppedValues(change, reduction) !== undefined) {
+          await this.session.unsafe(driftExceptionSql(change, { missingColumns: reduction.missing }, this.driftContext()));
+        }
+        const ops = reduction ? rowOps(reduceChange(change, reduction), binding) : rowOps(change, binding);
         for (const op of ops) {
           const lock = this.rowLockFor(op, false, op.values);
           if (lock) await this.session.unsafe(lock.text, lock.params as string[], { prepare: true });
@@ -1087,7 +1174,8 @@ export class Applier {
   private async bind(relation: RelationMessage): Promise<RelationBinding> {
     const cached = this.bindings.get(relation);
     if (cached && Date.now() - cached.at < BINDING_TTL_MS) return cached.binding;
-    const local = await loadLocalRelation(this.catalog, relation.schema, relation.name);
+    // After DDL in the transaction, only the apply session sees the tables as they are now.
+    const local = await loadLocalRelation(this.txn?.ddl ? this.session : this.catalog, relation.schema, relation.name);
     if (!local) {
       throw new PgmeshError(
         'UNKNOWN_TABLE',
@@ -1095,10 +1183,15 @@ export class Applier {
         { context: { peer: this.options.peer, relation: `${relation.schema}.${relation.name}` } },
       );
     }
-    const binding = bindRelation(relation, local, { peer: this.options.peer, node: this.options.localNode });
+    const reduction = reduceRelation(relation, new Set(local.columns.keys()));
+    const binding = bindRelation(reduction?.relation ?? relation, local, { peer: this.options.peer, node: this.options.localNode });
+    if (reduction) this.reductions.set(binding, reduction);
     // A binding is replaced only when something in it changed, so batches keep their identity.
     const same = cached && JSON.stringify({ ...cached.binding.local, columns: [...cached.binding.local.columns] }) === JSON.stringify({ ...local, columns: [...local.columns] });
     const kept = same && cached ? cached.binding : binding;
+    // A new binding of the table may have other column names (a column renamed here or on the peer, by DDL): the
+    // statements built for the table are built again.
+    if (kept === binding) for (const key of this.statements.keys()) if (key.includes(`:${local.qualified}:`)) this.statements.delete(key);
     this.bindings.set(relation, { binding: kept, at: Date.now() });
     return kept;
   }

@@ -58,6 +58,8 @@ export function formatStatus(status: ClusterStatus): string {
       l.clockSkewMs === null ? '-' : `${l.clockSkewMs >= 0 ? '+' : ''}${l.clockSkewMs.toFixed(1)} ms`,
     ]);
   }
+  const fingerprints = status.nodes.filter((n) => n.schemaFingerprint !== null);
+  const schemasDiffer = new Set(fingerprints.map((n) => n.schemaFingerprint)).size > 1;
   const errors = [
     ...status.nodes.filter((n) => n.error).map((n) => `! ${n.error}`),
     ...status.nodes
@@ -66,6 +68,9 @@ export function formatStatus(status: ClusterStatus): string {
         (n) =>
           `! node ${n.name}: sequence(s) ${n.sequences?.notInterleaved.join(', ')} feed replicated tables but do not hand out node-interleaved values, so nodes can take the same keys; run "pgmesh tables add" for their tables`,
       ),
+    ...(schemasDiffer
+      ? [`! the nodes' schemas differ (fingerprints ${fingerprints.map((n) => `${n.name} ${n.schemaFingerprint}`).join(', ')}): see docs/ddl.md, "Checking that nodes agree"`]
+      : []),
     ...status.links.filter((l) => l.pausedReason).map((l) => `! ${l.from} -> ${l.to} paused: ${l.pausedReason}`),
     ...status.links
       .filter((l) => l.clockSkewWarning)

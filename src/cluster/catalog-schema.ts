@@ -3,6 +3,8 @@
  * Migrations run in order inside one transaction; `pgmesh.catalog_version` records the last one applied.
  */
 
+import { DDL_CAPTURE_MIGRATION } from '../ddl/capture-sql.ts';
+
 export const CATALOG_SCHEMA = 'pgmesh';
 export const PUBLICATION = 'pgmesh';
 
@@ -547,6 +549,7 @@ CREATE TABLE pgmesh.agent_role (
   role_name text PRIMARY KEY
 );
 `,
+  /* 6: DDL replication: capture by event triggers, the join of new tables, apply (src/ddl/capture-sql.ts) */ DDL_CAPTURE_MIGRATION,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

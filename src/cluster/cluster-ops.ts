@@ -10,6 +10,7 @@ import { connectionError, openSql, type Sql } from '../pg/connect.ts';
 import { describeEndpoint } from '../pg/dsn.ts';
 import type { ClusterConfig, NodeConfig } from '../config/config.ts';
 import { slotName } from './catalog-schema.ts';
+import { diffSchemaDumps, readSchemaDump, schemaFingerprint as schemaFingerprintOf, type SchemaDifference, type SchemaDump } from './schema-dump.ts';
 import {
   addTables,
   ensurePeer,
@@ -220,6 +221,16 @@ export async function removeClusterTables(
   });
 }
 
+/** `pgmesh schema diff`: every node's schema compared; the lines that not every node has. */
+export async function clusterSchemaDiff(config: ClusterConfig, logger: Logger): Promise<{ fingerprints: Record<string, string>; differences: SchemaDifference[] }> {
+  return withNodes(config, logger, async (conns) => {
+    const dumps = new Map<string, SchemaDump>();
+    for (const [node, sql] of conns) dumps.set(node, await readSchemaDump(sql));
+    const fingerprints = Object.fromEntries([...dumps].map(([node, dump]) => [node, schemaFingerprintOf(dump)]));
+    return { fingerprints, differences: diffSchemaDumps(dumps) };
+  });
+}
+
 export interface LinkStatus {
   readonly from: string;
   readonly to: string;
@@ -253,6 +264,8 @@ export interface NodeStatus {
    * or altered after their table joined replication: "pgmesh tables add" for the table interleaves them).
    */
   readonly sequences: { readonly interleaved: number; readonly notInterleaved: readonly string[] } | null;
+  /** A hash of the node's schema (see schema-dump.ts): equal on nodes whose schemas are alike. */
+  readonly schemaFingerprint: string | null;
 }
 
 export interface ClusterStatus {
@@ -297,6 +310,7 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
     let tables: number | null = null;
     let openExceptions: number | null = null;
     let sequences: NodeStatus['sequences'] = null;
+    const schemaFingerprint = schemaFingerprintOf(await readSchemaDump(sql));
     if (initialized) {
       for (const row of await sql.unsafe<
         { peer: string; applied_xacts: string; applied_at: string | null; remote_commit_ts: string | null; skew: string | null; conflicts: string; paused_reason: string | null; paused: boolean }[]
@@ -326,7 +340,7 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
       sequences = { interleaved: feeding.filter((f) => f.interleaved).length, notInterleaved: feeding.filter((f) => !f.interleaved).map((f) => f.sequence) };
     }
     return {
-      status: { ...base, reachable: true, error: null, serverVersion: info[0]?.version ?? null, initialized, replicatedTables: tables, openExceptions, sequences },
+      status: { ...base, reachable: true, error: null, serverVersion: info[0]?.version ?? null, initialized, replicatedTables: tables, openExceptions, sequences, schemaFingerprint },
       slots,
       progress,
     };
@@ -348,6 +362,7 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
         replicatedTables: null,
         openExceptions: null,
         sequences: null,
+        schemaFingerprint: null,
       },
       slots: new Map(),
       progress: new Map(),

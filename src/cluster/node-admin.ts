@@ -18,6 +18,7 @@ import {
   slotName,
 } from './catalog-schema.ts';
 import { memberProblems, type SequenceResult } from './sequences.ts';
+import { DDL_CAPTURE_SETTING } from '../ddl/capture-sql.ts';
 import { checkServerFacts, formatProblems, readServerFacts } from './server-checks.ts';
 
 export interface LocalNode {
@@ -182,6 +183,8 @@ export async function initNode(sql: Sql, options: InitOptions): Promise<InitResu
   const existing = await readLocalNode(sql);
   await sql.begin(async (tx) => {
     await tx.unsafe(`SELECT pg_advisory_xact_lock(hashtext('pgmesh.catalog'))`);
+    // The catalog and the publication are this node's own: not DDL to replicate (see src/ddl/capture-sql.ts).
+    await tx.unsafe(`SELECT pg_catalog.set_config('${DDL_CAPTURE_SETTING}', 'off', true)`);
     const versionRows = await tx.unsafe<{ v: number | null }[]>(
       `SELECT CASE WHEN to_regclass('pgmesh.catalog_version') IS NULL THEN 0 END AS v`,
     );
@@ -311,42 +314,22 @@ export async function addTables(sql: Sql, tables: readonly TableRef[] | 'all', o
     // One commit: from the moment its changes are published, its deletes leave tombstones and the agents' roles
     // may write it (an agent that starts in between would otherwise refuse to, for want of the grant).
     await sql.begin(async (tx) => {
-      await tx.unsafe(`ALTER PUBLICATION ${PUBLICATION} ADD TABLE ${qualified}`);
-      await ensureDeleteTrigger(tx, table);
+      await joinTable(tx, table);
       for (const role of await agentRoles(tx)) await grantAgentPrivileges(tx, role);
     });
   }
-  if (!options.dryRun) for (const table of alreadyReplicated) await ensureDeleteTrigger(sql, table);
+  if (!options.dryRun) for (const table of alreadyReplicated) await joinTable(sql, table);
   return { added, alreadyReplicated, refused };
 }
 
 /**
  * Local deletes must leave tombstones (the delete's version), so that an older change of the same row arriving
- * later from another node loses to the delete everywhere. A statement-level trigger with a transition table
- * records them; it does not fire in apply sessions (replica mode), whose statements write tombstones themselves.
- * An UPDATE that changes the primary key removes the old key as a delete does (peers apply it as one): a row-level
- * trigger that fires only when the key really changes records that tombstone.
+ * later from another node loses to the delete everywhere; an UPDATE that changes the primary key removes the old key
+ * as a delete does. pgmesh.join_table (src/ddl/capture-sql.ts) installs the triggers that record them, and puts the
+ * table in the publication: the one entry point for tables added here and tables created by replicated DDL.
  */
-export async function ensureDeleteTrigger(sql: Queryable, table: TableRef): Promise<void> {
-  const keys = await sql.unsafe<{ attname: string }[]>(
-    `SELECT a.attname FROM pg_catalog.pg_index i
-       JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) ON true
-       JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-      WHERE i.indrelid = $1::text::regclass AND i.indisprimary ORDER BY k.n`,
-    [qualifiedName(table.schema, table.name)],
-  );
-  if (keys.length === 0) return;
-  const args = keys.map((k) => quoteLiteral(k.attname)).join(', ');
-  await sql.unsafe(
-    `CREATE OR REPLACE TRIGGER pgmesh_record_deletes AFTER DELETE ON ${qualifiedName(table.schema, table.name)}
-       REFERENCING OLD TABLE AS pgmesh_deleted FOR EACH STATEMENT EXECUTE FUNCTION pgmesh.record_deletes(${args})`,
-  );
-  const columns = keys.map((k) => quoteIdent(k.attname));
-  const row = (alias: string) => `ROW(${columns.map((c) => `${alias}.${c}`).join(', ')})`;
-  await sql.unsafe(
-    `CREATE OR REPLACE TRIGGER pgmesh_record_key_change AFTER UPDATE OF ${columns.join(', ')} ON ${qualifiedName(table.schema, table.name)}
-       FOR EACH ROW WHEN (${row('OLD')} IS DISTINCT FROM ${row('NEW')}) EXECUTE FUNCTION pgmesh.record_key_change(${args})`,
-  );
+export async function joinTable(sql: Queryable, table: TableRef): Promise<void> {
+  await sql.unsafe(`SELECT pgmesh.join_table($1::text::regclass)`, [qualifiedName(table.schema, table.name)]);
 }
 
 /**

@@ -272,6 +272,8 @@ export async function setDeltaColumns(sql: Sql, table: TableRef, columns: readon
   }
   if (problems.length > 0) throw new PgmeshError('CONFIG_INVALID', problems.join('; '));
   await sql.begin(async (tx) => {
+    // Done on every node by pgmesh itself: not DDL to replicate (docs/ddl.md).
+    await tx.unsafe(`SET LOCAL pgmesh.ddl_capture = off`);
     await tx.unsafe(`ALTER TABLE ${qualified} REPLICA IDENTITY FULL`);
     await tx.unsafe(
       `INSERT INTO pgmesh.table_policy (relation_schema, relation_name, delta_columns) VALUES ($1, $2, $3::text::text[])

@@ -94,9 +94,13 @@ test('three nodes writing at once end with identical tables', { timeout: 240_000
   await withCluster({ nodes: 3, schema: SCHEMA(false) }, async (cluster) => {
     // n3 holds the quoted table with its columns in the opposite order: columns are matched by name.
     const n3 = cluster.node('n3');
-    await n3.sql.unsafe(`DROP TABLE "Sales Dept"."Order Lines"`);
-    await n3.sql.unsafe(SCHEMA(true).split('\n').find((l) => l.includes('"Order Lines"')) as string);
-    await n3.sql.unsafe(`ALTER PUBLICATION pgmesh ADD TABLE "Sales Dept"."Order Lines"`);
+    // On n3 only: DDL replication is turned off for this transaction (docs/ddl.md).
+    await n3.sql.begin(async (tx) => {
+      await tx.unsafe(`SET LOCAL pgmesh.ddl_capture = off`);
+      await tx.unsafe(`DROP TABLE "Sales Dept"."Order Lines"`);
+      await tx.unsafe(SCHEMA(true).split('\n').find((l) => l.includes('"Order Lines"')) as string);
+      await tx.unsafe(`ALTER PUBLICATION pgmesh ADD TABLE "Sales Dept"."Order Lines"`);
+    });
     await cluster.startAgents();
 
     await Promise.all(

@@ -1,0 +1,32 @@
+/**
+ * `pgmesh ddl "<sql>"`: runs a schema change on one node of the cluster, from where it replicates to every other
+ * node like any DDL run there (docs/ddl.md). The statements are sent as one query string (the simple protocol), as a
+ * migration tool sends a script.
+ */
+import { PgmeshError, errorMessage } from '../core/errors.ts';
+import type { Logger } from '../core/logger.ts';
+import type { ClusterConfig } from '../config/config.ts';
+import { connectionError, openSql } from '../pg/connect.ts';
+import { sqlState } from '../core/sqlstate.ts';
+
+export async function runDdl(config: ClusterConfig, logger: Logger, statements: string, nodeName?: string): Promise<{ node: string }> {
+  if (statements.trim() === '') throw new PgmeshError('CONFIG_INVALID', 'no SQL to run: give the statements as one argument, e.g. pgmesh ddl "ALTER TABLE t ADD COLUMN c int"');
+  const node = nodeName === undefined ? config.nodes[0] : config.nodes.find((n) => n.name === nodeName);
+  if (!node) {
+    throw new PgmeshError('UNKNOWN_NODE', `node ${nodeName ?? ''} is not in the configuration; its nodes are ${config.nodes.map((n) => n.name).join(', ')}`);
+  }
+  const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh ddl', logger, max: 1 });
+  try {
+    await sql.unsafe(statements).catch((error: unknown) => {
+      if (sqlState(error) === undefined) throw connectionError(error, node.name, node.dsn);
+      const server = error as { hint?: string };
+      throw new PgmeshError('APPLY_FAILED', `on ${node.name}: ${errorMessage(error)}${server.hint ? ` (${server.hint})` : ''}; nothing of it was applied`, {
+        cause: error,
+        context: { node: node.name, sqlstate: sqlState(error) },
+      });
+    });
+  } finally {
+    await sql.end({ timeout: 2 }).catch(() => undefined);
+  }
+  return { node: node.name };
+}
