@@ -352,6 +352,8 @@ export async function removeTables(sql: Sql, tables: readonly TableRef[]): Promi
     }
     const published = replicated.has(`${table.schema}.${table.name}`);
     await sql.begin(async (tx) => {
+      // Every node removes the table itself: not DDL to replicate.
+      await tx.unsafe(`SELECT pg_catalog.set_config('${DDL_CAPTURE_SETTING}', 'off', true)`);
       if (published) await tx.unsafe(`ALTER PUBLICATION ${PUBLICATION} DROP TABLE ${qualified}`);
       await tx.unsafe(`DROP TRIGGER IF EXISTS pgmesh_record_deletes ON ${qualified}`);
       await tx.unsafe(`DROP TRIGGER IF EXISTS pgmesh_record_key_change ON ${qualified}`);

@@ -21,6 +21,7 @@ import type { Sql } from '../pg/connect.ts';
 import { qualifiedName, quoteIdent } from '../pg/quote.ts';
 import { textArrayLiteral } from '../pg/text-array.ts';
 import type { TableRef, TableRefusal } from './node-admin.ts';
+import { DDL_CAPTURE_SETTING } from '../ddl/capture-sql.ts';
 
 type Queryable = Pick<Sql, 'unsafe'>;
 
@@ -242,6 +243,8 @@ const LOCK_TIMEOUT = '10s';
 
 async function lockAndRead(tx: Queryable, facts: readonly SequenceFacts[]): Promise<LockedState[]> {
   await tx.unsafe(`SET LOCAL lock_timeout = '${LOCK_TIMEOUT}'`);
+  // Each node's sequences get that node's values: these ALTER SEQUENCEs are not DDL to replicate.
+  await tx.unsafe(`SELECT pg_catalog.set_config('${DDL_CAPTURE_SETTING}', 'off', true)`);
   const out: LockedState[] = [];
   for (const s of facts) {
     // ALTER SEQUENCE blocks nextval on the sequence until this transaction ends (LOCK does not take sequences). This

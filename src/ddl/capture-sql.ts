@@ -70,6 +70,47 @@ BEGIN
 END
 $fn$;
 
+-- Sequences just created by a DDL statement (created) that feed replicated tables (a new table's serial or identity
+-- column, a serial column added) hand out this node's values at once: step maxNodes, from the first value of this
+-- node's slot above the sequence's last value (ADD COLUMN ... serial has used values for the existing rows). Called
+-- where DDL runs: by ddl_command_end on the origin and by apply_ddl on every node that applies it, so each node
+-- interleaves with its own slot. A sequence with no room left or counting down stays as it is: status warns about it
+-- and "pgmesh tables add" explains (docs/sequences.md).
+CREATE FUNCTION pgmesh.interleave_new_sequences(created oid[]) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+  l pgmesh.local_node;
+  s record;
+  next bigint;
+  start bigint;
+  done integer := 0;
+  capture text := current_setting('pgmesh.ddl_capture', true);
+BEGIN
+  SELECT * INTO l FROM pgmesh.local_node;
+  IF l IS NULL THEN
+    RETURN 0;
+  END IF;
+  PERFORM set_config('pgmesh.ddl_capture', 'off', true);
+  FOR s IN SELECT st.seqrelid, st.sequence_name, st.feeds, st.last_value, q.seqstart, q.seqmax
+             FROM pgmesh.sequence_status st
+             JOIN pg_sequence q ON q.seqrelid = st.seqrelid
+             JOIN pg_class c ON c.oid = st.seqrelid
+            WHERE NOT st.interleaved AND st.increment > 0 AND st.seqrelid = ANY (created) LOOP
+    next := coalesce(s.last_value, s.seqstart - 1) + 1;
+    start := next + mod(mod(l.node_slot - next, l.max_nodes) + l.max_nodes, l.max_nodes);
+    CONTINUE WHEN start > s.seqmax;
+    EXECUTE format('ALTER SEQUENCE %s INCREMENT BY %s START WITH %s RESTART WITH %s', s.sequence_name, l.max_nodes, start, start);
+    INSERT INTO pgmesh.interleaved_sequence AS i (seqrelid, sequence_name, node_slot, step, first_value, feeds, restarted_at, checked_at)
+    VALUES (s.seqrelid, s.sequence_name, l.node_slot, l.max_nodes, start, s.feeds, now(), now())
+    ON CONFLICT (seqrelid) DO UPDATE SET sequence_name = EXCLUDED.sequence_name, node_slot = EXCLUDED.node_slot, step = EXCLUDED.step,
+      first_value = EXCLUDED.first_value, feeds = EXCLUDED.feeds, restarted_at = EXCLUDED.restarted_at, checked_at = EXCLUDED.checked_at;
+    done := done + 1;
+  END LOOP;
+  PERFORM set_config('pgmesh.ddl_capture', coalesce(capture, ''), true);
+  RETURN done;
+END
+$fn$;
+
 -- sql_drop fires before ddl_command_end for a statement that drops objects, and only it can list them: it notes
 -- whether everything the statement drops is local to this node (temporary, or pgmesh's own catalog).
 CREATE FUNCTION pgmesh.ddl_sql_drop() RETURNS event_trigger
@@ -187,6 +228,7 @@ BEGIN
     END IF;
   END LOOP;
 
+  PERFORM pgmesh.interleave_new_sequences(ARRAY(SELECT d.objid FROM pg_event_trigger_ddl_commands() d WHERE d.object_type = 'sequence'));
   PERFORM pg_logical_emit_message(true, 'pgmesh.ddl', jsonb_build_object(
     'version', 1,
     'query', current_query(),
@@ -215,6 +257,8 @@ DECLARE
   code text := CASE WHEN problem IS NOT NULL THEN 'PM008' END;
   error text := problem;
   detail text;
+  -- The sequences there are before the statement: those it creates get this node's values (interleave_new_sequences).
+  sequences_before oid[] := ARRAY(SELECT c.oid FROM pg_class c WHERE c.relkind = 'S');
 BEGIN
   IF statement IS NOT NULL THEN
     BEGIN
@@ -240,6 +284,7 @@ BEGIN
       PERFORM pgmesh.join_table(identity::regclass);
     END IF;
   END LOOP;
+  PERFORM pgmesh.interleave_new_sequences(ARRAY(SELECT c.oid FROM pg_class c WHERE c.relkind = 'S' AND c.oid <> ALL (sequences_before)));
   RETURN code IS NULL;
 END
 $fn$;

@@ -51,6 +51,14 @@ async function assertInterleaved(cluster: TestCluster, table: string, where = 't
 
 const KEYED_TABLES = ['t_serial', 't_bigserial', 't_always', 't_by_default', 't_explicit_a', 't_explicit_b'];
 
+/** DDL run on one node only (capture off), as an operator changing each node by hand would. */
+async function byHand(node: TestNode, ddl: string): Promise<void> {
+  await node.sql.begin(async (tx) => {
+    await tx.unsafe(`SET LOCAL pgmesh.ddl_capture = off`);
+    await tx.unsafe(ddl);
+  });
+}
+
 test('every node inserting at once into serial, bigserial, identity and explicit-sequence tables: no collision, no lost row', { timeout: 240_000 }, async () => {
   const schema = `${BARRIER_TABLE}
     CREATE TABLE t_serial (id serial PRIMARY KEY, node text NOT NULL, n int NOT NULL);
@@ -146,8 +154,10 @@ test('tables that hold data continue above their highest key and every node\'s l
     const status = await clusterStatus(cluster.config, silentLogger);
     for (const node of status.nodes) assert.deepEqual(node.sequences, { interleaved: 3, notInterleaved: [] }, node.name);
 
-    // A sequence created after its table joined hands out 1, 2, 3 on every node: status says so, tables add fixes it.
-    for (const node of cluster.nodes) await node.sql.unsafe(`ALTER TABLE filled ADD COLUMN serial_no serial`);
+    // A sequence created by hand on every node after its table joined (DDL capture off: DDL that replicates gets its
+    // sequences interleaved as it runs, see ddl.test.ts) hands out 1, 2, 3 on every node: status says so, tables add
+    // fixes it.
+    for (const node of cluster.nodes) await byHand(node, `ALTER TABLE filled ADD COLUMN serial_no serial`);
     const stale = await clusterStatus(cluster.config, silentLogger);
     for (const node of stale.nodes) assert.deepEqual(node.sequences, { interleaved: 3, notInterleaved: ['public.filled_serial_no_seq'] }, node.name);
     const fixed = await addClusterTables(cluster.config, silentLogger, [{ schema: 'public', name: 'filled' }]);
@@ -197,7 +207,8 @@ function decode(id: bigint): { ms: number; slotIndex: number; counter: number } 
 test('snowflake ids: unique across nodes, increasing on each, through a clock that goes back and a burst', { timeout: 240_000 }, async () => {
   await withCluster({ nodes: 3, schema: BARRIER_TABLE }, async (cluster) => {
     for (const node of cluster.nodes) {
-      await node.sql.unsafe(`CREATE TABLE events (id bigint PRIMARY KEY DEFAULT pgmesh.snowflake_id(), node text NOT NULL, session int NOT NULL, n int NOT NULL)`);
+      // The same table made by hand on every node (DDL capture off), then added: as an existing schema would be.
+      await byHand(node, `CREATE TABLE events (id bigint PRIMARY KEY DEFAULT pgmesh.snowflake_id(), node text NOT NULL, session int NOT NULL, n int NOT NULL)`);
     }
     const added = await addClusterTables(cluster.config, silentLogger, [{ schema: 'public', name: 'events' }]);
     assert.deepEqual(Object.values(added).map((r) => r.refused), [[], [], []]);
