@@ -26,7 +26,7 @@ import { PgmeshError, errorMessage, messageWithoutValues } from '../core/errors.
 import type { Logger } from '../core/logger.ts';
 import { formatLsn, parseLsn, type Lsn } from '../core/lsn.ts';
 import { formatPgTimestamp, type PgTimestamp } from '../core/pg-time.ts';
-import { SQLSTATE, sqlState } from '../core/sqlstate.ts';
+import { SQLSTATE, isDataSqlState, sqlState } from '../core/sqlstate.ts';
 import { openSql, type Sql } from '../pg/connect.ts';
 import { quoteLiteral } from '../pg/quote.ts';
 import { textArrayLiteral } from '../pg/text-array.ts';
@@ -595,10 +595,16 @@ export class Applier {
     this.append(await this.truncateSql(change));
   }
 
+  /** A peer's TRUNCATE, applied by version (see src/cluster/truncate-sql.ts): rows written after it here stay. */
   private async truncateSql(change: Extract<RemoteChange, { kind: 'truncate' }>): Promise<string> {
     const tables = await Promise.all(change.relations.map((r) => this.bind(r)));
-    const names = tables.map((t) => t.local.qualified).join(', ');
-    return `TRUNCATE ${names}${change.restartIdentity ? ' RESTART IDENTITY' : ''}${change.cascade ? ' CASCADE' : ''}`;
+    const txn = this.txn;
+    if (!txn) throw new PgmeshError('INTERNAL', 'a TRUNCATE outside a transaction');
+    const oids = tables.map((t) => `${t.local.oid}`).join(', ');
+    return (
+      `SELECT pgmesh.apply_truncate(ARRAY[${oids}]::oid[], ${quoteLiteral(txn.commitTimeText)}::timestamptz, ` +
+      `${quoteLiteral(this.options.peer)}, ${quoteLiteral(this.options.localNode)})`
+    );
   }
 
   /** Adds a row to the batch being built; returns a promise only when it must wait (the pipeline is full). */
@@ -983,6 +989,11 @@ export class Applier {
     } catch (error) {
       await this.session.unsafe('ROLLBACK TO SAVEPOINT pgmesh_change');
       const code = sqlState(error);
+      if (change.kind === 'truncate' && isDataSqlState(code)) {
+        // A TRUNCATE that cannot be applied here (a foreign key from a table it does not cover): kept, and the rest goes on.
+        await this.recordException(txn, change, undefined, error);
+        return;
+      }
       if (code === SQLSTATE.conflictPause || !binding) throw error;
       // A secondary unique key taken here is a conflict as well (insert_exists, update_exists or
       // multiple_unique_conflicts): it is recorded and counted with the exception.
@@ -1047,7 +1058,9 @@ export class Applier {
     const described =
       binding && (change.kind === 'insert' || change.kind === 'update' || change.kind === 'delete')
         ? describeChange(change, binding)
-        : { kind: change.kind };
+        : change.kind === 'truncate'
+          ? { kind: change.kind, relations: change.relations.map((r) => `${r.schema}.${r.name}`), cascade: change.cascade }
+          : { kind: change.kind };
     const key = 'key' in described ? JSON.stringify(described.key) : null;
     await this.session.unsafe(
       `INSERT INTO pgmesh.exception (peer, relation, change_kind, pkey, change, remote_ts, remote_commit_lsn, sqlstate, error, conflict_type)

@@ -18,6 +18,7 @@
  */
 import { quoteIdent, quoteLiteral } from '../pg/quote.ts';
 import type { ConflictPolicy, DeferredUnique, LocalColumn, RelationBinding } from './local-relation.ts';
+import { TRUNCATE_TOMBSTONE_KEY } from '../cluster/truncate-sql.ts';
 
 export type BatchKind = 'upsert' | 'partial_update' | 'delta_update' | 'delete';
 
@@ -108,9 +109,12 @@ function prelude(g: Gen, aliases: readonly string[], typed: readonly string[], m
     `cur AS MATERIALIZED (SELECT u.ord, v.ts AS lts, v.node AS lnode FROM u JOIN ${g.table} x ON ${keyMatch(g, 'x')} ` +
     `CROSS JOIN LATERAL ${versionOf(g, 'x', 'u.pkey')} v), ` +
     // The tombstone probe runs only when the table has tombstones at all (an init plan evaluated once).
-    `tomb AS MATERIALIZED (SELECT u.ord, v.ts AS tts, v.node AS tnode FROM u JOIN pgmesh.tombstone t ON t.relid = ${g.rel} AND t.pkey = u.pkey ` +
+    // A TRUNCATE leaves a tombstone for the whole table (key '*', see truncate-sql.ts): with a key's own, the newer counts.
+    `tomb AS MATERIALIZED (SELECT DISTINCT ON (u.ord) u.ord, v.ts AS tts, v.node AS tnode FROM u JOIN pgmesh.tombstone t ON t.relid = ${g.rel} ` +
+    `AND t.pkey IN (u.pkey, '${TRUNCATE_TOMBSTONE_KEY}') ` +
     `CROSS JOIN LATERAL pgmesh.row_version(t.xmin, ${g.local}) v WHERE EXISTS (SELECT 1 FROM pgmesh.tombstone t0 WHERE t0.relid = ${g.rel}) ` +
-    `AND NOT EXISTS (SELECT 1 FROM cur WHERE cur.ord = u.ord))`
+    `AND NOT EXISTS (SELECT 1 FROM cur WHERE cur.ord = u.ord) ` +
+    `ORDER BY u.ord, coalesce(v.ts, '-infinity') DESC, v.node COLLATE "C" DESC)`
   );
 }
 
@@ -412,7 +416,7 @@ export function buildFastStatement(
         const values = one ? shape.valuePositions.map((p, i) => param(i, p)) : typed;
         const tombstone =
           `(EXISTS (SELECT 1 FROM pgmesh.tombstone t0 WHERE t0.relid = ${rel}) AND ` +
-          `EXISTS (SELECT 1 FROM pgmesh.tombstone t WHERE t.relid = ${rel} AND t.pkey = jsonb_build_array(${keys.join(', ')})::text))`;
+          `EXISTS (SELECT 1 FROM pgmesh.tombstone t WHERE t.relid = ${rel} AND t.pkey IN (jsonb_build_array(${keys.join(', ')})::text, '${TRUNCATE_TOMBSTONE_KEY}')))`;
         // A row of the key on this statement's snapshot is a miss too, although the INSERT would fail on it anyway:
         // if a local transaction is deleting that row, the INSERT's unique check waits for it and, once the delete
         // commits, inserts, and the delete's tombstone is not on this snapshot. The full statement locks the row and

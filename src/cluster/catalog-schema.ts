@@ -4,6 +4,7 @@
  */
 
 import { DDL_CAPTURE_MIGRATION } from '../ddl/capture-sql.ts';
+import { TRUNCATE_MIGRATION } from './truncate-sql.ts';
 
 export const CATALOG_SCHEMA = 'pgmesh';
 export const PUBLICATION = 'pgmesh';
@@ -550,6 +551,7 @@ CREATE TABLE pgmesh.agent_role (
 );
 `,
   /* 6: DDL replication: capture by event triggers, the join of new tables, apply (src/ddl/capture-sql.ts) */ DDL_CAPTURE_MIGRATION,
+  /* 7: TRUNCATE by version: a tombstone for the whole table (src/cluster/truncate-sql.ts) */ TRUNCATE_MIGRATION,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

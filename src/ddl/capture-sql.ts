@@ -61,6 +61,7 @@ BEGIN
                  (SELECT string_agg(quote_ident(k), ', ') FROM unnest(keys) k), rel,
                  (SELECT string_agg('OLD.' || quote_ident(k), ', ') FROM unnest(keys) k),
                  (SELECT string_agg('NEW.' || quote_ident(k), ', ') FROM unnest(keys) k), args);
+  EXECUTE format('CREATE OR REPLACE TRIGGER pgmesh_record_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pgmesh.record_truncate()', rel);
   -- The roles agents connect as may apply its changes (the TS side grants the rest when a role is set up).
   FOR agent IN SELECT role_name FROM pgmesh.agent_role LOOP
     EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = rel), agent);
