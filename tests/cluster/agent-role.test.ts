@@ -9,7 +9,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { eventually, withCluster, type TestCluster } from '../support/cluster.ts';
+import { eventually, localDdl, withCluster, type TestCluster } from '../support/cluster.ts';
 import { pgmesh } from '../support/cli.ts';
 import { dsnAs } from '../support/roles.ts';
 
@@ -111,7 +111,7 @@ test('a table added after cluster create --agent-role is granted to the agent ro
     const env = agentEnv(cluster);
     for (const node of cluster.nodes) cluster.startAgentProcess(node.name, env);
     await waitStreaming(cluster);
-    for (const node of cluster.nodes) await node.sql.unsafe(`CREATE TABLE public.later (id integer PRIMARY KEY, v text)`);
+    for (const node of cluster.nodes) await localDdl(node, `CREATE TABLE public.later (id integer PRIMARY KEY, v text)`);
     const add = await pgmesh(['tables', 'add', 'public.later'], { config: cluster.configPath });
     assert.equal(add.code, 0, add.output);
     await cluster.node('n1').sql.unsafe(`INSERT INTO public.later VALUES (1, 'from n1')`);

@@ -30,7 +30,7 @@ import {
 } from '../../src/cluster/repair.ts';
 import { silentLogger } from '../../src/core/logger.ts';
 import { isoTimestampSql } from '../../src/core/pg-time.ts';
-import { eventually, withCluster, type TestCluster, type TestNode } from '../support/cluster.ts';
+import { eventually, localDdl, withCluster, type TestCluster, type TestNode } from '../support/cluster.ts';
 
 const SCHEMA = `
 CREATE TABLE item (id integer PRIMARY KEY, v text);
@@ -715,7 +715,7 @@ test('every conflict type is detected, resolved by the table policy, recorded an
       await step('exception policy pause: a change that fails on n1 pauses n2 there; after the cause is repaired, resume applies it', async () => {
         const since = await baseline(cluster);
         // Schema drift: only n1 limits ep.v to 5 characters.
-        await n1.sql.unsafe(`ALTER TABLE ep ADD CONSTRAINT ep_v_short CHECK (length(v) <= 5)`);
+        await localDdl(n1, `ALTER TABLE ep ADD CONSTRAINT ep_v_short CHECK (length(v) <= 5)`);
         await restartAgents(cluster, ['n1', 'n2', 'n3']);
         await commit(n2, `INSERT INTO ep VALUES (1, 'too long')`);
         await commit(n2, `INSERT INTO ep VALUES (2, 'ok')`);
@@ -730,7 +730,7 @@ test('every conflict type is detected, resolved by the table policy, recorded an
         assert.deepEqual(await rowsOn(cluster, 'ep', 1), { n1: null, n2: { id: 1, v: 'too long' }, n3: { id: 1, v: 'too long' } });
         assert.equal(await rowOf(n1, 'ep', 2), null);
 
-        await n1.sql.unsafe(`ALTER TABLE ep DROP CONSTRAINT ep_v_short`);
+        await localDdl(n1, `ALTER TABLE ep DROP CONSTRAINT ep_v_short`);
         assert.equal(await resumePeer(n1.sql, 'n2'), true);
         await cluster.waitConverged(['ep', 'item']);
         await eventually(() => peerStatus(cluster, 'n1', 'n2').state === 'streaming', { what: 'n2 streaming again on n1' });

@@ -25,7 +25,7 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { addTables } from '../../src/cluster/node-admin.ts';
 import { BARRIER_TABLE, barrier } from '../support/barrier.ts';
-import { eventually, withCluster, type TestCluster, type TestNode } from '../support/cluster.ts';
+import { eventually, localDdl, withCluster, type TestCluster, type TestNode } from '../support/cluster.ts';
 
 const KEYS = 6;
 const TRACE = process.env.PGMESH_TRACE === '1';
@@ -229,7 +229,7 @@ class Runner {
     // Every agent is stopped while the run's table is created: streams pick it up from their next start.
     for (const n of cluster.nodes) await this.setRunning(n.name, false);
     for (const n of cluster.nodes) {
-      await n.sql.unsafe(`CREATE TABLE ${table} (k integer PRIMARY KEY, v text, n integer NOT NULL DEFAULT 0)`);
+      await localDdl(n, `CREATE TABLE ${table} (k integer PRIMARY KEY, v text, n integer NOT NULL DEFAULT 0)`);
       const added = await addTables(n.sql, [{ schema: 'public', name: table }]);
       assert.equal(added.added.length, 1, `${table} added on ${n.name}: ${JSON.stringify(added.refused)}`);
     }

@@ -16,7 +16,7 @@ import { loadConfig } from '../../src/config/config.ts';
 import { PgmeshError } from '../../src/core/errors.ts';
 import { silentLogger } from '../../src/core/logger.ts';
 import { barrier, BARRIER_TABLE } from '../support/barrier.ts';
-import { withCluster, type TestCluster, type TestNode } from '../support/cluster.ts';
+import { localDdl, withCluster, type TestCluster, type TestNode } from '../support/cluster.ts';
 
 /** The harness's configuration has maxNodes 8; node nK has slot K. */
 const MAX_NODES = 8;
@@ -51,13 +51,6 @@ async function assertInterleaved(cluster: TestCluster, table: string, where = 't
 
 const KEYED_TABLES = ['t_serial', 't_bigserial', 't_always', 't_by_default', 't_explicit_a', 't_explicit_b'];
 
-/** DDL run on one node only (capture off), as an operator changing each node by hand would. */
-async function byHand(node: TestNode, ddl: string): Promise<void> {
-  await node.sql.begin(async (tx) => {
-    await tx.unsafe(`SET LOCAL pgmesh.ddl_capture = off`);
-    await tx.unsafe(ddl);
-  });
-}
 
 test('every node inserting at once into serial, bigserial, identity and explicit-sequence tables: no collision, no lost row', { timeout: 240_000 }, async () => {
   const schema = `${BARRIER_TABLE}
@@ -157,7 +150,7 @@ test('tables that hold data continue above their highest key and every node\'s l
     // A sequence created by hand on every node after its table joined (DDL capture off: DDL that replicates gets its
     // sequences interleaved as it runs, see ddl.test.ts) hands out 1, 2, 3 on every node: status says so, tables add
     // fixes it.
-    for (const node of cluster.nodes) await byHand(node, `ALTER TABLE filled ADD COLUMN serial_no serial`);
+    for (const node of cluster.nodes) await localDdl(node, `ALTER TABLE filled ADD COLUMN serial_no serial`);
     const stale = await clusterStatus(cluster.config, silentLogger);
     for (const node of stale.nodes) assert.deepEqual(node.sequences, { interleaved: 3, notInterleaved: ['public.filled_serial_no_seq'] }, node.name);
     const fixed = await addClusterTables(cluster.config, silentLogger, [{ schema: 'public', name: 'filled' }]);
@@ -208,7 +201,7 @@ test('snowflake ids: unique across nodes, increasing on each, through a clock th
   await withCluster({ nodes: 3, schema: BARRIER_TABLE }, async (cluster) => {
     for (const node of cluster.nodes) {
       // The same table made by hand on every node (DDL capture off), then added: as an existing schema would be.
-      await byHand(node, `CREATE TABLE events (id bigint PRIMARY KEY DEFAULT pgmesh.snowflake_id(), node text NOT NULL, session int NOT NULL, n int NOT NULL)`);
+      await localDdl(node, `CREATE TABLE events (id bigint PRIMARY KEY DEFAULT pgmesh.snowflake_id(), node text NOT NULL, session int NOT NULL, n int NOT NULL)`);
     }
     const added = await addClusterTables(cluster.config, silentLogger, [{ schema: 'public', name: 'events' }]);
     assert.deepEqual(Object.values(added).map((r) => r.refused), [[], [], []]);

@@ -12,14 +12,14 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { pgmesh } from '../support/cli.ts';
-import { eventually, withCluster, type TestNode } from '../support/cluster.ts';
+import { eventually, localDdl, withCluster, type TestNode } from '../support/cluster.ts';
 
 const PERSONAL = 'Jane Roe, 12 Elm Street';
 const SCHEMA = 'CREATE TABLE people (id int PRIMARY KEY, name text)';
 
 /** n2 refuses what n1 accepts: a constraint on n2 only (NOT VALID: n2's existing rows are not checked). */
 async function refuseJaneOn(node: TestNode): Promise<void> {
-  await node.sql.unsafe(`ALTER TABLE people ADD CONSTRAINT no_jane CHECK (name NOT LIKE 'Jane%') NOT VALID`);
+  await localDdl(node, `ALTER TABLE people ADD CONSTRAINT no_jane CHECK (name NOT LIKE 'Jane%') NOT VALID`);
 }
 
 async function exceptionCount(node: TestNode): Promise<number> {

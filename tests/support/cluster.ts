@@ -205,6 +205,17 @@ export async function withServer(name: string, body: (server: EmbeddedServer, sq
   }
 }
 
+/**
+ * DDL on one node only, as an operator changing each node by hand (DDL capture off): for tests whose nodes must differ,
+ * or that make the same change on every node themselves. DDL run otherwise replicates (docs/ddl.md).
+ */
+export async function localDdl(node: TestNode, ddl: string): Promise<void> {
+  await node.sql.begin(async (tx) => {
+    await tx.unsafe(`SET LOCAL pgmesh.ddl_capture = off`);
+    await tx.unsafe(ddl);
+  });
+}
+
 /** Runs a test body against a fresh cluster; prints every log tail if the body fails; always cleans up. */
 export async function withCluster(options: ClusterOptions, body: (cluster: TestCluster) => Promise<void>): Promise<void> {
   const cluster = await TestCluster.start(options);
