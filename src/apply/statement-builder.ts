@@ -36,6 +36,11 @@ export interface StatementShape {
   /** Remote column positions whose values are sent (upsert: all; partial update: those not unchanged TOAST). */
   readonly valuePositions: readonly number[];
   readonly multiRow: boolean;
+  /**
+   * Positions whose values the update left unchanged (out-of-line values, taken from the old row): written only
+   * where the local value differs, so that an equal out-of-line value is kept, not stored again.
+   */
+  readonly unchangedPositions?: readonly number[];
 }
 
 /** The number of value parameters of a shape, in the order the applier fills them. */
@@ -84,6 +89,15 @@ function versionOf(g: Gen, alias: string, pkey: string): string {
 
 function keyMatch(g: Gen, alias: string): string {
   return g.b.keyPositions.map((p, i) => `${alias}.${quoteIdent(col(g.b, p).name)} = u.k${i}`).join(' AND ');
+}
+
+/**
+ * The value to set for a column whose value an update left unchanged: the local value where it is the same (in
+ * its text form, byte for byte), so the row keeps its out-of-line value instead of storing a copy; the remote
+ * value otherwise (the local row is another version). `remoteText` is the remote value as text.
+ */
+function keepIfSame(local: string, remote: string, remoteText: string): string {
+  return `CASE WHEN (${local}::text COLLATE "C") IS NOT DISTINCT FROM ${remoteText} THEN ${local} ELSE ${remote} END`;
 }
 
 function remoteNewer(ts: string, node: string, g: Gen): string {
@@ -207,7 +221,10 @@ export function buildStatement(shape: StatementShape, ctx: StatementContext, pol
       const typed = [...shape.valuePositions.map((p, i) => `s.v${i}::${col(b, p).type} AS v${i}`), 's.op', ...keyFromValues];
       const names = shape.valuePositions.map((p) => quoteIdent(col(b, p).name));
       const nonKey = names.filter((_, i) => !b.keyPositions.includes(shape.valuePositions[i] as number));
-      const set = (nonKey.length > 0 ? nonKey : names).map((c) => `${c} = EXCLUDED.${c}`);
+      const unchanged = new Set((shape.unchangedPositions ?? []).map((p) => quoteIdent(col(b, p).name)));
+      const set = (nonKey.length > 0 ? nonKey : names).map((c) =>
+        unchanged.has(c) ? `${c} = ${keepIfSame(`x.${c}`, `EXCLUDED.${c}`, `EXCLUDED.${c}::text`)}` : `${c} = EXCLUDED.${c}`,
+      );
       const conflictTarget = b.local.primaryKey.map(quoteIdent).join(', ');
       const onConflictCheck = policy === 'last_update_wins' ? ` WHERE (SELECT ${remoteNewer('rv.ts', 'rv.node', g)} FROM ${versionOf(g, 'x', `jsonb_build_array(${b.keyPositions.map((p) => `x.${quoteIdent(col(b, p).name)}`).join(', ')})::text`)} rv)` : '';
       return (
@@ -238,6 +255,7 @@ export function buildStatement(shape: StatementShape, ctx: StatementContext, pol
         const name = quoteIdent(col(b, p).name);
         const d = delta ? b.deltaPositions.indexOf(p) : -1;
         if (d >= 0) return `${name} = x.${name} + (u.v${i} - u.o${d})`;
+        if (delta && shape.unchangedPositions?.includes(p)) return `${name} = CASE WHEN a.apply THEN ${keepIfSame(`x.${name}`, `u.v${i}`, `u.v${i}::text`)} ELSE x.${name} END`;
         if (delta) return `${name} = CASE WHEN a.apply THEN u.v${i} ELSE x.${name} END`;
         return `${name} = u.v${i}`;
       });
@@ -250,7 +268,8 @@ export function buildStatement(shape: StatementShape, ctx: StatementContext, pol
           `RETURNING u.ord, u.pkey, x.xmin AS new_xmin, a.apply, a.lts, a.lnode), ` +
           `ov AS (INSERT INTO pgmesh.version_override (relid, pkey, row_xmin, ts, node) SELECT ${g.rel}, w.pkey, w.new_xmin, w.lts, w.lnode ` +
           `FROM w WHERE NOT w.apply ON CONFLICT (relid, pkey) DO UPDATE SET row_xmin = EXCLUDED.row_xmin, ts = EXCLUDED.ts, node = EXCLUDED.node), ` +
-          // An update whose row has not arrived yet (or was deleted by an older delete) creates it.
+          // An update whose row has not arrived yet (or was deleted by an older delete) creates it (whole: its values
+          // left unchanged come from the old row).
           `ins AS (INSERT INTO ${g.table} (${names.join(', ')}) SELECT ${valueAliases.map((a) => `u.${a}`).join(', ')} FROM u JOIN a USING (ord) ` +
           `WHERE NOT a.found AND a.apply ON CONFLICT DO NOTHING)`
         : `w AS (UPDATE ${g.table} AS x SET ${set.join(', ')} FROM u JOIN a USING (ord) WHERE ${keyMatch(g, 'x')} AND ${where}${recheck})`;
@@ -414,15 +433,27 @@ export function buildFastStatement(
       if (op !== 'u' || delta) return undefined;
       const nonKey = shape.valuePositions.filter((p) => !b.keyPositions.includes(p));
       const setPositions = nonKey.length > 0 ? nonKey : shape.valuePositions;
+      const unchanged = shape.unchangedPositions ?? [];
+      // `value`: the value of position p as written; an unchanged one only where the local value differs.
+      const assign = (p: number, value: string, text: string): string => {
+        const name = quoteIdent(col(b, p).name);
+        return `${name} = ${unchanged.includes(p) ? keepIfSame(`x.${name}`, value, text) : value}`;
+      };
       if (!shape.multiRow) {
-        const set = setPositions.map((p) => `${quoteIdent(col(b, p).name)} = ${param(shape.valuePositions.indexOf(p), p)}`);
+        const set = setPositions.map((p) => {
+          const i = shape.valuePositions.indexOf(p);
+          return assign(p, param(i, p), `$${i + 1}::text`);
+        });
         const text =
           `WITH w AS (UPDATE ${table} AS x SET ${set.join(', ')} WHERE ${keyMatchParams((i) => shape.valuePositions.indexOf(b.keyPositions[i] as number))} ` +
           `AND $${aliases.length}::text = 'u' AND ${older} RETURNING 1)` +
           checked('w');
         return { text, timestamp: true };
       }
-      const set = setPositions.map((p) => `${quoteIdent(col(b, p).name)} = u.v${shape.valuePositions.indexOf(p)}`);
+      const set = setPositions.map((p) => {
+        const i = shape.valuePositions.indexOf(p);
+        return assign(p, `u.v${i}`, `u.v${i}::text`);
+      });
       const text =
         `WITH u AS (SELECT ${typed.map((t, i) => `${t} AS v${i}`).join(', ')}, ${keyTypedFromValues.map((t, i) => `${t} AS k${i}`).join(', ')} ` +
         `FROM ${source(aliases, shape.multiRow)} WHERE s.op = 'u'), ` +

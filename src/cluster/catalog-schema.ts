@@ -390,6 +390,27 @@ BEGIN
 END
 $fn$;
 `,
+  /* 4: replicated tables log their whole old row (REPLICA IDENTITY FULL), out-of-line values included */ `
+-- pgoutput leaves out an out-of-line (TOAST) value that an update did not change; the old row under REPLICA
+-- IDENTITY FULL carries it, so peers can apply the update whole where the row is missing or differs (docs/design.md,
+-- "Out-of-line values"). Tables that an earlier pgmesh replicates get it here; "tables add" sets it on new ones.
+DO $do$
+DECLARE
+  r record;
+BEGIN
+  -- The published tables (for a partitioned table, its partitions), and any partitions of theirs.
+  FOR r IN WITH published AS (SELECT format('%I.%I', p.schemaname, p.tablename)::regclass AS rel
+                                FROM pg_catalog.pg_publication_tables p WHERE p.pubname = 'pgmesh')
+           SELECT c.oid::regclass AS rel FROM pg_catalog.pg_class c
+            WHERE (c.oid IN (SELECT rel FROM published)
+                   OR c.oid IN (SELECT t.relid FROM published, LATERAL pg_catalog.pg_partition_tree(published.rel) t))
+              AND c.relkind IN ('r', 'p') AND c.relreplident <> 'f'
+  LOOP
+    EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', r.rel);
+  END LOOP;
+END
+$do$;
+`,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

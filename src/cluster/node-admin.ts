@@ -240,11 +240,34 @@ export async function addTables(sql: Sql, tables: readonly TableRef[] | 'all', o
     }
     added.push(table);
     if (options.dryRun) continue;
+    await ensureReplicaIdentityFull(sql, table);
     await sql.unsafe(`ALTER PUBLICATION ${PUBLICATION} ADD TABLE ${qualified}`);
     await ensureDeleteTrigger(sql, table);
   }
-  if (!options.dryRun) for (const table of alreadyReplicated) await ensureDeleteTrigger(sql, table);
+  if (!options.dryRun) {
+    for (const table of alreadyReplicated) {
+      await ensureReplicaIdentityFull(sql, table);
+      await ensureDeleteTrigger(sql, table);
+    }
+  }
   return { added, alreadyReplicated, refused };
+}
+
+/**
+ * A replicated table logs its whole old row on update and delete (REPLICA IDENTITY FULL), out-of-line values
+ * included: pgoutput leaves out an out-of-line (TOAST) value that an update did not change, and peers take it from
+ * the old row, so that the update can win whole where the row is missing or differs (docs/design.md, "Out-of-line
+ * values"). Partitions too: each sends its own changes. Changes nothing where it is set already (the ALTER takes an
+ * ACCESS EXCLUSIVE lock, briefly).
+ */
+export async function ensureReplicaIdentityFull(sql: Sql, table: TableRef): Promise<void> {
+  const pending = await sql.unsafe<{ rel: string }[]>(
+    `SELECT c.oid::regclass::text AS rel FROM pg_catalog.pg_class c
+      WHERE (c.oid = $1::text::regclass OR c.oid IN (SELECT t.relid FROM pg_catalog.pg_partition_tree($1::text::regclass) t))
+        AND c.relkind IN ('r', 'p') AND c.relreplident <> 'f'`,
+    [qualifiedName(table.schema, table.name)],
+  );
+  for (const row of pending) await sql.unsafe(`ALTER TABLE ${row.rel} REPLICA IDENTITY FULL`);
 }
 
 /**
