@@ -398,9 +398,9 @@ DO $do$
 DECLARE
   r record;
 BEGIN
-  -- The published tables (for a partitioned table, its partitions), and any partitions of theirs.
-  FOR r IN WITH published AS (SELECT format('%I.%I', p.schemaname, p.tablename)::regclass AS rel
-                                FROM pg_catalog.pg_publication_tables p WHERE p.pubname = 'pgmesh')
+  -- The tables added to the publication, and their partitions (each publishes its own changes).
+  FOR r IN WITH published AS (SELECT pr.prrelid AS rel FROM pg_catalog.pg_publication_rel pr
+                                JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid WHERE p.pubname = 'pgmesh')
            SELECT c.oid::regclass AS rel FROM pg_catalog.pg_class c
             WHERE (c.oid IN (SELECT rel FROM published)
                    OR c.oid IN (SELECT t.relid FROM published, LATERAL pg_catalog.pg_partition_tree(published.rel) t))
