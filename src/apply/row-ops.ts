@@ -182,8 +182,8 @@ export function describeChange(change: RowChange, binding: RelationBinding): Rec
     key: Object.fromEntries(binding.keyPositions.map((p) => [binding.columns[p]?.name, textOfSafe(keyTuple[p])])),
     new: change.kind === 'delete' ? null : row(change.newTuple),
     old: change.kind === 'insert' ? null : row(change.oldTuple),
-    // 'f' (REPLICA IDENTITY FULL on the peer): `old` is the whole old row, which a replay takes unchanged values from.
-    replica_identity: binding.remote.replicaIdentity,
+    // An update's old row is whole under REPLICA IDENTITY FULL ('f'): a replay takes the unchanged values from it.
+    ...(change.kind === 'update' ? { replica_identity: binding.remote.replicaIdentity } : {}),
   };
 }
 
