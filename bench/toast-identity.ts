@@ -12,8 +12,10 @@
  * row written after the workload is on n2. The tables are compared (whole rows, hashed) after every run.
  *
  * Figures: WAL written on the publisher by the workload (what every peer's walsender decodes and sends), the
- * subscriber's WAL written while applying, the apply time (rows/s), and CPU of the agent (this process) and of the
- * subscriber's busiest process (its apply backend). Workloads:
+ * subscriber's WAL written while applying (its table is FULL too, so an applied update logs the old row there as
+ * well), out-of-line values stored on the subscriber, the apply time (rows/s), and CPU of the agent (this process)
+ * and of the subscriber's busiest process (its apply backend). WAL counts full-page images: each phase starts after
+ * a checkpoint. Workloads:
  *   toast-update   UPDATE of a small column of rows with an 8 KB incompressible text stored out of line (unchanged)
  *   toast-delete   DELETE of such rows
  *   narrow-update  UPDATE of pgbench-like rows (no out-of-line value): what FULL costs on ordinary tables
@@ -48,6 +50,8 @@ interface Workload {
 interface Run {
   readonly publisherWalBytes: number;
   readonly subscriberWalBytes: number;
+  /** Out-of-line values stored on the subscriber while applying (a value written again is one). */
+  readonly subscriberToastWrites: number;
   readonly seconds: number;
   readonly agentCpuMs: number;
   readonly applyBackendCpuMs: number;
@@ -60,8 +64,8 @@ CREATE TABLE doc (id integer PRIMARY KEY, n integer NOT NULL, body text);
 ALTER TABLE doc ALTER COLUMN body SET STORAGE EXTERNAL;
 CREATE TABLE narrow (aid integer PRIMARY KEY, bid integer NOT NULL, abalance integer NOT NULL, filler character(84));
 CREATE TABLE marker (id integer PRIMARY KEY);
-CREATE PROCEDURE bench_update_doc(n integer) LANGUAGE plpgsql AS $$
-BEGIN FOR i IN 1 .. n LOOP UPDATE doc SET n = n + 1 WHERE id = i; COMMIT; END LOOP; END $$;
+CREATE PROCEDURE bench_update_doc(txns integer) LANGUAGE plpgsql AS $$
+BEGIN FOR i IN 1 .. txns LOOP UPDATE doc SET n = n + 1 WHERE id = i; COMMIT; END LOOP; END $$;
 CREATE PROCEDURE bench_delete_doc(n integer) LANGUAGE plpgsql AS $$
 BEGIN FOR i IN 1 .. n LOOP DELETE FROM doc WHERE id = i; COMMIT; END LOOP; END $$;
 CREATE PROCEDURE bench_update_narrow(n integer) LANGUAGE plpgsql AS $$
@@ -80,6 +84,18 @@ async function walLsn(sql: Sql): Promise<string> {
 
 async function walSince(sql: Sql, from: string): Promise<number> {
   return Number((await sql.unsafe<{ b: string }[]>(`SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1::text::pg_lsn)::text AS b`, [from]))[0]?.b);
+}
+
+/** doc's out-of-line values are TOAST chunks with an OID each, handed out in increasing order: newer ones are larger. */
+async function newestToastValue(sql: Sql): Promise<string> {
+  const toast = await sql.unsafe<{ rel: string }[]>(`SELECT reltoastrelid::regclass::text AS rel FROM pg_catalog.pg_class WHERE oid = 'doc'::regclass`);
+  return (await sql.unsafe<{ id: string }[]>(`SELECT coalesce(max(chunk_id::text::bigint), 0)::text AS id FROM ${toast[0]?.rel}`))[0]?.id ?? '0';
+}
+
+async function toastValuesSince(sql: Sql, newest: string): Promise<number> {
+  const toast = await sql.unsafe<{ rel: string }[]>(`SELECT reltoastrelid::regclass::text AS rel FROM pg_catalog.pg_class WHERE oid = 'doc'::regclass`);
+  const rows = await sql.unsafe<{ n: number }[]>(`SELECT count(DISTINCT chunk_id)::int AS n FROM ${toast[0]?.rel} WHERE chunk_id::text::bigint > $1::text::bigint`, [newest]);
+  return rows[0]?.n ?? 0;
 }
 
 async function tableHash(sql: Sql, table: string): Promise<string> {
@@ -120,8 +136,10 @@ async function runOnce(major: PgMajor, identity: Identity, workload: Workload, p
     }
     // The preload is not streamed to n2 again: the slot moves past it (the rows are there already).
     await pub.unsafe(`SELECT pg_replication_slot_advance('pgmesh_n2', pg_current_wal_lsn())`);
-    for (const sql of [pub, sub]) await sql.unsafe(`VACUUM (ANALYZE) doc; VACUUM (ANALYZE) narrow`).simple();
+    for (const sql of [pub, sub]) for (const table of ['doc', 'narrow']) await sql.unsafe(`VACUUM (ANALYZE) ${table}`);
 
+    // Both phases start right after a checkpoint, so each counts the full-page images of the pages it changes first.
+    await pub.unsafe('CHECKPOINT');
     const gen = client(publisher, { synchronous_commit: 'off' });
     const pubStart = await walLsn(pub);
     try {
@@ -134,6 +152,7 @@ async function runOnce(major: PgMajor, identity: Identity, workload: Workload, p
     await Promise.all([pub.unsafe('CHECKPOINT'), sub.unsafe('CHECKPOINT')]);
 
     const subPid = postmasterPid(subscriber.dataDir);
+    const toastBefore = await newestToastValue(sub);
     const subStart = await walLsn(sub);
     const cpu0 = process.cpuUsage();
     const server0 = sampleServerCpu(subPid);
@@ -151,11 +170,12 @@ async function runOnce(major: PgMajor, identity: Identity, workload: Workload, p
     const cpu = process.cpuUsage(cpu0);
     const server = serverCpuBetween(server0, sampleServerCpu(subPid));
     const subscriberWalBytes = await walSince(sub, subStart);
+    const subscriberToastWrites = await toastValuesSince(sub, toastBefore);
     for (const table of ['doc', 'narrow']) {
       const [a, b] = await Promise.all([tableHash(pub, table), tableHash(sub, table)]);
       if (a !== b) throw new Error(`${identity}/${workload.name}: ${table} differs after catch-up: n1 ${a}, n2 ${b}`);
     }
-    return { publisherWalBytes, subscriberWalBytes, seconds, agentCpuMs: (cpu.user + cpu.system) / 1000, applyBackendCpuMs: server.busiest?.ms ?? 0 };
+    return { publisherWalBytes, subscriberWalBytes, subscriberToastWrites, seconds, agentCpuMs: (cpu.user + cpu.system) / 1000, applyBackendCpuMs: server.busiest?.ms ?? 0 };
   } finally {
     await agent?.stop().catch(() => undefined);
     await Promise.all(pools.map((p) => p.end({ timeout: 1 }).catch(() => undefined)));
@@ -192,7 +212,7 @@ if (chosen.length === 0) {
 console.log(`REPLICA IDENTITY default vs full: PostgreSQL ${major}, ${rows} one-row transactions per workload, median of ${runs} run(s)`);
 console.log('');
 console.log(
-  `${'workload'.padEnd(14)} ${'identity'.padEnd(8)} ${'pub WAL B/row'.padStart(13)} ${'sub WAL B/row'.padStart(13)} ${'rows/s'.padStart(8)} ${'agent µs/row'.padStart(12)} ${'apply be µs/row'.padStart(15)}`,
+  `${'workload'.padEnd(14)} ${'identity'.padEnd(8)} ${'pub WAL B/row'.padStart(13)} ${'sub WAL B/row'.padStart(13)} ${'sub TOAST/row'.padStart(13)} ${'rows/s'.padStart(8)} ${'agent µs/row'.padStart(12)} ${'apply be µs/row'.padStart(15)}`,
 );
 for (const workload of chosen) {
   const results: Record<Identity, Run[]> = { default: [], full: [] };
@@ -202,7 +222,7 @@ for (const workload of chosen) {
     const r = results[identity];
     const per = (f: (x: Run) => number) => median(r.map(f)) / workload.rows;
     console.log(
-      `${workload.name.padEnd(14)} ${identity.padEnd(8)} ${per((x) => x.publisherWalBytes).toFixed(0).padStart(13)} ${per((x) => x.subscriberWalBytes).toFixed(0).padStart(13)} ` +
+      `${workload.name.padEnd(14)} ${identity.padEnd(8)} ${per((x) => x.publisherWalBytes).toFixed(0).padStart(13)} ${per((x) => x.subscriberWalBytes).toFixed(0).padStart(13)} ${per((x) => x.subscriberToastWrites).toFixed(2).padStart(13)} ` +
         `${Math.round(median(r.map((x) => workload.rows / x.seconds))).toLocaleString('en-US').padStart(8)} ${(per((x) => x.agentCpuMs) * 1000).toFixed(0).padStart(12)} ` +
         `${(per((x) => x.applyBackendCpuMs) * 1000).toFixed(0).padStart(15)}`,
     );
