@@ -11,6 +11,12 @@ export interface LocalColumn {
   readonly name: string;
   /** The type as format_type prints it, used in casts: `numeric(10,2)`, `public.mood`, `integer[]`. */
   readonly type: string;
+  /**
+   * For a column whose type modifier a cast would fit a value to without an error (a string cut to varchar(n), a
+   * number rounded to numeric(p,s)'s scale, a time to its precision): the type without the modifier, and the SQLSTATE
+   * raised instead when a value does not fit (statement-builder's `typed`).
+   */
+  readonly bounded?: { readonly unmodified: string; readonly sqlstate: '22001' | '22003' };
 }
 
 export type ConflictPolicy = 'last_update_wins' | 'keep_local' | 'apply_remote' | 'pause';
@@ -51,12 +57,22 @@ export interface RelationBinding {
 }
 
 export async function loadLocalRelation(sql: Sql, schema: string, name: string): Promise<LocalRelation | undefined> {
-  const rows = await sql.unsafe<{ oid: number; attname: string; type: string; pk_pos: number | null }[]>(
+  // Bounded: built-in types (and arrays of them) whose modifier cuts or rounds a value in a cast, all with equality.
+  // format_type(oid, -1), not NULL: bpchar without a modifier would print as "character", which is character(1).
+  const rows = await sql.unsafe<{ oid: number; attname: string; type: string; pk_pos: number | null; unmodified: string | null; bounded_state: string | null }[]>(
     `SELECT c.oid::int8 AS oid, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) AS type,
-            array_position(i.indkey::int2[], a.attnum) AS pk_pos
+            array_position(i.indkey::int2[], a.attnum) AS pk_pos,
+            CASE WHEN b.state IS NOT NULL THEN pg_catalog.format_type(a.atttypid, -1) END AS unmodified, b.state AS bounded_state
        FROM pg_catalog.pg_class c
        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
        JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+       JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+       LEFT JOIN LATERAL (
+         SELECT CASE WHEN e IN ('varchar'::regtype, 'bpchar'::regtype, 'bit'::regtype, 'varbit'::regtype) THEN '22001'
+                     WHEN e IN ('numeric'::regtype, 'time'::regtype, 'timetz'::regtype, 'timestamp'::regtype,
+                                'timestamptz'::regtype, 'interval'::regtype) THEN '22003' END AS state
+           FROM (SELECT CASE WHEN t.typcategory = 'A' THEN t.typelem ELSE t.oid END::regtype AS e) e
+          WHERE a.atttypmod >= 0) b ON true
        LEFT JOIN pg_catalog.pg_index i ON i.indrelid = c.oid AND i.indisprimary
       WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
       ORDER BY a.attnum`,
@@ -67,7 +83,12 @@ export async function loadLocalRelation(sql: Sql, schema: string, name: string):
   const columns = new Map<string, LocalColumn>();
   const keyed: { pos: number; name: string }[] = [];
   for (const row of rows) {
-    columns.set(row.attname, { name: row.attname, type: row.type });
+    const state = row.bounded_state;
+    const column: LocalColumn =
+      row.unmodified !== null && (state === '22001' || state === '22003')
+        ? { name: row.attname, type: row.type, bounded: { unmodified: row.unmodified, sqlstate: state } }
+        : { name: row.attname, type: row.type };
+    columns.set(row.attname, column);
     if (row.pk_pos !== null) keyed.push({ pos: row.pk_pos, name: row.attname });
   }
   keyed.sort((a, b) => a.pos - b.pos);

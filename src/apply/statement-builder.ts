@@ -73,6 +73,22 @@ function col(b: RelationBinding, position: number): LocalColumn {
   return b.columns[position] as LocalColumn;
 }
 
+/**
+ * `expr` (a value as text) as column p's local type. A cast fits a value to the type's modifier without an error (it
+ * cuts a string to varchar(n), rounds a number to numeric(p,s)'s scale); where that would change the value, this
+ * raises instead (22001 or 22003, data errors), so the change goes to the exception table whole, never stored cut.
+ */
+function asColumnType(b: RelationBinding, p: number, expr: string): string {
+  const column = col(b, p);
+  const cast = `${expr}::${column.type}`;
+  const bounded = column.bounded;
+  if (!bounded) return cast;
+  // STABLE, not volatile (pgmesh.value_cut): a key compared with this expression can still use the table's index.
+  // Its message is made when it raises: a statement's text costs on every EXECUTE.
+  const cut = `pgmesh.value_cut('${bounded.sqlstate}', ${b.local.oid}, ${quoteLiteral(column.name)}, ${expr}::text)`;
+  return `CASE WHEN ${expr}::${bounded.unmodified} IS NOT DISTINCT FROM ${cast} OR ${cut} THEN ${cast} END`;
+}
+
 function source(aliases: readonly string[], multiRow: boolean): string {
   const params = aliases.map((_, i) => `$${i + 1}::text${multiRow ? '[]' : ''}`);
   return multiRow
@@ -178,7 +194,7 @@ function remoteRowOf(g: Gen, positions: readonly number[], aliasOf: (i: number) 
  */
 export function buildRowLock(binding: RelationBinding, multiRow: boolean): string {
   const aliases = binding.keyPositions.map((_, i) => `k${i}`);
-  const typed = binding.keyPositions.map((p, i) => `s.k${i}::${col(binding, p).type} AS k${i}`);
+  const typed = binding.keyPositions.map((p, i) => `${asColumnType(binding, p, `s.k${i}`)} AS k${i}`);
   const match = binding.keyPositions.map((p, i) => `x.${quoteIdent(col(binding, p).name)} = u.k${i}`).join(' AND ');
   return (
     `WITH u AS MATERIALIZED (SELECT ${typed.join(', ')} FROM ${source(aliases, multiRow)}), ` +
@@ -207,7 +223,7 @@ export function buildStatement(shape: StatementShape, ctx: StatementContext, pol
     local: quoteLiteral(ctx.localNode),
     rel: `${b.local.oid}::oid`,
   };
-  const keyTyped = b.keyPositions.map((p, i) => `s.k${i}::${col(b, p).type} AS k${i}`);
+  const keyTyped = b.keyPositions.map((p, i) => `${asColumnType(b, p, `s.k${i}`)} AS k${i}`);
   const keyAliases = b.keyPositions.map((_, i) => `k${i}`);
   const newerLocal = remoteNewer('cur.lts', 'cur.lnode', g);
   const newerTomb = remoteNewer('tomb.tts', 'tomb.tnode', g);
@@ -217,8 +233,8 @@ export function buildStatement(shape: StatementShape, ctx: StatementContext, pol
     case 'upsert': {
       const aliases = [...shape.valuePositions.map((_, i) => `v${i}`), 'op'];
       // Key values are taken from the row values (an upsert carries the whole row).
-      const keyFromValues = b.keyPositions.map((p, i) => `s.v${shape.valuePositions.indexOf(p)}::${col(b, p).type} AS k${i}`);
-      const typed = [...shape.valuePositions.map((p, i) => `s.v${i}::${col(b, p).type} AS v${i}`), 's.op', ...keyFromValues];
+      const keyFromValues = b.keyPositions.map((p, i) => `${asColumnType(b, p, `s.v${shape.valuePositions.indexOf(p)}`)} AS k${i}`);
+      const typed = [...shape.valuePositions.map((p, i) => `${asColumnType(b, p, `s.v${i}`)} AS v${i}`), 's.op', ...keyFromValues];
       const names = shape.valuePositions.map((p) => quoteIdent(col(b, p).name));
       const nonKey = names.filter((_, i) => !b.keyPositions.includes(shape.valuePositions[i] as number));
       const unchanged = new Set((shape.unchangedPositions ?? []).map((p) => quoteIdent(col(b, p).name)));
@@ -248,8 +264,8 @@ export function buildStatement(shape: StatementShape, ctx: StatementContext, pol
       const aliases = [...keyAliases, ...valueAliases, ...oldAliases];
       const typed = [
         ...keyTyped,
-        ...shape.valuePositions.map((p, i) => `s.v${i}::${col(b, p).type} AS v${i}`),
-        ...b.deltaPositions.filter(() => delta).map((p, i) => `s.o${i}::${col(b, p).type} AS o${i}`),
+        ...shape.valuePositions.map((p, i) => `${asColumnType(b, p, `s.v${i}`)} AS v${i}`),
+        ...b.deltaPositions.filter(() => delta).map((p, i) => `${asColumnType(b, p, `s.o${i}`)} AS o${i}`),
       ];
       const set = shape.valuePositions.map((p, i) => {
         const name = quoteIdent(col(b, p).name);
@@ -400,21 +416,21 @@ export function buildFastStatement(
   const older =
     `(((${version}).roident = ${ctx.peerOriginId} AND (${version}).timestamp < ${ts}) OR ` +
     `coalesce((${version}).timestamp, '-infinity') < ${ts} - interval '${Math.round(ctx.conflictWindowMs)} milliseconds')`;
-  const keyTyped = b.keyPositions.map((p, i) => `s.k${i}::${col(b, p).type} AS k${i}`);
+  const keyTyped = b.keyPositions.map((p, i) => `${asColumnType(b, p, `s.k${i}`)} AS k${i}`);
   const keyAliases = b.keyPositions.map((_, i) => `k${i}`);
   const match = b.keyPositions.map((p, i) => `x.${quoteIdent(col(b, p).name)} = u.k${i}`).join(' AND ');
   const delta = b.deltaPositions.length > 0;
   // One row: its values are the parameters themselves, with no VALUES list joined to the table (a CTE scan, a values
   // scan and a join fewer to start and run per statement). `param(i, p)`: parameter i cast to column p's type.
-  const param = (i: number, p: number): string => `$${i + 1}::text::${col(b, p).type}`;
+  const param = (i: number, p: number): string => asColumnType(b, p, `$${i + 1}::text`);
   const keyMatchParams = (firstKey: (i: number) => number): string =>
     b.keyPositions.map((p, i) => `x.${quoteIdent(col(b, p).name)} = ${param(firstKey(i), p)}`).join(' AND ');
   switch (shape.kind) {
     case 'upsert': {
       const aliases = [...shape.valuePositions.map((_, i) => `v${i}`), 'op'];
       const names = shape.valuePositions.map((p) => quoteIdent(col(b, p).name));
-      const typed = shape.valuePositions.map((p, i) => `s.v${i}::${col(b, p).type}`);
-      const keyTypedFromValues = b.keyPositions.map((p) => `s.v${shape.valuePositions.indexOf(p)}::${col(b, p).type}`);
+      const typed = shape.valuePositions.map((p, i) => asColumnType(b, p, `s.v${i}`));
+      const keyTypedFromValues = b.keyPositions.map((p) => asColumnType(b, p, `s.v${shape.valuePositions.indexOf(p)}`));
       if (op === 'i') {
         // One row: its parameters (see `param`); several: unnested arrays, inserted in their order.
         const one = !shape.multiRow;
@@ -470,7 +486,7 @@ export function buildFastStatement(
         return { text, timestamp: true };
       }
       const valueAliases = shape.valuePositions.map((_, i) => `v${i}`);
-      const typed = [...keyTyped, ...shape.valuePositions.map((p, i) => `s.v${i}::${col(b, p).type} AS v${i}`)];
+      const typed = [...keyTyped, ...shape.valuePositions.map((p, i) => `${asColumnType(b, p, `s.v${i}`)} AS v${i}`)];
       const set = shape.valuePositions.map((p, i) => `${quoteIdent(col(b, p).name)} = u.v${i}`);
       const text =
         `WITH u AS (SELECT ${typed.join(', ')} FROM ${source([...keyAliases, ...valueAliases], shape.multiRow)}), ` +

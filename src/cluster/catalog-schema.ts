@@ -411,6 +411,22 @@ BEGIN
 END
 $do$;
 `,
+  /* 5: no silent truncation of applied values */ `
+-- Raised by the apply statements for a value that a cast to the local column's type would cut (a string longer than
+-- varchar(n), more decimals than numeric(p,s)'s scale): the change goes to the exception table instead. STABLE, so
+-- that an index condition can hold the check; the value (never shown: it may be private) is an argument so that the
+-- planner cannot call it ahead of time with constants only.
+CREATE FUNCTION pgmesh.value_cut(code text, relation oid, column_name text, value_text text) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $fn$
+BEGIN
+  RAISE EXCEPTION USING ERRCODE = code, MESSAGE = format(
+    'pgmesh: a value does not fit column %I (%s) of %s here and would be cut; widen the column, then replay the exception',
+    column_name,
+    (SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a WHERE a.attrelid = relation AND a.attname = column_name),
+    relation::regclass);
+END
+$fn$;
+`,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;
