@@ -14,7 +14,7 @@ export interface LocalColumn {
   /**
    * For a column whose type modifier a cast would fit a value to without an error (a string cut to varchar(n), a
    * number rounded to numeric(p,s)'s scale, a time to its precision): the type without the modifier, and the SQLSTATE
-   * raised instead when a value does not fit (statement-builder's `typed`).
+   * raised instead when a value does not fit (statement-builder's `asColumnType`).
    */
   readonly bounded?: { readonly unmodified: string; readonly sqlstate: '22001' | '22003' };
 }
