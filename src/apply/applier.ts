@@ -635,10 +635,10 @@ export class Applier {
   private statementFor(op: RowOp, multiRow: boolean): string {
     const binding = op.binding;
     const policy = this.policyFor(binding);
-    const key = `${op.kind}:${binding.local.qualified}:${policy}:${binding.deltaPositions.join(',')}:${op.valuePositions.join(',')}:${multiRow ? 'm' : 's'}`;
+    const key = `${op.kind}:${binding.local.qualified}:${policy}:${binding.deltaPositions.join(',')}:${op.valuePositions.join(',')}:${multiRow ? 'm' : 's'}${unchangedKey(op)}`;
     let text = this.statements.get(key);
     if (!text) {
-      const shape = { kind: op.kind, binding, valuePositions: op.valuePositions, multiRow };
+      const shape = { kind: op.kind, binding, valuePositions: op.valuePositions, multiRow, unchangedPositions: op.unchangedPositions };
       if (valueParameterCount(shape) !== op.values.length) throw new PgmeshError('INTERNAL', `parameter count mismatch for ${key}`);
       text = buildStatement(shape, this.ctx, policy);
       this.statements.set(key, text);
@@ -711,14 +711,14 @@ export class Applier {
     }
     const upsertOp = op.kind === 'upsert' ? (op.values.at(-1) as 'i' | 'u') : undefined;
     // An upsert sends every column (its positions are the same for every row of a binding); other kinds vary.
-    const key = `${op.kind}:${upsertOp ?? ''}:${multiRow ? 'm' : 's'}:${finishing ? 'f' : ''}${op.kind === 'upsert' ? '' : `:${op.valuePositions.join(',')}`}`;
+    const key = `${op.kind}:${upsertOp ?? ''}:${multiRow ? 'm' : 's'}:${finishing ? 'f' : ''}${op.kind === 'upsert' ? '' : `:${op.valuePositions.join(',')}`}${unchangedKey(op)}`;
     let cache = this.fastStatements.get(binding);
     if (!cache) {
       cache = new Map();
       this.fastStatements.set(binding, cache);
     }
     if (cache.has(key)) return cache.get(key);
-    const shape = { kind: op.kind, binding, valuePositions: op.valuePositions, multiRow };
+    const shape = { kind: op.kind, binding, valuePositions: op.valuePositions, multiRow, unchangedPositions: op.unchangedPositions };
     const fast = buildFastStatement(shape, this.ctx, upsertOp, finishing);
     cache.set(key, fast);
     return fast;
@@ -1199,6 +1199,13 @@ export class Applier {
     const reduction = reduceRelation(relation, new Set(local.columns.keys()));
     const binding = bindRelation(reduction?.relation ?? relation, local, { peer: this.options.peer, node: this.options.localNode });
     if (reduction) this.reductions.set(binding, reduction);
+    if (!cached && relation.replicaIdentity !== 'f') {
+      // Its updates that leave an out-of-line value unchanged cannot be applied whole (row-ops.ts).
+      this.options.logger.warn(
+        { peer: this.options.peer, relation: local.qualified, replicaIdentity: relation.replicaIdentity },
+        `table ${local.qualified} is not REPLICA IDENTITY FULL on ${this.options.peer}; run "pgmesh tables add ${local.schema}.${local.name}" so that every node converges on its out-of-line values`,
+      );
+    }
     // A binding is replaced only when something in it changed, so batches keep their identity.
     const same = cached && JSON.stringify({ ...cached.binding.local, columns: [...cached.binding.local.columns] }) === JSON.stringify({ ...local, columns: [...local.columns] });
     const kept = same && cached ? cached.binding : binding;
@@ -1275,12 +1282,19 @@ function touches(batch: Batch, key: string): boolean {
 function sameShape(a: RowOp, b: RowOp): boolean {
   if (a.kind !== b.kind || a.binding !== b.binding) return false;
   if (a.kind === 'upsert' && a.values[a.values.length - 1] !== b.values[b.values.length - 1]) return false;
-  const pa = a.valuePositions;
-  const pb = b.valuePositions;
+  return samePositions(a.valuePositions, b.valuePositions) && samePositions(a.unchangedPositions, b.unchangedPositions);
+}
+
+function samePositions(pa: readonly number[], pb: readonly number[]): boolean {
   if (pa === pb) return true;
   if (pa.length !== pb.length) return false;
   for (let i = 0; i < pa.length; i++) if (pa[i] !== pb[i]) return false;
   return true;
+}
+
+/** The part of a statement's cache key that names the values an update left unchanged (none, for most rows). */
+function unchangedKey(op: RowOp): string {
+  return op.unchangedPositions.length > 0 ? `:u${op.unchangedPositions.join(',')}` : '';
 }
 
 function rememberKeys(into: Map<string, { binding: RelationBinding; keys: (string | null)[][] }>, op: RowOp): void {

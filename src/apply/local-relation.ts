@@ -17,6 +17,12 @@ export interface LocalColumn {
    * update does not change).
    */
   readonly identityAlways: boolean;
+  /**
+   * For a column whose type modifier a cast would fit a value to without an error (a string cut to varchar(n), a
+   * number rounded to numeric(p,s)'s scale, a time to its precision): the type without the modifier, and the SQLSTATE
+   * raised instead when a value does not fit (statement-builder's `asColumnType`).
+   */
+  readonly bounded?: { readonly unmodified: string; readonly sqlstate: '22001' | '22003' };
 }
 
 export type ConflictPolicy = 'last_update_wins' | 'keep_local' | 'apply_remote' | 'pause';
@@ -57,12 +63,22 @@ export interface RelationBinding {
 }
 
 export async function loadLocalRelation(sql: Sql, schema: string, name: string): Promise<LocalRelation | undefined> {
-  const rows = await sql.unsafe<{ oid: number; attname: string; type: string; always: boolean; pk_pos: number | null }[]>(
+  // Bounded: built-in types (and arrays of them) whose modifier cuts or rounds a value in a cast, all with equality.
+  // format_type(oid, -1), not NULL: bpchar without a modifier would print as "character", which is character(1).
+  const rows = await sql.unsafe<{ oid: number; attname: string; type: string; always: boolean; pk_pos: number | null; unmodified: string | null; bounded_state: string | null }[]>(
     `SELECT c.oid::int8 AS oid, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) AS type, a.attidentity = 'a' AS always,
-            array_position(i.indkey::int2[], a.attnum) AS pk_pos
+            array_position(i.indkey::int2[], a.attnum) AS pk_pos,
+            CASE WHEN b.state IS NOT NULL THEN pg_catalog.format_type(a.atttypid, -1) END AS unmodified, b.state AS bounded_state
        FROM pg_catalog.pg_class c
        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
        JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+       JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+       LEFT JOIN LATERAL (
+         SELECT CASE WHEN e IN ('varchar'::regtype, 'bpchar'::regtype, 'bit'::regtype, 'varbit'::regtype) THEN '22001'
+                     WHEN e IN ('numeric'::regtype, 'time'::regtype, 'timetz'::regtype, 'timestamp'::regtype,
+                                'timestamptz'::regtype, 'interval'::regtype) THEN '22003' END AS state
+           FROM (SELECT CASE WHEN t.typcategory = 'A' THEN t.typelem ELSE t.oid END::regtype AS e) e
+          WHERE a.atttypmod >= 0) b ON true
        LEFT JOIN pg_catalog.pg_index i ON i.indrelid = c.oid AND i.indisprimary
       WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
       ORDER BY a.attnum`,
@@ -73,7 +89,12 @@ export async function loadLocalRelation(sql: Sql, schema: string, name: string):
   const columns = new Map<string, LocalColumn>();
   const keyed: { pos: number; name: string }[] = [];
   for (const row of rows) {
-    columns.set(row.attname, { name: row.attname, type: row.type, identityAlways: row.always });
+    const state = row.bounded_state;
+    const column: LocalColumn =
+      row.unmodified !== null && (state === '22001' || state === '22003')
+        ? { name: row.attname, type: row.type, identityAlways: row.always, bounded: { unmodified: row.unmodified, sqlstate: state } }
+        : { name: row.attname, type: row.type, identityAlways: row.always };
+    columns.set(row.attname, column);
     if (row.pk_pos !== null) keyed.push({ pos: row.pk_pos, name: row.attname });
   }
   keyed.sort((a, b) => a.pos - b.pos);

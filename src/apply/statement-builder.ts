@@ -37,6 +37,11 @@ export interface StatementShape {
   /** Remote column positions whose values are sent (upsert: all; partial update: those not unchanged TOAST). */
   readonly valuePositions: readonly number[];
   readonly multiRow: boolean;
+  /**
+   * Positions whose values the update left unchanged (out-of-line values, taken from the old row): written only
+   * where the local value differs, so that an equal out-of-line value is kept, not stored again.
+   */
+  readonly unchangedPositions?: readonly number[];
 }
 
 /** The number of value parameters of a shape, in the order the applier fills them. */
@@ -69,6 +74,22 @@ function col(b: RelationBinding, position: number): LocalColumn {
   return b.columns[position] as LocalColumn;
 }
 
+/**
+ * `expr` (a value as text) as column p's local type. A cast fits a value to the type's modifier without an error (it
+ * cuts a string to varchar(n), rounds a number to numeric(p,s)'s scale); where that would change the value, this
+ * raises instead (22001 or 22003, data errors), so the change goes to the exception table whole, never stored cut.
+ */
+function asColumnType(b: RelationBinding, p: number, expr: string): string {
+  const column = col(b, p);
+  const cast = `${expr}::${column.type}`;
+  const bounded = column.bounded;
+  if (!bounded) return cast;
+  // STABLE, not volatile (pgmesh.value_cut): a key compared with this expression can still use the table's index.
+  // Its message is made when it raises: a statement's text costs on every EXECUTE.
+  const cut = `pgmesh.value_cut('${bounded.sqlstate}', ${b.local.oid}, ${quoteLiteral(column.name)}, ${expr}::text)`;
+  return `CASE WHEN ${expr}::${bounded.unmodified} IS NOT DISTINCT FROM ${cast} OR ${cut} THEN ${cast} END`;
+}
+
 function source(aliases: readonly string[], multiRow: boolean): string {
   const params = aliases.map((_, i) => `$${i + 1}::text${multiRow ? '[]' : ''}`);
   return multiRow
@@ -85,6 +106,15 @@ function versionOf(g: Gen, alias: string, pkey: string): string {
 
 function keyMatch(g: Gen, alias: string): string {
   return g.b.keyPositions.map((p, i) => `${alias}.${quoteIdent(col(g.b, p).name)} = u.k${i}`).join(' AND ');
+}
+
+/**
+ * The value to set for a column whose value an update left unchanged: the local value where it is the same (in
+ * its text form, byte for byte), so the row keeps its out-of-line value instead of storing a copy; the remote
+ * value otherwise (the local row is another version). `remoteText` is the remote value as text.
+ */
+function keepIfSame(local: string, remote: string, remoteText: string): string {
+  return `CASE WHEN (${local}::text COLLATE "C") IS NOT DISTINCT FROM ${remoteText} THEN ${local} ELSE ${remote} END`;
 }
 
 /**
@@ -173,7 +203,7 @@ function remoteRowOf(g: Gen, positions: readonly number[], aliasOf: (i: number) 
  */
 export function buildRowLock(binding: RelationBinding, multiRow: boolean): string {
   const aliases = binding.keyPositions.map((_, i) => `k${i}`);
-  const typed = binding.keyPositions.map((p, i) => `s.k${i}::${col(binding, p).type} AS k${i}`);
+  const typed = binding.keyPositions.map((p, i) => `${asColumnType(binding, p, `s.k${i}`)} AS k${i}`);
   const match = binding.keyPositions.map((p, i) => `x.${quoteIdent(col(binding, p).name)} = u.k${i}`).join(' AND ');
   return (
     `WITH u AS MATERIALIZED (SELECT ${typed.join(', ')} FROM ${source(aliases, multiRow)}), ` +
@@ -202,7 +232,7 @@ export function buildStatement(shape: StatementShape, ctx: StatementContext, pol
     local: quoteLiteral(ctx.localNode),
     rel: `${b.local.oid}::oid`,
   };
-  const keyTyped = b.keyPositions.map((p, i) => `s.k${i}::${col(b, p).type} AS k${i}`);
+  const keyTyped = b.keyPositions.map((p, i) => `${asColumnType(b, p, `s.k${i}`)} AS k${i}`);
   const keyAliases = b.keyPositions.map((_, i) => `k${i}`);
   const newerLocal = remoteNewer('cur.lts', 'cur.lnode', g);
   const newerTomb = remoteNewer('tomb.tts', 'tomb.tnode', g);
@@ -212,11 +242,14 @@ export function buildStatement(shape: StatementShape, ctx: StatementContext, pol
     case 'upsert': {
       const aliases = [...shape.valuePositions.map((_, i) => `v${i}`), 'op'];
       // Key values are taken from the row values (an upsert carries the whole row).
-      const keyFromValues = b.keyPositions.map((p, i) => `s.v${shape.valuePositions.indexOf(p)}::${col(b, p).type} AS k${i}`);
-      const typed = [...shape.valuePositions.map((p, i) => `s.v${i}::${col(b, p).type} AS v${i}`), 's.op', ...keyFromValues];
+      const keyFromValues = b.keyPositions.map((p, i) => `${asColumnType(b, p, `s.v${shape.valuePositions.indexOf(p)}`)} AS k${i}`);
+      const typed = [...shape.valuePositions.map((p, i) => `${asColumnType(b, p, `s.v${i}`)} AS v${i}`), 's.op', ...keyFromValues];
       const names = shape.valuePositions.map((p) => quoteIdent(col(b, p).name));
       const nonKey = names.filter((_, i) => !b.keyPositions.includes(shape.valuePositions[i] as number));
-      const set = (nonKey.length > 0 ? nonKey : names).map((c) => `${c} = EXCLUDED.${c}`);
+      const unchanged = new Set((shape.unchangedPositions ?? []).map((p) => quoteIdent(col(b, p).name)));
+      const set = (nonKey.length > 0 ? nonKey : names).map((c) =>
+        unchanged.has(c) ? `${c} = ${keepIfSame(`x.${c}`, `EXCLUDED.${c}`, `EXCLUDED.${c}::text`)}` : `${c} = EXCLUDED.${c}`,
+      );
       const conflictTarget = b.local.primaryKey.map(quoteIdent).join(', ');
       const onConflictCheck = policy === 'last_update_wins' ? ` WHERE (SELECT ${remoteNewer('rv.ts', 'rv.node', g)} FROM ${versionOf(g, 'x', `jsonb_build_array(${b.keyPositions.map((p) => `x.${quoteIdent(col(b, p).name)}`).join(', ')})::text`)} rv)` : '';
       return (
@@ -240,8 +273,8 @@ export function buildStatement(shape: StatementShape, ctx: StatementContext, pol
       const aliases = [...keyAliases, ...valueAliases, ...oldAliases];
       const typed = [
         ...keyTyped,
-        ...shape.valuePositions.map((p, i) => `s.v${i}::${col(b, p).type} AS v${i}`),
-        ...b.deltaPositions.filter(() => delta).map((p, i) => `s.o${i}::${col(b, p).type} AS o${i}`),
+        ...shape.valuePositions.map((p, i) => `${asColumnType(b, p, `s.v${i}`)} AS v${i}`),
+        ...b.deltaPositions.filter(() => delta).map((p, i) => `${asColumnType(b, p, `s.o${i}`)} AS o${i}`),
       ];
       // GENERATED ALWAYS identity columns are left out: an UPDATE may set them only to DEFAULT (they are key columns).
       const set = shape.valuePositions.flatMap((p, i) => {
@@ -249,6 +282,7 @@ export function buildStatement(shape: StatementShape, ctx: StatementContext, pol
         const name = quoteIdent(col(b, p).name);
         const d = delta ? b.deltaPositions.indexOf(p) : -1;
         if (d >= 0) return `${name} = x.${name} + (u.v${i} - u.o${d})`;
+        if (delta && shape.unchangedPositions?.includes(p)) return `${name} = CASE WHEN a.apply THEN ${keepIfSame(`x.${name}`, `u.v${i}`, `u.v${i}::text`)} ELSE x.${name} END`;
         if (delta) return `${name} = CASE WHEN a.apply THEN u.v${i} ELSE x.${name} END`;
         return `${name} = u.v${i}`;
       });
@@ -261,7 +295,8 @@ export function buildStatement(shape: StatementShape, ctx: StatementContext, pol
           `RETURNING u.ord, u.pkey, x.xmin AS new_xmin, a.apply, a.lts, a.lnode), ` +
           `ov AS (INSERT INTO pgmesh.version_override (relid, pkey, row_xmin, ts, node) SELECT ${g.rel}, w.pkey, w.new_xmin, w.lts, w.lnode ` +
           `FROM w WHERE NOT w.apply ON CONFLICT (relid, pkey) DO UPDATE SET row_xmin = EXCLUDED.row_xmin, ts = EXCLUDED.ts, node = EXCLUDED.node), ` +
-          // An update whose row has not arrived yet (or was deleted by an older delete) creates it.
+          // An update whose row has not arrived yet (or was deleted by an older delete) creates it (whole: its values
+          // left unchanged come from the old row).
           `ins AS (INSERT INTO ${g.table} (${names.join(', ')}) OVERRIDING SYSTEM VALUE SELECT ${valueAliases.map((a) => `u.${a}`).join(', ')} FROM u JOIN a USING (ord) ` +
           `WHERE NOT a.found AND a.apply ON CONFLICT DO NOTHING)`
         : `w AS (UPDATE ${g.table} AS x SET ${set.join(', ')} FROM u JOIN a USING (ord) WHERE ${keyMatch(g, 'x')} AND ${where}${recheck})`;
@@ -394,21 +429,21 @@ export function buildFastStatement(
   const older =
     `((${version}).roident = ${ctx.peerOriginId} OR ` +
     `coalesce((${version}).timestamp, '-infinity') < ${ts} - interval '${Math.round(ctx.conflictWindowMs)} milliseconds')`;
-  const keyTyped = b.keyPositions.map((p, i) => `s.k${i}::${col(b, p).type} AS k${i}`);
+  const keyTyped = b.keyPositions.map((p, i) => `${asColumnType(b, p, `s.k${i}`)} AS k${i}`);
   const keyAliases = b.keyPositions.map((_, i) => `k${i}`);
   const match = b.keyPositions.map((p, i) => `x.${quoteIdent(col(b, p).name)} = u.k${i}`).join(' AND ');
   const delta = b.deltaPositions.length > 0;
   // One row: its values are the parameters themselves, with no VALUES list joined to the table (a CTE scan, a values
   // scan and a join fewer to start and run per statement). `param(i, p)`: parameter i cast to column p's type.
-  const param = (i: number, p: number): string => `$${i + 1}::text::${col(b, p).type}`;
+  const param = (i: number, p: number): string => asColumnType(b, p, `$${i + 1}::text`);
   const keyMatchParams = (firstKey: (i: number) => number): string =>
     b.keyPositions.map((p, i) => `x.${quoteIdent(col(b, p).name)} = ${param(firstKey(i), p)}`).join(' AND ');
   switch (shape.kind) {
     case 'upsert': {
       const aliases = [...shape.valuePositions.map((_, i) => `v${i}`), 'op'];
       const names = shape.valuePositions.map((p) => quoteIdent(col(b, p).name));
-      const typed = shape.valuePositions.map((p, i) => `s.v${i}::${col(b, p).type}`);
-      const keyTypedFromValues = b.keyPositions.map((p) => `s.v${shape.valuePositions.indexOf(p)}::${col(b, p).type}`);
+      const typed = shape.valuePositions.map((p, i) => asColumnType(b, p, `s.v${i}`));
+      const keyTypedFromValues = b.keyPositions.map((p) => asColumnType(b, p, `s.v${shape.valuePositions.indexOf(p)}`));
       if (op === 'i') {
         // One row: its parameters (see `param`); several: unnested arrays, inserted in their order.
         const one = !shape.multiRow;
@@ -433,15 +468,27 @@ export function buildFastStatement(
       const nonKey = shape.valuePositions.filter((p) => !b.keyPositions.includes(p));
       const setPositions = nonKey.length > 0 ? nonKey : shape.valuePositions;
       if (setPositions.some((p) => col(b, p).identityAlways)) return undefined;
+      const unchanged = shape.unchangedPositions ?? [];
+      // `value`: the value of position p as written; an unchanged one only where the local value differs.
+      const assign = (p: number, value: string, text: string): string => {
+        const name = quoteIdent(col(b, p).name);
+        return `${name} = ${unchanged.includes(p) ? keepIfSame(`x.${name}`, value, text) : value}`;
+      };
       if (!shape.multiRow) {
-        const set = setPositions.map((p) => `${quoteIdent(col(b, p).name)} = ${param(shape.valuePositions.indexOf(p), p)}`);
+        const set = setPositions.map((p) => {
+          const i = shape.valuePositions.indexOf(p);
+          return assign(p, param(i, p), `$${i + 1}::text`);
+        });
         const text =
           `WITH w AS (UPDATE ${table} AS x SET ${set.join(', ')} WHERE ${keyMatchParams((i) => shape.valuePositions.indexOf(b.keyPositions[i] as number))} ` +
           `AND $${aliases.length}::text = 'u' AND ${older} RETURNING 1)` +
           checked('w');
         return { text, timestamp: true };
       }
-      const set = setPositions.map((p) => `${quoteIdent(col(b, p).name)} = u.v${shape.valuePositions.indexOf(p)}`);
+      const set = setPositions.map((p) => {
+        const i = shape.valuePositions.indexOf(p);
+        return assign(p, `u.v${i}`, `u.v${i}::text`);
+      });
       const text =
         `WITH u AS (SELECT ${typed.map((t, i) => `${t} AS v${i}`).join(', ')}, ${keyTypedFromValues.map((t, i) => `${t} AS k${i}`).join(', ')} ` +
         `FROM ${source(aliases, shape.multiRow)} WHERE s.op = 'u'), ` +
@@ -459,7 +506,7 @@ export function buildFastStatement(
         return { text, timestamp: true };
       }
       const valueAliases = shape.valuePositions.map((_, i) => `v${i}`);
-      const typed = [...keyTyped, ...shape.valuePositions.map((p, i) => `s.v${i}::${col(b, p).type} AS v${i}`)];
+      const typed = [...keyTyped, ...shape.valuePositions.map((p, i) => `${asColumnType(b, p, `s.v${i}`)} AS v${i}`)];
       const set = shape.valuePositions.map((p, i) => `${quoteIdent(col(b, p).name)} = u.v${i}`);
       const text =
         `WITH u AS (SELECT ${typed.join(', ')} FROM ${source([...keyAliases, ...valueAliases], shape.multiRow)}), ` +

@@ -552,6 +552,43 @@ CREATE TABLE pgmesh.agent_role (
 `,
   /* 6: DDL replication: capture by event triggers, the join of new tables, apply (src/ddl/capture-sql.ts) */ DDL_CAPTURE_MIGRATION,
   /* 7: TRUNCATE by version: a tombstone for the whole table (src/cluster/truncate-sql.ts) */ TRUNCATE_MIGRATION,
+  /* 8: replicated tables log their whole old row (REPLICA IDENTITY FULL), out-of-line values included */ `
+-- pgoutput leaves out an out-of-line (TOAST) value that an update did not change; the old row under REPLICA
+-- IDENTITY FULL carries it, so peers can apply the update whole where the row is missing or differs (docs/design.md,
+-- "Out-of-line values"). Tables that an earlier pgmesh replicates get it here; "tables add" sets it on new ones.
+DO $do$
+DECLARE
+  r record;
+BEGIN
+  -- The tables added to the publication, and their partitions (each publishes its own changes).
+  FOR r IN WITH published AS (SELECT pr.prrelid AS rel FROM pg_catalog.pg_publication_rel pr
+                                JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid WHERE p.pubname = 'pgmesh')
+           SELECT c.oid::regclass AS rel FROM pg_catalog.pg_class c
+            WHERE (c.oid IN (SELECT rel FROM published)
+                   OR c.oid IN (SELECT t.relid FROM published, LATERAL pg_catalog.pg_partition_tree(published.rel) t))
+              AND c.relkind IN ('r', 'p') AND c.relreplident <> 'f'
+  LOOP
+    EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', r.rel);
+  END LOOP;
+END
+$do$;
+`,
+  /* 9: no silent truncation of applied values */ `
+-- Raised by the apply statements for a value that a cast to the local column's type would cut (a string longer than
+-- varchar(n), more decimals than numeric(p,s)'s scale): the change goes to the exception table instead. STABLE, so
+-- that an index condition can hold the check; the value (never shown: it may be private) is an argument so that the
+-- planner cannot call it ahead of time with constants only.
+CREATE FUNCTION pgmesh.value_cut(code text, relation oid, column_name text, value_text text) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $fn$
+BEGIN
+  RAISE EXCEPTION USING ERRCODE = code, MESSAGE = format(
+    'pgmesh: a value does not fit column %I (%s) of %s here and would be cut; widen the column, then replay the exception',
+    column_name,
+    (SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a WHERE a.attrelid = relation AND a.attname = column_name),
+    relation::regclass);
+END
+$fn$;
+`,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

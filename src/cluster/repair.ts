@@ -151,7 +151,13 @@ export async function replayException(localDsn: string, localNode: string, id: E
   try {
     await sql.unsafe('SELECT 1');
     const exception = await openException(sql, id);
-    const change = exception.change as { kind?: string; relation?: string; new?: Record<string, unknown> | null; old?: Record<string, unknown> | null };
+    const change = exception.change as {
+      kind?: string;
+      relation?: string;
+      new?: Record<string, unknown> | null;
+      old?: Record<string, unknown> | null;
+      replica_identity?: string;
+    };
     if (!exception.relation || !change.relation || (change.kind !== 'insert' && change.kind !== 'update' && change.kind !== 'delete')) {
       throw new PgmeshError('CONFIG_INVALID', `exception ${id} is a ${exception.kind} change, which cannot be replayed; discard it`);
     }
@@ -166,7 +172,7 @@ export async function replayException(localDsn: string, localNode: string, id: E
       relationOid: 0,
       schema,
       name,
-      replicaIdentity: 'd',
+      replicaIdentity: change.replica_identity === 'f' ? 'f' : 'd',
       columns: names.map((n) => ({ isKey: local.primaryKey.includes(n), name: n, typeOid: 0, typeModifier: -1 })),
     };
     const binding = bindRelation(relation, local, { peer: exception.peer, node: localNode });
@@ -189,7 +195,8 @@ export async function replayException(localDsn: string, localNode: string, id: E
       await session.unsafe(`SELECT pg_catalog.pg_replication_origin_session_setup(${quoteLiteral(origin)})`);
       await session.unsafe('BEGIN');
       for (const op of ops) {
-        const text = buildStatement({ kind: op.kind, binding, valuePositions: op.valuePositions, multiRow: false }, { peer: exception.peer, localNode, conflictWindowMs: 0 }, local.conflictPolicy);
+        const shape = { kind: op.kind, binding, valuePositions: op.valuePositions, multiRow: false, unchangedPositions: op.unchangedPositions };
+        const text = buildStatement(shape, { peer: exception.peer, localNode, conflictWindowMs: 0 }, local.conflictPolicy);
         await session.unsafe(text, [...op.values, exception.remoteTs, exception.remoteCommitLsn] as string[]);
         // Deferrable unique constraints are not checked by the server in replica mode (see the applier).
         if (op.kind === 'delete') continue;

@@ -37,6 +37,7 @@ DECLARE
   args text;
   capture text := current_setting('pgmesh.ddl_capture', true);
   agent text;
+  part regclass;
 BEGIN
   SELECT array_agg(a.attname::text ORDER BY k.n) INTO keys
     FROM pg_index i
@@ -49,6 +50,14 @@ BEGIN
   END IF;
   -- What pgmesh does here is the same on every node: it is not captured as DDL to replicate.
   PERFORM set_config('pgmesh.ddl_capture', 'off', true);
+  -- Updates and deletes log the whole old row, out-of-line values included: pgoutput leaves out an out-of-line value
+  -- an update did not change, and peers take it from the old row so the update can win whole (docs/design.md,
+  -- "Out-of-line values"). Partitions too: each logs its own rows.
+  FOR part IN SELECT c.oid::regclass FROM pg_class c
+               WHERE (c.oid = rel OR c.oid IN (SELECT t.relid FROM pg_partition_tree(rel) t))
+                 AND c.relkind IN ('r', 'p') AND c.relreplident <> 'f' LOOP
+    EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', part);
+  END LOOP;
   IF NOT EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
                   WHERE p.pubname = 'pgmesh' AND pr.prrelid = rel) THEN
     EXECUTE format('ALTER PUBLICATION pgmesh ADD TABLE %s', rel);

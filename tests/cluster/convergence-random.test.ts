@@ -8,7 +8,9 @@
  *   - it is the last-update-wins outcome (design.md, "What converge means"): for each key, the write with the highest
  *     version (commit timestamp, node) among all writes of all nodes decides, a delete (tombstone) included.
  * Without the code under test: a late insert revives a deleted row on some nodes only, an update that arrives
- * before its row is lost, an older change overwrites a newer one, or nodes keep different winners.
+ * before its row is lost, an older change overwrites a newer one, or nodes keep different winners. Every row has a
+ * large value stored out of line that only inserts write: updates leave it unchanged, so pgoutput does not send it in
+ * the new row, and without the old row (REPLICA IDENTITY FULL) an update could not recreate or replace a row whole.
  *
  * Divergences it found are kept as deterministic tests in convergence-regressions.test.ts.
  *
@@ -28,6 +30,8 @@ import { BARRIER_TABLE, barrier } from '../support/barrier.ts';
 import { eventually, localDdl, withCluster, type TestCluster, type TestNode } from '../support/cluster.ts';
 
 const KEYS = 6;
+/** About 6.4 KB of md5 hex, which does not compress: the `big` column (STORAGE EXTERNAL) is stored out of line. */
+const BIG_TEXT = `CREATE FUNCTION big_text(seed text) RETURNS text LANGUAGE sql AS $$ SELECT string_agg(md5(seed || i), '') FROM generate_series(1, 200) i $$;`;
 const TRACE = process.env.PGMESH_TRACE === '1';
 const RUNS = integerFromEnv('PGMESH_CONVERGENCE_RUNS') ?? 4;
 const SEED = integerFromEnv('PGMESH_SEED') ?? (Date.now() ^ Math.floor(Math.random() * 0x7fffffff)) | 0;
@@ -89,9 +93,11 @@ interface Row {
   readonly k: string;
   readonly v: string | null;
   readonly n: string;
+  /** The hash of the row's large value, stored out of line: written by inserts only, left unchanged by updates. */
+  readonly big: string | null;
 }
 
-const RETURNING = `RETURNING k::text AS k, v, n::text AS n`;
+const RETURNING = `RETURNING k::text AS k, v, n::text AS n, md5(big) AS big`;
 
 /** Runs one write step as one local transaction; returns what it wrote (nothing if it failed or found no rows). */
 async function write(target: TestNode, table: string, ops: readonly Op[]): Promise<Omit<Write, 'node' | 'step'>[]> {
@@ -110,7 +116,7 @@ async function write(target: TestNode, table: string, ops: readonly Op[]): Promi
         switch (o.kind) {
           case 'upsert': {
             const rows = await tx.unsafe<Row[]>(
-              `INSERT INTO ${table} AS t (k, v, n) VALUES ($1::text::int, $2::text, 0) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v, n = t.n + 1 ${RETURNING}`,
+              `INSERT INTO ${table} AS t (k, v, n, big) VALUES ($1::text::int, $2::text, 0, big_text(random()::text)) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v, n = t.n + 1 ${RETURNING}`,
               [k, o.v],
             );
             for (const row of rows) written.push({ k: o.k, row });
@@ -191,12 +197,12 @@ function expectedRows(writes: readonly Write[]): Row[] {
   return [...winners.values()]
     .flatMap((w) => (w.row ? [w.row] : []))
     .sort((a, b) => Number(a.k) - Number(b.k))
-    .map((r) => ({ k: r.k, v: r.v, n: r.n }));
+    .map((r) => ({ k: r.k, v: r.v, n: r.n, big: r.big }));
 }
 
 async function rowsOf(target: TestNode, table: string): Promise<Row[]> {
-  const rows = await target.sql.unsafe<Row[]>(`SELECT k::text AS k, v, n::text AS n FROM ${table} ORDER BY k`);
-  return rows.map((r) => ({ k: r.k, v: r.v, n: r.n }));
+  const rows = await target.sql.unsafe<Row[]>(`SELECT k::text AS k, v, n::text AS n, md5(big) AS big FROM ${table} ORDER BY k`);
+  return rows.map((r) => ({ k: r.k, v: r.v, n: r.n, big: r.big }));
 }
 
 class Runner {
@@ -229,7 +235,7 @@ class Runner {
     // Every agent is stopped while the run's table is created: streams pick it up from their next start.
     for (const n of cluster.nodes) await this.setRunning(n.name, false);
     for (const n of cluster.nodes) {
-      await localDdl(n, `CREATE TABLE ${table} (k integer PRIMARY KEY, v text, n integer NOT NULL DEFAULT 0)`);
+      await localDdl(n, `CREATE TABLE ${table} (k integer PRIMARY KEY, v text, n integer NOT NULL DEFAULT 0, big text); ALTER TABLE ${table} ALTER COLUMN big SET STORAGE EXTERNAL`);
       const added = await addTables(n.sql, [{ schema: 'public', name: table }]);
       assert.equal(added.added.length, 1, `${table} added on ${n.name}: ${JSON.stringify(added.refused)}`);
     }
@@ -289,7 +295,7 @@ class Runner {
 test(`randomized writes on 3 nodes with streams held and released converge to last-update-wins (${RUNS} runs)`, { timeout: 120_000 + RUNS * 60_000 }, async (t) => {
   const path = process.env.PGMESH_SEED_PATH;
   process.stderr.write(`# convergence-random: seed ${SEED}${path ? ` path ${path}` : ''}, ${RUNS} runs (replay with PGMESH_SEED=${SEED})\n`);
-  await withCluster({ nodes: 3, schema: BARRIER_TABLE }, async (cluster) => {
+  await withCluster({ nodes: 3, schema: `${BARRIER_TABLE} ${BIG_TEXT}` }, async (cluster) => {
     const runner = new Runner(cluster);
     const started = Date.now();
     try {

@@ -54,3 +54,36 @@ test('init upgrades a version-2 catalog: every peer keeps its resume position, c
     assert.equal((await progress())[0]?.applied_xacts, '43');
   });
 });
+
+/**
+ * One real server: catalog version 3 (before out-of-line values were sent whole) with tables already replicated under
+ * the default replica identity, one of them partitioned. `init` upgrades it: every replicated table, and each
+ * partition, logs its whole old row, so its peers can apply updates that leave an out-of-line value unchanged.
+ * Without the migration those tables' updates would keep leaving nodes different until someone ran "tables add".
+ */
+test('init upgrades a version-3 catalog: tables already replicated get REPLICA IDENTITY FULL, partitions included', { timeout: 120_000 }, async () => {
+  await withServer('n1', async (_server, sql) => {
+    await sql.begin(async (tx) => {
+      for (const migration of MIGRATIONS.slice(0, 3)) await tx.unsafe(migration);
+      await tx.unsafe(`INSERT INTO pgmesh.catalog_version (version) VALUES (3)`);
+      await tx.unsafe(`INSERT INTO pgmesh.local_node (node_name, node_slot, max_nodes) VALUES ('n1', 1, 16)`);
+      await tx.unsafe(`CREATE PUBLICATION pgmesh WITH (publish = 'insert, update, delete, truncate')`);
+      await tx.unsafe(`CREATE TABLE doc (id integer PRIMARY KEY, body text)`);
+      await tx.unsafe(`CREATE TABLE event (id integer, at date, body text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at)`);
+      await tx.unsafe(`CREATE TABLE event_2026 PARTITION OF event FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')`);
+      await tx.unsafe(`CREATE TABLE local_only (id integer PRIMARY KEY, body text)`);
+      await tx.unsafe(`ALTER PUBLICATION pgmesh ADD TABLE doc, event`);
+    });
+    const identities = async () =>
+      Object.fromEntries(
+        (
+          await sql.unsafe<{ relname: string; relreplident: string }[]>(
+            `SELECT relname, relreplident FROM pg_catalog.pg_class WHERE relname IN ('doc', 'event', 'event_2026', 'local_only') ORDER BY 1`,
+          )
+        ).map((r) => [r.relname, r.relreplident]),
+      );
+    assert.deepEqual(await identities(), { doc: 'd', event: 'd', event_2026: 'd', local_only: 'd' });
+    await initNode(sql, { nodeName: 'n1', nodeSlot: 1, maxNodes: 16, expectedPeers: 2 });
+    assert.deepEqual(await identities(), { doc: 'f', event: 'f', event_2026: 'f', local_only: 'd' }, 'replicated tables log their whole old row; others are left alone');
+  });
+});

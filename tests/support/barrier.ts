@@ -35,3 +35,22 @@ export async function barrier(cluster: TestCluster, timeoutMs = 60_000): Promise
     { timeoutMs, what: () => `barrier ${seq} to pass every link (missing: ${missing.join(', ')})` },
   );
 }
+
+/**
+ * Waits until node `to` has applied everything node `from` committed so far (one link only; others may be held):
+ * `from` writes a new marker, and a peer's stream is applied in its commit order.
+ */
+export async function linkBarrier(cluster: TestCluster, link: { readonly from: string; readonly to: string }, timeoutMs = 60_000): Promise<void> {
+  const seq = (sequences.get(cluster) ?? 0) + 1;
+  sequences.set(cluster, seq);
+  await cluster
+    .node(link.from)
+    .sql.unsafe(`INSERT INTO pgmesh_test_barrier (node, seq) VALUES ($1, $2::text::bigint) ON CONFLICT (node) DO UPDATE SET seq = EXCLUDED.seq`, [
+      link.from,
+      String(seq),
+    ]);
+  await eventually(
+    async () => (await cluster.node(link.to).sql.unsafe(`SELECT 1 FROM pgmesh_test_barrier WHERE node = $1 AND seq >= $2::text::bigint`, [link.from, String(seq)])).length > 0,
+    { timeoutMs, what: `${link.to} to apply ${link.from}'s changes up to marker ${seq}` },
+  );
+}
