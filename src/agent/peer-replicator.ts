@@ -52,6 +52,9 @@ export interface PeerReplicatorOptions {
   readonly logger: Logger;
 }
 
+/** How often the stream is tried again while a peer's table or columns are waited for (tuning.schemaWaitMs). */
+const SCHEMA_RETRY_MS = 500;
+
 export class PeerReplicator {
   private state: PeerState = 'starting';
   private stopped = false;
@@ -67,6 +70,8 @@ export class PeerReplicator {
   /** A transaction where the fast path missed and which could not be replayed in place: the next session applies it with the full statements. */
   private fullLsn: Lsn | undefined;
   private pausedReason: string | null = null;
+  /** Tables and columns of the peer that this node lacked, and since when (kept across sessions: see Applier.awaitSchema). */
+  private readonly schemaFirstSeen = new Map<string, number>();
   private wake: (() => void) | undefined;
   private loop: Promise<void> | undefined;
 
@@ -92,6 +97,14 @@ export class PeerReplicator {
         const code = error instanceof PgmeshError ? error.code : 'INTERNAL';
         const sqlstate = error instanceof PgmeshError ? error.context.sqlstate : undefined;
         const transaction = error instanceof PgmeshError ? error.context.transaction : undefined;
+        if (error instanceof PgmeshError && error.context.waitingForSchema === true) {
+          // Not a failure: the DDL that makes the table or columns is on its way on another peer's stream.
+          log.info({ peer: this.options.peer, relation: error.context.relation }, errorMessage(error));
+          this.restarts++;
+          this.state = 'waiting';
+          await this.sleep(SCHEMA_RETRY_MS);
+          continue;
+        }
         if (sqlstate === SQLSTATE.fastPathMiss && typeof transaction === 'string') {
           // Not a problem: a large transaction met a conflict on the fast path, too large to replay in place.
           log.info({ peer: this.options.peer, transaction }, 'applying a large transaction again with the full statements');
@@ -168,6 +181,7 @@ export class PeerReplicator {
       maxBatchRows: tuning.maxBatchRows,
       maxInflightStatements: tuning.maxInflightStatements,
       conflictWindowMs: tuning.conflictWindowMs,
+      schemaWait: { firstSeen: this.schemaFirstSeen, waitMs: tuning.schemaWaitMs },
       carefulLsn: this.carefulLsn,
       fullLsn: this.fullLsn,
       logger,

@@ -97,6 +97,8 @@ export interface ApplierOptions {
   /** Apply this transaction with the full statements: the fast path missed in it and it could not be replayed. */
   readonly fullLsn?: Lsn | undefined;
   readonly logger: Logger;
+  /** How long a table or columns a peer sends and this node lacks are waited for (see awaitSchema); by table and columns, when first seen. */
+  readonly schemaWait?: { readonly firstSeen: Map<string, number>; readonly waitMs: number };
 }
 
 export interface ApplyStats {
@@ -1184,12 +1186,37 @@ export class Applier {
     });
   }
 
+  /**
+   * A peer sends a table or columns this node does not have. Most often the DDL that made them is on its way on
+   * another peer's stream (n1 adds a column, n3 writes into it, and n3's rows reach n2 before n1's DDL does): the
+   * stream stops and is tried again (the session's transaction rolls back, so the DDL is not kept waiting on its
+   * locks) until the schema arrives, for up to schemaWait.waitMs from the first time. After that the table or
+   * columns are taken as gone here (dropped or renamed locally): the change goes on without them, and what it loses
+   * goes to the exception table.
+   */
+  private awaitSchema(relation: RelationMessage, missingColumns: readonly string[] | undefined): void {
+    const wait = this.options.schemaWait;
+    if (!wait) return;
+    const what = missingColumns ? `column${missingColumns.length > 1 ? 's' : ''} ${missingColumns.join(', ')} of table ${relation.schema}.${relation.name}` : `table ${relation.schema}.${relation.name}`;
+    const key = `${relation.schema}.${relation.name}:${missingColumns?.join(',') ?? ''}`;
+    const now = Date.now();
+    const first = wait.firstSeen.get(key) ?? now;
+    wait.firstSeen.set(key, first);
+    if (now - first >= wait.waitMs) return;
+    throw new PgmeshError(
+      'SCHEMA_MISMATCH',
+      `peer ${this.options.peer} sends ${what}, which ${missingColumns ? 'do' : 'does'} not exist on ${this.options.localNode} yet; waiting for the schema change to arrive (up to ${Math.round(wait.waitMs / 1000)} s, then applied without ${missingColumns ? 'them' : 'it'} and kept in the exception table)`,
+      { context: { peer: this.options.peer, relation: `${relation.schema}.${relation.name}`, waitingForSchema: true } },
+    );
+  }
+
   private async bind(relation: RelationMessage): Promise<RelationBinding> {
     const cached = this.bindings.get(relation);
     if (cached && Date.now() - cached.at < BINDING_TTL_MS) return cached.binding;
     // After DDL in the transaction, only the apply session sees the tables as they are now.
     const local = await loadLocalRelation(this.txn?.ddl ? this.session : this.catalog, relation.schema, relation.name);
     if (!local) {
+      this.awaitSchema(relation, undefined);
       throw new PgmeshError(
         'UNKNOWN_TABLE',
         `peer ${this.options.peer} sends changes for table ${relation.schema}.${relation.name}, which does not exist on ${this.options.localNode}; create it there with the same columns and primary key`,
@@ -1197,6 +1224,7 @@ export class Applier {
       );
     }
     const reduction = reduceRelation(relation, new Set(local.columns.keys()));
+    if (reduction) this.awaitSchema(relation, reduction.missing);
     const binding = bindRelation(reduction?.relation ?? relation, local, { peer: this.options.peer, node: this.options.localNode });
     if (reduction) this.reductions.set(binding, reduction);
     if (!cached && relation.replicaIdentity !== 'f') {

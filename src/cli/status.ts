@@ -31,7 +31,8 @@ export function renderTable(rows: readonly (readonly string[])[]): string {
 /** The human view of a cluster: one line per node, one per directed link. */
 export function formatStatus(status: ClusterStatus): string {
   const now = Date.parse(status.at);
-  const nodes = [['NODE', 'ENDPOINT', 'STATE', 'VERSION', 'TABLES', 'OPEN EXCEPTIONS', 'SEQUENCES']];
+  // EXCEPTIONS: open ones; SEQUENCES: those feeding replicated tables, "ok" when interleaved (80 columns, as below).
+  const nodes = [['NODE', 'ENDPOINT', 'STATE', 'VERSION', 'TABLES', 'EXCEPTIONS', 'SEQUENCES']];
   for (const n of status.nodes) {
     nodes.push([
       n.name,
@@ -40,7 +41,7 @@ export function formatStatus(status: ClusterStatus): string {
       n.serverVersion ?? '-',
       n.replicatedTables === null ? '-' : String(n.replicatedTables),
       n.openExceptions === null ? '-' : String(n.openExceptions),
-      n.sequences === null ? '-' : `${n.sequences.interleaved} interleaved${n.sequences.notInterleaved.length > 0 ? `, ${n.sequences.notInterleaved.length} NOT` : ''}`,
+      n.sequences === null ? '-' : `${n.sequences.interleaved} ok${n.sequences.notInterleaved.length > 0 ? `, ${n.sequences.notInterleaved.length} NOT` : ''}`,
     ]);
   }
   // Short headers: a link's line fits an 80-column terminal (XACTS: transactions applied; APPLIED: when last).

@@ -36,6 +36,8 @@ export interface AgentTuning {
   readonly conflictWindowMs: number;
   /** Clock difference to a peer above which status and logs warn (last-update-wins trusts clocks). */
   readonly clockSkewWarnMs: number;
+  /** How long a peer's table or columns that this node lacks are waited for (their DDL may be on another stream). */
+  readonly schemaWaitMs: number;
   /** How often tombstones that every peer is past are removed. */
   readonly tombstoneGcIntervalMs: number;
   /**
@@ -72,6 +74,7 @@ export const DEFAULT_TUNING: AgentTuning = {
   retryMaxMs: 15_000,
   conflictWindowMs: 10_000,
   clockSkewWarnMs: 500,
+  schemaWaitMs: 10_000,
   tombstoneGcIntervalMs: 60_000,
   tombstoneMarginMs: 60_000,
   streamLargeTransactions: false,
@@ -90,6 +93,7 @@ const TUNING_LIMITS: Record<NumericTuningKey, readonly [number, number]> = {
   retryMaxMs: [10, 3_600_000],
   conflictWindowMs: [0, 86_400_000],
   clockSkewWarnMs: [1, 3_600_000],
+  schemaWaitMs: [0, 3_600_000],
   tombstoneGcIntervalMs: [100, 86_400_000],
   tombstoneMarginMs: [0, 86_400_000],
 };

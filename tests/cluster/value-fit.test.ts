@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { listExceptions } from '../../src/cluster/repair.ts';
 import { BARRIER_TABLE, linkBarrier } from '../support/barrier.ts';
-import { eventually, withCluster, type TestNode } from '../support/cluster.ts';
+import { eventually, localDdl, withCluster, type TestNode } from '../support/cluster.ts';
 
 const SCHEMA = `CREATE TABLE item (id integer PRIMARY KEY, code varchar(10) NOT NULL, amount numeric(10,3) NOT NULL); ${BARRIER_TABLE}`;
 
@@ -29,7 +29,7 @@ async function waitException(node: TestNode): Promise<{ sqlstate: string | null;
 test('a string longer than the local varchar goes to the exception table instead of being cut', { timeout: 120_000 }, async () => {
   await withCluster({ nodes: 2, schema: SCHEMA }, async (cluster) => {
     const [n1, n2] = [cluster.node('n1'), cluster.node('n2')];
-    await n2.sql.unsafe(`ALTER TABLE item ALTER COLUMN code TYPE varchar(3)`);
+    await localDdl(n2, `ALTER TABLE item ALTER COLUMN code TYPE varchar(3)`);
     await cluster.startAgents();
     await n1.sql.unsafe(`INSERT INTO item VALUES (1, 'abcdef', 1), (2, 'abc', 2)`);
     await n1.sql.unsafe(`INSERT INTO item VALUES (3, 'xyz', 3)`);
@@ -48,7 +48,7 @@ test('a string longer than the local varchar goes to the exception table instead
 test('a number with more decimals than the local numeric scale goes to the exception table instead of being rounded', { timeout: 120_000 }, async () => {
   await withCluster({ nodes: 2, schema: SCHEMA }, async (cluster) => {
     const [n1, n2] = [cluster.node('n1'), cluster.node('n2')];
-    await n2.sql.unsafe(`ALTER TABLE item ALTER COLUMN amount TYPE numeric(10,1)`);
+    await localDdl(n2, `ALTER TABLE item ALTER COLUMN amount TYPE numeric(10,1)`);
     await cluster.startAgents();
     await n1.sql.unsafe(`INSERT INTO item VALUES (1, 'a', 1.5)`);
     await linkBarrier(cluster, { from: 'n1', to: 'n2' });

@@ -20,7 +20,7 @@ import { PgmeshError } from '../../src/core/errors.ts';
 import { silentLogger } from '../../src/core/logger.ts';
 import { freePort } from '../../src/embedded/embedded-server.ts';
 import { assertNoSecret, pgmesh } from '../support/cli.ts';
-import { eventually, withCluster, type Sql, type TestCluster, type TestNode } from '../support/cluster.ts';
+import { eventually, localDdl, withCluster, type Sql, type TestCluster, type TestNode } from '../support/cluster.ts';
 
 /** Awaits a promise that must fail with a PgmeshError, and returns that error. */
 async function refusal(promise: Promise<unknown>): Promise<PgmeshError> {
@@ -412,7 +412,7 @@ test('tables: no primary key, unknown names, a table on one node only; refused w
     assert.match(malformed.stderr, /table "keyed" must be written schema\.table \(for example public\.orders\)/);
 
     // A table on one node only is added on none: n2 could not place its changes, and that would stop n1 -> n2.
-    await n1.sql.unsafe('CREATE TABLE only_n1 (id int PRIMARY KEY)');
+    await localDdl(n1, 'CREATE TABLE only_n1 (id int PRIMARY KEY)'); // by hand on n1 only (DDL otherwise replicates)
     const lonely = await pgmesh(['tables', 'add', 'public.only_n1'], { config });
     assert.equal(lonely.code, 1, lonely.output);
     assert.match(
