@@ -53,6 +53,7 @@ import {
   type StatementContext,
 } from './statement-builder.ts';
 import { findUniqueConflict, recordUniqueConflict, type UniqueConflict } from './unique-conflicts.ts';
+import { buildUniqueResolution, needsUniqueResolution } from './unique-resolution.ts';
 
 /** Message bytes in flight before the applier waits for replies (keeps a huge transaction's memory flat). */
 const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
@@ -564,7 +565,7 @@ export class Applier {
   private statementFor(op: RowOp, multiRow: boolean): string {
     const binding = op.binding;
     const policy = this.policyFor(binding);
-    const key = `${op.kind}:${binding.local.qualified}:${policy}:${binding.deltaPositions.join(',')}:${op.valuePositions.join(',')}:${multiRow ? 'm' : 's'}`;
+    const key = `${op.kind}:${binding.local.qualified}:${policy}:${binding.deltaPositions.join(',')}:${op.valuePositions.join(',')}:${multiRow ? 'm' : 's'}:${uniqueKey(binding)}`;
     let text = this.statements.get(key);
     if (!text) {
       const shape = { kind: op.kind, binding, valuePositions: op.valuePositions, multiRow };
@@ -573,6 +574,19 @@ export class Applier {
       this.statements.set(key, text);
     }
     return text;
+  }
+
+  /** The unique-key resolution that runs before the apply statement of a batch like op's, if its table needs one. */
+  private resolutionFor(op: RowOp, multiRow: boolean): string | undefined {
+    const binding = op.binding;
+    if (binding.local.uniqueIndexes.length === 0) return undefined;
+    const policy = this.policyFor(binding);
+    const key = `resolve:${op.kind}:${binding.local.qualified}:${policy}:${binding.deltaPositions.join(',')}:${op.valuePositions.join(',')}:${multiRow ? 'm' : 's'}:${uniqueKey(binding)}`;
+    if (this.statements.has(key)) return this.statements.get(key) || undefined;
+    const shape = { kind: op.kind, binding, valuePositions: op.valuePositions, multiRow };
+    const text = needsUniqueResolution(shape) ? buildUniqueResolution(shape, this.ctx, policy) : '';
+    this.statements.set(key, text);
+    return text || undefined;
   }
 
   private deferredCheckFor(binding: RelationBinding, index: DeferredUnique): string {
@@ -625,6 +639,9 @@ export class Applier {
       const lock = this.rowLockFor(batch.first, multiRow, params);
       if (lock) this.append(this.execute(lock.text, lock.params));
       params.push(txn.commitTimeText, formatLsn(txn.finalLsn));
+      // Secondary unique keys first (after the rows are locked): the apply statement then leaves out what lost.
+      const resolution = this.resolutionFor(batch.first, multiRow);
+      if (resolution) this.append(this.execute(resolution, params));
       this.append(this.execute(this.statementFor(batch.first, multiRow), params));
     }
     if (this.messageBytes >= MESSAGE_BYTES) return this.flushMessage(`changes of the transaction at ${formatLsn(txn.finalLsn)}`);
@@ -879,6 +896,8 @@ export class Applier {
           const lock = this.rowLockFor(op, false, op.values);
           if (lock) await this.session.unsafe(lock.text, lock.params as string[], { prepare: true });
           const params = [...op.values, txn.commitTimeText, formatLsn(txn.finalLsn)];
+          const resolution = this.resolutionFor(op, false);
+          if (resolution) countConflicts(txn, await this.session.unsafe(resolution, params as string[], { prepare: true }));
           const result = await this.session.unsafe(this.statementFor(op, false), params as string[], { prepare: true });
           countConflicts(txn, result);
         }
@@ -1168,6 +1187,11 @@ function sameShape(a: RowOp, b: RowOp): boolean {
   if (pa.length !== pb.length) return false;
   for (let i = 0; i < pa.length; i++) if (pa[i] !== pb[i]) return false;
   return true;
+}
+
+/** The unique indexes a binding's statements were built for (they name the indexes' OIDs). */
+function uniqueKey(binding: RelationBinding): string {
+  return binding.local.uniqueIndexes.map((index) => `${index.oid}(${index.columns.join(',')})`).join(';');
 }
 
 function rememberKeys(into: Map<string, { binding: RelationBinding; keys: (string | null)[][] }>, op: RowOp): void {

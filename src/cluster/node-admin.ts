@@ -274,6 +274,41 @@ export async function ensureDeleteTrigger(sql: Sql, table: TableRef): Promise<vo
     `CREATE OR REPLACE TRIGGER pgmesh_record_key_change AFTER UPDATE OF ${columns.join(', ')} ON ${qualifiedName(table.schema, table.name)}
        FOR EACH ROW WHEN (${row('OLD')} IS DISTINCT FROM ${row('NEW')}) EXECUTE FUNCTION pgmesh.record_key_change(${args})`,
   );
+  await ensureUniqueReleaseTriggers(sql, table, args);
+}
+
+/**
+ * A local update that changes a value of a unique index (other than the primary key), or a local delete, lets go
+ * of the value: the old row's version is kept as a claim on it (pgmesh.unique_claim), so that an older row taking
+ * the value later, from any node, gives way as it would have had it arrived before (docs/conflicts.md). Row-level
+ * triggers, only on tables that have such indexes; run `pgmesh tables add` again after adding a unique constraint.
+ */
+async function ensureUniqueReleaseTriggers(sql: Sql, table: TableRef, args: string): Promise<void> {
+  const qualified = qualifiedName(table.schema, table.name);
+  const rows = await sql.unsafe<{ attname: string }[]>(
+    `SELECT DISTINCT a.attname FROM pg_catalog.pg_index i
+       JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) ON k.n <= i.indnkeyatts
+       JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+      WHERE i.indrelid = $1::text::regclass AND i.indisunique AND NOT i.indisprimary AND i.indimmediate
+        AND i.indpred IS NULL AND i.indexprs IS NULL
+      ORDER BY 1`,
+    [qualified],
+  );
+  if (rows.length === 0) {
+    await sql.unsafe(`DROP TRIGGER IF EXISTS pgmesh_unique_release_update ON ${qualified}`);
+    await sql.unsafe(`DROP TRIGGER IF EXISTS pgmesh_unique_release_delete ON ${qualified}`);
+    return;
+  }
+  const columns = rows.map((r) => quoteIdent(r.attname));
+  const row = (alias: string) => `ROW(${columns.map((c) => `${alias}.${c}`).join(', ')})`;
+  await sql.unsafe(
+    `CREATE OR REPLACE TRIGGER pgmesh_unique_release_update AFTER UPDATE OF ${columns.join(', ')} ON ${qualified}
+       FOR EACH ROW WHEN (${row('OLD')} IS DISTINCT FROM ${row('NEW')}) EXECUTE FUNCTION pgmesh.record_unique_release(${args})`,
+  );
+  await sql.unsafe(
+    `CREATE OR REPLACE TRIGGER pgmesh_unique_release_delete AFTER DELETE ON ${qualified}
+       FOR EACH ROW EXECUTE FUNCTION pgmesh.record_unique_release(${args})`,
+  );
 }
 
 export interface PeerLink {
