@@ -760,15 +760,28 @@ export class Applier {
     const code = sqlState(failure.error);
     if (code === undefined || code.startsWith('08') || code.startsWith('57P')) return;
     let end: Lsn;
+    let counts: { lsn: string; conflict: string; rel: string; n: number }[];
     try {
-      const ask = async (): Promise<Lsn> => {
+      const ask = async (): Promise<{ end: Lsn; counts: typeof counts }> => {
         await this.session.unsafe('ROLLBACK');
         // The failed transaction may have set up its origin LSN: cleared, so that no later transaction of the
         // session that aborts with an xid moves the origin there (PostgreSQL advances it on such aborts too).
         const rows = await this.session.unsafe<{ end: string | null }[]>(
           `SELECT pg_catalog.current_setting('pgmesh.applied_end', true) AS end, pg_catalog.pg_replication_origin_xact_reset() AS reset`,
         );
-        return parseLsn(rows[0]?.end ?? '0/0');
+        const end = parseLsn(rows[0]?.end ?? '0/0');
+        // Transactions of the failed message that committed before the failing statement: the message's reply,
+        // with their conflict summaries, was lost with the failure, so their conflicts are counted from the log.
+        const lsns = this.unconfirmed.toArray().flatMap((r) => (r.endLsn <= end ? [formatLsn(r.txn.finalLsn)] : []));
+        const counts =
+          lsns.length === 0
+            ? []
+            : await this.session.unsafe<{ lsn: string; conflict: string; rel: string; n: number }[]>(
+                `SELECT remote_commit_lsn::text AS lsn, conflict_type AS conflict, relation AS rel, count(*)::int AS n FROM pgmesh.conflict
+                  WHERE peer = $1::text AND remote_commit_lsn = ANY ($2::text::pg_lsn[]) GROUP BY 1, 2, 3`,
+                [this.options.peer, textArrayLiteral(lsns)],
+              );
+        return { end, counts };
       };
       let timer: NodeJS.Timeout | undefined;
       const late = new Promise<never>((_, reject) => {
@@ -777,7 +790,7 @@ export class Applier {
       try {
         const answer = ask();
         answer.catch(() => undefined); // a late failure, after the timeout, is not waited for
-        end = await Promise.race([answer, late]);
+        ({ end, counts } = await Promise.race([answer, late]));
       } finally {
         clearTimeout(timer);
       }
@@ -787,6 +800,9 @@ export class Applier {
     }
     while ((this.unconfirmed.peekFront()?.endLsn ?? end + 1n) <= end) {
       const record = this.unconfirmed.shift() as CommitRecord;
+      const lsn = formatLsn(record.txn.finalLsn);
+      record.txn.conflicts = undefined; // what earlier messages of it counted is in the log too
+      countConflicts(record.txn, counts.filter((c) => c.lsn === lsn));
       this.committed(record.txn, record.endLsn, record.commitTime);
     }
     // The first transaction that did not commit is the one that failed: the earliest unconfirmed one, or the open

@@ -162,14 +162,14 @@ export function buildUniqueResolution(shape: StatementShape, ctx: StatementConte
       : `'keep_local'`;
   const holders = indexes.map(
     (x, i) =>
-      `h${i} AS MATERIALIZED (SELECT u.ord, ${keyNames.map((k, j) => `y.${k} AS hk${j}`).join(', ')}, ${pkeyOf('y')} AS hpkey, to_jsonb(y) AS hrow, ` +
+      `h${i} AS MATERIALIZED (SELECT u.ord, ${i} AS idx, ${keyNames.map((k, j) => `y.${k} AS hk${j}`).join(', ')}, ${pkeyOf('y')} AS hpkey, to_jsonb(y) AS hrow, ` +
       `y.xmin AS hxmin, ${mine('y')} AS hmine FROM u JOIN ${table} y ON ${x.index.columns.map((c, j) => `y.${quoteIdent(c)} = u.${x.aliases[j]}`).join(' AND ')} ` +
       // Rows of this batch are being rewritten by it: not rivals here (careful mode applies them one by one).
       `WHERE u.q${i} IS NOT NULL AND NOT (${keyMatch('y', 'u')}) AND NOT EXISTS (SELECT 1 FROM u u2 WHERE ${keyMatch('y', 'u2')}) FOR UPDATE OF y)`,
   );
   const claims = indexes.map(
     (x, i) =>
-      `SELECT u.ord, c.pkey AS cpkey, cv.ts AS cts, cv.node AS cnode FROM u JOIN pgmesh.unique_claim c ON c.relid = ${rel} AND c.indexid = ${x.index.oid}::oid AND c.value = u.q${i} ` +
+      `SELECT u.ord, ${i} AS idx, c.pkey AS cpkey, cv.ts AS cts, cv.node AS cnode FROM u JOIN pgmesh.unique_claim c ON c.relid = ${rel} AND c.indexid = ${x.index.oid}::oid AND c.value = u.q${i} ` +
       `CROSS JOIN LATERAL pgmesh.claim_version(c.xmin, c.ts, c.node, ${local}) cv WHERE c.pkey <> u.pkey`,
   );
   const remoteRow = jsonRow(shape.valuePositions.map((p, i) => [col(b, p).name, `u.v${i}`]));
@@ -179,11 +179,11 @@ export function buildUniqueResolution(shape: StatementShape, ctx: StatementConte
     `tomb AS MATERIALIZED (SELECT u.ord, v.ts AS tts, v.node AS tnode FROM u JOIN pgmesh.tombstone t ON t.relid = ${rel} AND t.pkey = u.pkey ` +
     `CROSS JOIN LATERAL pgmesh.tombstone_version(t.xmin, t.ts, t.node, ${local}) v), ` +
     `${holders.join(', ')}, ` +
-    `hv AS MATERIALIZED (SELECT h.ord, ${keyNames.map((_, j) => `h.hk${j}`).join(', ')}, h.hpkey, h.hrow, ` +
+    `hv AS MATERIALIZED (SELECT h.ord, h.idx, ${keyNames.map((_, j) => `h.hk${j}`).join(', ')}, h.hpkey, h.hrow, ` +
     `CASE WHEN h.hmine THEN ${ts} ELSE v.ts END AS hts, CASE WHEN h.hmine THEN ${remote} ELSE v.node END AS hnode ` +
     `FROM (${indexes.map((_, i) => `SELECT * FROM h${i}`).join(' UNION ALL ')}) h CROSS JOIN LATERAL ${versionOf('h.hxmin', 'h.hpkey')} v), ` +
-    // A claim by a row that holds the value now says nothing more than the row.
-    `cl AS MATERIALIZED (SELECT c.* FROM (${claims.join(' UNION ALL ')}) c WHERE NOT EXISTS (SELECT 1 FROM hv WHERE hv.ord = c.ord AND hv.hpkey = c.cpkey)), ` +
+    // Where a row holds the value now, claims on it are older than that row (it would have given way to them).
+    `cl AS MATERIALIZED (SELECT c.* FROM (${claims.join(' UNION ALL ')}) c WHERE NOT EXISTS (SELECT 1 FROM hv WHERE hv.ord = c.ord AND hv.idx = c.idx)), ` +
     `e AS MATERIALIZED (SELECT u.ord, ` +
     `CASE WHEN cur.ord IS NOT NULL THEN ${localOlder('cur.lts', 'cur.lnode')} WHEN tomb.ord IS NOT NULL THEN ${localOlder('tomb.tts', 'tomb.tnode')} ELSE true END AS wins_key, ` +
     `EXISTS (SELECT 1 FROM hv WHERE hv.ord = u.ord AND ${localNewer('hv.hts', 'hv.hnode')}) AS beaten_h, ` +

@@ -437,6 +437,9 @@ CREATE TABLE pgmesh.resolved_change (
 
 -- When a conflict's losing row was written back by "pgmesh conflicts restore".
 ALTER TABLE pgmesh.conflict ADD COLUMN restored_at timestamptz;
+-- The applier counts the conflicts of a transaction from the log when the reply that carried them was lost (a later
+-- statement of the same message failed).
+CREATE INDEX ON pgmesh.conflict (peer, remote_commit_lsn);
 
 -- Local deletes (and key changes) replace an evicted row's tombstone: its own version no longer applies.
 CREATE OR REPLACE FUNCTION pgmesh.record_deletes() RETURNS trigger
@@ -475,9 +478,9 @@ LANGUAGE plpgsql
 SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
 AS $fn$
 DECLARE
-  o jsonb := to_jsonb(OLD);
-  n jsonb := CASE WHEN TG_OP = 'UPDATE' THEN to_jsonb(NEW) END;
-  key text := (SELECT jsonb_agg(o -> k ORDER BY i)::text FROM unnest(TG_ARGV) WITH ORDINALITY AS a(k, i));
+  old_row jsonb := to_jsonb(OLD);
+  new_row jsonb := CASE WHEN TG_OP = 'UPDATE' THEN to_jsonb(NEW) END;
+  key text := (SELECT jsonb_agg(old_row -> a.k ORDER BY a.i)::text FROM unnest(TG_ARGV) WITH ORDINALITY AS a(k, i));
   v_ts timestamptz;
   v_node text;
 BEGIN
@@ -489,12 +492,12 @@ BEGIN
   INSERT INTO pgmesh.unique_claim AS c (relid, indexid, value, pkey, ts, node)
   SELECT TG_RELID, q.indexid, q.old_value, key, v_ts, v_node
     FROM (SELECT i.indexrelid AS indexid,
-                 (SELECT jsonb_agg(o -> a.attname ORDER BY k.n)::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
-                    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum WHERE k.n <= i.indnkeyatts) AS old_value,
-                 (SELECT jsonb_agg(n -> a.attname ORDER BY k.n)::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
-                    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum WHERE k.n <= i.indnkeyatts) AS new_value,
-                 (SELECT bool_or(o -> a.attname = 'null'::jsonb) FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
-                    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum WHERE k.n <= i.indnkeyatts) AS has_null
+                 (SELECT jsonb_agg(old_row -> a.attname ORDER BY k.pos)::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, pos)
+                    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum WHERE k.pos <= i.indnkeyatts) AS old_value,
+                 (SELECT jsonb_agg(new_row -> a.attname ORDER BY k.pos)::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, pos)
+                    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum WHERE k.pos <= i.indnkeyatts) AS new_value,
+                 (SELECT bool_or(old_row -> a.attname = 'null'::jsonb) FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, pos)
+                    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum WHERE k.pos <= i.indnkeyatts) AS has_null
             FROM pg_catalog.pg_index i
            WHERE i.indrelid = TG_RELID AND i.indisunique AND NOT i.indisprimary AND i.indimmediate
              AND i.indpred IS NULL AND i.indexprs IS NULL) q
