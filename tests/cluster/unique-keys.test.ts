@@ -12,7 +12,7 @@
  */
 import { after, before, beforeEach, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { listConflicts, restoreConflict, setDeltaColumns } from '../../src/cluster/repair.ts';
+import { listConflicts, restoreConflict, resumePeer, setDeltaColumns, setTablePolicy } from '../../src/cluster/repair.ts';
 import { TestCluster, eventually, type TestNode } from '../support/cluster.ts';
 import { runCli } from '../support/cli.ts';
 import {
@@ -24,6 +24,7 @@ import {
   expectConflicts,
   expectCounters,
   holdStream,
+  peerStatus,
   releaseStream,
   restartAgents,
   tombstoneVersion,
@@ -43,6 +44,9 @@ CREATE TABLE let_go (id integer PRIMARY KEY, email text UNIQUE);
 CREATE TABLE wallet (id integer PRIMARY KEY, handle text NOT NULL UNIQUE, balance numeric(12, 2) NOT NULL);
 CREATE TABLE member (id integer PRIMARY KEY, email text NOT NULL UNIQUE);
 CREATE TABLE purchase (id integer PRIMARY KEY, member_id integer NOT NULL REFERENCES member (id), item text);
+CREATE TABLE kept (id integer PRIMARY KEY, email text NOT NULL UNIQUE, v text);
+CREATE TABLE taken (id integer PRIMARY KEY, email text NOT NULL UNIQUE, v text);
+CREATE TABLE paused (id integer PRIMARY KEY, email text NOT NULL UNIQUE, v text);
 `;
 
 let cluster: TestCluster;
@@ -53,7 +57,12 @@ let n3: TestNode;
 before(async () => {
   cluster = await TestCluster.start({ nodes: 3, schema: SCHEMA, tuning: { retryBaseMs: 100, retryMaxMs: 1_000, progressPollMs: 100 } });
   [n1, n2, n3] = [cluster.node('n1'), cluster.node('n2'), cluster.node('n3')];
-  for (const node of cluster.nodes) await setDeltaColumns(node.sql, { schema: 'public', name: 'wallet' }, ['balance']);
+  for (const node of cluster.nodes) {
+    await setDeltaColumns(node.sql, { schema: 'public', name: 'wallet' }, ['balance']);
+    await setTablePolicy(node.sql, { schema: 'public', name: 'kept' }, { conflictPolicy: 'keep_local' });
+    await setTablePolicy(node.sql, { schema: 'public', name: 'taken' }, { conflictPolicy: 'apply_remote' });
+    await setTablePolicy(node.sql, { schema: 'public', name: 'paused' }, { conflictPolicy: 'pause' });
+  }
 });
 
 after(async () => {
@@ -369,3 +378,67 @@ scenario('a foreign key points at the row that loses: it points at nothing on ev
   }
 });
 
+/** n1 writes row 1 and n2 row 2 with the same email while they cannot see each other; n3 receives row 1 first. */
+async function sameEmail(table: string): Promise<{ older: Conflict['local']; newer: Conflict['local'] }> {
+  await restartAgents(cluster, ['n3']);
+  const ts1 = await commit(n1, `INSERT INTO ${table} VALUES (1, 'p@x', 'n1')`);
+  await waitRow(n3, table, 1, { id: 1, email: 'p@x', v: 'n1' });
+  const ts2 = await commit(n2, `INSERT INTO ${table} VALUES (2, 'p@x', 'n2')`);
+  return { older: { ts: ts1, node: 'n1', row: { id: 1, email: 'p@x', v: 'n1' } }, newer: { ts: ts2, node: 'n2', row: { id: 2, email: 'p@x', v: 'n2' } } };
+}
+
+scenario('keep_local: two nodes take the same email; every node keeps the row it had (no convergence by design)', async () => {
+  const since = await baseline(cluster);
+  const { older, newer } = await sameEmail('kept');
+  await cluster.startAgents(['n1', 'n2']);
+  const c = on('kept');
+  const expected: PerNode<Conflict[]> = {
+    n1: [c({ peer: 'n2', key: '[2]', type: 'insert_exists', resolution: 'keep_local', local: older, remote: newer })],
+    n2: [c({ peer: 'n1', key: '[1]', type: 'insert_exists', resolution: 'keep_local', local: newer, remote: older })],
+    n3: [c({ peer: 'n2', key: '[2]', type: 'insert_exists', resolution: 'keep_local', local: older, remote: newer })],
+  };
+  await expectConflicts(cluster, since, expected);
+  await expectCounters(cluster, countersOf(expected));
+  assert.deepEqual([await rowsOf(n1, 'kept'), await rowsOf(n2, 'kept'), await rowsOf(n3, 'kept')], [[older.row], [newer.row], [older.row]]);
+  await expectNoExceptions(since);
+});
+
+scenario('apply_remote: two nodes take the same email; every node applies what arrives and evicts its own row (no convergence by design)', async () => {
+  const since = await baseline(cluster);
+  const { older, newer } = await sameEmail('taken');
+  await cluster.startAgents(['n1', 'n2']);
+  const c = on('taken');
+  const expected: PerNode<Conflict[]> = {
+    n1: [c({ peer: 'n2', key: '[2]', type: 'insert_exists', resolution: 'apply_remote', local: older, remote: newer })],
+    // Under last-update-wins n2 would keep its newer row; apply_remote takes n1's older one.
+    n2: [c({ peer: 'n1', key: '[1]', type: 'insert_exists', resolution: 'apply_remote', local: newer, remote: older })],
+    n3: [c({ peer: 'n2', key: '[2]', type: 'insert_exists', resolution: 'apply_remote', local: older, remote: newer })],
+  };
+  await expectConflicts(cluster, since, expected);
+  await expectCounters(cluster, countersOf(expected));
+  assert.deepEqual([await rowsOf(n1, 'taken'), await rowsOf(n2, 'taken'), await rowsOf(n3, 'taken')], [[newer.row], [older.row], [newer.row]]);
+  await expectNoExceptions(since);
+});
+
+scenario('pause: two nodes take the same email; every node that meets it pauses the peer, and resume resolves it by last-update-wins', async () => {
+  const since = await baseline(cluster);
+  const { older, newer } = await sameEmail('paused');
+  await cluster.startAgents(['n1', 'n2']);
+  for (const [node, peer] of [['n1', 'n2'], ['n2', 'n1'], ['n3', 'n2']] as const) {
+    await eventually(() => peerStatus(cluster, node, peer).state === 'paused', { timeoutMs: 20_000, what: `${peer} paused on ${node}` });
+    assert.match(peerStatus(cluster, node, peer).pausedReason ?? '', new RegExp(`insert_exists on public\\.paused key \\[${peer === 'n1' ? 1 : 2}\\] from peer`));
+  }
+  assert.deepEqual([await rowsOf(n1, 'paused'), await rowsOf(n2, 'paused'), await rowsOf(n3, 'paused')], [[older.row], [newer.row], [older.row]]);
+  assert.deepEqual(await conflictsSince(cluster, since), { n1: [], n2: [], n3: [] });
+  for (const [node, peer] of [['n1', 'n2'], ['n2', 'n1'], ['n3', 'n2']] as const) assert.equal(await resumePeer(cluster.node(node).sql, peer), true);
+  await expectEverywhere({ paused: [newer.row] });
+  const c = on('paused');
+  const expected: PerNode<Conflict[]> = {
+    n1: [c({ peer: 'n2', key: '[2]', type: 'insert_exists', resolution: 'apply_remote', local: older, remote: newer })],
+    n2: [c({ peer: 'n1', key: '[1]', type: 'insert_exists', resolution: 'keep_local', local: newer, remote: older })],
+    n3: [c({ peer: 'n2', key: '[2]', type: 'insert_exists', resolution: 'apply_remote', local: older, remote: newer })],
+  };
+  await expectConflicts(cluster, since, expected);
+  await expectCounters(cluster, countersOf(expected));
+  await expectNoExceptions(since);
+});
