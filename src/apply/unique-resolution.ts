@@ -147,7 +147,8 @@ export function buildUniqueResolution(shape: StatementShape, ctx: StatementConte
   if (shape.kind === 'delete') {
     // The deleted row lets go of its values: claimed with its version (whether or not the delete wins, a claim
     // the row had anyway).
-    return `${prelude}, cw AS (${claimsInsert(rel, local, curClaims.join(' UNION ALL '))}) SELECT NULL::text AS rel WHERE false`;
+    // Returns no rows; it names the commit LSN only to take the same parameters as the apply statement.
+    return `${prelude}, cw AS (${claimsInsert(rel, local, curClaims.join(' UNION ALL '))}) SELECT NULL::text AS rel, ${lsn} AS lsn WHERE false`;
   }
 
   const lww = policy === 'last_update_wins';
