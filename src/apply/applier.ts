@@ -26,7 +26,7 @@ import { PgmeshError, errorMessage } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
 import { formatLsn, parseLsn, type Lsn } from '../core/lsn.ts';
 import { formatPgTimestamp, type PgTimestamp } from '../core/pg-time.ts';
-import { SQLSTATE, sqlState } from '../core/sqlstate.ts';
+import { SQLSTATE, isRetryableSqlState, sqlState } from '../core/sqlstate.ts';
 import { openSql, type Sql } from '../pg/connect.ts';
 import { quoteLiteral } from '../pg/quote.ts';
 import { textArrayLiteral } from '../pg/text-array.ts';
@@ -53,7 +53,7 @@ import {
   type StatementContext,
 } from './statement-builder.ts';
 import { findUniqueConflict, recordUniqueConflict, type UniqueConflict } from './unique-conflicts.ts';
-import { buildUniqueResolution, needsUniqueResolution } from './unique-resolution.ts';
+import { buildUniqueClaimCheck, buildUniqueResolution, needsUniqueResolution } from './unique-resolution.ts';
 
 /** Message bytes in flight before the applier waits for replies (keeps a huge transaction's memory flat). */
 const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
@@ -589,6 +589,16 @@ export class Applier {
     return text || undefined;
   }
 
+  private claimCheckFor(binding: RelationBinding): string {
+    const key = `claims:${binding.local.qualified}:${uniqueKey(binding)}`;
+    let text = this.statements.get(key);
+    if (!text) {
+      text = buildUniqueClaimCheck(binding, this.ctx);
+      this.statements.set(key, text);
+    }
+    return text;
+  }
+
   private deferredCheckFor(binding: RelationBinding, index: DeferredUnique): string {
     const key = `deferred:${binding.local.qualified}:${index.name}:${index.columns.join(',')}`;
     let text = this.statements.get(key);
@@ -643,6 +653,18 @@ export class Applier {
       const resolution = this.resolutionFor(batch.first, multiRow);
       if (resolution) this.append(this.execute(resolution, params));
       this.append(this.execute(this.statementFor(batch.first, multiRow), params));
+    }
+    const first = batch.first;
+    if (
+      first.kind === 'upsert' &&
+      first.values[first.values.length - 1] === 'i' &&
+      first.binding.local.uniqueIndexes.length > 0 &&
+      this.policyFor(first.binding) === 'last_update_wins'
+    ) {
+      // Inserts into a table with unique indexes: a claim made while they waited (see buildUniqueClaimCheck; claims
+      // decide only under last-update-wins).
+      const keys = first.keyValues.map((_, i) => textArrayLiteral(batch.ops.map((op) => op.keyValues[i] ?? null)));
+      this.append(this.execute(this.claimCheckFor(first.binding), [...keys, txn.commitTimeText]));
     }
     if (this.messageBytes >= MESSAGE_BYTES) return this.flushMessage(`changes of the transaction at ${formatLsn(txn.finalLsn)}`);
     return undefined;
@@ -931,7 +953,8 @@ export class Applier {
     } catch (error) {
       await this.session.unsafe('ROLLBACK TO SAVEPOINT pgmesh_change');
       const code = sqlState(error);
-      if (code === SQLSTATE.conflictPause || !binding) throw error;
+      // A pause, or a failure that is not the change's own (a deadlock, a row changed under a lock): not an exception.
+      if (code === SQLSTATE.conflictPause || isRetryableSqlState(code) || !binding) throw error;
       // A secondary unique key taken here is a conflict as well (insert_exists, update_exists or
       // multiple_unique_conflicts): it is recorded and counted with the exception.
       const conflict =

@@ -11,6 +11,8 @@
  *   d    per row: the conflict type (PostgreSQL 18 names), whether the remote version is newer, whether to apply
  *   ...  the write, the tombstone write, the conflict log, and a summary (conflict counts by type)
  * All CTEs read the snapshot from before the statement, so `cur` and the conflict log see the old local row.
+ * On tables with unique indexes besides the primary key, the unique-key resolution runs first (unique-resolution.ts)
+ * and `u` leaves out the rows it decided.
  *
  * Parameters: the value columns ($1..$n), then $n+1 remote commit timestamp, $n+2 remote commit LSN.
  * The values are text (cast to each column's type where used); the commit timestamp and LSN parameters are typed, so

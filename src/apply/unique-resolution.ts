@@ -161,18 +161,25 @@ export function buildUniqueResolution(shape: StatementShape, ctx: StatementConte
     : policy === 'apply_remote'
       ? `'apply_remote'`
       : `'keep_local'`;
+  const holderJoin = (x: SentIndex, i: number) =>
+    `FROM u JOIN ${table} y ON ${x.index.columns.map((c, j) => `y.${quoteIdent(c)} = u.${x.aliases[j]}`).join(' AND ')} ` +
+    // Rows of this batch are being rewritten by it: not rivals here (careful mode applies them one by one).
+    `WHERE u.q${i} IS NOT NULL AND NOT (${keyMatch('y', 'u')}) AND NOT EXISTS (SELECT 1 FROM u u2 WHERE ${keyMatch('y', 'u2')})`;
   const holders = indexes.map(
     (x, i) =>
       `h${i} AS MATERIALIZED (SELECT u.ord, ${i} AS idx, ${keyNames.map((k, j) => `y.${k} AS hk${j}`).join(', ')}, ${pkeyOf('y')} AS hpkey, to_jsonb(y) AS hrow, ` +
-      `y.xmin AS hxmin, ${mine('y')} AS hmine FROM u JOIN ${table} y ON ${x.index.columns.map((c, j) => `y.${quoteIdent(c)} = u.${x.aliases[j]}`).join(' AND ')} ` +
-      // Rows of this batch are being rewritten by it: not rivals here (careful mode applies them one by one).
-      `WHERE u.q${i} IS NOT NULL AND NOT (${keyMatch('y', 'u')}) AND NOT EXISTS (SELECT 1 FROM u u2 WHERE ${keyMatch('y', 'u2')}) FOR UPDATE OF y)`,
+      `y.xmin AS hxmin, ${mine('y')} AS hmine ${holderJoin(x, i)} FOR UPDATE OF y), ` +
+      // The same rows as the statement's snapshot has them, without waiting for locks (see "moved").
+      `s${i} AS MATERIALIZED (SELECT ${pkeyOf('y')} AS hpkey, y.xmin AS hxmin ${holderJoin(x, i)})`,
   );
   const claims = indexes.map(
     (x, i) =>
       `SELECT u.ord, ${i} AS idx, c.pkey AS cpkey, cv.ts AS cts, cv.node AS cnode FROM u JOIN pgmesh.unique_claim c ON c.relid = ${rel} AND c.indexid = ${x.index.oid}::oid AND c.value = u.q${i} ` +
       `CROSS JOIN LATERAL pgmesh.claim_version(c.xmin, c.ts, c.node, ${local}) cv WHERE c.pkey <> u.pkey`,
   );
+  // Under last-update-wins a row is removed only while it is older (a local write may have replaced it since the
+  // snapshot: the delete then sees the new version and leaves it).
+  const recheck = lww ? ` AND (SELECT ${localOlder('rv.ts', 'rv.node')} FROM ${versionOf('y.xmin', pkeyOf('y'))} rv)` : '';
   const remoteRow = jsonRow(shape.valuePositions.map((p, i) => [col(b, p).name, `u.v${i}`]));
   const type = `CASE WHEN e.rivals > 1 THEN 'multiple_unique_conflicts' WHEN ${rows.isInsert} THEN 'insert_exists' ELSE 'update_exists' END`;
   const sql =
@@ -180,9 +187,14 @@ export function buildUniqueResolution(shape: StatementShape, ctx: StatementConte
     `tomb AS MATERIALIZED (SELECT u.ord, v.ts AS tts, v.node AS tnode FROM u JOIN pgmesh.tombstone t ON t.relid = ${rel} AND t.pkey = u.pkey ` +
     `CROSS JOIN LATERAL pgmesh.tombstone_version(t.xmin, t.ts, t.node, ${local}) v), ` +
     `${holders.join(', ')}, ` +
-    `hv AS MATERIALIZED (SELECT h.ord, h.idx, ${keyNames.map((_, j) => `h.hk${j}`).join(', ')}, h.hpkey, h.hrow, ` +
+    `hv AS MATERIALIZED (SELECT h.ord, h.idx, ${keyNames.map((_, j) => `h.hk${j}`).join(', ')}, h.hpkey, h.hrow, h.hxmin, ` +
     `CASE WHEN h.hmine THEN ${ts} ELSE v.ts END AS hts, CASE WHEN h.hmine THEN ${remote} ELSE v.node END AS hnode ` +
     `FROM (${indexes.map((_, i) => `SELECT * FROM h${i}`).join(' UNION ALL ')}) h CROSS JOIN LATERAL ${versionOf('h.hxmin', 'h.hpkey')} v), ` +
+    // A holder that a local transaction changed or deleted while this statement waited for its lock may have let go
+    // of the value with a claim this statement's snapshot does not see: the transaction is applied again, with a
+    // new snapshot (serialization_failure is retried like a deadlock).
+    `moved AS MATERIALIZED (SELECT pgmesh.raise_error('40001', ${quoteLiteral(`pgmesh: a row of ${b.local.schema}.${b.local.name} holding a unique value changed while a change from ${ctx.peer} was applied; it is applied again`)}, NULL) AS r ` +
+    `FROM (${indexes.map((_, i) => `SELECT * FROM s${i}`).join(' UNION ALL ')}) s WHERE NOT EXISTS (SELECT 1 FROM hv WHERE hv.hpkey = s.hpkey AND hv.hxmin = s.hxmin) LIMIT 1), ` +
     // Where a row holds the value now, claims on it are older than that row (it would have given way to them).
     `cl AS MATERIALIZED (SELECT c.* FROM (${claims.join(' UNION ALL ')}) c WHERE NOT EXISTS (SELECT 1 FROM hv WHERE hv.ord = c.ord AND hv.idx = c.idx)), ` +
     `e AS MATERIALIZED (SELECT u.ord, ` +
@@ -192,11 +204,11 @@ export function buildUniqueResolution(shape: StatementShape, ctx: StatementConte
     `EXISTS (SELECT 1 FROM hv WHERE hv.ord = u.ord AND ${rivalHolder('hv')}) AS collides, ` +
     `(SELECT count(DISTINCT hv.hpkey) FROM hv WHERE hv.ord = u.ord AND ${rivalHolder('hv')}) + ` +
     `${lww ? `(SELECT count(DISTINCT cl.cpkey) FROM cl WHERE cl.ord = u.ord AND ${localNewer('cl.cts', 'cl.cnode')})` : '0'} AS rivals ` +
-    `FROM u LEFT JOIN cur USING (ord) LEFT JOIN tomb USING (ord)), ` +
+    `FROM u LEFT JOIN cur USING (ord) LEFT JOIN tomb USING (ord) WHERE NOT EXISTS (SELECT 1 FROM moved)), ` +
     // Evicted holders go, and so does the local row of a beaten row's key when the beaten row is newer on its key.
     `gone AS (DELETE FROM ${table} y USING (SELECT ${keyNames.map((_, j) => `hv.hk${j}`).join(', ')} FROM hv JOIN e USING (ord) WHERE ${evict('hv')} ` +
     `UNION SELECT ${keyNames.map((_, j) => `u.k${j}`).join(', ')} FROM u JOIN e USING (ord) JOIN cur USING (ord) WHERE ${removeOwn}) z ` +
-    `WHERE ${keyNames.map((k, j) => `y.${k} = z.hk${j}`).join(' AND ')}), ` +
+    `WHERE ${keyNames.map((k, j) => `y.${k} = z.hk${j}`).join(' AND ')}${recheck}), ` +
     // An evicted holder's tombstone keeps the holder's version; a beaten row's, its own (this transaction's).
     `tw AS (INSERT INTO pgmesh.tombstone AS t (relid, pkey, ts, node) SELECT ${rel}, z.pkey, z.ts, z.node FROM (` +
     `SELECT DISTINCT ON (hv.hpkey) hv.hpkey AS pkey, hv.hts AS ts, hv.hnode AS node FROM hv JOIN e USING (ord) WHERE ${evict('hv')} ` +
@@ -245,4 +257,32 @@ function jsonRow(pairs: readonly (readonly [string, string])[]): string {
   const chunks: string[] = [];
   for (let i = 0; i < args.length; i += 100) chunks.push(`jsonb_build_object(${args.slice(i, i + 100).join(', ')})`);
   return chunks.length === 0 ? `'{}'::jsonb` : chunks.join(' || ');
+}
+
+/**
+ * Runs right after a batch of inserts into a table with unique indexes (fast path or full): a claim newer than the
+ * rows it wrote means a local transaction let go of one of their values while the insert waited for it (the
+ * insert's snapshot did not see the claim that transaction wrote; this statement's does). It raises PM004 (a
+ * fast-path miss), and the transaction is applied again with the full statements, which judge the rows against it.
+ * Parameters: one text array per primary key column (the rows' keys), then the remote commit timestamp.
+ */
+export function buildUniqueClaimCheck(binding: RelationBinding, ctx: StatementContext): string {
+  const local = binding.local;
+  const keys = local.primaryKey;
+  const keyType = (name: string) => local.columns.get(name)?.type ?? 'text';
+  const rel = `${local.oid}::oid`;
+  const ts = `$${keys.length + 1}::timestamptz`;
+  const values = local.uniqueIndexes
+    .map((index) => `(c.indexid = ${index.oid}::oid AND c.value = jsonb_build_array(${index.columns.map((c) => `x.${quoteIdent(c)}`).join(', ')})::text)`)
+    .join(' OR ');
+  return (
+    `SELECT pgmesh.raise_error('PM004', 'pgmesh: fast path miss', ${quoteLiteral(String(local.oid))}) ` +
+    `FROM unnest(${keys.map((_, i) => `$${i + 1}::text[]`).join(', ')}) AS k(${keys.map((_, i) => `k${i}`).join(', ')}) ` +
+    `JOIN ${local.qualified} x ON ${keys.map((k, i) => `x.${quoteIdent(k)} = k.k${i}::${keyType(k)}`).join(' AND ')} ` +
+    `JOIN pgmesh.unique_claim c ON c.relid = ${rel} AND (${values}) AND c.pkey <> jsonb_build_array(${keys.map((k) => `x.${quoteIdent(k)}`).join(', ')})::text ` +
+    `CROSS JOIN LATERAL pgmesh.claim_version(c.xmin, c.ts, c.node, ${quoteLiteral(ctx.localNode)}) cv ` +
+    // Only rows this transaction wrote, and only when the table has claims at all (an init plan, evaluated once).
+    `WHERE EXISTS (SELECT 1 FROM pgmesh.unique_claim c0 WHERE c0.relid = ${rel}) AND x.xmin = pg_catalog.xid(pg_catalog.pg_current_xact_id_if_assigned()) ` +
+    `AND (${ts}, ${quoteLiteral(ctx.peer)} COLLATE "C") < (cv.ts, cv.node COLLATE "C") LIMIT 1`
+  );
 }

@@ -210,7 +210,10 @@ export function peerStatus(cluster: TestCluster, node: Node, peer: Node) {
   return status;
 }
 
-/** Holds one inbound stream of a node (the agent does not stream from that peer) until releaseStream. Agent stopped. */
+/**
+ * Holds one inbound stream of a node (its agent does not stream from that peer) until releaseStream. Set it while the
+ * node's agent is stopped: an agent reads it when a stream starts.
+ */
 export async function holdStream(node: TestNode, peer: string): Promise<void> {
   await node.sql.unsafe(`UPDATE pgmesh.apply_progress SET paused_at = now(), paused_reason = 'held by the test' WHERE peer = $1`, [peer]);
 }
