@@ -499,7 +499,7 @@ BEGIN
                  (SELECT bool_or(old_row -> a.attname = 'null'::jsonb) FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, pos)
                     JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum WHERE k.pos <= i.indnkeyatts) AS has_null
             FROM pg_catalog.pg_index i
-           WHERE i.indrelid = TG_RELID AND i.indisunique AND NOT i.indisprimary AND i.indimmediate
+           WHERE i.indrelid = TG_RELID AND i.indisunique AND NOT i.indisprimary AND i.indimmediate AND NOT i.indnullsnotdistinct
              AND i.indpred IS NULL AND i.indexprs IS NULL) q
    WHERE NOT q.has_null AND q.old_value IS DISTINCT FROM q.new_value
   ON CONFLICT (relid, indexid, value) DO UPDATE SET pkey = EXCLUDED.pkey, ts = EXCLUDED.ts, node = EXCLUDED.node

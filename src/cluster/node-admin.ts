@@ -289,7 +289,7 @@ async function ensureUniqueReleaseTriggers(sql: Sql, table: TableRef, args: stri
     `SELECT DISTINCT a.attname FROM pg_catalog.pg_index i
        JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) ON k.n <= i.indnkeyatts
        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-      WHERE i.indrelid = $1::text::regclass AND i.indisunique AND NOT i.indisprimary AND i.indimmediate
+      WHERE i.indrelid = $1::text::regclass AND i.indisunique AND NOT i.indisprimary AND i.indimmediate AND NOT i.indnullsnotdistinct
         AND i.indpred IS NULL AND i.indexprs IS NULL
       ORDER BY 1`,
     [qualified],
