@@ -656,13 +656,14 @@ export class Applier {
     }
     const first = batch.first;
     if (
+      fast &&
       first.kind === 'upsert' &&
       first.values[first.values.length - 1] === 'i' &&
       first.binding.local.uniqueIndexes.length > 0 &&
       this.policyFor(first.binding) === 'last_update_wins'
     ) {
-      // Inserts into a table with unique indexes: a claim made while they waited (see buildUniqueClaimCheck; claims
-      // decide only under last-update-wins).
+      // Fast inserts into a table with unique indexes: a claim made while they waited (see buildUniqueClaimCheck;
+      // claims decide only under last-update-wins). The full statements lock and re-check instead.
       const keys = first.keyValues.map((_, i) => textArrayLiteral(batch.ops.map((op) => op.keyValues[i] ?? null)));
       this.append(this.execute(this.claimCheckFor(first.binding), [...keys, txn.commitTimeText]));
     }

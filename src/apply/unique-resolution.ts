@@ -260,7 +260,7 @@ function jsonRow(pairs: readonly (readonly [string, string])[]): string {
 }
 
 /**
- * Runs right after a batch of inserts into a table with unique indexes (fast path or full): a claim newer than the
+ * Runs right after a fast-path batch of inserts into a table with unique indexes: a claim newer than the
  * rows it wrote means a local transaction let go of one of their values while the insert waited for it (the
  * insert's snapshot did not see the claim that transaction wrote; this statement's does). It raises PM004 (a
  * fast-path miss), and the transaction is applied again with the full statements, which judge the rows against it.
