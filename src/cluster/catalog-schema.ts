@@ -441,28 +441,34 @@ ALTER TABLE pgmesh.conflict ADD COLUMN restored_at timestamptz;
 -- statement of the same message failed).
 CREATE INDEX ON pgmesh.conflict (peer, remote_commit_lsn);
 
--- Local deletes (and key changes) replace an evicted row's tombstone: its own version no longer applies.
+-- Local deletes (and key changes) replace an evicted row's tombstone: its own version no longer applies. Like every
+-- trigger function on users' tables, they run as the catalog's owner with a pinned search_path (a role with only its
+-- own table privileges can write the table).
 CREATE OR REPLACE FUNCTION pgmesh.record_deletes() RETURNS trigger
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
 AS $fn$
 BEGIN
   INSERT INTO pgmesh.tombstone (relid, pkey)
-  SELECT TG_RELID, (SELECT jsonb_agg(j -> k ORDER BY n)::text FROM unnest(TG_ARGV) WITH ORDINALITY AS a(k, n))
-    FROM (SELECT to_jsonb(o) AS j FROM pgmesh_deleted o) d
+  SELECT TG_RELID, (SELECT pg_catalog.jsonb_agg(j -> k ORDER BY n)::text
+                      FROM pg_catalog.unnest(TG_ARGV) WITH ORDINALITY AS a(k, n))
+    FROM (SELECT pg_catalog.to_jsonb(o) AS j FROM pgmesh_deleted o) d
   ON CONFLICT (relid, pkey) DO UPDATE SET pkey = EXCLUDED.pkey, ts = NULL, node = NULL;
   RETURN NULL;
 END
 $fn$;
 
 CREATE OR REPLACE FUNCTION pgmesh.record_key_change() RETURNS trigger
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
 AS $fn$
 BEGIN
   INSERT INTO pgmesh.tombstone (relid, pkey)
-  SELECT TG_RELID, (SELECT jsonb_agg(j -> k ORDER BY n)::text FROM unnest(TG_ARGV) WITH ORDINALITY AS a(k, n))
-    FROM (SELECT to_jsonb(OLD) AS j) o
+  SELECT TG_RELID, (SELECT pg_catalog.jsonb_agg(j -> k ORDER BY n)::text
+                      FROM pg_catalog.unnest(TG_ARGV) WITH ORDINALITY AS a(k, n))
+    FROM (SELECT pg_catalog.to_jsonb(OLD) AS j) o
   ON CONFLICT (relid, pkey) DO UPDATE SET pkey = EXCLUDED.pkey, ts = NULL, node = NULL;
   RETURN NULL;
 END
@@ -474,7 +480,8 @@ $fn$;
 -- whose statements record claims themselves. The value is spelled as the apply statements spell it: the jsonb
 -- array of the index's column values, in UTC and ISO styles.
 CREATE FUNCTION pgmesh.record_unique_release() RETURNS trigger
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
 SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
 AS $fn$
 DECLARE
