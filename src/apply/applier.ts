@@ -26,7 +26,7 @@ import { PgmeshError, errorMessage, messageWithoutValues } from '../core/errors.
 import type { Logger } from '../core/logger.ts';
 import { formatLsn, parseLsn, type Lsn } from '../core/lsn.ts';
 import { formatPgTimestamp, type PgTimestamp } from '../core/pg-time.ts';
-import { SQLSTATE, isDataSqlState, sqlState } from '../core/sqlstate.ts';
+import { SQLSTATE, isDataSqlState, isRetryableSqlState, sqlState } from '../core/sqlstate.ts';
 import { openSql, type Sql } from '../pg/connect.ts';
 import { quoteLiteral } from '../pg/quote.ts';
 import { textArrayLiteral } from '../pg/text-array.ts';
@@ -55,6 +55,7 @@ import {
 import { findUniqueConflict, recordUniqueConflict, type UniqueConflict } from './unique-conflicts.ts';
 import { DDL_MESSAGE_PREFIX, ddlApplyStatement } from '../ddl/ddl-apply.ts';
 import { droppedValues, driftExceptionSql, reduceChange, reduceRelation, type Reduction } from '../ddl/schema-drift.ts';
+import { buildUniqueClaimCheck, buildUniqueResolution, needsUniqueResolution } from './unique-resolution.ts';
 
 /** Message bytes in flight before the applier waits for replies (keeps a huge transaction's memory flat). */
 const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
@@ -637,12 +638,35 @@ export class Applier {
   private statementFor(op: RowOp, multiRow: boolean): string {
     const binding = op.binding;
     const policy = this.policyFor(binding);
-    const key = `${op.kind}:${binding.local.qualified}:${policy}:${binding.deltaPositions.join(',')}:${op.valuePositions.join(',')}:${multiRow ? 'm' : 's'}${unchangedKey(op)}`;
+    const key = `${op.kind}:${binding.local.qualified}:${policy}:${binding.deltaPositions.join(',')}:${op.valuePositions.join(',')}:${multiRow ? 'm' : 's'}${unchangedKey(op)}:${uniqueKey(binding)}`;
     let text = this.statements.get(key);
     if (!text) {
       const shape = { kind: op.kind, binding, valuePositions: op.valuePositions, multiRow, unchangedPositions: op.unchangedPositions };
       if (valueParameterCount(shape) !== op.values.length) throw new PgmeshError('INTERNAL', `parameter count mismatch for ${key}`);
       text = buildStatement(shape, this.ctx, policy);
+      this.statements.set(key, text);
+    }
+    return text;
+  }
+
+  /** The unique-key resolution that runs before the apply statement of a batch like op's, if its table needs one. */
+  private resolutionFor(op: RowOp, multiRow: boolean): string | undefined {
+    const binding = op.binding;
+    if (binding.local.uniqueIndexes.length === 0) return undefined;
+    const policy = this.policyFor(binding);
+    const key = `resolve:${op.kind}:${binding.local.qualified}:${policy}:${binding.deltaPositions.join(',')}:${op.valuePositions.join(',')}:${multiRow ? 'm' : 's'}:${uniqueKey(binding)}`;
+    if (this.statements.has(key)) return this.statements.get(key) || undefined;
+    const shape = { kind: op.kind, binding, valuePositions: op.valuePositions, multiRow };
+    const text = needsUniqueResolution(shape) ? buildUniqueResolution(shape, this.ctx, policy) : '';
+    this.statements.set(key, text);
+    return text || undefined;
+  }
+
+  private claimCheckFor(binding: RelationBinding): string {
+    const key = `claims:${binding.local.qualified}:${uniqueKey(binding)}`;
+    let text = this.statements.get(key);
+    if (!text) {
+      text = buildUniqueClaimCheck(binding, this.ctx);
       this.statements.set(key, text);
     }
     return text;
@@ -698,7 +722,23 @@ export class Applier {
       const lock = this.rowLockFor(batch.first, multiRow, params);
       if (lock) this.append(this.execute(lock.text, lock.params));
       params.push(txn.commitTimeText, formatLsn(txn.finalLsn));
+      // Secondary unique keys first (after the rows are locked): the apply statement then leaves out what lost.
+      const resolution = this.resolutionFor(batch.first, multiRow);
+      if (resolution) this.append(this.execute(resolution, params));
       this.append(this.execute(this.statementFor(batch.first, multiRow), params));
+    }
+    const first = batch.first;
+    if (
+      fast &&
+      first.kind === 'upsert' &&
+      first.values[first.values.length - 1] === 'i' &&
+      first.binding.local.uniqueIndexes.length > 0 &&
+      this.policyFor(first.binding) === 'last_update_wins'
+    ) {
+      // Fast inserts into a table with unique indexes: a claim made while they waited (see buildUniqueClaimCheck;
+      // claims decide only under last-update-wins). The full statements lock and re-check instead.
+      const keys = first.keyValues.map((_, i) => textArrayLiteral(batch.ops.map((op) => op.keyValues[i] ?? null)));
+      this.append(this.execute(this.claimCheckFor(first.binding), [...keys, txn.commitTimeText]));
     }
     if (this.messageBytes >= MESSAGE_BYTES) return this.flushMessage(`changes of the transaction at ${formatLsn(txn.finalLsn)}`);
     return undefined;
@@ -816,15 +856,28 @@ export class Applier {
     const code = sqlState(failure.error);
     if (code === undefined || code.startsWith('08') || code.startsWith('57P')) return;
     let end: Lsn;
+    let counts: { lsn: string; conflict: string; rel: string; n: number }[];
     try {
-      const ask = async (): Promise<Lsn> => {
+      const ask = async (): Promise<{ end: Lsn; counts: typeof counts }> => {
         await this.session.unsafe('ROLLBACK');
         // The failed transaction may have set up its origin LSN: cleared, so that no later transaction of the
         // session that aborts with an xid moves the origin there (PostgreSQL advances it on such aborts too).
         const rows = await this.session.unsafe<{ end: string | null }[]>(
           `SELECT pg_catalog.current_setting('pgmesh.applied_end', true) AS end, pg_catalog.pg_replication_origin_xact_reset() AS reset`,
         );
-        return parseLsn(rows[0]?.end ?? '0/0');
+        const end = parseLsn(rows[0]?.end ?? '0/0');
+        // Transactions of the failed message that committed before the failing statement: the message's reply,
+        // with their conflict summaries, was lost with the failure, so their conflicts are counted from the log.
+        const lsns = this.unconfirmed.toArray().flatMap((r) => (r.endLsn <= end ? [formatLsn(r.txn.finalLsn)] : []));
+        const counts =
+          lsns.length === 0
+            ? []
+            : await this.session.unsafe<{ lsn: string; conflict: string; rel: string; n: number }[]>(
+                `SELECT remote_commit_lsn::text AS lsn, conflict_type AS conflict, relation AS rel, count(*)::int AS n FROM pgmesh.conflict
+                  WHERE peer = $1::text AND remote_commit_lsn = ANY ($2::text::pg_lsn[]) GROUP BY 1, 2, 3`,
+                [this.options.peer, textArrayLiteral(lsns)],
+              );
+        return { end, counts };
       };
       let timer: NodeJS.Timeout | undefined;
       const late = new Promise<never>((_, reject) => {
@@ -833,7 +886,7 @@ export class Applier {
       try {
         const answer = ask();
         answer.catch(() => undefined); // a late failure, after the timeout, is not waited for
-        end = await Promise.race([answer, late]);
+        ({ end, counts } = await Promise.race([answer, late]));
       } finally {
         clearTimeout(timer);
       }
@@ -843,6 +896,9 @@ export class Applier {
     }
     while ((this.unconfirmed.peekFront()?.endLsn ?? end + 1n) <= end) {
       const record = this.unconfirmed.shift() as CommitRecord;
+      const lsn = formatLsn(record.txn.finalLsn);
+      record.txn.conflicts = undefined; // what earlier messages of it counted is in the log too
+      countConflicts(record.txn, counts.filter((c) => c.lsn === lsn));
       this.committed(record.txn, record.endLsn, record.commitTime);
     }
     // The first transaction that did not commit is the one that failed: the earliest unconfirmed one, or the open
@@ -974,6 +1030,8 @@ export class Applier {
           const lock = this.rowLockFor(op, false, op.values);
           if (lock) await this.session.unsafe(lock.text, lock.params as string[], { prepare: true });
           const params = [...op.values, txn.commitTimeText, formatLsn(txn.finalLsn)];
+          const resolution = this.resolutionFor(op, false);
+          if (resolution) countConflicts(txn, await this.session.unsafe(resolution, params as string[], { prepare: true }));
           const result = await this.session.unsafe(this.statementFor(op, false), params as string[], { prepare: true });
           countConflicts(txn, result);
         }
@@ -996,7 +1054,8 @@ export class Applier {
         await this.recordException(txn, change, undefined, error);
         return;
       }
-      if (code === SQLSTATE.conflictPause || !binding) throw error;
+      // A pause, or a failure that is not the change's own (a deadlock, a row changed under a lock): not an exception.
+      if (code === SQLSTATE.conflictPause || isRetryableSqlState(code) || !binding) throw error;
       // A secondary unique key taken here is a conflict as well (insert_exists, update_exists or
       // multiple_unique_conflicts): it is recorded and counted with the exception.
       const conflict =
@@ -1323,6 +1382,11 @@ function samePositions(pa: readonly number[], pb: readonly number[]): boolean {
 /** The part of a statement's cache key that names the values an update left unchanged (none, for most rows). */
 function unchangedKey(op: RowOp): string {
   return op.unchangedPositions.length > 0 ? `:u${op.unchangedPositions.join(',')}` : '';
+}
+
+/** The unique indexes a binding's statements were built for (they name the indexes' OIDs). */
+function uniqueKey(binding: RelationBinding): string {
+  return binding.local.uniqueIndexes.map((index) => `${index.oid}(${index.columns.join(',')})`).join(';');
 }
 
 function rememberKeys(into: Map<string, { binding: RelationBinding; keys: (string | null)[][] }>, op: RowOp): void {

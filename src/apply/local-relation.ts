@@ -44,6 +44,19 @@ export interface LocalRelation {
    * triggers, which do not fire in the apply session (replica mode), so the applier checks them itself.
    */
   readonly deferredUnique: readonly DeferredUnique[];
+  /**
+   * Unique indexes other than the primary key, checked immediately, on plain columns, without a predicate, NULLs
+   * distinct: a remote row that takes a value held by another local row is resolved by the table's policy
+   * (unique-resolution.ts).
+   */
+  readonly uniqueIndexes: readonly UniqueIndex[];
+}
+
+export interface UniqueIndex {
+  /** The index's OID on this node (claims on its values are kept under it). */
+  readonly oid: number;
+  readonly name: string;
+  readonly columns: readonly string[];
 }
 
 export interface DeferredUnique {
@@ -104,17 +117,19 @@ export async function loadLocalRelation(sql: Sql, schema: string, name: string):
     [schema, name],
   );
   const policy = policies[0];
-  const deferred = await sql.unsafe<{ name: string; columns: string }[]>(
-    `SELECT ic.relname AS name, json_agg(a.attname ORDER BY k.n)::text AS columns
+  const unique = await sql.unsafe<{ oid: string; name: string; immediate: boolean; resolvable: boolean; columns: string }[]>(
+    `SELECT i.indexrelid::int8::text AS oid, ic.relname AS name, i.indimmediate AS immediate, i.indimmediate AND NOT i.indnullsnotdistinct AS resolvable,
+            json_agg(a.attname ORDER BY k.n)::text AS columns
        FROM pg_catalog.pg_index i
        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
        JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) ON k.n <= i.indnkeyatts
        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-      WHERE i.indrelid = $1::text::oid AND i.indisunique AND NOT i.indimmediate AND NOT i.indisprimary
+      WHERE i.indrelid = $1::text::oid AND i.indisunique AND NOT i.indisprimary
         AND i.indexprs IS NULL AND i.indpred IS NULL
-      GROUP BY ic.relname ORDER BY ic.relname`,
+      GROUP BY i.indexrelid, ic.relname, i.indimmediate, i.indnullsnotdistinct ORDER BY ic.relname`,
     [String(first.oid)],
   );
+  const deferred = unique.filter((u) => !u.immediate);
   return {
     oid: Number(first.oid),
     schema,
@@ -126,6 +141,7 @@ export async function loadLocalRelation(sql: Sql, schema: string, name: string):
     exceptionPolicy: policy?.exception_policy ?? 'skip_change',
     deltaColumns: policy ? parseTextArray(policy.delta_columns) : [],
     deferredUnique: deferred.map((d) => ({ name: d.name, columns: JSON.parse(d.columns) as string[] })),
+    uniqueIndexes: unique.filter((u) => u.resolvable).map((u) => ({ oid: Number(u.oid), name: u.name, columns: JSON.parse(u.columns) as string[] })),
   };
 }
 

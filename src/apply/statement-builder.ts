@@ -11,6 +11,8 @@
  *   d    per row: the conflict type (PostgreSQL 18 names), whether the remote version is newer, whether to apply
  *   ...  the write, the tombstone write, the conflict log, and a summary (conflict counts by type)
  * All CTEs read the snapshot from before the statement, so `cur` and the conflict log see the old local row.
+ * On tables with unique indexes besides the primary key, the unique-key resolution runs first (unique-resolution.ts)
+ * and `u` leaves out the rows it decided.
  *
  * Parameters: the value columns ($1..$n), then $n+1 remote commit timestamp, $n+2 remote commit LSN.
  * The values are text (cast to each column's type where used); the commit timestamp and LSN parameters are typed, so
@@ -19,6 +21,7 @@
 import { quoteIdent, quoteLiteral } from '../pg/quote.ts';
 import type { ConflictPolicy, DeferredUnique, LocalColumn, RelationBinding } from './local-relation.ts';
 import { TRUNCATE_TOMBSTONE_KEY } from '../cluster/truncate-sql.ts';
+import { claimsInsert, indexValueOf } from './unique-claims.ts';
 
 export type BatchKind = 'upsert' | 'partial_update' | 'delta_update' | 'delete';
 
@@ -90,7 +93,8 @@ function asColumnType(b: RelationBinding, p: number, expr: string): string {
   return `CASE WHEN ${expr}::${bounded.unmodified} IS NOT DISTINCT FROM ${cast} OR ${cut} THEN ${cast} END`;
 }
 
-function source(aliases: readonly string[], multiRow: boolean): string {
+/** The rows of a statement's parameters, as `s` with their position `ord` (text arrays for many rows). */
+export function source(aliases: readonly string[], multiRow: boolean): string {
   const params = aliases.map((_, i) => `$${i + 1}::text${multiRow ? '[]' : ''}`);
   return multiRow
     ? `unnest(${params.join(', ')}) WITH ORDINALITY AS s(${[...aliases, 'ord'].join(', ')})`
@@ -133,16 +137,21 @@ function concurrent(g: Gen): string {
 /** CTEs common to every kind: typed rows (u), local versions (cur), tombstones (tomb). */
 function prelude(g: Gen, aliases: readonly string[], typed: readonly string[], multiRow: boolean): string {
   const keys = g.b.keyPositions.map((_, i) => `u0.k${i}`);
+  // On tables with unique indexes, rows that the unique-key resolution before this statement decided (they lost)
+  // are left out, and its marks removed (buildUniqueResolution).
+  const unique = g.b.local.uniqueIndexes.length > 0;
+  const leaveOut = unique ? ` WHERE NOT EXISTS (SELECT 1 FROM pgmesh.resolved_change r WHERE r.relid = ${g.rel} AND r.pkey = jsonb_build_array(${keys.join(', ')})::text)` : '';
+  const unmark = unique ? `rc AS (DELETE FROM pgmesh.resolved_change r WHERE r.relid = ${g.rel}), ` : '';
   return (
     `WITH u0 AS (SELECT s.ord, ${typed.join(', ')} FROM ${source(aliases, multiRow)}), ` +
-    `u AS MATERIALIZED (SELECT u0.*, jsonb_build_array(${keys.join(', ')})::text AS pkey FROM u0), ` +
+    `u AS MATERIALIZED (SELECT u0.*, jsonb_build_array(${keys.join(', ')})::text AS pkey FROM u0${leaveOut}), ${unmark}` +
     `cur AS MATERIALIZED (SELECT u.ord, v.ts AS lts, v.node AS lnode FROM u JOIN ${g.table} x ON ${keyMatch(g, 'x')} ` +
     `CROSS JOIN LATERAL ${versionOf(g, 'x', 'u.pkey')} v), ` +
     // The tombstone probe runs only when the table has tombstones at all (an init plan evaluated once).
     // A TRUNCATE leaves a tombstone for the whole table (key '*', see truncate-sql.ts): with a key's own, the newer counts.
     `tomb AS MATERIALIZED (SELECT DISTINCT ON (u.ord) u.ord, v.ts AS tts, v.node AS tnode FROM u JOIN pgmesh.tombstone t ON t.relid = ${g.rel} ` +
     `AND t.pkey IN (u.pkey, '${TRUNCATE_TOMBSTONE_KEY}') ` +
-    `CROSS JOIN LATERAL pgmesh.row_version(t.xmin, ${g.local}) v WHERE EXISTS (SELECT 1 FROM pgmesh.tombstone t0 WHERE t0.relid = ${g.rel}) ` +
+    `CROSS JOIN LATERAL pgmesh.tombstone_version(t.xmin, t.ts, t.node, ${g.local}) v WHERE EXISTS (SELECT 1 FROM pgmesh.tombstone t0 WHERE t0.relid = ${g.rel}) ` +
     `AND NOT EXISTS (SELECT 1 FROM cur WHERE cur.ord = u.ord) ` +
     `ORDER BY u.ord, coalesce(v.ts, '-infinity') DESC, v.node COLLATE "C" DESC)`
   );
@@ -337,7 +346,7 @@ export function buildStatement(shape: StatementShape, ctx: StatementContext, pol
         `w AS (DELETE FROM ${g.table} AS x USING u JOIN a USING (ord) WHERE ${keyMatch(g, 'x')} AND a.apply AND a.found${recheck}), ` +
         // The delete's version lives on in a tombstone, so an older insert or update arriving later loses to it.
         `tw AS (INSERT INTO pgmesh.tombstone AS t (relid, pkey) SELECT ${g.rel}, u.pkey FROM u JOIN a USING (ord) WHERE a.apply ` +
-        `ON CONFLICT (relid, pkey) DO UPDATE SET pkey = EXCLUDED.pkey WHERE (SELECT ${remoteNewer('tv.ts', 'tv.node', g)} FROM pgmesh.row_version(t.xmin, ${g.local}) tv))` +
+        `ON CONFLICT (relid, pkey) DO UPDATE SET pkey = EXCLUDED.pkey, ts = NULL, node = NULL WHERE (SELECT ${remoteNewer('tv.ts', 'tv.node', g)} FROM pgmesh.tombstone_version(t.xmin, t.ts, t.node, ${g.local}) tv))` +
         epilogue(g, policy, remoteRowOf(g, b.keyPositions, (i) => `k${i}`), `CASE WHEN NOT a.found THEN 'skip' WHEN a.apply THEN 'apply_remote' ELSE 'keep_local' END`)
       );
     }
@@ -438,6 +447,11 @@ export function buildFastStatement(
   const param = (i: number, p: number): string => asColumnType(b, p, `$${i + 1}::text`);
   const keyMatchParams = (firstKey: (i: number) => number): string =>
     b.keyPositions.map((p, i) => `x.${quoteIdent(col(b, p).name)} = ${param(firstKey(i), p)}`).join(' AND ');
+  // Tables with unique indexes besides the primary key (unique-resolution.ts): an insert of a value that has a claim,
+  // and an update that changes a unique value, take the full statements; a delete claims the values it removes.
+  const uniqueColumns = new Set(b.local.uniqueIndexes.flatMap((index) => index.columns));
+  const sameUnique = (value: (i: number, p: number) => string): string =>
+    shape.valuePositions.flatMap((p, i) => (uniqueColumns.has(col(b, p).name) ? [` AND x.${quoteIdent(col(b, p).name)} IS NOT DISTINCT FROM ${value(i, p)}`] : [])).join('');
   switch (shape.kind) {
     case 'upsert': {
       const aliases = [...shape.valuePositions.map((_, i) => `v${i}`), 'op'];
@@ -449,9 +463,18 @@ export function buildFastStatement(
         const one = !shape.multiRow;
         const keys = one ? b.keyPositions.map((p) => param(shape.valuePositions.indexOf(p), p)) : keyTypedFromValues;
         const values = one ? shape.valuePositions.map((p, i) => param(i, p)) : typed;
+        const claimed = b.local.uniqueIndexes.flatMap((index) => {
+          const positions = index.columns.map((c) => shape.valuePositions.findIndex((p) => col(b, p).name === c));
+          if (positions.some((i) => i < 0)) return [];
+          return [`(c.indexid = ${index.oid}::oid AND c.value = jsonb_build_array(${positions.map((i) => values[i]).join(', ')})::text)`];
+        });
         const tombstone =
           `(EXISTS (SELECT 1 FROM pgmesh.tombstone t0 WHERE t0.relid = ${rel}) AND ` +
-          `EXISTS (SELECT 1 FROM pgmesh.tombstone t WHERE t.relid = ${rel} AND t.pkey IN (jsonb_build_array(${keys.join(', ')})::text, '${TRUNCATE_TOMBSTONE_KEY}')))`;
+          `EXISTS (SELECT 1 FROM pgmesh.tombstone t WHERE t.relid = ${rel} AND t.pkey IN (jsonb_build_array(${keys.join(', ')})::text, '${TRUNCATE_TOMBSTONE_KEY}')))` +
+          (claimed.length > 0
+            ? ` OR (EXISTS (SELECT 1 FROM pgmesh.unique_claim c0 WHERE c0.relid = ${rel}) AND ` +
+              `EXISTS (SELECT 1 FROM pgmesh.unique_claim c WHERE c.relid = ${rel} AND (${claimed.join(' OR ')})))`
+            : '');
         // A row of the key on this statement's snapshot is a miss too, although the INSERT would fail on it anyway:
         // if a local transaction is deleting that row, the INSERT's unique check waits for it and, once the delete
         // commits, inserts, and the delete's tombstone is not on this snapshot. The full statement locks the row and
@@ -481,7 +504,7 @@ export function buildFastStatement(
         });
         const text =
           `WITH w AS (UPDATE ${table} AS x SET ${set.join(', ')} WHERE ${keyMatchParams((i) => shape.valuePositions.indexOf(b.keyPositions[i] as number))} ` +
-          `AND $${aliases.length}::text = 'u' AND ${older} RETURNING 1)` +
+          `AND $${aliases.length}::text = 'u' AND ${older}${sameUnique((i, p) => param(i, p))} RETURNING 1)` +
           checked('w');
         return { text, timestamp: true };
       }
@@ -492,7 +515,7 @@ export function buildFastStatement(
       const text =
         `WITH u AS (SELECT ${typed.map((t, i) => `${t} AS v${i}`).join(', ')}, ${keyTypedFromValues.map((t, i) => `${t} AS k${i}`).join(', ')} ` +
         `FROM ${source(aliases, shape.multiRow)} WHERE s.op = 'u'), ` +
-        `w AS (UPDATE ${table} AS x SET ${set.join(', ')} FROM u WHERE ${match} AND ${older} RETURNING 1)` +
+        `w AS (UPDATE ${table} AS x SET ${set.join(', ')} FROM u WHERE ${match} AND ${older}${sameUnique((i) => `u.v${i}`)} RETURNING 1)` +
         checked('w');
       return { text, timestamp: true };
     }
@@ -502,7 +525,9 @@ export function buildFastStatement(
       if (!shape.multiRow) {
         const keys = b.keyPositions.length;
         const set = shape.valuePositions.map((p, i) => `${quoteIdent(col(b, p).name)} = ${param(keys + i, p)}`);
-        const text = `WITH w AS (UPDATE ${table} AS x SET ${set.join(', ')} WHERE ${keyMatchParams((i) => i)} AND ${older} RETURNING 1)` + checked('w');
+        const text =
+          `WITH w AS (UPDATE ${table} AS x SET ${set.join(', ')} WHERE ${keyMatchParams((i) => i)} AND ${older}${sameUnique((i, p) => param(keys + i, p))} RETURNING 1)` +
+          checked('w');
         return { text, timestamp: true };
       }
       const valueAliases = shape.valuePositions.map((_, i) => `v${i}`);
@@ -510,23 +535,42 @@ export function buildFastStatement(
       const set = shape.valuePositions.map((p, i) => `${quoteIdent(col(b, p).name)} = u.v${i}`);
       const text =
         `WITH u AS (SELECT ${typed.join(', ')} FROM ${source([...keyAliases, ...valueAliases], shape.multiRow)}), ` +
-        `w AS (UPDATE ${table} AS x SET ${set.join(', ')} FROM u WHERE ${match} AND ${older} RETURNING 1)` +
+        `w AS (UPDATE ${table} AS x SET ${set.join(', ')} FROM u WHERE ${match} AND ${older}${sameUnique((i) => `u.v${i}`)} RETURNING 1)` +
         checked('w');
       return { text, timestamp: true };
     }
     case 'delete': {
       if (delta) return undefined;
       const g = { ts, remote: quoteLiteral(ctx.peer) } as Gen;
+      const unique = b.local.uniqueIndexes.length > 0;
+      const returning = unique ? `, x.xmin AS row_xmin, to_jsonb(x) AS row` : '';
       const removed = shape.multiRow
         ? `WITH u AS (SELECT ${keyTyped.join(', ')} FROM ${source(keyAliases, shape.multiRow)}), ` +
-          `w AS (DELETE FROM ${table} AS x USING u WHERE ${match} AND ${older} RETURNING jsonb_build_array(${keyAliases.map((k) => `u.${k}`).join(', ')})::text AS pkey), `
+          `w AS (DELETE FROM ${table} AS x USING u WHERE ${match} AND ${older} RETURNING jsonb_build_array(${keyAliases.map((k) => `u.${k}`).join(', ')})::text AS pkey${returning}), `
         : `WITH w AS (DELETE FROM ${table} AS x WHERE ${keyMatchParams((i) => i)} AND ${older} ` +
-          `RETURNING jsonb_build_array(${b.keyPositions.map((p) => `x.${quoteIdent(col(b, p).name)}`).join(', ')})::text AS pkey), `;
+          `RETURNING jsonb_build_array(${b.keyPositions.map((p) => `x.${quoteIdent(col(b, p).name)}`).join(', ')})::text AS pkey${returning}), `;
+      // The deleted row's unique values are claimed with its version (this transaction's for a row it wrote).
+      const local = quoteLiteral(ctx.localNode);
+      const mine = `w.row_xmin = pg_catalog.xid(pg_catalog.pg_current_xact_id_if_assigned())`;
+      const claims = unique
+        ? `, cw AS (${claimsInsert(
+            rel,
+            local,
+            b.local.uniqueIndexes
+              .map(
+                (index) =>
+                  `SELECT ${index.oid}::oid AS indexid, ${indexValueOf('w.row', index)} AS value, w.pkey, CASE WHEN ${mine} THEN ${ts} ELSE v.ts END AS ts, ` +
+                  `CASE WHEN ${mine} THEN ${g.remote}::text ELSE v.node END AS node FROM w CROSS JOIN LATERAL pgmesh.row_version(w.row_xmin, ${local}) v`,
+              )
+              .join(' UNION ALL '),
+          )})`
+        : '';
       const text =
         removed +
         // The delete's version lives on in a tombstone (as in the full statement).
         `tw AS (INSERT INTO pgmesh.tombstone AS t (relid, pkey) SELECT ${rel}, w.pkey FROM w ` +
-        `ON CONFLICT (relid, pkey) DO UPDATE SET pkey = EXCLUDED.pkey WHERE (SELECT ${remoteNewer('tv.ts', 'tv.node', g)} FROM pgmesh.row_version(t.xmin, ${quoteLiteral(ctx.localNode)}) tv))` +
+        `ON CONFLICT (relid, pkey) DO UPDATE SET pkey = EXCLUDED.pkey, ts = NULL, node = NULL WHERE (SELECT ${remoteNewer('tv.ts', 'tv.node', g)} FROM pgmesh.tombstone_version(t.xmin, t.ts, t.node, ${local}) tv))` +
+        claims +
         checked('w');
       return { text, timestamp: true };
     }

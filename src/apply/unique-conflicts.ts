@@ -1,10 +1,11 @@
 /**
- * A remote insert or update that failed on a unique constraint other than the primary key (the primary key is
- * handled by the apply statements) is a conflict too, named as PostgreSQL 18 names it: `insert_exists` or
- * `update_exists` when one constraint is violated, `multiple_unique_conflicts` when several are. It cannot be
- * applied, so it goes to the exception table; this module finds the local rows that hold the values (with their
- * versions) and records the conflict with resolution `exception`, so that it is in the conflict log and counted
- * like every other conflict.
+ * A remote insert or update that failed on a unique constraint other than the primary key is a conflict too, named as
+ * PostgreSQL 18 names it: `insert_exists` or `update_exists` when one constraint is violated,
+ * `multiple_unique_conflicts` when several are. Collisions on plain unique indexes are resolved before the apply
+ * statement (unique-resolution.ts); what fails here is a constraint pgmesh does not resolve (deferrable, or an
+ * expression or partial index). It cannot be applied, so it goes to the exception table; this module finds the local
+ * rows that hold the values (with their versions) and records the conflict with resolution `exception`, so that it
+ * is in the conflict log and counted like every other conflict.
  *
  * Runs in the careful-mode transaction, after the failing change was rolled back to its savepoint.
  */

@@ -7,6 +7,7 @@ import {
   listConflicts,
   listExceptions,
   replayException,
+  restoreConflict,
   resumePeer,
   type ResumeResolution,
   setDeltaColumns,
@@ -33,23 +34,36 @@ async function onNode<T>(config: ClusterConfig, node: NodeConfig, fn: (sql: Sql)
   }
 }
 
+function requireNode(node: string | undefined, command: string): string {
+  if (!node) throw new PgmeshError('CONFIG_INVALID', `pgmesh ${command} needs --node <name>: the node whose conflict log to use`);
+  return node;
+}
+
+/** Collects repeated `--set column=value` options. */
+function collectAssignment(text: string, into: Record<string, string>): Record<string, string> {
+  const eq = text.indexOf('=');
+  if (eq <= 0) throw new PgmeshError('CONFIG_INVALID', `--set ${text}: write column=value`);
+  return { ...into, [text.slice(0, eq)]: text.slice(eq + 1) };
+}
+
 function short(value: unknown, width = 60): string {
   const text = typeof value === 'string' ? value : JSON.stringify(value);
   return text.length > width ? `${text.slice(0, width - 1)}…` : text;
 }
 
 export function registerRepair(program: Command): void {
-  program
+  const conflicts = program
     .command('conflicts')
     .description('list the conflicts a node recorded (newest first): type, resolution, both versions, both rows')
-    .requiredOption('--node <name>', 'the node whose conflict log to read')
+    // Not a required option: commander checks those before it hands over to "conflicts restore", which has it too.
+    .option('--node <name>', 'the node whose conflict log to read (required)')
     .option('--table <schema.table>', 'only this table')
     .option('--type <type>', 'only this conflict type (insert_exists, update_origin_differs, ...)')
     .option('--limit <n>', 'at most this many (1-100000)', wholeNumber(1, 100_000), 50)
     .option('--json', 'print as JSON (with the whole rows)')
-    .action(async (options: { node: string; table?: string; type?: string; limit: number; json?: boolean }, command: Command) => {
+    .action(async (options: { node?: string; table?: string; type?: string; limit: number; json?: boolean }, command: Command) => {
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
-      const records = await onNode(config, findNode(config, options.node), (sql) =>
+      const records = await onNode(config, findNode(config, requireNode(options.node, 'conflicts')), (sql) =>
         listConflicts(sql, { relation: options.table, type: options.type, limit: options.limit }),
       );
       if (options.json) return printJson(records);
@@ -59,6 +73,18 @@ export function registerRepair(program: Command): void {
           r.local.ts ? `${r.local.ts.slice(11, 26)} ${r.local.node}` : '-', `${r.remote.ts.slice(11, 26)} ${r.remote.node}`]);
       }
       process.stdout.write(`${records.length === 0 ? 'no conflicts recorded' : renderTable(rows)}\n`);
+    });
+  conflicts
+    .command('restore')
+    .description('write the row that lost a conflict back as a new change on the node; it replicates like any other write')
+    .argument('<id>', 'conflict id (from "pgmesh conflicts")', parseId)
+    .option('--set <column=value>', 'give a column another value in the row written back (repeatable), e.g. a free unique value', collectAssignment, {})
+    .action(async (id: bigint, options: { set: Record<string, string> }, command: Command) => {
+      const all = command.optsWithGlobals<GlobalOptions & { node?: string }>();
+      const config = configFrom(all);
+      const node = findNode(config, requireNode(all.node, 'conflicts restore'));
+      const result = await onNode(config, node, (sql) => restoreConflict(sql, id, { set: options.set }));
+      process.stdout.write(`conflict ${id}: ${result.rows.length} row(s) of ${result.relation} written back on ${node.name}\n`);
     });
 
   const exceptions = program.command('exceptions').description('changes that could not be applied: list, replay after a fix, or discard');

@@ -589,6 +589,158 @@ BEGIN
 END
 $fn$;
 `,
+  /* 10: secondary unique keys converge: claims on unique values, evicted rows' tombstones, restore */ `
+-- A tombstone normally carries the version of the transaction that wrote it (its xmin). A row evicted by a newer
+-- row that took its unique value keeps its own version instead (ts, node): older writes of its key stay dropped,
+-- newer ones come back and are judged again. Written by the current transaction, a tombstone is oldest (later
+-- changes of a transaction always win), like a row.
+ALTER TABLE pgmesh.tombstone ADD COLUMN ts timestamptz, ADD COLUMN node text;
+
+CREATE FUNCTION pgmesh.tombstone_version(tomb_xmin xid, tomb_ts timestamptz, tomb_node text, local_node text)
+RETURNS TABLE (ts timestamptz, node text)
+LANGUAGE sql STABLE PARALLEL SAFE ROWS 1 AS $fn$
+  SELECT CASE WHEN tomb_ts IS NULL OR tomb_xmin = pg_catalog.xid(pg_catalog.pg_current_xact_id_if_assigned()) THEN v.ts ELSE tomb_ts END,
+         CASE WHEN tomb_ts IS NULL OR tomb_xmin = pg_catalog.xid(pg_catalog.pg_current_xact_id_if_assigned()) THEN v.node ELSE tomb_node END
+    FROM pgmesh.row_version(tomb_xmin, local_node) v
+$fn$;
+
+-- The newest version that held a value of a unique index (other than the primary key) and no longer holds it, or
+-- never held it here: a row that let go of it (update, delete, eviction), or a remote write that was not applied.
+-- With the row holding the value now, it tells the newest write that ever took the value: an older row that takes
+-- it, whenever it arrives, gives way (docs/conflicts.md). Version: (ts, node), or the writing transaction's when
+-- NULL (local writes, whose commit timestamp is not known yet). Removed with the tombstones.
+CREATE TABLE pgmesh.unique_claim (
+  relid oid NOT NULL,
+  indexid oid NOT NULL,
+  value text NOT NULL,
+  pkey text NOT NULL,
+  ts timestamptz,
+  node text,
+  PRIMARY KEY (relid, indexid, value)
+);
+
+CREATE FUNCTION pgmesh.claim_version(claim_xmin xid, claim_ts timestamptz, claim_node text, local_node text)
+RETURNS TABLE (ts timestamptz, node text)
+LANGUAGE sql STABLE PARALLEL SAFE ROWS 1 AS $fn$
+  SELECT coalesce(claim_ts, v.ts), CASE WHEN claim_ts IS NULL THEN v.node ELSE claim_node END
+    FROM pgmesh.row_version(claim_xmin, local_node) v
+$fn$;
+
+-- Changes of the current apply transaction that the unique-key resolution has already decided (they lost): the
+-- apply statement that follows leaves them out and removes their rows here. Never holds a committed row.
+CREATE TABLE pgmesh.resolved_change (
+  relid oid NOT NULL,
+  pkey text NOT NULL,
+  PRIMARY KEY (relid, pkey)
+);
+
+-- When a conflict's losing row was written back by "pgmesh conflicts restore".
+ALTER TABLE pgmesh.conflict ADD COLUMN restored_at timestamptz;
+-- The applier counts the conflicts of a transaction from the log when the reply that carried them was lost (a later
+-- statement of the same message failed).
+CREATE INDEX ON pgmesh.conflict (peer, remote_commit_lsn);
+
+-- Local deletes (and key changes) replace an evicted row's tombstone: its own version no longer applies. Like every
+-- trigger function on users' tables, they run as the catalog's owner with a pinned search_path (a role with only its
+-- own table privileges can write the table).
+CREATE OR REPLACE FUNCTION pgmesh.record_deletes() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
+AS $fn$
+BEGIN
+  INSERT INTO pgmesh.tombstone (relid, pkey)
+  SELECT TG_RELID, (SELECT pg_catalog.jsonb_agg(j -> k ORDER BY n)::text
+                      FROM pg_catalog.unnest(TG_ARGV) WITH ORDINALITY AS a(k, n))
+    FROM (SELECT pg_catalog.to_jsonb(o) AS j FROM pgmesh_deleted o) d
+  ON CONFLICT (relid, pkey) DO UPDATE SET pkey = EXCLUDED.pkey, ts = NULL, node = NULL;
+  RETURN NULL;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION pgmesh.record_key_change() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
+AS $fn$
+BEGIN
+  INSERT INTO pgmesh.tombstone (relid, pkey)
+  SELECT TG_RELID, (SELECT pg_catalog.jsonb_agg(j -> k ORDER BY n)::text
+                      FROM pg_catalog.unnest(TG_ARGV) WITH ORDINALITY AS a(k, n))
+    FROM (SELECT pg_catalog.to_jsonb(OLD) AS j) o
+  ON CONFLICT (relid, pkey) DO UPDATE SET pkey = EXCLUDED.pkey, ts = NULL, node = NULL;
+  RETURN NULL;
+END
+$fn$;
+
+-- Row-level trigger on replicated tables with unique indexes besides the primary key: a local update that changes a
+-- unique value, or a local delete, lets go of the old values; each is claimed with the old row's version (the
+-- trigger's arguments are the primary key columns). Like the other triggers it does not fire in the apply session,
+-- whose statements record claims themselves. The value is spelled as the apply statements spell it: the jsonb
+-- array of the index's column values, in UTC and ISO styles.
+CREATE FUNCTION pgmesh.record_unique_release() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
+AS $fn$
+DECLARE
+  old_row jsonb := to_jsonb(OLD);
+  new_row jsonb := CASE WHEN TG_OP = 'UPDATE' THEN to_jsonb(NEW) END;
+  key text := (SELECT jsonb_agg(old_row -> a.k ORDER BY a.i)::text FROM unnest(TG_ARGV) WITH ORDINALITY AS a(k, i));
+  v_ts timestamptz;
+  v_node text;
+BEGIN
+  -- A row written earlier in this transaction: the claim takes this transaction's version (left NULL).
+  IF OLD.xmin IS DISTINCT FROM pg_catalog.xid(pg_catalog.pg_current_xact_id_if_assigned()) THEN
+    SELECT v.ts, v.node INTO v_ts, v_node
+      FROM pgmesh.row_version_keyed(TG_RELID, key, OLD.xmin, (SELECT node_name FROM pgmesh.local_node)) v;
+  END IF;
+  INSERT INTO pgmesh.unique_claim AS c (relid, indexid, value, pkey, ts, node)
+  SELECT TG_RELID, q.indexid, q.old_value, key, v_ts, v_node
+    FROM (SELECT i.indexrelid AS indexid,
+                 (SELECT jsonb_agg(old_row -> a.attname ORDER BY k.pos)::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, pos)
+                    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum WHERE k.pos <= i.indnkeyatts) AS old_value,
+                 (SELECT jsonb_agg(new_row -> a.attname ORDER BY k.pos)::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, pos)
+                    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum WHERE k.pos <= i.indnkeyatts) AS new_value,
+                 (SELECT bool_or(old_row -> a.attname = 'null'::jsonb) FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, pos)
+                    JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum WHERE k.pos <= i.indnkeyatts) AS has_null
+            FROM pg_catalog.pg_index i
+           WHERE i.indrelid = TG_RELID AND i.indisunique AND NOT i.indisprimary AND i.indimmediate AND NOT i.indnullsnotdistinct
+             AND i.indpred IS NULL AND i.indexprs IS NULL) q
+   WHERE NOT q.has_null AND q.old_value IS DISTINCT FROM q.new_value
+  ON CONFLICT (relid, indexid, value) DO UPDATE SET pkey = EXCLUDED.pkey, ts = EXCLUDED.ts, node = EXCLUDED.node
+   WHERE EXCLUDED.ts IS NULL
+      OR (SELECT (cv.ts, cv.node COLLATE "C") < (EXCLUDED.ts, EXCLUDED.node COLLATE "C")
+            FROM pgmesh.claim_version(c.xmin, c.ts, c.node, (SELECT node_name FROM pgmesh.local_node)) cv);
+  RETURN NULL;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION pgmesh.gc_tombstones(margin interval) RETURNS bigint
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  horizon timestamptz;
+  peers integer;
+  removed bigint;
+BEGIN
+  SELECT min(greatest(p.remote_commit_ts, h.caught_up_ts)), count(*) FILTER (WHERE greatest(p.remote_commit_ts, h.caught_up_ts) IS NULL)
+    INTO horizon, peers
+    FROM pgmesh.progress p LEFT JOIN pgmesh.peer_horizon h USING (peer);
+  IF horizon IS NULL OR peers > 0 THEN
+    RETURN 0;
+  END IF;
+  DELETE FROM pgmesh.tombstone t
+   WHERE coalesce(t.ts, pg_catalog.pg_xact_commit_timestamp(t.xmin), '-infinity') < horizon - margin;
+  GET DIAGNOSTICS removed = ROW_COUNT;
+  DELETE FROM pgmesh.unique_claim c
+   WHERE coalesce(c.ts, pg_catalog.pg_xact_commit_timestamp(c.xmin), '-infinity') < horizon - margin;
+  DELETE FROM pgmesh.version_override o
+   WHERE o.ts < horizon - margin
+     AND coalesce(pg_catalog.pg_xact_commit_timestamp(o.row_xmin), '-infinity') < horizon - margin;
+  RETURN removed;
+END
+$fn$;
+`,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

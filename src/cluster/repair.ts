@@ -1,16 +1,18 @@
 /**
- * What an operator does about conflicts and failed changes: read the conflict log, list, replay or discard
- * exceptions, set a table's policies, declare delta columns, resume a paused peer. The CLI commands
- * `conflicts`, `exceptions`, `tables policy`, `tables delta` and `resume` are thin shells over these.
+ * What an operator does about conflicts and failed changes: read the conflict log, restore a row that lost, list,
+ * replay or discard exceptions, set a table's policies, declare delta columns, resume a paused peer. The CLI commands
+ * `conflicts`, `conflicts restore`, `exceptions`, `tables policy`, `tables delta` and `resume` are thin shells over these.
  */
 import { PgmeshError, errorMessage } from '../core/errors.ts';
 import { isoTimestampSql } from '../core/pg-time.ts';
+import { SQLSTATE, sqlState } from '../core/sqlstate.ts';
 import type { Logger } from '../core/logger.ts';
 import { bindRelation, loadLocalRelation, type ConflictPolicy, type ExceptionPolicy } from '../apply/local-relation.ts';
 import { rowOps } from '../apply/row-ops.ts';
 import { buildDeferredUniqueCheck, buildStatement } from '../apply/statement-builder.ts';
+import { buildUniqueResolution, needsUniqueResolution } from '../apply/unique-resolution.ts';
 import { openSql, type Sql } from '../pg/connect.ts';
-import { qualifiedName, quoteLiteral } from '../pg/quote.ts';
+import { qualifiedName, quoteIdent, quoteLiteral } from '../pg/quote.ts';
 import { textArrayLiteral } from '../pg/text-array.ts';
 import type { RelationMessage, Tuple, TupleValue } from '../protocol/messages.ts';
 import { replayOriginName } from './catalog-schema.ts';
@@ -29,6 +31,8 @@ export interface ConflictRecord {
   readonly resolution: string;
   readonly local: { readonly ts: string | null; readonly node: string | null; readonly row: unknown };
   readonly remote: { readonly ts: string; readonly node: string; readonly row: unknown; readonly commitLsn: string | null };
+  /** When the losing row was written back (restoreConflict), or null. */
+  readonly restoredAt: string | null;
 }
 
 export async function listConflicts(
@@ -38,7 +42,7 @@ export async function listConflicts(
   const rows = await sql.unsafe<Record<string, string | null>[]>(
     `SELECT id::text, ${isoTimestampSql('recorded_at')} AS recorded_at, peer, relation, pkey, conflict_type, resolution,
             ${isoTimestampSql('local_ts')} AS local_ts, local_node, local_row::text, ${isoTimestampSql('remote_ts')} AS remote_ts,
-            remote_node, remote_row::text, remote_commit_lsn::text
+            remote_node, remote_row::text, remote_commit_lsn::text, ${isoTimestampSql('restored_at')} AS restored_at
        FROM pgmesh.conflict
       WHERE ($1::text IS NULL OR relation = $1::text) AND ($2::text IS NULL OR conflict_type = $2::text) AND ($3::text IS NULL OR peer = $3::text)
       ORDER BY id DESC LIMIT $4::text::int`,
@@ -54,7 +58,105 @@ export async function listConflicts(
     resolution: r.resolution ?? '',
     local: { ts: r.local_ts ?? null, node: r.local_node ?? null, row: r.local_row ? JSON.parse(r.local_row) : null },
     remote: { ts: r.remote_ts ?? '', node: r.remote_node ?? '', row: r.remote_row ? JSON.parse(r.remote_row) : null, commitLsn: r.remote_commit_lsn ?? null },
+    restoredAt: r.restored_at ?? null,
   }));
+}
+
+export interface RestoreResult {
+  readonly relation: string;
+  /** The rows written back, as written (with the --set values). */
+  readonly rows: readonly Record<string, unknown>[];
+}
+
+type JsonRow = Record<string, unknown>;
+
+function isRow(value: unknown): value is JsonRow {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** The rows a conflict's resolution removed or dropped: the local row(s) when the remote change won, else the remote row. */
+function losingRows(id: bigint | number, record: { conflict_type: string; resolution: string; local_row: string | null; remote_row: string | null }): JsonRow[] {
+  const rows = (text: string | null): JsonRow[] => {
+    const value: unknown = text === null ? null : JSON.parse(text);
+    return Array.isArray(value) ? value.filter(isRow) : isRow(value) ? [value] : [];
+  };
+  switch (record.resolution) {
+    case 'apply_remote': {
+      const lost = rows(record.local_row);
+      if (lost.length === 0) throw new PgmeshError('CONFIG_INVALID', `conflict ${id} (${record.conflict_type}) lost no row: the remote change was applied where there was none`);
+      return lost;
+    }
+    case 'keep_local':
+    case 'skip': {
+      if (record.conflict_type.startsWith('delete_')) {
+        throw new PgmeshError('CONFIG_INVALID', `conflict ${id} (${record.conflict_type}) is a delete that was not applied; no row was lost, so there is nothing to restore`);
+      }
+      const lost = rows(record.remote_row);
+      if (lost.length === 0) throw new PgmeshError('CONFIG_INVALID', `conflict ${id} (${record.conflict_type}) has no remote row to restore`);
+      return lost;
+    }
+    default:
+      throw new PgmeshError(
+        'CONFIG_INVALID',
+        `conflict ${id} was resolved by ${record.resolution}, which keeps the change (exception table, or the peer paused): no row was lost; see "pgmesh exceptions list"`,
+      );
+  }
+}
+
+/**
+ * Writes the row that lost a conflict back as a new local change on this node: it gets a new version (this node,
+ * now) and replicates like any other write, so restoring it on one node restores it everywhere. For a secondary
+ * unique key conflict the winner usually still holds the value: `set` gives columns new values (text, cast to the
+ * column's type) for the row written back. The conflict is marked restored. Runs as an ordinary session, so the
+ * table's own triggers and constraints apply.
+ */
+export async function restoreConflict(sql: Sql, id: bigint | number, options: { set?: Readonly<Record<string, string>> } = {}): Promise<RestoreResult> {
+  if (typeof id === 'number' ? !Number.isSafeInteger(id) || id <= 0 : id <= 0n) throw new PgmeshError('CONFIG_INVALID', `conflict id "${id}" is not a positive integer`);
+  const records = await sql.unsafe<{ relation: string; conflict_type: string; resolution: string; local_row: string | null; remote_row: string | null }[]>(
+    `SELECT relation, conflict_type, resolution, local_row::text, remote_row::text FROM pgmesh.conflict WHERE id = $1::text::bigint`,
+    [String(id)],
+  );
+  const record = records[0];
+  if (!record) throw new PgmeshError('CONFIG_INVALID', `there is no conflict ${id} on this node; "pgmesh conflicts --node <name>" lists them`);
+  const lost = losingRows(id, record);
+  const dot = record.relation.indexOf('.');
+  const local = await loadLocalRelation(sql, record.relation.slice(0, dot), record.relation.slice(dot + 1));
+  if (!local) throw new PgmeshError('UNKNOWN_TABLE', `table ${record.relation} of conflict ${id} does not exist on this node`);
+  const set = options.set ?? {};
+  const unknown = Object.keys(set).filter((c) => !local.columns.has(c));
+  if (unknown.length > 0) {
+    throw new PgmeshError('CONFIG_INVALID', `${record.relation} has no column ${unknown.map((c) => `"${c}"`).join(', ')}; --set takes column=value with a column of the table`);
+  }
+  const written = lost.map((row) => ({ ...row, ...set }));
+  const keys = local.primaryKey.map(quoteIdent);
+  try {
+    await sql.begin(async (tx) => {
+      for (const row of written) {
+        const columns = Object.keys(row).filter((c) => local.columns.has(c));
+        const names = columns.map(quoteIdent);
+        const others = columns.filter((c) => !local.primaryKey.includes(c)).map(quoteIdent);
+        await tx.unsafe(
+          `INSERT INTO ${local.qualified} (${names.join(', ')}) SELECT ${names.map((n) => `r.${n}`).join(', ')} ` +
+            `FROM jsonb_populate_record(NULL::${local.qualified}, $1::text::jsonb) r ` +
+            `ON CONFLICT (${keys.join(', ')}) DO ${others.length > 0 ? `UPDATE SET ${others.map((n) => `${n} = EXCLUDED.${n}`).join(', ')}` : 'NOTHING'}`,
+          [JSON.stringify(row)],
+        );
+      }
+      await tx.unsafe(`UPDATE pgmesh.conflict SET restored_at = now() WHERE id = $1::text::bigint`, [String(id)]);
+    });
+  } catch (error) {
+    if (sqlState(error) === SQLSTATE.uniqueViolation) {
+      const server = error as { detail?: string; constraint_name?: string };
+      throw new PgmeshError(
+        'APPLY_FAILED',
+        `conflict ${id}: the losing row cannot be written back as it was: ${server.detail ?? errorMessage(error)} (constraint ${server.constraint_name ?? '?'}); ` +
+          `give it another value with --set column=value, or change the row that holds it first`,
+        { cause: error, context: { relation: record.relation } },
+      );
+    }
+    throw error;
+  }
+  return { relation: record.relation, rows: written };
 }
 
 export interface ExceptionRecord {
@@ -196,8 +298,11 @@ export async function replayException(localDsn: string, localNode: string, id: E
       await session.unsafe('BEGIN');
       for (const op of ops) {
         const shape = { kind: op.kind, binding, valuePositions: op.valuePositions, multiRow: false, unchangedPositions: op.unchangedPositions };
-        const text = buildStatement(shape, { peer: exception.peer, localNode, conflictWindowMs: 0 }, local.conflictPolicy);
-        await session.unsafe(text, [...op.values, exception.remoteTs, exception.remoteCommitLsn] as string[]);
+        const ctx = { peer: exception.peer, localNode, conflictWindowMs: 0 };
+        const params = [...op.values, exception.remoteTs, exception.remoteCommitLsn] as string[];
+        // A secondary unique key is judged as for a streamed change (unique-resolution.ts).
+        if (needsUniqueResolution(shape)) await session.unsafe(buildUniqueResolution(shape, ctx, local.conflictPolicy), params);
+        await session.unsafe(buildStatement(shape, ctx, local.conflictPolicy), params);
         // Deferrable unique constraints are not checked by the server in replica mode (see the applier).
         if (op.kind === 'delete') continue;
         for (const index of local.deferredUnique) {

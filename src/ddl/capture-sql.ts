@@ -38,6 +38,7 @@ DECLARE
   capture text := current_setting('pgmesh.ddl_capture', true);
   agent text;
   part regclass;
+  ucols text[];
 BEGIN
   SELECT array_agg(a.attname::text ORDER BY k.n) INTO keys
     FROM pg_index i
@@ -71,6 +72,28 @@ BEGIN
                  (SELECT string_agg('OLD.' || quote_ident(k), ', ') FROM unnest(keys) k),
                  (SELECT string_agg('NEW.' || quote_ident(k), ', ') FROM unnest(keys) k), args);
   EXECUTE format('CREATE OR REPLACE TRIGGER pgmesh_record_truncate AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION pgmesh.record_truncate()', rel);
+  -- A local update that changes a value of a unique index (other than the primary key), or a local delete, lets go
+  -- of the value: the old row's version is kept as a claim on it (pgmesh.unique_claim, docs/conflicts.md), so that an
+  -- older row taking the value later gives way as it would have had it arrived before. Only on tables with such
+  -- indexes (immediate, plain columns, no predicate, NULLs distinct: the ones resolved by version).
+  SELECT array_agg(DISTINCT a.attname::text) INTO ucols
+    FROM pg_index i
+    JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) ON k.n <= i.indnkeyatts
+    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+   WHERE i.indrelid = rel AND i.indisunique AND NOT i.indisprimary AND i.indimmediate AND NOT i.indnullsnotdistinct
+     AND i.indpred IS NULL AND i.indexprs IS NULL;
+  IF ucols IS NULL THEN
+    EXECUTE format('DROP TRIGGER IF EXISTS pgmesh_unique_release_update ON %s', rel);
+    EXECUTE format('DROP TRIGGER IF EXISTS pgmesh_unique_release_delete ON %s', rel);
+  ELSE
+    EXECUTE format('CREATE OR REPLACE TRIGGER pgmesh_unique_release_update AFTER UPDATE OF %s ON %s
+                      FOR EACH ROW WHEN (ROW(%s) IS DISTINCT FROM ROW(%s)) EXECUTE FUNCTION pgmesh.record_unique_release(%s)',
+                   (SELECT string_agg(quote_ident(c), ', ' ORDER BY c) FROM unnest(ucols) c), rel,
+                   (SELECT string_agg('OLD.' || quote_ident(c), ', ' ORDER BY c) FROM unnest(ucols) c),
+                   (SELECT string_agg('NEW.' || quote_ident(c), ', ' ORDER BY c) FROM unnest(ucols) c), args);
+    EXECUTE format('CREATE OR REPLACE TRIGGER pgmesh_unique_release_delete AFTER DELETE ON %s
+                      FOR EACH ROW EXECUTE FUNCTION pgmesh.record_unique_release(%s)', rel, args);
+  END IF;
   -- The roles agents connect as may apply its changes (the TS side grants the rest when a role is set up).
   FOR agent IN SELECT role_name FROM pgmesh.agent_role LOOP
     EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = rel), agent);

@@ -3,14 +3,18 @@
  * Scenario (randomized, fast-check): transactions of inserts (upserts), updates, deletes and primary key changes on
  * 6 overlapping keys, written on all 3 nodes in a random order, while agents are stopped and started at random
  * points, so that streams are held back and released and every node sees the others' changes in another order and
- * interleaved with its own writes. After the last step every agent runs, a causal barrier passes, and then:
+ * interleaved with its own writes. Inserts and updates also set a unique column `u` from 3 values (or NULL), so
+ * rows of different keys collide on it. After the last step every agent runs, a causal barrier passes, and then:
  *   - every node's table is identical (convergence), and
  *   - it is the last-update-wins outcome (design.md, "What converge means"): for each key, the write with the highest
- *     version (commit timestamp, node) among all writes of all nodes decides, a delete (tombstone) included.
+ *     version (commit timestamp, node) among all writes of all nodes decides, a delete (tombstone) included; and a
+ *     row gives way when a write of another key with a higher version took its `u` (docs/conflicts.md, "Unique keys
+ *     other than the primary key"), whether or not that write is still there.
  * Without the code under test: a late insert revives a deleted row on some nodes only, an update that arrives
- * before its row is lost, an older change overwrites a newer one, or nodes keep different winners. Every row has a
- * large value stored out of line that only inserts write: updates leave it unchanged, so pgoutput does not send it in
- * the new row, and without the old row (REPLICA IDENTITY FULL) an update could not recreate or replace a row whole.
+ * before its row is lost, an older change overwrites a newer one, nodes keep different winners, or different rows
+ * holding the same `u` (each node the one it had). Every row has a large value stored out of line that only inserts
+ * write: updates leave it unchanged, so pgoutput does not send it in the new row, and without the old row (REPLICA
+ * IDENTITY FULL) an update could not recreate or replace a row whole.
  *
  * Divergences it found are kept as deterministic tests in convergence-regressions.test.ts.
  *
@@ -45,8 +49,8 @@ function integerFromEnv(name: string): number | undefined {
 }
 
 type Op =
-  | { readonly kind: 'upsert'; readonly k: number; readonly v: string | null }
-  | { readonly kind: 'update'; readonly k: number; readonly v: string | null }
+  | { readonly kind: 'upsert'; readonly k: number; readonly v: string | null; readonly u: number | null }
+  | { readonly kind: 'update'; readonly k: number; readonly v: string | null; readonly u: number | null }
   /** A change computed from the local row, whatever version of it this node holds. */
   | { readonly kind: 'bump'; readonly k: number }
   | { readonly kind: 'delete'; readonly k: number }
@@ -61,9 +65,11 @@ type Step =
 
 const key = fc.integer({ min: 1, max: KEYS });
 const value = fc.option(fc.string({ maxLength: 6 }), { freq: 5 });
+/** A value of the unique column: a small domain, so that rows of different keys collide on it. */
+const unique = fc.option(fc.integer({ min: 1, max: 3 }), { freq: 4, nil: null });
 const op: fc.Arbitrary<Op> = fc.oneof(
-  { weight: 3, arbitrary: fc.record({ kind: fc.constant('upsert' as const), k: key, v: value }) },
-  { weight: 2, arbitrary: fc.record({ kind: fc.constant('update' as const), k: key, v: value }) },
+  { weight: 3, arbitrary: fc.record({ kind: fc.constant('upsert' as const), k: key, v: value, u: unique }) },
+  { weight: 2, arbitrary: fc.record({ kind: fc.constant('update' as const), k: key, v: value, u: unique }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('bump' as const), k: key }) },
   { weight: 2, arbitrary: fc.record({ kind: fc.constant('delete' as const), k: key }) },
   { weight: 2, arbitrary: fc.record({ kind: fc.constant('rekey' as const), k: key, to: key }) },
@@ -93,11 +99,12 @@ interface Row {
   readonly k: string;
   readonly v: string | null;
   readonly n: string;
+  readonly u: string | null;
   /** The hash of the row's large value, stored out of line: written by inserts only, left unchanged by updates. */
   readonly big: string | null;
 }
 
-const RETURNING = `RETURNING k::text AS k, v, n::text AS n, md5(big) AS big`;
+const RETURNING = `RETURNING k::text AS k, v, n::text AS n, u::text AS u, md5(big) AS big`;
 
 /** Runs one write step as one local transaction; returns what it wrote (nothing if it failed or found no rows). */
 async function write(target: TestNode, table: string, ops: readonly Op[]): Promise<Omit<Write, 'node' | 'step'>[]> {
@@ -113,19 +120,32 @@ async function write(target: TestNode, table: string, ops: readonly Op[]): Promi
         if (keys.some((k) => touched.has(k)) || (o.kind === 'rekey' && o.k === o.to)) continue;
         for (const k of keys) touched.add(k);
         const k = String(o.k);
+        // A statement whose unique value (u, or the new key) is taken here changes nothing: the savepoint keeps the rest.
+        const guarded = (statement: string, params: (string | null)[]) =>
+          tx.savepoint((sp) => sp.unsafe<Row[]>(statement, params)).catch((error: { code?: string }) => {
+            if (error.code === '23505') return [] as Row[];
+            throw error;
+          });
         switch (o.kind) {
           case 'upsert': {
-            const rows = await tx.unsafe<Row[]>(
-              `INSERT INTO ${table} AS t (k, v, n, big) VALUES ($1::text::int, $2::text, 0, big_text(random()::text)) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v, n = t.n + 1 ${RETURNING}`,
-              [k, o.v],
+            const rows = await guarded(
+              `INSERT INTO ${table} AS t (k, v, n, u, big) VALUES ($1::text::int, $2::text, 0, $3::text::int, big_text(random()::text)) ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v, u = EXCLUDED.u, n = t.n + 1 ${RETURNING}`,
+              [k, o.v, o.u === null ? null : String(o.u)],
             );
             for (const row of rows) written.push({ k: o.k, row });
             break;
           }
-          case 'update':
+          case 'update': {
+            const rows = await guarded(`UPDATE ${table} SET v = $2::text, u = $3::text::int, n = n + 1 WHERE k = $1::text::int ${RETURNING}`, [
+              k,
+              o.v,
+              o.u === null ? null : String(o.u),
+            ]);
+            for (const row of rows) written.push({ k: o.k, row });
+            break;
+          }
           case 'bump': {
-            const set = o.kind === 'update' ? `v = $2::text, n = n + 1` : `n = n * 2 + 1`;
-            const rows = await tx.unsafe<Row[]>(`UPDATE ${table} SET ${set} WHERE k = $1::text::int ${RETURNING}`, o.kind === 'update' ? [k, o.v] : [k]);
+            const rows = await tx.unsafe<Row[]>(`UPDATE ${table} SET n = n * 2 + 1 WHERE k = $1::text::int ${RETURNING}`, [k]);
             for (const row of rows) written.push({ k: o.k, row });
             break;
           }
@@ -135,13 +155,7 @@ async function write(target: TestNode, table: string, ops: readonly Op[]): Promi
             break;
           }
           case 'rekey': {
-            // The new key may be taken here: then this statement changes nothing (the savepoint keeps the rest).
-            const rows = await tx
-              .savepoint((sp) => sp.unsafe<Row[]>(`UPDATE ${table} SET k = $2::text::int WHERE k = $1::text::int ${RETURNING}`, [k, String(o.to)]))
-              .catch((error: { code?: string }) => {
-                if (error.code === '23505') return [] as Row[];
-                throw error;
-              });
+            const rows = await guarded(`UPDATE ${table} SET k = $2::text::int WHERE k = $1::text::int ${RETURNING}`, [k, String(o.to)]);
             for (const row of rows) written.push({ k: o.k, row: null }, { k: o.to, row });
             break;
           }
@@ -187,22 +201,28 @@ async function withDeadline<T>(promise: Promise<T>, ms: number, what: string): P
   }
 }
 
-/** Last-update-wins over every write of every node: per key the highest (commit timestamp, node) decides. */
+/**
+ * Last-update-wins over every write of every node: per key the highest (commit timestamp, node) decides; a row whose
+ * `u` was taken by a write of another key with a higher version gives way (that write may have been overwritten,
+ * deleted or evicted since: it took the value all the same).
+ */
 function expectedRows(writes: readonly Write[]): Row[] {
+  const newer = (a: Write, b: Write) => a.ts > b.ts || (a.ts === b.ts && a.node > b.node);
   const winners = new Map<number, Write>();
   for (const w of writes) {
     const best = winners.get(w.k);
-    if (!best || w.ts > best.ts || (w.ts === best.ts && w.node > best.node)) winners.set(w.k, w);
+    if (!best || newer(w, best)) winners.set(w.k, w);
   }
   return [...winners.values()]
+    .filter((w) => w.row?.u == null || !writes.some((o) => o.k !== w.k && o.row?.u === w.row?.u && newer(o, w)))
     .flatMap((w) => (w.row ? [w.row] : []))
     .sort((a, b) => Number(a.k) - Number(b.k))
-    .map((r) => ({ k: r.k, v: r.v, n: r.n, big: r.big }));
+    .map((r) => ({ k: r.k, v: r.v, n: r.n, u: r.u, big: r.big }));
 }
 
 async function rowsOf(target: TestNode, table: string): Promise<Row[]> {
-  const rows = await target.sql.unsafe<Row[]>(`SELECT k::text AS k, v, n::text AS n, md5(big) AS big FROM ${table} ORDER BY k`);
-  return rows.map((r) => ({ k: r.k, v: r.v, n: r.n, big: r.big }));
+  const rows = await target.sql.unsafe<Row[]>(`SELECT k::text AS k, v, n::text AS n, u::text AS u, md5(big) AS big FROM ${table} ORDER BY k`);
+  return rows.map((r) => ({ k: r.k, v: r.v, n: r.n, u: r.u, big: r.big }));
 }
 
 class Runner {
@@ -235,7 +255,7 @@ class Runner {
     // Every agent is stopped while the run's table is created: streams pick it up from their next start.
     for (const n of cluster.nodes) await this.setRunning(n.name, false);
     for (const n of cluster.nodes) {
-      await localDdl(n, `CREATE TABLE ${table} (k integer PRIMARY KEY, v text, n integer NOT NULL DEFAULT 0, big text); ALTER TABLE ${table} ALTER COLUMN big SET STORAGE EXTERNAL`);
+      await localDdl(n, `CREATE TABLE ${table} (k integer PRIMARY KEY, v text, n integer NOT NULL DEFAULT 0, u integer UNIQUE, big text); ALTER TABLE ${table} ALTER COLUMN big SET STORAGE EXTERNAL`);
       const added = await addTables(n.sql, [{ schema: 'public', name: table }]);
       assert.equal(added.added.length, 1, `${table} added on ${n.name}: ${JSON.stringify(added.refused)}`);
     }
@@ -277,16 +297,24 @@ class Runner {
     const parts: string[] = [];
     for (const n of this.cluster.nodes) {
       const tombs = await n.sql.unsafe<{ pkey: string; ts: string | null; origin: string | null }[]>(
-        `SELECT t.pkey, pg_xact_commit_timestamp(t.xmin)::text AS ts, (pg_xact_commit_timestamp_origin(t.xmin)).roident::text AS origin
+        `SELECT t.pkey, pg_xact_commit_timestamp(t.xmin)::text AS ts, (pg_xact_commit_timestamp_origin(t.xmin)).roident::text AS origin,
+                t.ts::text AS own_ts, t.node AS own_node
            FROM pgmesh.tombstone t WHERE t.relid = $1::text::regclass ORDER BY 1`,
         [table],
       );
+      const claims = await n.sql.unsafe<{ value: string; pkey: string; ts: string | null; node: string | null }[]>(
+        `SELECT c.value, c.pkey, coalesce(c.ts, pg_xact_commit_timestamp(c.xmin))::text AS ts, c.node FROM pgmesh.unique_claim c
+          WHERE c.relid = $1::text::regclass ORDER BY 1`,
+        [table],
+      );
       const conflicts = await n.sql.unsafe<{ c: string }[]>(
-        `SELECT format('%s %s %s from %s -> %s (local %s %s, remote %s)', pkey, conflict_type, remote_row, peer, resolution, local_node, local_ts, remote_ts) AS c
+        `SELECT format('%s %s %s from %s -> %s (local %s %s %s, remote %s)', pkey, conflict_type, remote_row, peer, resolution, local_node, local_ts, local_row, remote_ts) AS c
            FROM pgmesh.conflict WHERE relation = $1 ORDER BY id`,
         [`public.${table}`],
       );
-      parts.push(`${n.name} tombstones ${JSON.stringify(tombs)}\n${conflicts.map((c) => `  ${n.name} ${c.c}`).join('\n')}`);
+      parts.push(
+        `${n.name} tombstones ${JSON.stringify(tombs)}\n${n.name} claims ${JSON.stringify(claims)}\n${conflicts.map((c) => `  ${n.name} ${c.c}`).join('\n')}`,
+      );
     }
     return parts.join('\n');
   }
@@ -308,5 +336,13 @@ test(`randomized writes on 3 nodes with streams held and released converge to la
       throw error;
     }
     t.diagnostic(`seed ${SEED}: ${RUNS} runs in ${Date.now() - started} ms`);
+    // What the runs exercised: conflicts by type and resolution, over every node.
+    const seen = new Map<string, number>();
+    for (const n of cluster.nodes) {
+      const rows = await n.sql.unsafe<{ kind: string; n: number }[]>(`SELECT conflict_type || '/' || resolution || CASE WHEN local_row ->> 'k' <> pkey::jsonb ->> 0 THEN ' (unique)' ELSE '' END AS kind,
+                count(*)::int AS n FROM pgmesh.conflict GROUP BY 1`);
+      for (const r of rows) seen.set(r.kind, (seen.get(r.kind) ?? 0) + r.n);
+    }
+    t.diagnostic(`conflicts: ${[...seen].sort().map(([kind, n]) => `${kind} ${n}`).join(', ')}`);
   });
 });

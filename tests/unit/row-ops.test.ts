@@ -28,6 +28,7 @@ function binding(identity: RelationMessage['replicaIdentity'], deltaColumns: str
     exceptionPolicy: 'skip_change',
     deltaColumns,
     deferredUnique: [],
+    uniqueIndexes: [],
   };
   const remote: RelationMessage = {
     tag: 'relation',
