@@ -38,7 +38,10 @@ export const AGENT_CATALOG_WRITES: Readonly<Record<string, readonly string[]>> =
   apply_progress: ['UPDATE'],
   tombstone: ['INSERT', 'UPDATE', 'DELETE'],
   version_override: ['INSERT', 'UPDATE', 'DELETE'],
-  conflict: ['INSERT'],
+  // UPDATE: "conflicts restore" marks the record restored.
+  conflict: ['INSERT', 'UPDATE'],
+  unique_claim: ['INSERT', 'UPDATE', 'DELETE'],
+  resolved_change: ['INSERT', 'DELETE'],
   exception: ['INSERT', 'UPDATE'],
   fast_path_check: ['INSERT'],
   peer_clock: ['INSERT', 'UPDATE'],
