@@ -2,7 +2,7 @@
  * Topology: 3 nodes, full mesh, every agent a real process whose connection to each peer goes through a TCP proxy of
  * its own (tests/support/link-proxy.ts), so each of the 6 directed links is held, released and cut on its own.
  * Scenario (randomized, fast-check): transactions of upserts, updates that leave an out-of-line (TOAST) value
- * unchanged, updates of that value, delta-column credits, deletes and primary-key changes on a few shared keys, from
+ * unchanged, updates of that value, delta-column credits, deletes, TRUNCATEs and primary-key changes on a few shared keys, from
  * every node, while links are held, released and cut at random and agents are killed with SIGKILL and restarted.
  * Two tables: one with a delta column (REPLICA IDENTITY FULL) and one without. After the last step every link is
  * released, every agent runs, a causal barrier passes, and then every node holds the same rows (out-of-line values
@@ -13,7 +13,8 @@
  *
  * Each run uses its own keys in the same tables. PGMESH_LINK_RUNS (default 4) sets the runs; PGMESH_SEED (and
  * PGMESH_SEED_PATH) replay one; PGMESH_TRACE=1 prints every step. `npm run test:convergence-long` runs many more.
- * TRUNCATE is not drawn yet (issue 10, point 6).
+ * TRUNCATE is drawn too: it empties the whole table, the earlier runs' keys included, which is fine (each run
+ * compares its own keys, and an empty earlier key range compares equal).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -23,6 +24,7 @@ import { setDeltaColumns } from '../../src/cluster/repair.ts';
 import { BARRIER_TABLE, barrier } from '../support/barrier.ts';
 import { eventually, withCluster, type TestCluster, type TestNode } from '../support/cluster.ts';
 import { LinkMesh } from '../support/link-proxy.ts';
+import { integerFromEnv } from '../support/env.ts';
 
 const KEYS = 5;
 const TRACE = process.env.PGMESH_TRACE === '1';
@@ -30,14 +32,6 @@ const RUNS = integerFromEnv('PGMESH_LINK_RUNS') ?? 4;
 const SEED = integerFromEnv('PGMESH_SEED') ?? (Date.now() ^ Math.floor(Math.random() * 0x7fffffff)) | 0;
 const TABLES = ['lk_plain', 'lk_delta'] as const;
 type Table = (typeof TABLES)[number];
-
-function integerFromEnv(name: string): number | undefined {
-  const text = process.env[name];
-  if (text === undefined || text === '') return undefined;
-  const value = Number(text);
-  if (!Number.isInteger(value)) throw new Error(`${name}=${text} is not an integer`);
-  return value;
-}
 
 const SCHEMA = `${BARRIER_TABLE}
 CREATE TABLE lk_plain (k integer PRIMARY KEY, v text, big text);
@@ -53,7 +47,9 @@ type Op =
   | { readonly kind: 'setbig'; readonly table: Table; readonly k: number }
   | { readonly kind: 'credit'; readonly k: number; readonly amount: number }
   | { readonly kind: 'delete'; readonly table: Table; readonly k: number }
-  | { readonly kind: 'rekey'; readonly table: Table; readonly k: number; readonly to: number };
+  | { readonly kind: 'rekey'; readonly table: Table; readonly k: number; readonly to: number }
+  /** Every row of the table, other runs' keys included. */
+  | { readonly kind: 'truncate'; readonly table: Table };
 
 type Step =
   | { readonly kind: 'write'; readonly node: number; readonly ops: readonly Op[] }
@@ -71,6 +67,7 @@ const op: fc.Arbitrary<Op> = fc.oneof(
   { weight: 2, arbitrary: fc.record({ kind: fc.constant('credit' as const), k: key, amount: fc.integer({ min: -50, max: 50 }) }) },
   { weight: 2, arbitrary: fc.record({ kind: fc.constant('delete' as const), table, k: key }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('rekey' as const), table, k: key, to: key }) },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant('truncate' as const), table }) },
 );
 const node = fc.integer({ min: 0, max: 2 });
 const link = fc
@@ -96,6 +93,10 @@ async function write(target: TestNode, base: number, ops: readonly Op[]): Promis
   try {
     await target.sql.begin(async (tx) => {
       for (const o of ops) {
+        if (o.kind === 'truncate') {
+          await tx.unsafe(`TRUNCATE ${o.table}`);
+          continue;
+        }
         const k = String(base + o.k);
         switch (o.kind) {
           case 'upsert':

@@ -32,6 +32,7 @@ import fc from 'fast-check';
 import { addTables } from '../../src/cluster/node-admin.ts';
 import { BARRIER_TABLE, barrier } from '../support/barrier.ts';
 import { eventually, localDdl, withCluster, type TestCluster, type TestNode } from '../support/cluster.ts';
+import { integerFromEnv } from '../support/env.ts';
 
 const KEYS = 6;
 /** About 6.4 KB of md5 hex, which does not compress: the `big` column (STORAGE EXTERNAL) is stored out of line. */
@@ -39,14 +40,6 @@ const BIG_TEXT = `CREATE FUNCTION big_text(seed text) RETURNS text LANGUAGE sql 
 const TRACE = process.env.PGMESH_TRACE === '1';
 const RUNS = integerFromEnv('PGMESH_CONVERGENCE_RUNS') ?? 4;
 const SEED = integerFromEnv('PGMESH_SEED') ?? (Date.now() ^ Math.floor(Math.random() * 0x7fffffff)) | 0;
-
-function integerFromEnv(name: string): number | undefined {
-  const text = process.env[name];
-  if (text === undefined || text === '') return undefined;
-  const value = Number(text);
-  if (!Number.isInteger(value)) throw new Error(`${name}=${text} is not an integer`);
-  return value;
-}
 
 type Op =
   | { readonly kind: 'upsert'; readonly k: number; readonly v: string | null; readonly u: number | null }
