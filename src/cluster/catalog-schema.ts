@@ -741,6 +741,43 @@ BEGIN
 END
 $fn$;
 `,
+  /* 11: tombstone collection keeps what open exceptions need */ `
+-- An open exception may be replayed later with its change's version: the tombstones and unique-value claims of its
+-- table must still be there to judge it as it would have been judged, so they are kept while the table has one.
+CREATE FUNCTION pgmesh.has_open_exception(rel oid) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+  SELECT EXISTS (SELECT 1 FROM pgmesh.exception e, pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE c.oid = rel AND e.state = 'open' AND e.relation = n.nspname || '.' || c.relname)
+$fn$;
+
+CREATE OR REPLACE FUNCTION pgmesh.gc_tombstones(margin interval) RETURNS bigint
+LANGUAGE plpgsql AS $fn$
+DECLARE
+  horizon timestamptz;
+  peers integer;
+  removed bigint;
+BEGIN
+  SELECT min(greatest(p.remote_commit_ts, h.caught_up_ts)), count(*) FILTER (WHERE greatest(p.remote_commit_ts, h.caught_up_ts) IS NULL)
+    INTO horizon, peers
+    FROM pgmesh.progress p LEFT JOIN pgmesh.peer_horizon h USING (peer);
+  IF horizon IS NULL OR peers > 0 THEN
+    RETURN 0;
+  END IF;
+  DELETE FROM pgmesh.tombstone t
+   WHERE coalesce(t.ts, pg_catalog.pg_xact_commit_timestamp(t.xmin), '-infinity') < horizon - margin
+     AND NOT pgmesh.has_open_exception(t.relid);
+  GET DIAGNOSTICS removed = ROW_COUNT;
+  DELETE FROM pgmesh.unique_claim c
+   WHERE coalesce(c.ts, pg_catalog.pg_xact_commit_timestamp(c.xmin), '-infinity') < horizon - margin
+     AND NOT pgmesh.has_open_exception(c.relid);
+  DELETE FROM pgmesh.version_override o
+   WHERE o.ts < horizon - margin
+     AND coalesce(pg_catalog.pg_xact_commit_timestamp(o.row_xmin), '-infinity') < horizon - margin
+     AND NOT pgmesh.has_open_exception(o.relid);
+  RETURN removed;
+END
+$fn$;
+`,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

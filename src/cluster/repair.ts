@@ -296,6 +296,13 @@ export async function replayException(localDsn: string, localNode: string, id: E
     try {
       await session.unsafe(`SELECT pg_catalog.pg_replication_origin_session_setup(${quoteLiteral(origin)})`);
       await session.unsafe('BEGIN');
+      // The exception row stays locked until this replay commits: a second replay of it at the same time waits here,
+      // then finds it replayed and stops (a delta applied twice otherwise).
+      const still = await session.unsafe<{ state: string }[]>(`SELECT state FROM pgmesh.exception WHERE id = $1::text::bigint FOR UPDATE`, [String(id)]);
+      if (still[0]?.state !== 'open') {
+        await session.unsafe('ROLLBACK');
+        throw new PgmeshError('CONFIG_INVALID', `exception ${id} is already ${still[0]?.state ?? 'gone'} (replayed at the same time by another command)`);
+      }
       for (const op of ops) {
         const shape = { kind: op.kind, binding, valuePositions: op.valuePositions, multiRow: false, unchangedPositions: op.unchangedPositions };
         const ctx = { peer: exception.peer, localNode, conflictWindowMs: 0 };
