@@ -403,7 +403,9 @@ async function copyFromSnapshot(
       setMembership(conns.joining, { tablesDone, ...snapshot }).catch((error) => log.debug({ err: errorMessage(error) }, 'progress update failed'));
     };
     const reader = sourceSession;
+    const snapshot = { dsn: source.dsn, node: source.name, snapshotName, applicationName: `pgmesh copy to ${name}`, logger: log };
     const ctx = (tablesDone: number) => ({
+      snapshot,
       source: reader,
       target,
       sourceNode: source.name,

@@ -12,16 +12,20 @@
  * - recent rows: streamed with their version and a group number (one per version) into a temporary table, then
  *   written by one transaction per group, on the joining node, by one DO block (no round trip per group).
  *
- * Sessions: `source` is in a REPEATABLE READ transaction that uses the exported snapshot; `target` has
+ * Sessions: `source` is in a REPEATABLE READ transaction that uses the exported snapshot (each COPY reads on a
+ * connection of its own in the same snapshot); `target` has
  * session_replication_role = replica (no user triggers, no foreign key checks: tables can be copied in any order)
  * and no origin session of its own.
  */
 import type { ReservedSql } from '../pg/connect.ts';
-import { copyBetween, type CopyCounts } from '../pg/copy-stream.ts';
+import { copyFromSnapshot, type CopyCounts, type SnapshotSource } from '../pg/copy-stream.ts';
 import { quoteIdent, quoteLiteral } from '../pg/quote.ts';
 import type { TableShape } from './table-shapes.ts';
 
 export interface CopyContext {
+  /** Every COPY reads on a connection of its own, in the exported snapshot. */
+  readonly snapshot: SnapshotSource;
+  /** A session in a transaction that uses the snapshot, for small reads. */
   readonly source: ReservedSql;
   readonly target: ReservedSql;
   readonly sourceNode: string;
@@ -72,8 +76,8 @@ export async function copyTable(ctx: CopyContext, shape: TableShape): Promise<Co
     await withOrigin(ctx.target, ctx.originFor(ctx.sourceNode), async () => {
       await ctx.target.unsafe(`BEGIN`);
       await ctx.target.unsafe(`SELECT pg_catalog.pg_replication_origin_xact_setup('0/0', '-infinity')`);
-      const counts = await copyBetween(
-        ctx.source,
+      const counts = await copyFromSnapshot(
+        ctx.snapshot,
         `COPY (SELECT ${select('t')} FROM ${version.from} WHERE ${version.ts} < ${horizon}) TO STDOUT`,
         ctx.target,
         `COPY ${shape.qualified} (${list}) FROM STDIN`,
@@ -132,7 +136,7 @@ interface GroupCopy {
 async function copyGroups(ctx: CopyContext, copy: GroupCopy): Promise<CopyCounts> {
   await ctx.target.unsafe(`DROP TABLE IF EXISTS ${STAGE}`);
   await ctx.target.unsafe(copy.stage);
-  const counts = await copyBetween(ctx.source, `COPY (${copy.select}) TO STDOUT`, ctx.target, `COPY ${STAGE} FROM STDIN`, copy.onProgress);
+  const counts = await copyFromSnapshot(ctx.snapshot, `COPY (${copy.select}) TO STDOUT`, ctx.target, `COPY ${STAGE} FROM STDIN`, copy.onProgress);
   if (counts.rows > 0) {
     await ctx.target.unsafe(`CREATE INDEX ON ${STAGE} (pgmesh_grp); ANALYZE ${STAGE}`);
     const nodes = await ctx.target.unsafe<{ node: string }[]>(`SELECT DISTINCT pgmesh_node AS node FROM ${STAGE}`);

@@ -42,7 +42,8 @@ export async function readTableShapes(sql: Sql, tables: readonly TableRef[]): Pr
                JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
               WHERE i.indrelid = c.oid AND i.indisprimary) AS pkey
        FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-      WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[])) AND c.relkind IN ('r', 'p')`,
+      WHERE (n.nspname, c.relname) IN (SELECT * FROM unnest($1::text[], $2::text[])) AND c.relkind IN ('r', 'p')
+      ORDER BY 1, 2`,
     [textArrayLiteral(tables.map((t) => t.schema)), textArrayLiteral(tables.map((t) => t.name))],
   );
   for (const row of rows) {
