@@ -79,6 +79,11 @@ export class Agent {
           { context: { node: nodeName } },
         );
       }
+      if (membership?.state === 'removed') {
+        throw new PgmeshError('NOT_INITIALIZED', `node ${nodeName} was removed from the cluster ("pgmesh node remove"); take it out of the configuration, or add it again with "pgmesh node add ${nodeName}"`, {
+          context: { node: nodeName },
+        });
+      }
       const missing = await unlinkedPeers(catalog, peers);
       if (missing.length > 0) {
         throw new PgmeshError(

@@ -6,6 +6,7 @@ import { registerCheck } from './check.ts';
 import { registerCluster } from './cluster.ts';
 import { registerDemo } from './demo.ts';
 import { registerInit } from './init.ts';
+import { registerNode } from './node.ts';
 import { registerRepair } from './repair.ts';
 import { registerStart } from './start.ts';
 import { registerStatus } from './status.ts';
@@ -24,6 +25,7 @@ const program = new Command('pgmesh')
 registerCheck(program);
 registerInit(program);
 registerCluster(program);
+registerNode(program);
 registerTables(program);
 registerRepair(program);
 registerStart(program);

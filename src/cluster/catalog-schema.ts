@@ -393,10 +393,10 @@ $fn$;
   /* membership: the state of a node that is joining (node add) */ `
 -- A node being added (pgmesh node add) is 'joining' until its copy and every link are in place; its agent refuses to
 -- start until then, so a half-joined node never looks healthy. Nodes made by "cluster create" have no row: members.
--- The copy's progress is here too, for status.
+-- The copy's progress is here too, for status. A node that left (pgmesh node remove) is 'removed'.
 CREATE TABLE pgmesh.membership (
   singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-  state text NOT NULL CHECK (state IN ('joining', 'member')),
+  state text NOT NULL CHECK (state IN ('joining', 'member', 'removed')),
   source text NOT NULL,
   started_at timestamptz NOT NULL DEFAULT now(),
   finished_at timestamptz,

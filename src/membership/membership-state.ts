@@ -1,7 +1,7 @@
 /** The membership row of a node (pgmesh.membership): joining or member, and the progress of its copy. */
 import type { Sql } from '../pg/connect.ts';
 
-export type MembershipState = 'joining' | 'member';
+export type MembershipState = 'joining' | 'member' | 'removed';
 
 export interface JoinProgress {
   readonly phase: string;
@@ -74,17 +74,17 @@ export interface MembershipUpdate {
 }
 
 /**
- * Writes the membership row. Starting a join (state 'joining' with a source) resets the row; other updates change
- * only what they name.
+ * Writes the membership row. With a source (starting a join, or marking a node without a row removed) the row is
+ * written anew; other updates change only what they name.
  */
 export async function setMembership(sql: Sql, update: MembershipUpdate): Promise<void> {
-  if (update.state === 'joining') {
+  if (update.source !== undefined && update.state !== undefined) {
     await sql.unsafe(
-      `INSERT INTO pgmesh.membership (state, source, phase, tables_total) VALUES ('joining', $1, $2, $3::text::int)
-       ON CONFLICT (singleton) DO UPDATE SET state = 'joining', source = EXCLUDED.source, phase = EXCLUDED.phase,
+      `INSERT INTO pgmesh.membership (state, source, phase, tables_total) VALUES ($4, $1, $2, $3::text::int)
+       ON CONFLICT (singleton) DO UPDATE SET state = EXCLUDED.state, source = EXCLUDED.source, phase = EXCLUDED.phase,
          tables_total = EXCLUDED.tables_total, tables_done = 0, rows_copied = 0, bytes_copied = 0,
          started_at = now(), finished_at = NULL, updated_at = now()`,
-      [update.source ?? '?', update.phase ?? null, update.tablesTotal === undefined ? null : String(update.tablesTotal)],
+      [update.source, update.phase ?? null, update.tablesTotal === undefined ? null : String(update.tablesTotal), update.state],
     );
     return;
   }

@@ -23,6 +23,7 @@ import { connectionError, openSql, type ReservedSql, type Sql } from '../pg/conn
 import { describeEndpoint } from '../pg/dsn.ts';
 import { quoteLiteral, qualifiedName } from '../pg/quote.ts';
 import { ReplicationConnection } from '../pg/replication-connection.ts';
+import { queryInSnapshot } from '../pg/copy-stream.ts';
 import type { ClusterConfig, NodeConfig } from '../config/config.ts';
 import { originName, replayOriginName, slotName } from '../cluster/catalog-schema.ts';
 import {
@@ -97,13 +98,20 @@ export async function addNode(config: ClusterConfig, logger: Logger, options: Ad
   }
 }
 
+/** The connection to an existing node (every node of the configuration has one). */
+function memberSql(conns: Conns, name: string): Sql {
+  const sql = conns.existing.get(name);
+  if (!sql) throw new PgmeshError('INTERNAL', `no connection to node ${name}`);
+  return sql;
+}
+
 async function connectAll(existing: readonly NodeConfig[], joining: NodeConfig, logger: Logger): Promise<Conns> {
   const open = (node: NodeConfig) => openSql(node.dsn, { node: node.name, applicationName: 'pgmesh node add', logger, max: 1 });
   const conns: Conns = { existing: new Map(existing.map((n) => [n.name, open(n)])), joining: open(joining) };
   const all = [...existing, joining];
   const failures = await Promise.all(
     all.map((node) => {
-      const sql = node === joining ? conns.joining : (conns.existing.get(node.name) as Sql);
+      const sql = node === joining ? conns.joining : memberSql(conns, node.name);
       return sql.unsafe('SELECT 1').then(
         () => undefined,
         (error: unknown) => connectionError(error, node.name, node.dsn),
@@ -127,7 +135,7 @@ async function join(
   log: Logger,
 ): Promise<AddNodeResult> {
   const name = options.name;
-  const sourceSql = conns.existing.get(source.name) as Sql;
+  const sourceSql = memberSql(conns, source.name);
   const { nodeSlot, retry, alreadyMember } = await checkMembers(config, conns, existing, name);
   if (alreadyMember) {
     return { name, source: source.name, nodeSlot, alreadyMember: true, tables: 0, rows: 0, bytes: 0, copySeconds: 0 };
@@ -136,7 +144,7 @@ async function join(
   // 1. Every problem of every node at once, before anything changes.
   const problems: string[] = [];
   for (const node of existing) {
-    const facts = await readServerFacts(conns.existing.get(node.name) as Sql);
+    const facts = await readServerFacts(memberSql(conns, node.name));
     const found = checkServerFacts(facts, existing.length);
     if (found.length > 0) problems.push(formatProblems(node.name, found));
   }
@@ -168,7 +176,7 @@ async function join(
   await setMembership(conns.joining, { state: 'joining', source: source.name, phase: 'preparing', tablesTotal: tables.length });
   log.info({ source: source.name, retry }, 'node add: preparing');
   for (const node of existing) {
-    const sql = conns.existing.get(node.name) as Sql;
+    const sql = memberSql(conns, node.name);
     await dropSlotIfExists(sql, slotName(name), { terminate: true, node: node.name });
     await unlinkPeer(sql, name, node.name);
   }
@@ -201,7 +209,7 @@ async function join(
   const markers = new Map<string, Lsn>();
   for (const node of existing) {
     if (node.name === source.name) continue;
-    const sql = conns.existing.get(node.name) as Sql;
+    const sql = memberSql(conns, node.name);
     await ensureSlotFor(sql, name);
     const rows = await sql.unsafe<{ lsn: string }[]>(`SELECT pg_catalog.pg_logical_emit_message(true, $1, $2)::text AS lsn`, [JOIN_MARKER_PREFIX, name]);
     markers.set(node.name, parseLsn(rows[0]?.lsn ?? '0/0'));
@@ -214,7 +222,7 @@ async function join(
 
   // 6. Every existing node streams from the new one; the new node is a member.
   for (const node of existing) {
-    await ensurePeer(conns.existing.get(node.name) as Sql, { name, nodeSlot, endpoint: describeEndpoint(options.dsn) });
+    await ensurePeer(memberSql(conns, node.name), { name, nodeSlot, endpoint: describeEndpoint(options.dsn) });
   }
   await setMembership(conns.joining, { state: 'member', phase: 'done', finished: true });
   log.info({ source: source.name, rows: copied.rows, bytes: copied.bytes }, 'node add: done');
@@ -244,7 +252,7 @@ async function checkMembers(
   const problems: string[] = [];
   let highest = 0;
   for (const node of existing) {
-    const sql = conns.existing.get(node.name) as Sql;
+    const sql = memberSql(conns, node.name);
     try {
       const local = await requireLocalNode(sql, node.name);
       highest = Math.max(highest, local.nodeSlot);
@@ -266,17 +274,18 @@ async function checkMembers(
     throw new PgmeshError('ALREADY_INITIALIZED', `the server given for ${name} is already pgmesh node ${local.nodeName}; check the connection string`);
   }
   const state = await readMembership(conns.joining);
-  if (state?.state === 'joining') return { nodeSlot: local.nodeSlot, retry: true, alreadyMember: false };
+  // A node that did not finish joining, or that left: its tables hold (some of) the cluster's rows, replaced anew.
+  if (state?.state === 'joining' || state?.state === 'removed') return { nodeSlot: local.nodeSlot, retry: true, alreadyMember: false };
   // Initialized ("pgmesh init", or an attempt that stopped before it was marked joining) but linked with nobody:
   // a new node like any other (its tables are checked to be empty).
   const ownPeers = await conns.joining.unsafe(`SELECT 1 FROM pgmesh.peer LIMIT 1`);
   const knownBy = await Promise.all(
-    existing.map(async (node) => (await (conns.existing.get(node.name) as Sql).unsafe(`SELECT 1 FROM pgmesh.peer WHERE node_name = $1`, [name])).length > 0),
+    existing.map(async (node) => (await memberSql(conns, node.name).unsafe(`SELECT 1 FROM pgmesh.peer WHERE node_name = $1`, [name])).length > 0),
   );
   if (!state && ownPeers.length === 0 && !knownBy.some(Boolean)) return { nodeSlot: highest + 1, retry: false, alreadyMember: false };
   const linkedEverywhere = await Promise.all(
     existing.map(async (node) => {
-      const rows = await (conns.existing.get(node.name) as Sql).unsafe(`SELECT 1 FROM pgmesh.peer WHERE node_name = $1`, [name]);
+      const rows = await memberSql(conns, node.name).unsafe(`SELECT 1 FROM pgmesh.peer WHERE node_name = $1`, [name]);
       return rows.length > 0;
     }),
   );
@@ -290,7 +299,7 @@ async function checkMembers(
 async function readNodeSlots(conns: Conns, existing: readonly NodeConfig[]): Promise<Map<string, number>> {
   const slots = new Map<string, number>();
   for (const node of existing) {
-    const local = await readLocalNode(conns.existing.get(node.name) as Sql);
+    const local = await readLocalNode(memberSql(conns, node.name));
     if (local) slots.set(node.name, local.nodeSlot);
   }
   return slots;
@@ -334,7 +343,6 @@ async function copyFromSnapshot(
   log: Logger,
 ): Promise<Copied> {
   const replication = await ReplicationConnection.open(source.dsn, source.name, `pgmesh node add ${name}`, log);
-  const sourcePool = openSql(source.dsn, { node: source.name, applicationName: `pgmesh copy to ${name}`, logger: log, max: 1 });
   const targetPool = openSql(options.dsn, {
     node: name,
     applicationName: `pgmesh copy from ${source.name}`,
@@ -343,22 +351,23 @@ async function copyFromSnapshot(
     // Replica mode: no user triggers, no foreign key checks (tables in any order), as in apply sessions.
     parameters: { session_replication_role: 'replica', synchronous_commit: 'off' },
   });
-  let sourceSession: ReservedSql | undefined;
   let targetSession: ReservedSql | undefined;
   try {
     const { consistentPoint, snapshotName } = await replication.createSlotExportingSnapshot(slotName(name));
+    // Every read of the source is in the snapshot, each on a connection of its own that is closed after it (no
+    // session to the source outlives a query: the driver writes to the socket of a reserved connection that the
+    // server closed, and throws where nothing can catch it).
+    const snapshot = { dsn: source.dsn, node: source.name, snapshotName, applicationName: `pgmesh copy to ${name}`, logger: log };
     // The driver hands out a reserved connection only from an open one (reserving on a pool that has not connected
     // yet waits forever): connect first.
-    await Promise.all([sourcePool.unsafe('SELECT 1'), targetPool.unsafe('SELECT 1')]);
-    sourceSession = await sourcePool.reserve();
+    await targetPool.unsafe('SELECT 1');
     targetSession = await targetPool.reserve();
-    await sourceSession.unsafe(`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`);
-    await sourceSession.unsafe(`SET TRANSACTION SNAPSHOT ${quoteLiteral(snapshotName)}`);
     log.info({ source: source.name, consistentPoint: formatLsn(consistentPoint) }, 'node add: copying from the snapshot');
 
     // What the snapshot holds of each other node's stream: everything up to the newest applied transaction.
     const others = existing.filter((n) => n.name !== source.name).map((n) => n.name);
-    const progress = await sourceSession.unsafe<{ peer: string; end_lsn: string; remote_commit_ts: string | null }[]>(
+    const progress = await queryInSnapshot<{ peer: string; end_lsn: string; remote_commit_ts: string | null }>(
+      snapshot,
       `SELECT peer, end_lsn::text, remote_commit_ts::text FROM pgmesh.progress`,
     );
     const starts = new Map<string, { lsn: Lsn; ts: string | null }>();
@@ -371,18 +380,26 @@ async function copyFromSnapshot(
     // strictly in commit order, clocks differ). Without a commit timestamp for some peer, every row is exact.
     const marginMs = Math.max(config.tuning.tombstoneMarginMs, config.tuning.conflictWindowMs);
     const timestamps = [...starts.values()].map((s) => s.ts);
-    const clock = await sourceSession.unsafe<{ now: string; horizon: string | null; wal: string }[]>(
+    const clock = await queryInSnapshot<{ now: string; horizon: string | null; wal: string }>(
+      snapshot,
       `SELECT now()::text AS now, pg_catalog.pg_current_wal_insert_lsn()::text AS wal,
               (least(now(), ${timestamps.map((t) => (t === null ? 'NULL' : `${quoteLiteral(t)}::timestamptz`)).join(', ') || 'NULL'})
                 - interval '${marginMs} milliseconds')::text AS horizon`,
     );
     const sourceNow = clock[0]?.now ?? null;
     const horizon = timestamps.some((t) => t === null) ? undefined : (clock[0]?.horizon ?? undefined);
-    const policies = await sourceSession.unsafe<{ row: string }[]>(
+    const policies = await queryInSnapshot<{ row: string }>(
+      snapshot,
       `SELECT to_jsonb(p)::text AS row FROM pgmesh.table_policy p
         WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables t
                        WHERE t.pubname = 'pgmesh' AND t.schemaname = p.relation_schema AND t.tablename = p.relation_name)`,
     );
+    const overrides = await queryInSnapshot<{ schema: string; name: string }>(
+      snapshot,
+      `SELECT DISTINCT n.nspname AS schema, c.relname AS name
+         FROM pgmesh.version_override o JOIN pg_catalog.pg_class c ON c.oid = o.relid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace`,
+    );
+    const withOverrides = new Set(overrides.map((o) => qualifiedName(o.schema, o.name)));
 
     const members = new Set(existing.map((n) => n.name));
     const originFor = (node: string) => (members.has(node) ? originName(node) : NODE_NAME_PATTERN.test(node) ? replayOriginName(node) : node);
@@ -402,11 +419,9 @@ async function copyFromSnapshot(
       options.onProgress?.({ phase: 'copying', tablesDone, tablesTotal: shapes.length, ...snapshot });
       setMembership(conns.joining, { tablesDone, ...snapshot }).catch((error) => log.debug({ err: errorMessage(error) }, 'progress update failed'));
     };
-    const reader = sourceSession;
-    const snapshot = { dsn: source.dsn, node: source.name, snapshotName, applicationName: `pgmesh copy to ${name}`, logger: log };
     const ctx = (tablesDone: number) => ({
       snapshot,
-      source: reader,
+      withOverrides,
       target,
       sourceNode: source.name,
       horizon,
@@ -440,14 +455,12 @@ async function copyFromSnapshot(
 
     // The source's own transactions in the snapshot may have committed asynchronously: on its disk before the new
     // node relies on them (a crash of the source would otherwise lose rows that the new node keeps).
-    await waitForFlush(conns.existing.get(source.name) as Sql, parseLsn(clock[0]?.wal ?? '0/0'));
-    await sourceSession.unsafe(`COMMIT`);
+    await waitForFlush(memberSql(conns, source.name), parseLsn(clock[0]?.wal ?? '0/0'));
     return done;
   } finally {
-    sourceSession?.release();
     targetSession?.release();
     await replication.close();
-    await Promise.all([sourcePool.end({ timeout: 2 }).catch(() => undefined), targetPool.end({ timeout: 2 }).catch(() => undefined)]);
+    await targetPool.end({ timeout: 2 }).catch(() => undefined);
   }
 }
 

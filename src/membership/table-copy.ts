@@ -12,8 +12,7 @@
  * - recent rows: streamed with their version and a group number (one per version) into a temporary table, then
  *   written by one transaction per group, on the joining node, by one DO block (no round trip per group).
  *
- * Sessions: `source` is in a REPEATABLE READ transaction that uses the exported snapshot (each COPY reads on a
- * connection of its own in the same snapshot); `target` has
+ * Sessions: each COPY reads on a connection of its own in the exported snapshot; `target` has
  * session_replication_role = replica (no user triggers, no foreign key checks: tables can be copied in any order)
  * and no origin session of its own.
  */
@@ -25,8 +24,8 @@ import type { TableShape } from './table-shapes.ts';
 export interface CopyContext {
   /** Every COPY reads on a connection of its own, in the exported snapshot. */
   readonly snapshot: SnapshotSource;
-  /** A session in a transaction that uses the snapshot, for small reads. */
-  readonly source: ReservedSql;
+  /** Tables (qualified names) with rows in the source's pgmesh.version_override. */
+  readonly withOverrides: ReadonlySet<string>;
   readonly target: ReservedSql;
   readonly sourceNode: string;
   /**
@@ -61,10 +60,7 @@ function versionJoin(ctx: CopyContext, shape: TableShape, alias: string, withOve
 export async function copyTable(ctx: CopyContext, shape: TableShape): Promise<CopyCounts> {
   const columns = shape.columns.filter((c) => !c.generated).map((c) => quoteIdent(c.name));
   const list = columns.join(', ');
-  const overrides = await ctx.source.unsafe<{ any: boolean }[]>(
-    `SELECT EXISTS (SELECT 1 FROM pgmesh.version_override WHERE relid = ${quoteLiteral(shape.qualified)}::regclass) AS any`,
-  );
-  const version = versionJoin(ctx, shape, 't', overrides[0]?.any === true);
+  const version = versionJoin(ctx, shape, 't', ctx.withOverrides.has(shape.qualified));
   const select = (alias: string) => columns.map((c) => `${alias}.${c}`).join(', ');
   let total: CopyCounts = { rows: 0, bytes: 0 };
   const add = (counts: CopyCounts) => {

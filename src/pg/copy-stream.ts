@@ -86,3 +86,22 @@ export async function copyFromSnapshot(
     await from.end({ timeout: 0 }).catch(() => undefined);
   }
 }
+
+/**
+ * Runs one read-only query in the source's exported snapshot, on a connection of its own (closed afterwards; see
+ * copyFromSnapshot), the transaction and the query in one message. The query takes no parameters: quote literals.
+ */
+export async function queryInSnapshot<T extends object>(source: SnapshotSource, query: string): Promise<T[]> {
+  const sql = openSql(source.dsn, { node: source.node, applicationName: source.applicationName, logger: source.logger, max: 1 });
+  try {
+    const results: unknown[] = await sql.unsafe(
+      `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT ${quoteLiteral(source.snapshotName)}; ${query}; COMMIT`,
+    );
+    // The driver starts a new result set at each row description after a completed command: the statements before
+    // the query share the first set, the query's rows are the last one.
+    const last = results[results.length - 1];
+    return (Array.isArray(last) ? last : []) as T[];
+  } finally {
+    await sql.end({ timeout: 0 }).catch(() => undefined);
+  }
+}
