@@ -1,8 +1,9 @@
 import type { Command } from 'commander';
 import { PgmeshError } from '../core/errors.ts';
-import { addNodeToConfigFile } from '../config/config-file.ts';
+import { addNodeToConfigFile, removeNodeFromConfigFile } from '../config/config-file.ts';
 import { dsnProblem } from '../pg/dsn.ts';
 import { addNode } from '../membership/node-add.ts';
+import { removeNode } from '../membership/node-remove.ts';
 import type { JoinProgress } from '../membership/membership-state.ts';
 import { configFrom, loggerFor, printJson, type GlobalOptions } from './common.ts';
 
@@ -65,5 +66,26 @@ export function registerNode(program: Command): void {
       process.stdout.write(
         `next: reload every running agent (kill -HUP <pid>, or restart it) so it streams from ${name}, and start ${name}'s agent: pgmesh start --node ${name}\n`,
       );
+    });
+  node
+    .command('remove')
+    .description('remove a node: drain what it wrote to the others, then drop its slots, origins and links on every node')
+    .argument('<name>', 'the node that leaves')
+    .option('--force', 'remove it although it is unreachable or not drained (its changes that others lack are lost)')
+    .option('--json', 'print the result as JSON')
+    .action(async (name: string, options: { force?: boolean; json?: boolean }, command: Command) => {
+      const globals = command.optsWithGlobals<GlobalOptions>();
+      const config = configFrom(globals);
+      const result = await removeNode(config, loggerFor(config), { name, force: options.force });
+      const file = globals.config ?? process.env.PGMESH_CONFIG;
+      const unlisted = file ? removeNodeFromConfigFile(file, name) : false;
+      if (options.json) {
+        printJson({ ...result, configUpdated: unlisted });
+        return;
+      }
+      process.stdout.write(`node ${name} removed${result.drained ? ' (everything it wrote reached every other node)' : ''}\n`);
+      for (const warning of result.warnings) process.stdout.write(`warning: ${warning}\n`);
+      if (unlisted) process.stdout.write(`removed ${name} from ${file}\n`);
+      process.stdout.write(`next: stop ${name}'s agent, and reload every other agent (kill -HUP <pid>, or restart it)\n`);
     });
 }

@@ -10,6 +10,8 @@
  * - the process doing the add is killed (SIGKILL) mid-copy: n3 stays 'joining' and its agent refuses to start; a
  *   rerun completes.
  * - the source server is killed (kill -9) mid-copy: the add fails, and after the source is back a rerun completes.
+ * - node remove under load: what the leaving node wrote reaches the others first, then nothing of it is left (slots,
+ *   origins, catalog rows) and its agent refuses to start; an unreachable node needs --force.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -17,6 +19,7 @@ import { Agent } from '../../src/agent/agent.ts';
 import { setDeltaColumns } from '../../src/cluster/repair.ts';
 import { silentLogger } from '../../src/core/logger.ts';
 import { addNode } from '../../src/membership/node-add.ts';
+import { removeNode } from '../../src/membership/node-remove.ts';
 import { runCli } from '../support/cli-process.ts';
 import { eventually, withCluster, type TestCluster, type TestNode } from '../support/cluster.ts';
 import { MIXED_DDL, MIXED_SCHEMA, assertMixedConverged, startMixedLoad, type MixedLoad } from '../support/mixed-load.ts';
@@ -148,5 +151,67 @@ test('node add: the source server killed with kill -9 mid-copy fails the add; af
     await addNode(cluster.config, silentLogger, { name: 'n3', dsn: n3.server.dsn, from: 'n1' });
     await finishJoin(cluster, n3, load);
     for (const node of cluster.nodes) assert.equal(await cluster.tableHash(node, 'bulk'), await cluster.tableHash(n1, 'bulk'));
+  });
+});
+
+/** What is left of node `gone` on `node`: slots for it, its origins, its catalog rows. */
+async function traces(node: TestNode, gone: string): Promise<string[]> {
+  const rows = await node.sql.unsafe<{ t: string }[]>(
+    `SELECT 'slot ' || slot_name AS t FROM pg_replication_slots WHERE slot_name = 'pgmesh_' || $1::text
+     UNION ALL SELECT 'origin ' || roname FROM pg_replication_origin WHERE roname IN ('pgmesh_' || $1::text, 'pgmeshr_' || $1::text)
+     UNION ALL SELECT 'peer ' || node_name FROM pgmesh.peer WHERE node_name = $1::text
+     UNION ALL SELECT 'progress ' || peer FROM pgmesh.apply_progress WHERE peer = $1::text
+     UNION ALL SELECT 'progress log ' || peer FROM pgmesh.applied_xact WHERE peer = $1::text`,
+    [gone],
+  );
+  return rows.map((r) => r.t);
+}
+
+test('node remove: a node leaves under load after what it wrote reached the others; nothing of it is left anywhere', { timeout: 300_000 }, async () => {
+  await withCluster({ nodes: 3, schema: MIXED_SCHEMA }, async (cluster) => {
+    await declareDelta(cluster);
+    await cluster.startAgents();
+    const n3 = cluster.node('n3');
+    const load = startMixedLoad(cluster.nodes);
+    await load.progress(100);
+    // n3's application stops writing; what it wrote must reach n1 and n2 before it goes.
+    await load.stopWriter(n3);
+    const written = await n3.sql.unsafe<{ id: string }[]>(`SELECT id FROM transfer_log WHERE id LIKE 'n3-%' ORDER BY id`);
+    const result = await removeNode(cluster.config, silentLogger, { name: 'n3' });
+    assert.equal(result.drained, true);
+    for (const name of ['n1', 'n2']) {
+      const node = cluster.node(name);
+      const there = await node.sql.unsafe<{ id: string }[]>(`SELECT id FROM transfer_log WHERE id LIKE 'n3-%' ORDER BY id`);
+      assert.deepEqual(there, written, `everything n3 wrote is on ${name}`);
+      assert.deepEqual(await traces(node, 'n3'), [], `nothing of n3 is left on ${name}`);
+    }
+    const ownSlots = await n3.sql.unsafe(`SELECT slot_name FROM pg_replication_slots`);
+    assert.equal(ownSlots.length, 0, 'n3 has no slots left');
+    await cluster.stopAgent('n3');
+    await assert.rejects(Agent.start(cluster.config, 'n3', silentLogger), /n3 was removed/);
+    // n1 and n2 go on as a cluster of two.
+    await load.progress(50);
+    await load.stop();
+    const rest = cluster.nodes.filter((n) => n.name !== 'n3');
+    for (const table of ['accounts', 'transfer_log', 'items']) {
+      await eventually(async () => new Set(await Promise.all(rest.map((n) => cluster.tableHash(n, table)))).size === 1, {
+        timeoutMs: 60_000,
+        what: `${table} equal on n1 and n2`,
+      });
+    }
+  });
+});
+
+test('node remove: an unreachable node is refused without --force, and removed with it', { timeout: 300_000 }, async () => {
+  await withCluster({ nodes: 3, schema: MIXED_SCHEMA }, async (cluster) => {
+    // n3's machine is gone: its server and its agent.
+    await cluster.startAgents(['n1', 'n2']);
+    await cluster.node('n3').server.kill();
+    await assert.rejects(removeNode(cluster.config, silentLogger, { name: 'n3' }), /n3 is not reachable: changes it committed .* --force/);
+    assert.notDeepEqual(await traces(cluster.node('n1'), 'n3'), [], 'a refused remove changes nothing');
+    const result = await removeNode(cluster.config, silentLogger, { name: 'n3', force: true });
+    assert.equal(result.reachable, false);
+    assert.match(result.warnings.join('\n'), /lost/);
+    for (const name of ['n1', 'n2']) assert.deepEqual(await traces(cluster.node(name), 'n3'), [], `nothing of n3 is left on ${name}`);
   });
 });

@@ -46,6 +46,8 @@ export interface MixedLoad {
   readonly counts: Record<string, number>;
   /** Adds a node to the writers. */
   addWriter(node: TestNode): void;
+  /** Stops the writers of one node and waits for them. */
+  stopWriter(node: TestNode): Promise<void>;
   /** Resolves once `n` more transfers have committed than when it was called. */
   progress(n: number, timeoutMs?: number): Promise<void>;
   /** Stops the writers and waits for them. */
@@ -66,6 +68,8 @@ export function startMixedLoad(nodes: readonly TestNode[], options: { clientsPer
   const transfers: string[] = [];
   const counts: Record<string, number> = {};
   const loops: Promise<void>[] = [];
+  const byNode = new Map<string, Promise<void>[]>();
+  const retired = new Set<string>();
   const crashes = options.crashes ?? false;
   const step = async (node: TestNode): Promise<void> => {
     const kind = random(100);
@@ -91,7 +95,7 @@ export function startMixedLoad(nodes: readonly TestNode[], options: { clientsPer
   };
   let failure: unknown;
   const writer = async (node: TestNode): Promise<void> => {
-    while (!stopped) {
+    while (!stopped && !retired.has(node.name)) {
       try {
         await step(node);
         // Pacing: the nodes' agents share the machine's cores with the writers and must keep up.
@@ -109,13 +113,21 @@ export function startMixedLoad(nodes: readonly TestNode[], options: { clientsPer
     }
   };
   const addWriter = (node: TestNode) => {
-    for (let i = 0; i < (options.clientsPerNode ?? 2); i++) loops.push(writer(node));
+    for (let i = 0; i < (options.clientsPerNode ?? 2); i++) {
+      const loop = writer(node);
+      loops.push(loop);
+      byNode.set(node.name, [...(byNode.get(node.name) ?? []), loop]);
+    }
   };
   for (const node of nodes) addWriter(node);
   return {
     transfers,
     counts,
     addWriter,
+    async stopWriter(node) {
+      retired.add(node.name);
+      await Promise.all(byNode.get(node.name) ?? []);
+    },
     async progress(n, timeoutMs = 120_000) {
       const target = transfers.length + n;
       await eventually(() => transfers.length >= target, {
