@@ -176,6 +176,10 @@ test('node remove: a node leaves under load after what it wrote reached the othe
     await load.progress(100);
     // n3's application stops writing; what it wrote must reach n1 and n2 before it goes.
     await load.stopWriter(n3);
+    // Its last transactions are still on their way when the remove starts (a large one takes a while to apply).
+    for (let i = 0; i < 5; i++) {
+      await n3.sql.unsafe(`INSERT INTO transfer_log SELECT 'n3-last-${i}-' || g, 1, 2, 0 FROM generate_series(1, 20000) g`);
+    }
     const written = await n3.sql.unsafe<{ id: string }[]>(`SELECT id FROM transfer_log WHERE id LIKE 'n3-%' ORDER BY id`);
     const result = await removeNode(cluster.config, silentLogger, { name: 'n3' });
     assert.equal(result.drained, true);
