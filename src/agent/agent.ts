@@ -88,7 +88,7 @@ export class Agent {
       if (missing.length > 0) {
         throw new PgmeshError(
           'NOT_INITIALIZED',
-          `node ${nodeName} is not linked with ${missing.join(', ')}; run "pgmesh cluster create" (it links every pair of nodes in the configuration)`,
+          `node ${nodeName} is not linked with ${missing.join(', ')}; run "pgmesh cluster create" (it links every pair of nodes in the configuration), or "pgmesh node add" for a node that joins a running cluster`,
         );
       }
     } catch (error) {
