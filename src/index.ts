@@ -8,6 +8,10 @@ export type { AddTablesResult, RemoveTablesResult, TableRef, TableRefusal } from
 export { grantAgentPrivileges, missingAgentPrivileges } from './cluster/agent-privileges.ts';
 export type { MissingPrivilege } from './cluster/agent-privileges.ts';
 export { checkServerFacts, readServerFacts } from './cluster/server-checks.ts';
+export { addNode } from './membership/node-add.ts';
+export type { AddNodeOptions, AddNodeResult } from './membership/node-add.ts';
+export { removeNode } from './membership/node-remove.ts';
+export type { RemoveNodeOptions, RemoveNodeResult } from './membership/node-remove.ts';
 export { Agent } from './agent/agent.ts';
 export type { AgentStatus } from './agent/agent.ts';
 export type { PeerStatus } from './agent/peer-replicator.ts';

@@ -9,7 +9,8 @@ import { requireLocalNode } from '../cluster/node-admin.ts';
 import { CATALOG_VERSION } from '../cluster/catalog-schema.ts';
 import { checkServerFacts, formatProblems, readServerFacts, serverWarnings } from '../cluster/server-checks.ts';
 import { formatMissingPrivileges, missingAgentPrivileges } from '../cluster/agent-privileges.ts';
-import { findNode, type ClusterConfig } from '../config/config.ts';
+import { findNode, type ClusterConfig, type NodeConfig } from '../config/config.ts';
+import { readMembership } from '../membership/membership-state.ts';
 import { errorMessage } from '../core/errors.ts';
 import { ClockMonitor, type ClockReading } from './clock-monitor.ts';
 import { PeerReplicator, type PeerStatus } from './peer-replicator.ts';
@@ -27,9 +28,10 @@ export class Agent {
   private constructor(
     readonly node: string,
     private readonly catalog: Sql,
-    private readonly replicators: readonly PeerReplicator[],
-    private readonly clocks: ReadonlyMap<string, ClockMonitor>,
+    private readonly replicators: Map<string, PeerReplicator>,
+    private readonly clocks: Map<string, ClockMonitor>,
     private readonly logger: Logger,
+    private config: ClusterConfig,
   ) {}
 
   private startMaintenance(intervalMs: number, marginMs: number): void {
@@ -75,57 +77,99 @@ export class Agent {
           { context: { node: nodeName } },
         );
       }
-      const linked = await catalog.unsafe<{ peer: string }[]>(`SELECT peer FROM pgmesh.apply_progress`);
-      const missing = peers.filter((p) => !linked.some((l) => l.peer === p.name)).map((p) => p.name);
+      const membership = await readMembership(catalog);
+      if (membership?.state === 'joining') {
+        throw new PgmeshError(
+          'NOT_INITIALIZED',
+          `node ${nodeName} is still joining (its copy from ${membership.source} has not finished: ${membership.phase ?? 'not started'}); run "pgmesh node add ${nodeName}" again to finish it, or "pgmesh node remove ${nodeName}"`,
+          { context: { node: nodeName } },
+        );
+      }
+      if (membership?.state === 'removed') {
+        throw new PgmeshError('NOT_INITIALIZED', `node ${nodeName} was removed from the cluster ("pgmesh node remove"); take it out of the configuration, or add it again with "pgmesh node add ${nodeName}"`, {
+          context: { node: nodeName },
+        });
+      }
+      const missing = await unlinkedPeers(catalog, peers);
       if (missing.length > 0) {
         throw new PgmeshError(
           'NOT_INITIALIZED',
-          `node ${nodeName} is not linked with ${missing.join(', ')}; run "pgmesh cluster create" (it links every pair of nodes in the configuration)`,
+          `node ${nodeName} is not linked with ${missing.join(', ')}; run "pgmesh cluster create" (it links every pair of nodes in the configuration), or "pgmesh node add" for a node that joins a running cluster`,
         );
       }
     } catch (error) {
       await catalog.end({ timeout: 1 }).catch(() => undefined);
       throw error;
     }
-    const replicators = peers.map(
-      (peer) =>
-        new PeerReplicator({
-          peer: peer.name,
-          peerDsn: peer.dsn,
-          localNode: nodeName,
-          localDsn: self.dsn,
-          catalog,
-          tuning: config.tuning,
-          logger: log,
-        }),
-    );
-    const clocks = new Map(
-      peers.map((peer) => [
-        peer.name,
-        new ClockMonitor({
-          peer: peer.name,
-          peerDsn: peer.dsn,
-          localNode: nodeName,
-          catalog,
-          warnMs: config.tuning.clockSkewWarnMs,
-          intervalMs: 10_000,
-          logger: log,
-        }),
-      ]),
-    );
-    for (const r of replicators) r.start();
-    for (const c of clocks.values()) c.start();
-    const agent = new Agent(nodeName, catalog, replicators, clocks, log);
+    const agent = new Agent(nodeName, catalog, new Map(), new Map(), log, config);
+    for (const peer of peers) agent.startPeer(peer);
     agent.startMaintenance(config.tuning.tombstoneGcIntervalMs, config.tuning.tombstoneMarginMs);
     log.info({ peers: peers.map((p) => p.name) }, 'agent started');
     return agent;
+  }
+
+  private startPeer(peer: NodeConfig): void {
+    const replicator = new PeerReplicator({
+      peer: peer.name,
+      peerDsn: peer.dsn,
+      localNode: this.node,
+      localDsn: findNode(this.config, this.node).dsn,
+      catalog: this.catalog,
+      tuning: this.config.tuning,
+      logger: this.logger,
+    });
+    const clock = new ClockMonitor({
+      peer: peer.name,
+      peerDsn: peer.dsn,
+      localNode: this.node,
+      catalog: this.catalog,
+      warnMs: this.config.tuning.clockSkewWarnMs,
+      intervalMs: 10_000,
+      logger: this.logger,
+    });
+    this.replicators.set(peer.name, replicator);
+    this.clocks.set(peer.name, clock);
+    replicator.start();
+    clock.start();
+  }
+
+  private async stopPeer(peer: string): Promise<void> {
+    const clock = this.clocks.get(peer);
+    const replicator = this.replicators.get(peer);
+    this.clocks.delete(peer);
+    this.replicators.delete(peer);
+    await clock?.stop();
+    await replicator?.stop();
+  }
+
+  /**
+   * Takes a new configuration (SIGHUP of "pgmesh start", after "pgmesh node add" or "node remove"): streams from
+   * nodes that joined, stops streaming from nodes that left. A new peer that this node is not linked with yet is
+   * left out (and reported) until the next reload. Streams of peers that stay are not touched.
+   */
+  async reload(config: ClusterConfig): Promise<{ added: string[]; removed: string[]; notLinked: string[] }> {
+    const peers = config.nodes.filter((n) => n.name !== this.node);
+    const removed = [...this.replicators.keys()].filter((name) => !peers.some((p) => p.name === name));
+    for (const name of removed) await this.stopPeer(name);
+    const candidates = peers.filter((p) => !this.replicators.has(p.name));
+    const notLinked = await unlinkedPeers(this.catalog, candidates);
+    this.config = config;
+    const added: string[] = [];
+    for (const peer of candidates) {
+      if (notLinked.includes(peer.name)) continue;
+      this.startPeer(peer);
+      added.push(peer.name);
+    }
+    if (notLinked.length > 0) this.logger.warn({ peers: notLinked }, 'not linked with these nodes yet; run "pgmesh node add" for them, then reload again');
+    this.logger.info({ added, removed }, 'configuration reloaded');
+    return { added, removed, notLinked };
   }
 
   status(): AgentStatus {
     return {
       node: this.node,
       startedAt: this.startedAt.toISOString(),
-      peers: this.replicators.map((r) => {
+      peers: [...this.replicators.values()].map((r) => {
         const status = r.status();
         return { ...status, clock: this.clocks.get(status.peer)?.current() ?? null };
       }),
@@ -135,7 +179,13 @@ export class Agent {
   async stop(): Promise<void> {
     if (this.gcTimer) clearInterval(this.gcTimer);
     await Promise.all([...this.clocks.values()].map((c) => c.stop()));
-    await Promise.all(this.replicators.map((r) => r.stop()));
+    await Promise.all([...this.replicators.values()].map((r) => r.stop()));
     await this.catalog.end({ timeout: 2 }).catch(() => undefined);
   }
+}
+
+/** Peers that this node has no link from yet (no progress row). */
+async function unlinkedPeers(catalog: Sql, peers: readonly NodeConfig[]): Promise<string[]> {
+  const linked = await catalog.unsafe<{ peer: string }[]>(`SELECT peer FROM pgmesh.apply_progress`);
+  return peers.filter((p) => !linked.some((l) => l.peer === p.name)).map((p) => p.name);
 }

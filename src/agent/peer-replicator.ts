@@ -114,6 +114,12 @@ export class PeerReplicator {
           attempt = 0;
           continue;
         }
+        if ((code === 'NOT_INITIALIZED' || code === 'SLOT_MISSING') && (await this.peerRemoved())) {
+          // "pgmesh node remove": the link is gone; a reload of the configuration drops this stream for good.
+          log.warn({ peer: this.options.peer }, 'peer was removed from the cluster; stopped streaming from it');
+          this.pausedReason = 'removed from the cluster';
+          break;
+        }
         const message =
           sqlstate === SQLSTATE.insufficientPrivilege
             ? `${errorMessage(error)}; the agent's role lacks a privilege: "pgmesh check" lists each one with the GRANT that fixes it`
@@ -142,6 +148,14 @@ export class PeerReplicator {
       await this.sleep(ceiling / 2 + Math.random() * (ceiling / 2));
     }
     this.state = 'stopped';
+  }
+
+  /** The peer's link was removed from the catalog (pgmesh node remove). */
+  private async peerRemoved(): Promise<boolean> {
+    const rows = await this.options.catalog
+      .unsafe(`SELECT 1 FROM pgmesh.peer WHERE node_name = $1`, [this.options.peer])
+      .catch(() => undefined);
+    return rows !== undefined && rows.length === 0;
   }
 
   /** Marks the peer paused in the catalog (so a restarted agent stays paused) until "pgmesh resume". */

@@ -7,6 +7,7 @@ import { registerCluster } from './cluster.ts';
 import { registerDdl } from './ddl.ts';
 import { registerDemo } from './demo.ts';
 import { registerInit } from './init.ts';
+import { registerNode } from './node.ts';
 import { registerRepair } from './repair.ts';
 import { registerSchema } from './schema.ts';
 import { registerStart } from './start.ts';
@@ -26,6 +27,7 @@ const program = new Command('pgmesh')
 registerCheck(program);
 registerInit(program);
 registerCluster(program);
+registerNode(program);
 registerTables(program);
 registerRepair(program);
 registerStart(program);

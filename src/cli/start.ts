@@ -1,11 +1,12 @@
 import type { Command } from 'commander';
 import { Agent } from '../agent/agent.ts';
+import { errorMessage } from '../core/errors.ts';
 import { configFrom, loggerFor, type GlobalOptions } from './common.ts';
 
 export function registerStart(program: Command): void {
   program
     .command('start')
-    .description('run the agent of one node (streams from every peer and applies); stops cleanly on SIGINT/SIGTERM')
+    .description('run the agent of one node (streams from every peer and applies); stops cleanly on SIGINT/SIGTERM; SIGHUP reloads the configuration (nodes added or removed)')
     .requiredOption('--node <name>', 'the node this agent serves')
     .action(async (options: { node: string }, command: Command) => {
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
@@ -20,8 +21,20 @@ export function registerStart(program: Command): void {
         stopping = true;
         requested();
       };
+      // SIGHUP: read the configuration again and stream from the nodes it adds, stop for those it drops.
+      const onReload = () => {
+        let next;
+        try {
+          next = configFrom(command.optsWithGlobals<GlobalOptions>());
+        } catch (error) {
+          logger.error({ err: errorMessage(error) }, 'configuration not reloaded');
+          return;
+        }
+        agent.reload(next).catch((error: unknown) => logger.error({ err: errorMessage(error) }, 'configuration not reloaded'));
+      };
       process.on('SIGINT', onSignal);
       process.on('SIGTERM', onSignal);
+      process.on('SIGHUP', onReload);
       await new Promise<void>((resolve) => {
         requested = resolve;
       });
@@ -29,5 +42,6 @@ export function registerStart(program: Command): void {
       logger.info({}, 'stopped');
       process.off('SIGINT', onSignal);
       process.off('SIGTERM', onSignal);
+      process.off('SIGHUP', onReload);
     });
 }

@@ -778,6 +778,24 @@ BEGIN
 END
 $fn$;
 `,
+  /* 12: membership: the state of a node that is joining (node add) */ `
+-- A node being added (pgmesh node add) is 'joining' until its copy and every link are in place; its agent refuses to
+-- start until then, so a half-joined node never looks healthy. Nodes made by "cluster create" have no row: members.
+-- The copy's progress is here too, for status. A node that left (pgmesh node remove) is 'removed'.
+CREATE TABLE pgmesh.membership (
+  singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+  state text NOT NULL CHECK (state IN ('joining', 'member', 'removed')),
+  source text NOT NULL,
+  started_at timestamptz NOT NULL DEFAULT now(),
+  finished_at timestamptz,
+  phase text,
+  tables_total integer,
+  tables_done integer NOT NULL DEFAULT 0,
+  rows_copied bigint NOT NULL DEFAULT 0,
+  bytes_copied bigint NOT NULL DEFAULT 0,
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+`,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

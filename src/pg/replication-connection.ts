@@ -6,7 +6,7 @@
 import type { Duplex } from 'node:stream';
 import { PgmeshError } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
-import { formatLsn, type Lsn } from '../core/lsn.ts';
+import { formatLsn, parseLsn, type Lsn } from '../core/lsn.ts';
 import { connectionError, openSql, type Sql } from './connect.ts';
 import { quoteIdent, quoteLiteral } from './quote.ts';
 
@@ -51,6 +51,28 @@ export class ReplicationConnection {
       walStatus: row.wal_status,
       confirmedFlush: row.confirmed_flush_lsn,
     };
+  }
+
+  /**
+   * Creates a logical slot (pgoutput) and exports the snapshot it starts from: a transaction that runs
+   * `SET TRANSACTION SNAPSHOT` with the name sees exactly the transactions that committed before the slot's
+   * consistent point, and the slot streams exactly those that commit after it. The snapshot lives until the next
+   * command on this connection or its close: keep the connection idle while the snapshot is used.
+   */
+  async createSlotExportingSnapshot(slot: string): Promise<{ readonly consistentPoint: Lsn; readonly snapshotName: string }> {
+    try {
+      const rows = await this.sql.unsafe<{ consistent_point: string; snapshot_name: string | null }[]>(
+        `CREATE_REPLICATION_SLOT ${quoteIdent(slot)} LOGICAL pgoutput (SNAPSHOT 'export')`,
+      );
+      const row = rows[0];
+      if (!row?.snapshot_name) throw new Error('the server returned no snapshot name');
+      return { consistentPoint: parseLsn(row.consistent_point), snapshotName: row.snapshot_name };
+    } catch (error) {
+      throw new PgmeshError('CONNECTION_FAILED', `creating slot ${slot} on node ${this.node} failed: ${(error as Error).message}`, {
+        context: { node: this.node, slot },
+        cause: error,
+      });
+    }
   }
 
   /** Starts streaming; the returned duplex yields one CopyData payload per chunk and takes status updates. */

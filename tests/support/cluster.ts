@@ -65,12 +65,17 @@ export class TestCluster {
   readonly agents = new Map<string, Agent>();
   readonly processes = new Map<string, AgentProcess>();
   private readonly logger: Logger;
+  /** Servers started by startServer and not admitted (yet): stopped with the cluster too. */
+  private readonly spare: EmbeddedServer[] = [];
+  private readonly spareSql: Sql[] = [];
+  private settings: ClusterOptions['settings'];
 
   private constructor(
     readonly baseDir: string,
-    readonly nodes: readonly TestNode[],
-    readonly config: ClusterConfig,
+    private readonly members: TestNode[],
+    private currentConfig: ClusterConfig,
     readonly configPath: string,
+    private readonly password: string,
   ) {
     this.logger = process.env.PGMESH_TEST_LOG ? createLogger('debug') : silentLogger;
   }
@@ -100,7 +105,8 @@ export class TestCluster {
       JSON.stringify({ maxNodes: 8, nodes: servers.map((s) => ({ name: s.name, dsn: s.dsn })), tuning: options.tuning ?? {} }, null, 2),
     );
     const config = loadConfig({ file: configPath });
-    const cluster = new TestCluster(baseDir, nodes, config, configPath);
+    const cluster = new TestCluster(baseDir, nodes, config, configPath, password);
+    cluster.settings = options.settings;
     try {
       if (options.schema) for (const node of nodes) await node.sql.unsafe(options.schema);
       if (options.link !== false) await createCluster(config, cluster.logger);
@@ -109,6 +115,42 @@ export class TestCluster {
       throw error;
     }
     return cluster;
+  }
+
+  get nodes(): readonly TestNode[] {
+    return this.members;
+  }
+
+  get config(): ClusterConfig {
+    return this.currentConfig;
+  }
+
+  /**
+   * Starts one more server in this cluster's folder, not a member yet (for node add); `schema` runs on it. It is
+   * stopped with the cluster.
+   */
+  async startServer(name: string, schema?: string): Promise<TestNode> {
+    const server = await EmbeddedServer.create({ name, baseDir: this.baseDir, major: PG_MAJOR, password: this.password, settings: this.settings });
+    this.spare.push(server);
+    await server.start();
+    const node = { name, server, sql: postgres(server.dsn, { max: 4, onnotice: () => undefined, fetch_types: false }) as unknown as Sql };
+    this.spareSql.push(node.sql);
+    if (schema) await node.sql.unsafe(schema);
+    return node;
+  }
+
+  /** Makes a node that joined (node add) a member here: the configuration file and the test's view. */
+  admit(node: TestNode): void {
+    this.members.push(node);
+    const raw = JSON.parse(readFileSync(this.configPath, 'utf8')) as { nodes: { name: string; dsn: string }[] };
+    raw.nodes.push({ name: node.name, dsn: node.server.dsn });
+    writeFileSync(this.configPath, JSON.stringify(raw, null, 2));
+    this.currentConfig = loadConfig({ file: this.configPath });
+  }
+
+  /** Agents in this process take the current configuration (as SIGHUP does for agent processes). */
+  async reloadAgents(): Promise<void> {
+    for (const agent of this.agents.values()) await agent.reload(this.currentConfig);
   }
 
   node(name: string): TestNode {
@@ -181,8 +223,9 @@ export class TestCluster {
     // Bounded: an agent that hangs must fail its test, not hang the whole run (its servers are stopped below anyway).
     await Promise.all([...this.agents.values()].map((a) => withDeadline(a.stop(), AGENT_STOP_MS).catch(() => undefined)));
     this.agents.clear();
-    await Promise.all(this.nodes.map((n) => n.sql.end({ timeout: 1 }).catch(() => undefined)));
-    await Promise.all(this.nodes.map((n) => n.server.stop().catch(() => n.server.kill())));
+    const servers = [...new Set([...this.nodes.map((n) => n.server), ...this.spare])];
+    await Promise.all([...new Set([...this.nodes.map((n) => n.sql), ...this.spareSql])].map((s) => s.end({ timeout: 1 }).catch(() => undefined)));
+    await Promise.all(servers.map((s) => s.stop().catch(() => s.kill())));
     if (!process.env.PGMESH_KEEP_TEST_DIRS) rmSync(this.baseDir, { recursive: true, force: true });
   }
 }

@@ -1,0 +1,91 @@
+import type { Command } from 'commander';
+import { PgmeshError } from '../core/errors.ts';
+import { addNodeToConfigFile, removeNodeFromConfigFile } from '../config/config-file.ts';
+import { dsnProblem } from '../pg/dsn.ts';
+import { addNode } from '../membership/node-add.ts';
+import { removeNode } from '../membership/node-remove.ts';
+import type { JoinProgress } from '../membership/membership-state.ts';
+import { configFrom, loggerFor, printJson, type GlobalOptions } from './common.ts';
+
+function megabytes(bytes: number): string {
+  return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+}
+
+/** One status line, rewritten in place on a terminal: rows, bytes, rate, tables. */
+function progressLine(started: number): (p: JoinProgress) => void {
+  return (p) => {
+    if (!process.stderr.isTTY) return;
+    const seconds = Math.max((Date.now() - started) / 1000, 0.001);
+    const line = `${p.phase}: table ${Math.min(p.tablesDone + 1, p.tablesTotal)}/${p.tablesTotal}, ${p.rows.toLocaleString('en')} rows, ${megabytes(p.bytes)}, ${megabytes(p.bytes / seconds)}/s`;
+    process.stderr.write(`\r${line.padEnd(78).slice(0, 78)}`);
+  };
+}
+
+export function registerNode(program: Command): void {
+  const node = program.command('node').description('grow and shrink a running cluster');
+  node
+    .command('add')
+    .description('add a node to the running cluster: copy the replicated tables from a member, online, then link it with every node')
+    .argument('<name>', 'the new node (1-40 of a-z, 0-9, _)')
+    .option('--dsn <url>', 'its connection string (default: its entry in the configuration)')
+    .option('--from <node>', 'the member whose data is copied (default: the first node of the configuration)')
+    .option('--catch-up-timeout <seconds>', 'how long the source may take to apply the other nodes\' changes', '300')
+    .option('--json', 'print the result as JSON')
+    .action(async (name: string, options: { dsn?: string; from?: string; catchUpTimeout: string; json?: boolean }, command: Command) => {
+      const globals = command.optsWithGlobals<GlobalOptions>();
+      const config = configFrom(globals);
+      const dsn = options.dsn ?? config.nodes.find((n) => n.name === name)?.dsn;
+      if (!dsn) throw new PgmeshError('CONFIG_INVALID', `node ${name} is not in the configuration: give its connection string with --dsn postgres://...`);
+      const problem = dsnProblem(dsn);
+      if (problem) throw new PgmeshError('CONFIG_INVALID', `the connection string of node ${name} ${problem}`);
+      const timeout = Number(options.catchUpTimeout);
+      if (!Number.isFinite(timeout) || timeout <= 0) throw new PgmeshError('CONFIG_INVALID', `--catch-up-timeout must be a number of seconds above 0, not "${options.catchUpTimeout}"`);
+      const started = Date.now();
+      const result = await addNode(config, loggerFor(config), {
+        name,
+        dsn,
+        from: options.from,
+        catchUpTimeoutMs: timeout * 1000,
+        onProgress: progressLine(started),
+      });
+      if (process.stderr.isTTY) process.stderr.write('\n');
+      const file = globals.config ?? process.env.PGMESH_CONFIG;
+      const listed = file ? addNodeToConfigFile(file, { name, dsn: options.dsn ?? dsn }) : false;
+      if (options.json) {
+        printJson({ ...result, configUpdated: listed });
+        return;
+      }
+      if (result.alreadyMember) {
+        process.stdout.write(`node ${name} is already a member of the cluster\n`);
+      } else {
+        process.stdout.write(
+          `node ${name} joined from ${result.source}: ${result.tables} tables, ${result.rows.toLocaleString('en')} rows, ${megabytes(result.bytes)} in ${result.copySeconds.toFixed(1)} s\n`,
+        );
+      }
+      if (listed) process.stdout.write(`added ${name} to ${file}\n`);
+      process.stdout.write(
+        `next: reload every running agent (kill -HUP <pid>, or restart it) so it streams from ${name}, and start ${name}'s agent: pgmesh start --node ${name}\n`,
+      );
+    });
+  node
+    .command('remove')
+    .description('remove a node: drain what it wrote to the others, then drop its slots, origins and links on every node')
+    .argument('<name>', 'the node that leaves')
+    .option('--force', 'remove it although it is unreachable or not drained (its changes that others lack are lost)')
+    .option('--json', 'print the result as JSON')
+    .action(async (name: string, options: { force?: boolean; json?: boolean }, command: Command) => {
+      const globals = command.optsWithGlobals<GlobalOptions>();
+      const config = configFrom(globals);
+      const result = await removeNode(config, loggerFor(config), { name, force: options.force });
+      const file = globals.config ?? process.env.PGMESH_CONFIG;
+      const unlisted = file ? removeNodeFromConfigFile(file, name) : false;
+      if (options.json) {
+        printJson({ ...result, configUpdated: unlisted });
+        return;
+      }
+      process.stdout.write(`node ${name} removed${result.drained ? ' (everything it wrote reached every other node)' : ''}\n`);
+      for (const warning of result.warnings) process.stdout.write(`warning: ${warning}\n`);
+      if (unlisted) process.stdout.write(`removed ${name} from ${file}\n`);
+      process.stdout.write(`next: stop ${name}'s agent, and reload every other agent (kill -HUP <pid>, or restart it)\n`);
+    });
+}
