@@ -98,23 +98,25 @@ export async function copyTable(ctx: CopyContext, shape: TableShape): Promise<Co
 }
 
 /**
- * Copies the tombstones of the replicated tables, each with its version (the tombstone's own xmin), every one exact:
+ * Copies the tombstones of the replicated tables, each with its version (the tombstone's own xmin, and an evicted
+ * row's own version where it has one), every one exact:
  * there are few (they are collected once every peer is past them), and an older change of a deleted row must lose to
  * its tombstone on the joining node as it does on the source.
  */
 export async function copyTombstones(ctx: CopyContext): Promise<CopyCounts> {
   return copyGroups(ctx, {
     select:
-      `SELECT n.nspname, c.relname, tb.pkey, v.ts, v.node, dense_rank() OVER (ORDER BY v.node COLLATE "C", v.ts)
+      `SELECT n.nspname, c.relname, tb.pkey, tb.ts, tb.node, v.ts, v.node, dense_rank() OVER (ORDER BY v.node COLLATE "C", v.ts)
          FROM pgmesh.tombstone tb
          JOIN pg_catalog.pg_class c ON c.oid = tb.relid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
          CROSS JOIN LATERAL pgmesh.row_version(tb.xmin, ${quoteLiteral(ctx.sourceNode)}) v
         WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables p
                        WHERE p.pubname = 'pgmesh' AND p.schemaname = n.nspname AND p.tablename = c.relname)`,
-    stage: `CREATE TEMP TABLE pgmesh_copy_stage (nsp text, rel text, pkey text, pgmesh_ts timestamptz, pgmesh_node text, pgmesh_grp bigint)`,
+    // own_ts/own_node: an evicted row's own version, kept apart from the tombstone's xmin (unique keys, docs/conflicts.md).
+    stage: `CREATE TEMP TABLE pgmesh_copy_stage (nsp text, rel text, pkey text, own_ts timestamptz, own_node text, pgmesh_ts timestamptz, pgmesh_node text, pgmesh_grp bigint)`,
     insert:
-      `INSERT INTO pgmesh.tombstone (relid, pkey)
-       SELECT format('%I.%I', nsp, rel)::regclass::oid, pkey FROM ${STAGE} WHERE pgmesh_grp = $1`,
+      `INSERT INTO pgmesh.tombstone (relid, pkey, ts, node)
+       SELECT format('%I.%I', nsp, rel)::regclass::oid, pkey, own_ts, own_node FROM ${STAGE} WHERE pgmesh_grp = $1`,
     onProgress: ctx.onProgress,
   });
 }
