@@ -43,6 +43,7 @@ import { dropSlotIfExists, unlinkPeer } from './links.ts';
 import { readMembership, setMembership, type JoinProgress } from './membership-state.ts';
 import { copyTable, copyTombstones } from './table-copy.ts';
 import { alignReplicaIdentity, diffTableShapes, readTableShapes, type TableShape } from './table-shapes.ts';
+import { interleaveSequences } from '../cluster/sequences.ts';
 
 export interface AddNodeOptions {
   readonly name: string;
@@ -219,6 +220,10 @@ async function join(
   // 4 and 5. The source's slot and its snapshot; the copy from that snapshot.
   const started = Date.now();
   const copied = await copyFromSnapshot(config, conns, source, existing, name, [...sourceShapes.values()], options, log);
+
+  // Its sequences hand out its own slot's values, above every value in use on any node (the copied rows included);
+  // the other nodes' are already interleaved and stay as they are.
+  await interleaveSequences(new Map([...conns.existing, [name, conns.joining]]), tables);
 
   // 6. Every existing node streams from the new one; the new node is a member.
   for (const node of existing) {

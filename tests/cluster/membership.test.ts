@@ -219,3 +219,35 @@ test('node remove: an unreachable node is refused without --force, and removed w
     for (const name of ['n1', 'n2']) assert.deepEqual(await traces(cluster.node(name), 'n3'), [], `nothing of n3 is left on ${name}`);
   });
 });
+
+/**
+ * Topology: 2 nodes, then n3 added. Scenario: a table keyed by a serial column, with keys taken on n1 and n2 before the
+ * add; after it every node inserts at once.
+ * Without the code under test (interleaveSequences for the joining node): n3's sequence starts at 1 and steps by 1,
+ * so it hands out keys n1 and n2 already took or will take, and committed rows are lost.
+ */
+test('node add: the new node hands out its own slot\'s keys, above every key in use', { timeout: 300_000 }, async () => {
+  const TICKETS = `CREATE TABLE tickets (id serial PRIMARY KEY, node text NOT NULL);`;
+  await withCluster({ nodes: 2, schema: `${MIXED_SCHEMA} ${TICKETS}` }, async (cluster) => {
+    await cluster.startAgents();
+    for (const node of cluster.nodes) for (let i = 0; i < 5; i++) await node.sql.unsafe(`INSERT INTO tickets (node) VALUES ($1)`, [node.name]);
+    const n3 = await cluster.startServer('n3', `${MIXED_DDL} ${TICKETS}`);
+    await addNode(cluster.config, silentLogger, { name: 'n3', dsn: n3.server.dsn, from: 'n1' });
+    cluster.admit(n3);
+    await cluster.reloadAgents();
+    await cluster.startAgents(['n3']);
+    const before = await n3.sql.unsafe<{ max: number }[]>(`SELECT max(id)::int AS max FROM tickets`);
+    await Promise.all(cluster.nodes.map(async (node) => {
+      for (let i = 0; i < 10; i++) await node.sql.unsafe(`INSERT INTO tickets (node) VALUES ($1)`, [node.name]);
+    }));
+    const hashes = await cluster.waitConverged(['tickets'], 120_000);
+    assert.ok(hashes.tickets?.startsWith('40:'), `every ticket on every node: ${hashes.tickets}`);
+    const mine = await n3.sql.unsafe<{ id: number }[]>(`SELECT id FROM tickets WHERE node = 'n3' ORDER BY id`);
+    const slot = (await n3.sql.unsafe<{ s: number; m: number }[]>(`SELECT node_slot AS s, max_nodes AS m FROM pgmesh.local_node`))[0];
+    assert.ok(slot);
+    for (const { id } of mine) {
+      assert.equal(id % slot.m, slot.s % slot.m, `n3's key ${id} is in its slot's residue class`);
+      assert.ok(id > (before[0]?.max ?? 0), `n3's key ${id} is above the keys copied to it`);
+    }
+  });
+});
