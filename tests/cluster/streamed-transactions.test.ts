@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { BARRIER_TABLE, barrier } from '../support/barrier.ts';
 import postgres from 'postgres';
-import { withCluster } from '../support/cluster.ts';
+import { PG_MAJOR, eventually, withCluster } from '../support/cluster.ts';
 
 const SCHEMA = `CREATE TABLE t (k integer PRIMARY KEY, v text NOT NULL, big text); ${BARRIER_TABLE}`;
 
@@ -21,6 +21,12 @@ const SCHEMA = `CREATE TABLE t (k integer PRIMARY KEY, v text NOT NULL, big text
  * reading back in commit order): the agent would stop on Stream Start, apply rows of the rolled-back savepoint or
  * of C, or apply A before D and B although they committed first.
  */
+/**
+ * Transactions n1's walsender streams: A, C and D up to PostgreSQL 17; 18 does not stream C, which is rolled back
+ * while D is decoded (measured: its slot counts 2 streamed transactions, and no streamed abort reaches n2).
+ */
+const STREAMED = PG_MAJOR >= 18 ? 2 : 3;
+
 test('large transactions streamed while in progress: savepoints, rollbacks and interleaving end as on the writer', { timeout: 180_000 }, async () => {
   await withCluster({ nodes: 2, schema: SCHEMA, settings: { logical_decoding_work_mem: '64kB' }, tuning: { streamLargeTransactions: true } }, async (cluster) => {
     const n1 = cluster.node('n1');
@@ -79,12 +85,20 @@ test('large transactions streamed while in progress: savepoints, rollbacks and i
     assert.equal(big[0]?.ok, true, 'the TOASTed values arrived whole and stayed through the update');
 
     // The peer did stream: its slot's statistics count streamed transactions, and n2's link counts them.
-    const slot = await n1.sql.unsafe<{ stream_txns: string }[]>(`SELECT stream_txns::text FROM pg_stat_replication_slots WHERE slot_name = 'pgmesh_n2'`);
-    assert.ok(Number(slot[0]?.stream_txns) >= 3, `n1 streamed A, C and D to n2 (stream_txns ${slot[0]?.stream_txns})`);
+    // The walsender reports its slot statistics now and then (cumulative statistics), not at once: poll for them.
+    let streamed = '';
+    await eventually(
+      async () => {
+        const slot = await n1.sql.unsafe<{ stream_txns: string }[]>(`SELECT stream_txns::text FROM pg_stat_replication_slots WHERE slot_name = 'pgmesh_n2'`);
+        streamed = slot[0]?.stream_txns ?? '';
+        return Number(streamed) >= STREAMED;
+      },
+      { timeoutMs: 20_000, what: () => `n1's slot statistics to count ${STREAMED === 3 ? 'A, C and D' : 'A and D'} as streamed (stream_txns ${streamed})` },
+    );
     const link = cluster.agents.get('n2')?.status().peers.find((p) => p.peer === 'n1');
     assert.ok(link, "n2's agent reports its link from n1");
     assert.ok(link.streamedXacts >= 2, `n2 applied A and D from spools (${link.streamedXacts})`);
-    assert.ok(link.streamedAborted >= 1, `n2 dropped C (${link.streamedAborted})`);
+    if (STREAMED === 3) assert.ok(link.streamedAborted >= 1, `n2 dropped C (${link.streamedAborted})`);
     assert.equal(link.lastError, null);
     assert.equal(link.restarts, 0);
     // Nothing applied twice: B's 50, A, D and the two barriers' transactions.
