@@ -80,7 +80,9 @@ test('one exception replayed twice at the same time is applied once', { timeout:
     ]);
     assert.deepEqual(results.map((r) => r.status).sort(), ['fulfilled', 'rejected']);
     const failed = results.find((r) => r.status === 'rejected');
-    assert.match(String((failed as PromiseRejectedResult).reason?.message), /is already replayed/);
+    // It waits for the first and finds the exception replayed; on PostgreSQL 16 it stops earlier, at the replay origin
+    // that the first replay's session holds ("already active").
+    assert.match(String((failed as PromiseRejectedResult).reason?.message), /is already replayed|is already active/);
     const rows = await n2.sql.unsafe<{ balance: number }[]>(`SELECT balance FROM acct WHERE id = 1`);
     assert.deepEqual(rows.map((r) => r.balance), [110], 'the credit of 50 applied once');
   });
