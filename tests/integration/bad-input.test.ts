@@ -430,7 +430,7 @@ test('tables: no primary key, unknown names, a table on one node only; refused w
     await eventually(async () => (await count(n2.sql, 'keyed')) === 2, { what: 'keyed to keep replicating' });
 
     // Follow the fix for nokey, on every node: then it replicates.
-    for (const node of [n1, n2]) await node.sql.unsafe('ALTER TABLE nokey ADD PRIMARY KEY (a)');
+    for (const node of [n1, n2]) await localDdl(node, 'ALTER TABLE nokey ADD PRIMARY KEY (a)'); // by hand on each (DDL otherwise replicates)
     const added = await pgmesh(['tables', 'add', 'public.nokey'], { config });
     assert.equal(added.code, 0, added.output);
     assert.match(added.stdout, /n1: replicating public\.nokey\n\s+n2: replicating public\.nokey/);
