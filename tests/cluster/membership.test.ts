@@ -20,7 +20,7 @@ import { setDeltaColumns } from '../../src/cluster/repair.ts';
 import { silentLogger } from '../../src/core/logger.ts';
 import { addNode } from '../../src/membership/node-add.ts';
 import { removeNode } from '../../src/membership/node-remove.ts';
-import { runCli } from '../support/cli-process.ts';
+import { spawnPgmesh } from '../support/cli.ts';
 import { eventually, withCluster, type TestCluster, type TestNode } from '../support/cluster.ts';
 import { MIXED_DDL, MIXED_SCHEMA, assertMixedConverged, startMixedLoad, type MixedLoad } from '../support/mixed-load.ts';
 
@@ -107,7 +107,7 @@ test('node add: the add process killed mid-copy leaves n3 joining (its agent ref
     const load = startMixedLoad(cluster.nodes);
     await load.progress(50);
     const n3 = await cluster.startServer('n3', `${MIXED_DDL}${BULK_DDL}`);
-    const add = runCli(['--config', cluster.configPath, 'node', 'add', 'n3', '--dsn', n3.server.dsn, '--from', 'n1']);
+    const add = spawnPgmesh(['node', 'add', 'n3', '--dsn', n3.server.dsn, '--from', 'n1'], { config: cluster.configPath });
     const exitedEarly = () => (add.child.exitCode !== null ? `node add exited with ${add.child.exitCode}` : undefined);
     // In the middle of the large table.
     await eventually(async () => ((await membership(n3))?.rows ?? 0) > 20_000, { timeoutMs: 120_000, what: 'the copy to n3 to be under way', abort: exitedEarly });

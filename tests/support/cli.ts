@@ -3,7 +3,7 @@
  * killed and fails the test as a hang.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -24,7 +24,14 @@ export interface CliOptions {
   readonly timeoutMs?: number;
 }
 
-export async function pgmesh(args: readonly string[], options: CliOptions = {}): Promise<CliResult> {
+/** A pgmesh run in progress: the child (a test may signal it) and its end, with everything it printed. */
+export interface CliProcess {
+  readonly child: ChildProcess;
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }>;
+}
+
+/** Starts `pgmesh args` and returns at once (for runs a test kills, or watches while they work). */
+export function spawnPgmesh(args: readonly string[], options: Omit<CliOptions, 'timeoutMs'> = {}): CliProcess {
   const env: Record<string, string> = {};
   for (const [key, value] of Object.entries(process.env)) {
     // The user's own PostgreSQL and pgmesh settings must not leak into these runs.
@@ -34,20 +41,27 @@ export async function pgmesh(args: readonly string[], options: CliOptions = {}):
   const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...argv], { cwd: ROOT, env: { ...env, ...options.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
-  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  child.stdout?.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+  child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }>((resolve) =>
+    child.once('close', (code, signal) => resolve({ code, signal, stdout, stderr })),
+  );
+  return { child, exited };
+}
+
+/** Runs `pgmesh args` to its end, or fails the test as a hang after the deadline (the child is killed). */
+export async function pgmesh(args: readonly string[], options: CliOptions = {}): Promise<CliResult> {
+  const run = spawnPgmesh(args, options);
   const timeoutMs = options.timeoutMs ?? 60_000;
   let timer: NodeJS.Timeout | undefined;
-  const code = await Promise.race([
-    new Promise<number | null>((resolve) => child.once('close', (c) => resolve(c))),
-    new Promise<'hung'>((resolve) => (timer = setTimeout(() => resolve('hung'), timeoutMs))),
-  ]);
+  const end = await Promise.race([run.exited, new Promise<'hung'>((resolve) => (timer = setTimeout(() => resolve('hung'), timeoutMs)))]);
   clearTimeout(timer);
-  if (code === 'hung') {
-    child.kill('SIGKILL');
-    assert.fail(`pgmesh ${argv.join(' ')} did not finish within ${timeoutMs} ms\nstdout: ${stdout}\nstderr: ${stderr}`);
+  if (end === 'hung') {
+    run.child.kill('SIGKILL');
+    const { stdout, stderr } = await run.exited;
+    assert.fail(`pgmesh ${args.join(' ')} did not finish within ${timeoutMs} ms\nstdout: ${stdout}\nstderr: ${stderr}`);
   }
-  return { code, stdout, stderr, output: stdout + stderr };
+  return { code: end.code, stdout: end.stdout, stderr: end.stderr, output: end.stdout + end.stderr };
 }
 
 export function assertNoSecret(text: string, secrets: readonly string[], what: string): void {
