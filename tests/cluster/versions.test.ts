@@ -136,7 +136,9 @@ test('the version horizon moves on once every peer is heard from, and stays behi
     await holdLinks(cluster, [{ from: 'n2', to: 'n1' }]);
     const second = await written();
     const steps = async () => (await n1.sql.unsafe<{ at: string }[]>(`SELECT updated_at::text AS at FROM pgmesh.version_horizon`))[0]?.at ?? '';
+    // Steps with running-transaction records between them: each would let the slot pass the write if S allowed it.
     for (let i = 0; i < 5; i++) {
+      await n1.sql.unsafe(`SELECT pg_catalog.pg_log_standby_snapshot()`);
       const before = await steps();
       await eventually(async () => (await steps()) !== before, { what: 'a step of the version horizon' });
     }
