@@ -82,7 +82,7 @@ export class VersionHorizonKeeper {
     if (row.recreated) {
       this.options.logger.warn(
         { slot: row.slot_name },
-        `the version horizon slot ${row.slot_name} was invalidated (max_slot_wal_keep_size) and is created again: row versions written while it was invalid may have lost their commit timestamps, and a late change from a peer can then decide a conflict differently here; run "pgmesh check" to compare the nodes`,
+        `the version horizon slot ${row.slot_name} was invalidated (max_slot_wal_keep_size) and is created again: row versions written while it was invalid may have lost their commit timestamps, and a late change from a peer can then decide a conflict differently here`,
       );
     }
     this.reading = { slot: row.slot_name, stableTs: row.stable_ts, at: new Date().toISOString() };
