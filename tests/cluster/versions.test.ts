@@ -13,6 +13,9 @@ import { BARRIER_TABLE, barrier, linkBarrier } from '../support/barrier.ts';
 import { eventually, withCluster, type Sql, type TestNode } from '../support/cluster.ts';
 import { burnXids, flushWal, freezeAllDatabases, hasCommitTimestamp, XIDS_PAST_TWO_SEGMENTS } from '../support/commit-ts.ts';
 import { holdLinks, releaseLinks } from '../support/links.ts';
+import { clusterStatus } from '../../src/cluster/cluster-ops.ts';
+import { formatStatus } from '../../src/cli/status.ts';
+import { silentLogger } from '../../src/core/logger.ts';
 
 const SCHEMA = `CREATE TABLE t (k integer PRIMARY KEY, v text); ${BARRIER_TABLE}`;
 const valueOf = async (node: TestNode) => (await node.sql.unsafe<{ v: string }[]>(`SELECT v FROM t WHERE k = 1`))[0]?.v;
@@ -144,5 +147,14 @@ test('the version horizon moves on once every peer is heard from, and stays behi
     }
     assert.equal(await passes(second), false, 'a write made while n2 is held stays held');
     assert.equal(await hasCommitTimestamp(n1.sql, second), true);
+
+    // Status shows what is kept; a horizon that stays behind for long is a warning line.
+    const status = await clusterStatus(cluster.config, silentLogger);
+    const horizon = status.nodes.find((n) => n.name === 'n1')?.versionHorizon;
+    assert.ok(horizon && horizon.stableTs !== null && horizon.keptSince === horizon.stableTs, `n1's horizon: ${JSON.stringify(horizon)}`);
+    assert.ok(horizon.slotStatus !== 'missing' && horizon.slotStatus !== 'lost' && (horizon.retainedBytes ?? 0) > 0);
+    assert.doesNotMatch(formatStatus(status), /keeps row versions/);
+    const later = { ...status, at: new Date(Date.parse(horizon.stableTs) + 20 * 60_000).toISOString() };
+    assert.match(formatStatus(later), /^! node n1 keeps row versions written since \S+ \(.* of WAL, \d+ xids\): some peer has not been heard from since/m);
   });
 });
