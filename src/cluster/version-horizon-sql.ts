@@ -67,7 +67,12 @@ DECLARE
   here pg_lsn;
 BEGIN
   -- Slots are created and advanced before this transaction takes an xid (a slot cannot be created after writes).
-  PERFORM pg_catalog.pg_advisory_xact_lock(hashtext('pgmesh.advance_version_horizon'));
+  PERFORM pg_catalog.pg_advisory_xact_lock(hashtext('pgmesh.version_horizon'));
+  -- A node that left keeps nothing: a slot left behind would hold its commit timestamps (and catalogs) for ever.
+  IF EXISTS (SELECT FROM pgmesh.membership m WHERE m.state = 'removed') THEN
+    PERFORM pg_catalog.pg_drop_replication_slot(s.slot_name) FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = slot;
+    RETURN;
+  END IF;
   SELECT s.confirmed_flush_lsn, s.wal_status, to_jsonb(s) ->> 'invalidation_reason' AS invalidation
     INTO existing FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = slot;
   has_slot := FOUND;
@@ -115,6 +120,18 @@ BEGIN
   here := pg_catalog.pg_current_wal_insert_lsn();
   INSERT INTO pgmesh.version_checkpoint (lsn, next_xid) VALUES (here, pg_catalog.pg_current_xact_id()) ON CONFLICT DO NOTHING;
   RETURN QUERY SELECT slot, was_created, was_recreated, v.stable_ts, v.stable_xid, target FROM pgmesh.version_horizon v;
+END
+$fn$;
+
+-- Drops the slot (node remove, after marking the node removed): waits for a step under way, and a later step sees
+-- the node removed and makes none.
+CREATE FUNCTION pgmesh.drop_version_horizon() RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+BEGIN
+  PERFORM pg_catalog.pg_advisory_xact_lock(hashtext('pgmesh.version_horizon'));
+  PERFORM pg_catalog.pg_drop_replication_slot(s.slot_name) FROM pg_catalog.pg_replication_slots s
+    WHERE s.slot_name = ${VERSION_HORIZON_SLOT_SQL};
+  RETURN FOUND;
 END
 $fn$;
 `;

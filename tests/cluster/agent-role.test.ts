@@ -39,7 +39,7 @@ async function waitStreaming(cluster: TestCluster): Promise<void> {
   await eventually(
     async () => {
       for (const node of cluster.nodes) {
-        const rows = await node.sql.unsafe<{ n: number }[]>(`SELECT count(*)::int AS n FROM pg_replication_slots WHERE active AND slot_name LIKE 'pgmesh%'`);
+        const rows = await node.sql.unsafe<{ n: number }[]>(`SELECT count(*)::int AS n FROM pg_replication_slots WHERE active AND slot_name LIKE 'pgmesh\\_%' AND slot_name NOT LIKE 'pgmesh\\_\\_%'`);
         if (rows[0]?.n !== cluster.nodes.length - 1) return false;
       }
       return true;
