@@ -93,6 +93,12 @@ test('cluster create --agent-role: three agents connect as a non-superuser role 
       });
     }
     for (const node of cluster.nodes) {
+      // The version horizon moves as the role too: its slot made, a step past the first (S known).
+      await eventually(async () => (await node.sql.unsafe(`SELECT 1 FROM pgmesh.version_horizon WHERE stable_ts IS NOT NULL`)).length === 1, {
+        what: `the version horizon of ${node.name} to move`,
+      });
+    }
+    for (const node of cluster.nodes) {
       const { roles, sessions } = await pgmeshSessionRoles(cluster, node.name);
       // The node's own agent (catalog and apply sessions) and both peers' streams and clock readings.
       assert.ok(sessions >= 6, `${node.name} has pgmesh sessions: ${sessions}`);
