@@ -3,7 +3,8 @@
  * Scenario: a row's version is its xmin's commit timestamp. Freezing keeps it (the first test pins that); truncating
  * commit timestamps (after many xids, once every database is frozen) loses it on that node only. The second test
  * makes one node lose a version that a late, older change still has to lose to; the third checks that the horizon
- * which keeps versions moves on once every peer is heard from, and stays while one is held.
+ * which keeps versions moves on once every peer is heard from, and stays while one is held; the fourth that a node
+ * marked removed drops its slot (a slot left behind would hold back freezing for ever).
  * Without the code under test (the version horizon slot): the node that lost the version lets the older change win,
  * the others keep the newer row, and the cluster differs for good.
  */
@@ -156,5 +157,18 @@ test('the version horizon moves on once every peer is heard from, and stays behi
     assert.doesNotMatch(formatStatus(status), /keeps row versions/);
     const later = { ...status, at: new Date(Date.parse(horizon.stableTs) + 20 * 60_000).toISOString() };
     assert.match(formatStatus(later), /^! node n1 keeps row versions written since \S+ \(.* of WAL, \d+ xids\): some peer has not been heard from since/m);
+  });
+});
+
+test('a node marked removed drops its version horizon slot, its agent still running', { timeout: 120_000 }, async () => {
+  await withCluster({ nodes: 2, schema: SCHEMA, tuning: { tombstoneGcIntervalMs: 200 } }, async (cluster) => {
+    const n1 = cluster.node('n1');
+    await cluster.startAgents();
+    await horizonSlot(n1.sql);
+    // What "pgmesh node remove" writes on the leaving node (it then drops the slot itself; here the agent must).
+    await n1.sql.unsafe(`INSERT INTO pgmesh.membership (state, source, phase) VALUES ('removed', '-', 'removed')`);
+    await eventually(async () => (await n1.sql.unsafe(`SELECT FROM pg_catalog.pg_replication_slots WHERE slot_name LIKE 'pgmesh\\_\\_versions\\_%'`)).length === 0, {
+      what: "n1's agent to drop its version horizon slot",
+    });
   });
 });
