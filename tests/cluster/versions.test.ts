@@ -4,7 +4,8 @@
  * commit timestamps (after many xids, once every database is frozen) loses it on that node only. The second test
  * makes one node lose a version that a late, older change still has to lose to; the third checks that the horizon
  * which keeps versions moves on once every peer is heard from, and stays while one is held; the fourth that a node
- * marked removed drops its slot (a slot left behind would hold back freezing for ever).
+ * marked removed drops its slot (a slot left behind would hold back freezing for ever); the fifth that an
+ * invalidated slot is made again, with a warning.
  * Without the code under test (the version horizon slot): the node that lost the version lets the older change win,
  * the others keep the newer row, and the cluster differs for good.
  */
@@ -14,9 +15,11 @@ import { BARRIER_TABLE, barrier, linkBarrier } from '../support/barrier.ts';
 import { eventually, withCluster, type Sql, type TestNode } from '../support/cluster.ts';
 import { burnXids, flushWal, freezeAllDatabases, hasCommitTimestamp, XIDS_PAST_TWO_SEGMENTS } from '../support/commit-ts.ts';
 import { holdLinks, releaseLinks } from '../support/links.ts';
+import { recordingLogger } from '../support/recording-logger.ts';
 import { clusterStatus } from '../../src/cluster/cluster-ops.ts';
 import { formatStatus } from '../../src/cli/status.ts';
 import { silentLogger } from '../../src/core/logger.ts';
+import { VersionHorizonKeeper } from '../../src/agent/version-horizon.ts';
 
 const SCHEMA = `CREATE TABLE t (k integer PRIMARY KEY, v text); ${BARRIER_TABLE}`;
 const valueOf = async (node: TestNode) => (await node.sql.unsafe<{ v: string }[]>(`SELECT v FROM t WHERE k = 1`))[0]?.v;
@@ -170,5 +173,36 @@ test('a node marked removed drops its version horizon slot, its agent still runn
     await eventually(async () => (await n1.sql.unsafe(`SELECT FROM pg_catalog.pg_replication_slots WHERE slot_name LIKE 'pgmesh\\_\\_versions\\_%'`)).length === 0, {
       what: "n1's agent to drop its version horizon slot",
     });
+  });
+});
+
+test('an invalidated version horizon slot is made again, with a warning', { timeout: 120_000 }, async () => {
+  // A slot keeps at most 1 MB of WAL here: a few WAL segments invalidate it (its peers' slots too: no agents run).
+  await withCluster({ nodes: 2, schema: SCHEMA, settings: { max_slot_wal_keep_size: '1MB' } }, async (cluster) => {
+    const n1 = cluster.node('n1');
+    const warnings: string[] = [];
+    const keeper = new VersionHorizonKeeper({ localNode: 'n1', localDsn: n1.server.dsn, intervalMs: 60_000, marginMs: 0, logger: recordingLogger(warnings) });
+    try {
+      await keeper.step();
+      await horizonSlot(n1.sql);
+      const status = async () =>
+        (await n1.sql.unsafe<{ wal_status: string }[]>(`SELECT wal_status FROM pg_catalog.pg_replication_slots WHERE slot_name LIKE 'pgmesh\\_\\_versions\\_%'`))[0]?.wal_status;
+      await eventually(
+        async () => {
+          await n1.sql.unsafe(`INSERT INTO t VALUES ((SELECT coalesce(max(k), 0) + 1 FROM t), 'x')`);
+          await n1.sql.unsafe(`SELECT pg_catalog.pg_switch_wal()`);
+          await n1.sql.unsafe(`CHECKPOINT`);
+          return (await status()) === 'lost';
+        },
+        { what: 'the horizon slot to be invalidated' },
+      );
+      assert.deepEqual(warnings, []);
+      await keeper.step();
+      assert.notEqual(await status(), 'lost', 'the slot is made again');
+      assert.equal(warnings.length, 1);
+      assert.match(warnings[0] ?? '', /version horizon slot pgmesh__versions_\d+ was invalidated \(max_slot_wal_keep_size\) and is created again/);
+    } finally {
+      await keeper.stop();
+    }
   });
 });
