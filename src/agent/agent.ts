@@ -14,6 +14,7 @@ import { readMembership } from '../membership/membership-state.ts';
 import { errorMessage } from '../core/errors.ts';
 import { ClockMonitor, type ClockReading } from './clock-monitor.ts';
 import { PeerReplicator, type PeerStatus } from './peer-replicator.ts';
+import { VersionHorizonKeeper } from './version-horizon.ts';
 
 export interface AgentStatus {
   readonly node: string;
@@ -24,6 +25,7 @@ export interface AgentStatus {
 export class Agent {
   private readonly startedAt = new Date();
   private gcTimer: NodeJS.Timeout | undefined;
+  private horizon: VersionHorizonKeeper | undefined;
 
   private constructor(
     readonly node: string,
@@ -45,6 +47,15 @@ export class Agent {
         .catch((error) => this.logger.warn({ err: errorMessage(error) }, 'tombstone collection failed'));
     }, intervalMs);
     this.gcTimer.unref();
+    // Row versions are judged against the same horizon as tombstones, so they are kept as long (docs/design.md).
+    this.horizon = new VersionHorizonKeeper({
+      localNode: this.node,
+      localDsn: findNode(this.config, this.node).dsn,
+      intervalMs,
+      marginMs,
+      logger: this.logger,
+    });
+    this.horizon.start();
   }
 
   static async start(config: ClusterConfig, nodeName: string, logger: Logger): Promise<Agent> {
@@ -178,6 +189,7 @@ export class Agent {
 
   async stop(): Promise<void> {
     if (this.gcTimer) clearInterval(this.gcTimer);
+    await this.horizon?.stop();
     await Promise.all([...this.clocks.values()].map((c) => c.stop()));
     await Promise.all([...this.replicators.values()].map((r) => r.stop()));
     await this.catalog.end({ timeout: 2 }).catch(() => undefined);

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { clusterStatus, type ClusterStatus } from '../cluster/cluster-ops.ts';
+import { clusterStatus, type ClusterStatus, type NodeStatus } from '../cluster/cluster-ops.ts';
 import { configFrom, loggerFor, printJson, type GlobalOptions } from './common.ts';
 import { seconds } from './parsers.ts';
 
@@ -26,6 +26,24 @@ function pad(cells: readonly string[], widths: readonly number[]): string {
 export function renderTable(rows: readonly (readonly string[])[]): string {
   const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
   return rows.map((r) => pad(r, widths)).join('\n');
+}
+
+/** Past this, a node's kept row versions are worth a line: some peer has not been heard from for that long. */
+const HORIZON_WARN_MS = 15 * 60_000;
+
+/** A line when a node keeps row versions for long (a peer unheard from), or no longer can (its slot is gone). */
+function horizonWarning(node: NodeStatus, now: number): string[] {
+  const h = node.versionHorizon;
+  if (!node.initialized || !node.reachable || node.error) return [];
+  if (!h) return [`! node ${node.name}: no version horizon yet (its agent makes it when it starts): until then, row versions there are not kept`];
+  if (h.slotStatus === 'missing' || h.slotStatus === 'lost') {
+    return [`! node ${node.name}: its version horizon slot ${h.slot} is ${h.slotStatus}; its agent creates it again, and row versions written meanwhile may be forgotten (docs/conflicts.md, "Versions")`];
+  }
+  if (h.keptSince === null || now - Date.parse(h.keptSince) < HORIZON_WARN_MS) return [];
+  return [
+    `! node ${node.name} keeps row versions written since ${h.keptSince} (${bytes(h.retainedBytes)} of WAL, ${h.heldXids ?? '?'} xids): ` +
+      'some peer has not been heard from since; bring it back or remove it ("pgmesh node remove"), see docs/conflicts.md, "Versions"',
+  ];
 }
 
 /** The human view of a cluster: one line per node, one per directed link. */
@@ -72,6 +90,7 @@ export function formatStatus(status: ClusterStatus): string {
     ...(schemasDiffer
       ? [`! the nodes' schemas differ (fingerprints ${fingerprints.map((n) => `${n.name} ${n.schemaFingerprint}`).join(', ')}): see docs/ddl.md, "Checking that nodes agree"`]
       : []),
+    ...status.nodes.flatMap((n) => horizonWarning(n, now)),
     ...status.links.filter((l) => l.pausedReason).map((l) => `! ${l.from} -> ${l.to} paused: ${l.pausedReason}`),
     ...status.links
       .filter((l) => l.clockSkewWarning)

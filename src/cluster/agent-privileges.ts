@@ -46,6 +46,8 @@ export const AGENT_CATALOG_WRITES: Readonly<Record<string, readonly string[]>> =
   fast_path_check: ['INSERT'],
   peer_clock: ['INSERT', 'UPDATE'],
   peer_horizon: ['INSERT', 'UPDATE'],
+  version_horizon: ['INSERT', 'UPDATE'],
+  version_checkpoint: ['INSERT', 'DELETE'],
 };
 
 /** Applying a peer's changes inserts, updates, deletes (after reading) and truncates. */

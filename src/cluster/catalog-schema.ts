@@ -5,6 +5,7 @@
 
 import { DDL_CAPTURE_MIGRATION } from '../ddl/capture-sql.ts';
 import { TRUNCATE_MIGRATION } from './truncate-sql.ts';
+import { VERSION_HORIZON_MIGRATION } from './version-horizon-sql.ts';
 
 export const CATALOG_SCHEMA = 'pgmesh';
 export const PUBLICATION = 'pgmesh';
@@ -796,6 +797,7 @@ CREATE TABLE pgmesh.membership (
   updated_at timestamptz NOT NULL DEFAULT now()
 );
 `,
+  /* 13: row versions that last: a slot holds commit timestamps newer than the stable horizon (src/cluster/version-horizon-sql.ts) */ VERSION_HORIZON_MIGRATION,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

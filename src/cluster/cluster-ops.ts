@@ -266,6 +266,22 @@ export interface NodeStatus {
   readonly sequences: { readonly interleaved: number; readonly notInterleaved: readonly string[] } | null;
   /** A hash of the node's schema (see schema-dump.ts): equal on nodes whose schemas are alike. */
   readonly schemaFingerprint: string | null;
+  /** What the node keeps so that row versions last (docs/conflicts.md, "Versions"); null before its agent made it. */
+  readonly versionHorizon: VersionHorizonStatus | null;
+}
+
+export interface VersionHorizonStatus {
+  readonly slot: string;
+  /** The slot's wal_status ('missing' when it is gone, 'lost' when invalidated). */
+  readonly slotStatus: string;
+  /** Versions written up to this time may be forgotten here; later ones are kept. Null until every peer was heard. */
+  readonly stableTs: string | null;
+  /** Versions written since this time are kept: stableTs, or when the slot was made. */
+  readonly keptSince: string | null;
+  /** How many xids old the oldest commit timestamp kept for it is. */
+  readonly heldXids: number | null;
+  /** WAL the slot keeps on the node. */
+  readonly retainedBytes: number | null;
 }
 
 export interface ClusterStatus {
@@ -310,6 +326,7 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
     let tables: number | null = null;
     let openExceptions: number | null = null;
     let sequences: NodeStatus['sequences'] = null;
+    let versionHorizon: VersionHorizonStatus | null = null;
     const schemaFingerprint = schemaFingerprintOf(await readSchemaDump(sql));
     if (initialized) {
       for (const row of await sql.unsafe<
@@ -336,11 +353,12 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
       );
       tables = Number(t[0]?.n ?? 0);
       openExceptions = Number(t[0]?.e ?? 0);
+      versionHorizon = await readVersionHorizon(sql);
       const feeding = await readSequenceStatus(sql);
       sequences = { interleaved: feeding.filter((f) => f.interleaved).length, notInterleaved: feeding.filter((f) => !f.interleaved).map((f) => f.sequence) };
     }
     return {
-      status: { ...base, reachable: true, error: null, serverVersion: info[0]?.version ?? null, initialized, replicatedTables: tables, openExceptions, sequences, schemaFingerprint },
+      status: { ...base, reachable: true, error: null, serverVersion: info[0]?.version ?? null, initialized, replicatedTables: tables, openExceptions, sequences, schemaFingerprint, versionHorizon },
       slots,
       progress,
     };
@@ -363,6 +381,7 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
         openExceptions: null,
         sequences: null,
         schemaFingerprint: null,
+        versionHorizon: null,
       },
       slots: new Map(),
       progress: new Map(),
@@ -370,6 +389,26 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
   } finally {
     await sql.end({ timeout: 1 }).catch(() => undefined);
   }
+}
+
+async function readVersionHorizon(sql: Sql): Promise<VersionHorizonStatus | null> {
+  const rows = await sql.unsafe<{ slot: string; wal_status: string | null; stable_ts: string | null; since: string | null; held: string | null; retained: string | null }[]>(
+    `SELECT v.slot_name AS slot, CASE WHEN s.slot_name IS NULL THEN 'missing' ELSE coalesce(s.wal_status, 'ok') END AS wal_status,
+            ${isoTimestampSql('v.stable_ts')} AS stable_ts, ${isoTimestampSql('coalesce(v.stable_ts, v.created_at)')} AS since,
+            age(s.catalog_xmin)::text AS held,
+            pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint::text AS retained
+       FROM pgmesh.version_horizon v LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = v.slot_name`,
+  );
+  const row = rows[0];
+  if (!row) return null;
+  return {
+    slot: row.slot,
+    slotStatus: row.wal_status ?? 'missing',
+    stableTs: row.stable_ts,
+    keptSince: row.since,
+    heldXids: row.held === null ? null : Number(row.held),
+    retainedBytes: row.retained === null ? null : Number(row.retained),
+  };
 }
 
 export async function clusterStatus(config: ClusterConfig, logger: Logger): Promise<ClusterStatus> {

@@ -85,9 +85,10 @@ export function checkServerFacts(facts: ServerFacts, peerCount: number): Setting
     });
   }
   // One slot per peer that streams from this node and one origin per peer this node applies from, plus one of each
-  // spare for a joining node. Slots and origins are separate pools: up to 17 each pool is max_replication_slots
-  // entries (2 slots and 2 origins fit in max_replication_slots = 2); 18 sizes origins by max_active_replication_origins.
-  const slotsNeeded = peerCount + 1;
+  // spare for a joining node, and the slot that keeps row versions (docs/design.md, "Row versions"). Slots and origins
+  // are separate pools: up to 17 each pool is max_replication_slots entries (2 slots and 2 origins fit in
+  // max_replication_slots = 2); 18 sizes origins by max_active_replication_origins.
+  const slotsNeeded = peerCount + 2;
   const originsNeeded = peerCount + 1;
   const slots = Number(s.max_replication_slots ?? 0);
   const slotsLimitNeeded = facts.major >= 18 ? slotsNeeded : Math.max(slotsNeeded, originsNeeded);

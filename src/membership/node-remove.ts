@@ -102,6 +102,9 @@ export async function removeNode(config: ClusterConfig, logger: Logger, options:
         const state = await readMembership(leavingSql);
         if (state) await setMembership(leavingSql, { state: 'removed', phase: 'removed', finished: true });
         else await setMembership(leavingSql, { state: 'removed', source: '-', phase: 'removed' });
+        // Its agent may still run: once the node is marked removed, it makes no version horizon slot again.
+        const horizon = await leavingSql.unsafe<{ ok: boolean }[]>(`SELECT to_regprocedure('pgmesh.drop_version_horizon()') IS NOT NULL AS ok`);
+        if (horizon[0]?.ok) await leavingSql.unsafe(`SELECT pgmesh.drop_version_horizon()`);
       }
     }
     logger.info({ node: leaving.name, drained, reachable }, 'node removed');

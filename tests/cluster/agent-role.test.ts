@@ -39,7 +39,7 @@ async function waitStreaming(cluster: TestCluster): Promise<void> {
   await eventually(
     async () => {
       for (const node of cluster.nodes) {
-        const rows = await node.sql.unsafe<{ n: number }[]>(`SELECT count(*)::int AS n FROM pg_replication_slots WHERE active AND slot_name LIKE 'pgmesh%'`);
+        const rows = await node.sql.unsafe<{ n: number }[]>(`SELECT count(*)::int AS n FROM pg_replication_slots WHERE active AND slot_name LIKE 'pgmesh\\_%' AND slot_name NOT LIKE 'pgmesh\\_\\_%'`);
         if (rows[0]?.n !== cluster.nodes.length - 1) return false;
       }
       return true;
@@ -90,6 +90,12 @@ test('cluster create --agent-role: three agents connect as a non-superuser role 
     for (const node of cluster.nodes) {
       await eventually(async () => (await node.sql.unsafe(`SELECT 1 FROM pgmesh.tombstone`)).length === 0, {
         what: `the tombstones on ${node.name} to be collected by its agent`,
+      });
+    }
+    for (const node of cluster.nodes) {
+      // The version horizon moves as the role too: its slot made, a step past the first (S known).
+      await eventually(async () => (await node.sql.unsafe(`SELECT 1 FROM pgmesh.version_horizon WHERE stable_ts IS NOT NULL`)).length === 1, {
+        what: `the version horizon of ${node.name} to move`,
       });
     }
     for (const node of cluster.nodes) {

@@ -324,7 +324,7 @@ async function waitStreaming(cluster: TestCluster): Promise<void> {
   await eventually(
     async () => {
       for (const node of cluster.nodes) {
-        const rows = await node.sql.unsafe<{ n: string }[]>(`SELECT count(*)::text AS n FROM pg_replication_slots WHERE slot_name LIKE 'pgmesh\\_%' AND active`);
+        const rows = await node.sql.unsafe<{ n: string }[]>(`SELECT count(*)::text AS n FROM pg_replication_slots WHERE slot_name LIKE 'pgmesh\\_%' AND slot_name NOT LIKE 'pgmesh\\_\\_%' AND active`);
         if (Number(rows[0]?.n) !== cluster.nodes.length - 1) return false;
       }
       return true;

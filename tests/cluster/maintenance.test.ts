@@ -7,9 +7,9 @@ import assert from 'node:assert/strict';
 import { ClockMonitor } from '../../src/agent/clock-monitor.ts';
 import { formatStatus } from '../../src/cli/status.ts';
 import { clusterStatus } from '../../src/cluster/cluster-ops.ts';
-import type { Logger } from '../../src/core/logger.ts';
 import { BARRIER_TABLE, barrier } from '../support/barrier.ts';
 import { eventually, withCluster, type TestNode } from '../support/cluster.ts';
+import { recordingLogger } from '../support/recording-logger.ts';
 
 const SCHEMA = `CREATE TABLE t (k integer PRIMARY KEY, v text); ${BARRIER_TABLE}`;
 
@@ -19,18 +19,6 @@ async function tombstones(node: TestNode): Promise<string[]> {
 }
 
 /** A logger that keeps warnings, to check what an operator would read. */
-function recordingLogger(warnings: string[]): Logger {
-  const logger: Logger = {
-    debug() {},
-    info() {},
-    warn(_obj: object, msg?: string) {
-      warnings.push(msg ?? '');
-    },
-    error() {},
-    child: () => logger,
-  };
-  return logger;
-}
 
 /**
  * Topology: 2 nodes, agents in this process, tombstone collection every 200 ms with no margin.

@@ -83,28 +83,28 @@ test('settings the server did not report read as missing, not as fine', () => {
 /** The smallest value of each limit that a major accepts for `peers` peers. */
 function minimum(major: Major, peers: number): Record<string, number> {
   return major >= 18
-    ? { max_replication_slots: peers + 1, max_wal_senders: peers + 1, max_active_replication_origins: peers + 1 }
-    : { max_replication_slots: peers + 1, max_wal_senders: peers + 1 };
+    ? { max_replication_slots: peers + 2, max_wal_senders: peers + 1, max_active_replication_origins: peers + 1 }
+    : { max_replication_slots: peers + 2, max_wal_senders: peers + 1 };
 }
 
-test('16 and 17: max_replication_slots covers the slots and, separately, the origins: peers + 1', () => {
+test('16 and 17: max_replication_slots covers the slots (peers + 2) and, separately, the origins (peers + 1)', () => {
   for (const major of [16, 17] as const) {
-    // 4 peers: 4 slots + 4 origins, one spare of each.
-    assert.deepEqual(checkServerFacts(facts(major, { max_replication_slots: '5' }), 4), []);
-    const problems = checkServerFacts(facts(major, { max_replication_slots: '4' }), 4);
+    // 4 peers: 4 slots, the version horizon slot and a spare; 4 origins and a spare.
+    assert.deepEqual(checkServerFacts(facts(major, { max_replication_slots: '6' }), 4), []);
+    const problems = checkServerFacts(facts(major, { max_replication_slots: '5' }), 4);
     assert.deepEqual(settingsOf(problems), ['max_replication_slots']);
-    assert.equal(problems[0]?.required, '>= 5');
+    assert.equal(problems[0]?.required, '>= 6');
     assert.match(problems[0]?.fix ?? '', /ALTER SYSTEM SET max_replication_slots = 10\).*restart.*also limits replication origins/);
     // There is no max_active_replication_origins before 18; its absence is not a problem.
     assert.ok(!('max_active_replication_origins' in facts(major).settings));
   }
 });
 
-test('18: slots and origins have their own limits, each peers + 1', () => {
-  assert.deepEqual(checkServerFacts(facts(18, { max_replication_slots: '5', max_active_replication_origins: '5' }), 4), []);
-  const problems = checkServerFacts(facts(18, { max_replication_slots: '4', max_active_replication_origins: '4' }), 4);
+test('18: slots and origins have their own limits, peers + 2 and peers + 1', () => {
+  assert.deepEqual(checkServerFacts(facts(18, { max_replication_slots: '6', max_active_replication_origins: '5' }), 4), []);
+  const problems = checkServerFacts(facts(18, { max_replication_slots: '5', max_active_replication_origins: '4' }), 4);
   assert.deepEqual(settingsOf(problems), ['max_replication_slots', 'max_active_replication_origins']);
-  assert.deepEqual(problems.map((p) => p.required), ['>= 5', '>= 5']);
+  assert.deepEqual(problems.map((p) => p.required), ['>= 6', '>= 5']);
   assert.doesNotMatch(problems[0]?.fix ?? '', /origins/);
   assert.match(problems[1]?.fix ?? '', /ALTER SYSTEM SET max_active_replication_origins = 10\) and restart/);
 });
@@ -113,7 +113,7 @@ test('the suggested value is never below what is needed', () => {
   const problems = checkServerFacts(facts(18, { max_replication_slots: '2', max_wal_senders: '2', max_active_replication_origins: '2' }), 40);
   for (const p of problems) {
     const suggested = Number(/= (\d+) \(ALTER SYSTEM/.exec(p.fix)?.[1]);
-    assert.equal(suggested, 41, p.fix);
+    assert.equal(suggested, p.setting === 'max_replication_slots' ? 42 : 41, p.fix);
   }
 });
 
