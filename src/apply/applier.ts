@@ -26,7 +26,7 @@ import { PgmeshError, errorMessage, messageWithoutValues } from '../core/errors.
 import type { Logger } from '../core/logger.ts';
 import { formatLsn, parseLsn, type Lsn } from '../core/lsn.ts';
 import { formatPgTimestamp, type PgTimestamp } from '../core/pg-time.ts';
-import { SQLSTATE, isDataSqlState, isRetryableSqlState, sqlState } from '../core/sqlstate.ts';
+import { SQLSTATE, isApplyRetrySqlState, isDataSqlState, isRetryableSqlState, sqlState } from '../core/sqlstate.ts';
 import { openSql, type Sql } from '../pg/connect.ts';
 import { quoteLiteral } from '../pg/quote.ts';
 import { textArrayLiteral } from '../pg/text-array.ts';
@@ -55,6 +55,7 @@ import {
 import { findUniqueConflict, recordUniqueConflict, type UniqueConflict } from './unique-conflicts.ts';
 import { DDL_MESSAGE_PREFIX, ddlApplyStatement } from '../ddl/ddl-apply.ts';
 import { droppedValues, driftExceptionSql, reduceChange, reduceRelation, type Reduction } from '../ddl/schema-drift.ts';
+import { ApplyRetries } from './apply-retry.ts';
 import { buildUniqueClaimCheck, buildUniqueResolution, needsUniqueResolution } from './unique-resolution.ts';
 
 /** Message bytes in flight before the applier waits for replies (keeps a huge transaction's memory flat). */
@@ -93,6 +94,10 @@ export interface ApplierOptions {
   readonly maxBatchRows: number;
   readonly maxInflightStatements: number;
   readonly conflictWindowMs: number;
+  /** The apply session's lock_timeout (0: none; see AgentTuning.lockTimeoutMs). */
+  readonly lockTimeoutMs: number;
+  /** Retries in place of a transaction that failed on a deadlock, serialization failure or lock timeout (see apply-retry.ts). */
+  readonly applyRetries: number;
   /** Apply this transaction (by its commit LSN) in careful mode: it failed before on its data. */
   readonly carefulLsn?: Lsn | undefined;
   /** Apply this transaction with the full statements: the fast path missed in it and it could not be replayed. */
@@ -109,6 +114,8 @@ export interface ApplyStats {
   exceptions: number;
   /** Transactions applied again with the full statements after the fast path met a conflict. */
   fastPathMisses: number;
+  /** Transactions applied again in place after a deadlock, a serialization failure or a lock timeout. */
+  applyRetries: number;
   lastCommitTime: PgTimestamp | undefined;
   lastAppliedAt: number;
   /** Conflicts by type, of committed transactions. */
@@ -180,6 +187,7 @@ export class Applier {
     skippedXacts: 0,
     exceptions: 0,
     fastPathMisses: 0,
+    applyRetries: 0,
     lastCommitTime: undefined,
     lastAppliedAt: 0,
     conflicts: {},
@@ -235,6 +243,10 @@ export class Applier {
   private wakeOnFailure: (() => void) | undefined;
   /** The session's connection closed (see sessionClosed). */
   private sessionGone = false;
+  private readonly retries: ApplyRetries;
+  /** interrupt() was called: no more retries in place, and a backoff under way ends now. */
+  private interrupted = false;
+  private wakeFromBackoff: (() => void) | undefined;
 
   private constructor(
     private readonly sql: Sql,
@@ -251,6 +263,7 @@ export class Applier {
     this.issuedEnd = start;
     this.ctx = { peer: options.peer, localNode: options.localNode, conflictWindowMs: options.conflictWindowMs, peerOriginId };
     this.finishText = buildFinish(this.ctx);
+    this.retries = new ApplyRetries({ peer: options.peer, catalog, limit: options.applyRetries, logger: options.logger });
   }
 
   /**
@@ -267,7 +280,14 @@ export class Applier {
       max: 1,
       // Replica mode: user triggers and rules do not fire and foreign keys are not re-checked, as for native apply.
       // Asynchronous commit, as native apply: what is acknowledged to the peer is only what is flushed.
-      parameters: { session_replication_role: 'replica', synchronous_commit: 'off', plan_cache_mode: 'force_generic_plan' },
+      // A lock wait ends after lock_timeout, and the transaction is retried (apply-retry.ts): a local session left
+      // idle in a transaction cannot hold the stream up without a sign.
+      parameters: {
+        session_replication_role: 'replica',
+        synchronous_commit: 'off',
+        plan_cache_mode: 'force_generic_plan',
+        lock_timeout: `${Math.round(options.lockTimeoutMs)}ms`,
+      },
       pipelined: true,
     });
     // The session is the pool of one connection itself, not a reserved connection: postgres.js 3.4 sends the queries
@@ -350,8 +370,13 @@ export class Applier {
     while (i < queue.length) {
       const event = queue[i++] as StreamEvent;
       this.retain(event);
-      const wait = this.handle(event);
-      if (wait) await wait;
+      try {
+        const wait = this.handle(event);
+        if (wait) await wait;
+      } catch (error) {
+        // Thrown by careful mode, a look-up or a decision here (pipelined statements report through issue()).
+        if (!this.failure) this.failure = { error, what: 'the stream', finalLsn: this.txn?.finalLsn };
+      }
       if (this.failure) {
         const replay = await this.takeReplay();
         if (!replay) return;
@@ -390,26 +415,38 @@ export class Applier {
   }
 
   /**
-   * After a fast-path miss: waits for every message in flight (all failed: the session is in the aborted
-   * transaction), rolls back, and returns the events to handle again from the missed transaction on, which is then
-   * applied with the full statements. Undefined when the failure is another one, or the events were not all kept.
+   * After a fast-path miss, or a deadlock, serialization failure or lock timeout (apply-retry.ts): waits for every
+   * message in flight (all failed: the session is in the aborted transaction), rolls back, and returns the events
+   * to handle again from the failed transaction on. A missed transaction is then applied with the full
+   * statements; a retried one as before, after a backoff. Undefined when the failure is another one, the events
+   * were not all kept, or the transaction was retried too often: then the stream restarts.
    */
   private async takeReplay(): Promise<StreamEvent[] | undefined> {
     const failure = this.failure;
     const code = failure ? sqlState(failure.error) : undefined;
-    if (!failure || (code !== SQLSTATE.fastPathMiss && code !== SQLSTATE.uniqueViolation)) return undefined;
+    const retry = isApplyRetrySqlState(code);
+    if (!failure || (code !== SQLSTATE.fastPathMiss && code !== SQLSTATE.uniqueViolation && !retry)) return undefined;
+    if (retry && this.interrupted) return undefined;
     await this.drain();
     if (this.sessionGone) return undefined;
     await this.settle();
     const settled = this.failure ?? failure;
     // A unique violation on the fast path is a miss too (a row inserted by another session after the check); on
-    // the full statements it is the change's own problem, for careful mode.
-    if (code === SQLSTATE.uniqueViolation && settled.finalLsn === this.fullLsn) return undefined;
+    // the full statements, or in careful mode, it is the change's own problem, for careful mode.
+    if (code === SQLSTATE.uniqueViolation && (settled.finalLsn === this.fullLsn || settled.finalLsn === this.options.carefulLsn)) return undefined;
     const kept = this.retained.toArray();
     const first = kept[0];
     if (!first || first.finalLsn !== settled.finalLsn || kept.some((e) => e.events === null)) return undefined;
-    const table = Number((failure.error as { detail?: string }).detail);
-    if (Number.isInteger(table)) this.slowTables.set(table, Date.now() + SLOW_TABLE_MS);
+    if (retry) {
+      const delayMs = this.retries.next(first.finalLsn, failure.error);
+      if (delayMs === undefined) return undefined;
+      this.stats.applyRetries++;
+      await this.backoff(delayMs);
+      if (this.interrupted) return undefined;
+    } else {
+      const table = Number((failure.error as { detail?: string }).detail);
+      if (Number.isInteger(table)) this.slowTables.set(table, Date.now() + SLOW_TABLE_MS);
+    }
     try {
       // A PREPARE in a message that failed before reaching it did not run.
       const names = await this.session.unsafe<{ name: string }[]>(`SELECT name FROM pg_catalog.pg_prepared_statements WHERE name LIKE 'pgmesh\\_%'`);
@@ -430,10 +467,31 @@ export class Applier {
     this.segments = [];
     this.unconfirmed.clear();
     this.issuedEnd = this.appliedEnd;
+    if (retry) return events;
     this.fullLsn = settled.finalLsn;
     this.stats.fastPathMisses++;
     this.options.logger.debug({ peer: this.options.peer, transaction: formatLsn(settled.finalLsn), events: events.length }, 'fast path missed; applying again');
     return events;
+  }
+
+  private backoff(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.wakeFromBackoff = undefined;
+        resolve();
+      }, ms);
+      this.wakeFromBackoff = () => {
+        clearTimeout(timer);
+        this.wakeFromBackoff = undefined;
+        resolve();
+      };
+    });
+  }
+
+  /** The agent is stopping: no more retries in place (the stream is closing; what is left is applied next time). */
+  interrupt(): void {
+    this.interrupted = true;
+    this.wakeFromBackoff?.();
   }
 
   private throwIfFailed(): void {
@@ -967,6 +1025,7 @@ export class Applier {
 
   private committed(txn: OpenTransaction, endLsn: Lsn, commitTime: PgTimestamp): void {
     if (txn.finalLsn === this.resumeLsn) this.resumeResolution = undefined;
+    this.retries.committed(txn.finalLsn);
     this.appliedEnd = endLsn;
     while (this.retained.length > 0 && (this.retained.peekFront()?.finalLsn ?? 0n) <= txn.finalLsn) {
       this.retainedEvents -= this.retained.shift()?.events?.length ?? 0;
@@ -1055,7 +1114,7 @@ export class Applier {
         return;
       }
       // A pause, or a failure that is not the change's own (a deadlock, a row changed under a lock): not an exception.
-      if (code === SQLSTATE.conflictPause || isRetryableSqlState(code) || !binding) throw error;
+      if (code === SQLSTATE.conflictPause || isRetryableSqlState(code) || isApplyRetrySqlState(code) || !binding) throw error;
       // A secondary unique key taken here is a conflict as well (insert_exists, update_exists or
       // multiple_unique_conflicts): it is recorded and counted with the exception.
       const conflict =
@@ -1305,7 +1364,9 @@ export class Applier {
 
   async close(): Promise<void> {
     this.sessionGone = true;
+    this.interrupt();
     await this.sql.end({ timeout: 2 }).catch(() => undefined);
+    await this.retries.flushed();
   }
 }
 
