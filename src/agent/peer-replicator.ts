@@ -10,7 +10,7 @@ import { PgmeshError, errorMessage, serverValues } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
 import { formatLsn, LSN_ZERO, parseLsn, type Lsn } from '../core/lsn.ts';
 import { formatPgTimestamp } from '../core/pg-time.ts';
-import { SQLSTATE, isDataSqlState } from '../core/sqlstate.ts';
+import { SQLSTATE, isApplyRetrySqlState, isDataSqlState } from '../core/sqlstate.ts';
 import { Applier, durableProgress } from '../apply/applier.ts';
 import { originName, slotName, PUBLICATION } from '../cluster/catalog-schema.ts';
 import type { Sql } from '../pg/connect.ts';
@@ -30,6 +30,8 @@ export interface PeerStatus {
   readonly skippedXacts: number;
   /** Transactions applied again with the full statements after their fast path met a conflict. */
   readonly fastPathMisses: number;
+  /** Transactions applied again in place after a deadlock, a serialization failure or a lock timeout. */
+  readonly applyRetries: number;
   /** Transactions the peer streamed while in progress (larger than its logical_decoding_work_mem): committed, aborted. */
   readonly streamedXacts: number;
   readonly streamedAborted: number;
@@ -62,7 +64,7 @@ export class PeerReplicator {
   private stream: PeerStream | undefined;
   private restarts = 0;
   private lastError: PeerStatus['lastError'] = null;
-  private totals = { appliedXacts: 0, appliedChanges: 0, skippedXacts: 0, exceptions: 0, fastPathMisses: 0, streamedXacts: 0, streamedAborted: 0, lastAppliedAt: 0 };
+  private totals = { appliedXacts: 0, appliedChanges: 0, skippedXacts: 0, exceptions: 0, fastPathMisses: 0, applyRetries: 0, streamedXacts: 0, streamedAborted: 0, lastAppliedAt: 0 };
   private readonly conflicts: Record<string, number> = {};
   private readonly conflictsByTable: Record<string, number> = {};
   /** A transaction that failed on its data: the next session applies it change by change. */
@@ -125,7 +127,10 @@ export class PeerReplicator {
             ? `${errorMessage(error)}; the agent's role lacks a privilege: "pgmesh check" lists each one with the GRANT that fixes it`
             : errorMessage(error);
         this.lastError = { code, message, at: new Date().toISOString() };
-        log.error({ peer: this.options.peer, code, err: message }, 'stream from peer stopped; will retry');
+        // A deadlock, serialization failure or lock timeout that outlasted its retries in place (apply-retry.ts):
+        // local sessions in the way, not a fault of pgmesh or of the data.
+        if (typeof sqlstate === 'string' && isApplyRetrySqlState(sqlstate)) log.warn({ peer: this.options.peer, code, sqlstate, err: message }, 'stream from peer restarted after its retries in place; will retry');
+        else log.error({ peer: this.options.peer, code, err: message }, 'stream from peer stopped; will retry');
         // The row's values, which the message leaves out (personal data), only when asked for.
         const values = serverValues(error);
         if (values) log.debug({ peer: this.options.peer, ...values }, 'the server\'s own words about that failure');
@@ -195,6 +200,8 @@ export class PeerReplicator {
       maxBatchRows: tuning.maxBatchRows,
       maxInflightStatements: tuning.maxInflightStatements,
       conflictWindowMs: tuning.conflictWindowMs,
+      lockTimeoutMs: tuning.lockTimeoutMs,
+      applyRetries: tuning.applyRetries,
       schemaWait: { firstSeen: this.schemaFirstSeen, waitMs: tuning.schemaWaitMs },
       carefulLsn: this.carefulLsn,
       fullLsn: this.fullLsn,
@@ -283,6 +290,7 @@ export class PeerReplicator {
       this.totals.skippedXacts += applier.stats.skippedXacts;
       this.totals.exceptions += applier.stats.exceptions;
       this.totals.fastPathMisses += applier.stats.fastPathMisses;
+      this.totals.applyRetries += applier.stats.applyRetries;
       for (const [k, n] of Object.entries(applier.stats.conflicts)) this.conflicts[k] = (this.conflicts[k] ?? 0) + n;
       for (const [k, n] of Object.entries(applier.stats.conflictsByTable)) this.conflictsByTable[k] = (this.conflictsByTable[k] ?? 0) + n;
       this.totals.lastAppliedAt = Math.max(this.totals.lastAppliedAt, applier.stats.lastAppliedAt);
@@ -320,6 +328,7 @@ export class PeerReplicator {
       appliedChanges: this.totals.appliedChanges + (a?.appliedChanges ?? 0),
       skippedXacts: this.totals.skippedXacts + (a?.skippedXacts ?? 0),
       fastPathMisses: this.totals.fastPathMisses + (a?.fastPathMisses ?? 0),
+      applyRetries: this.totals.applyRetries + (a?.applyRetries ?? 0),
       streamedXacts: this.totals.streamedXacts + (this.stream?.stats.streamedCommitted ?? 0),
       streamedAborted: this.totals.streamedAborted + (this.stream?.stats.streamedAborted ?? 0),
       lastAppliedAt: lastAppliedAt > 0 ? new Date(lastAppliedAt).toISOString() : null,
@@ -335,6 +344,7 @@ export class PeerReplicator {
   async stop(): Promise<void> {
     this.stopped = true;
     this.wake?.();
+    this.applier?.interrupt();
     await this.stream?.close().catch(() => undefined);
     await this.loop;
   }

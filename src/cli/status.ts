@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { clusterStatus, type ClusterStatus, type NodeStatus } from '../cluster/cluster-ops.ts';
+import { clusterStatus, type ClusterStatus, type LockWait, type NodeStatus } from '../cluster/cluster-ops.ts';
 import { configFrom, loggerFor, printJson, type GlobalOptions } from './common.ts';
 import { seconds } from './parsers.ts';
 
@@ -62,8 +62,9 @@ export function formatStatus(status: ClusterStatus): string {
       n.sequences === null ? '-' : `${n.sequences.interleaved} ok${n.sequences.notInterleaved.length > 0 ? `, ${n.sequences.notInterleaved.length} NOT` : ''}`,
     ]);
   }
-  // Short headers: a link's line fits an 80-column terminal (XACTS: transactions applied; APPLIED: when last).
-  const links = [['FROM', 'TO', 'STREAMING', 'SLOT', 'LAG', 'XACTS', 'APPLIED', 'CONFLICTS', 'CLOCK SKEW']];
+  // Short headers: a link's line fits an 80-column terminal (XACTS: transactions applied; APPLIED: when last;
+  // RETRIED: transactions applied again in place after a deadlock, serialization failure or lock timeout).
+  const links = [['FROM', 'TO', 'STREAMING', 'SLOT', 'LAG', 'XACTS', 'APPLIED', 'CONFLICTS', 'RETRIED', 'CLOCK SKEW']];
   for (const l of status.links) {
     links.push([
       l.from,
@@ -74,6 +75,7 @@ export function formatStatus(status: ClusterStatus): string {
       l.appliedXacts === null ? '-' : String(l.appliedXacts),
       ago(l.lastAppliedAt, now),
       l.conflicts === null ? '-' : String(l.conflicts),
+      l.applyRetries === null ? '-' : String(l.applyRetries),
       l.clockSkewMs === null ? '-' : `${l.clockSkewMs >= 0 ? '+' : ''}${l.clockSkewMs.toFixed(1)} ms`,
     ]);
   }
@@ -92,6 +94,10 @@ export function formatStatus(status: ClusterStatus): string {
       : []),
     ...status.nodes.flatMap((n) => horizonWarning(n, now)),
     ...status.links.filter((l) => l.pausedReason).map((l) => `! ${l.from} -> ${l.to} paused: ${l.pausedReason}`),
+    ...status.links.flatMap((l) => (l.lockWait ? [`! ${l.from} -> ${l.to}: ${describeLockWait(l.lockWait)}`] : [])),
+    ...status.links
+      .filter((l) => l.retrying && !l.lockWait)
+      .map((l) => `! ${l.from} -> ${l.to}: a transaction is being applied again (${l.retrying?.reason}) since ${l.retrying?.since}`),
     ...status.links
       .filter((l) => l.clockSkewWarning)
       .map(
@@ -100,6 +106,15 @@ export function formatStatus(status: ClusterStatus): string {
       ),
   ];
   return [renderTable(nodes), '', renderTable(links), ...(errors.length ? ['', ...errors] : [])].join('\n');
+}
+
+/** "applying waits for a lock on public.t since ..., held by pid 42 (idle in transaction since ...)". */
+function describeLockWait(wait: LockWait): string {
+  const holders = wait.blockedBy.map((b) => `pid ${b.pid}${b.state ? ` (${b.state}${b.since ? ` since ${b.since}` : ''})` : ''}`);
+  return (
+    `applying waits for a lock${wait.table ? ` on ${wait.table}` : ''}${wait.since ? ` since ${wait.since}` : ''}` +
+    `${holders.length > 0 ? `, held by ${holders.join(', ')}` : ''}; it is tried again after tuning.lockTimeoutMs`
+  );
 }
 
 export function registerStatus(program: Command): void {

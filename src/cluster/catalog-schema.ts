@@ -798,6 +798,15 @@ CREATE TABLE pgmesh.membership (
 );
 `,
   /* 13: row versions that last: a slot holds commit timestamps newer than the stable horizon (src/cluster/version-horizon-sql.ts) */ VERSION_HORIZON_MIGRATION,
+  /* 14: transactions retried in place (deadlocks, serialization failures, lock timeouts), for status */ `
+-- The agent counts each transaction of a peer that it applied again in place after a deadlock, a serialization
+-- failure or a lock timeout; retry_since and retry_sqlstate say that one is being retried now (cleared by the next
+-- transaction that commits). Written beside the apply session, on the agent's catalog connection.
+ALTER TABLE pgmesh.apply_progress
+  ADD COLUMN apply_retries bigint NOT NULL DEFAULT 0,
+  ADD COLUMN retry_since timestamptz,
+  ADD COLUMN retry_sqlstate text;
+`,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

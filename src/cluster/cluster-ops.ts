@@ -5,7 +5,7 @@
 import { PgmeshError, errorMessage } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
 import { isoTimestampSql } from '../core/pg-time.ts';
-import { SQLSTATE, sqlState } from '../core/sqlstate.ts';
+import { APPLY_RETRY_REASONS, SQLSTATE, sqlState } from '../core/sqlstate.ts';
 import { connectionError, openSql, type Sql } from '../pg/connect.ts';
 import { describeEndpoint } from '../pg/dsn.ts';
 import type { ClusterConfig, NodeConfig } from '../config/config.ts';
@@ -248,6 +248,21 @@ export interface LinkStatus {
   readonly clockSkewWarning: boolean;
   readonly conflicts: number | null;
   readonly pausedReason: string | null;
+  /** Transactions of this link applied again in place after a deadlock, serialization failure or lock timeout. */
+  readonly applyRetries: number | null;
+  /** A transaction of this link is being retried now: since when (its first failure) and why. */
+  readonly retrying: { readonly since: string; readonly reason: string } | null;
+  /** The apply session of this link waits for a lock now (read from pg_stat_activity and pg_locks). */
+  readonly lockWait: LockWait | null;
+}
+
+/** What the apply session of a link waits for, and who holds it (the sessions pg_blocking_pids names). */
+export interface LockWait {
+  readonly pid: number;
+  /** The table, when the lock names one (a row lock or a table lock); null when it waits for a transaction only. */
+  readonly table: string | null;
+  readonly since: string | null;
+  readonly blockedBy: readonly { readonly pid: number; readonly state: string | null; readonly since: string | null; readonly applicationName: string | null }[];
 }
 
 export interface NodeStatus {
@@ -303,7 +318,27 @@ interface PeerProgress {
   skewMs: number | null;
   conflicts: number;
   pausedReason: string | null;
+  applyRetries: number;
+  retrying: LinkStatus['retrying'];
+  lockWait: LockWait | null;
 }
+
+/** The apply sessions of this node that wait for a lock, by peer (their application_name is "pgmesh apply <peer>"). */
+const LOCK_WAITS_SQL = `
+SELECT substr(a.application_name, length('pgmesh apply ') + 1) AS peer, a.pid,
+       ${isoTimestampSql('coalesce(w.waitstart, a.state_change)')} AS since,
+       (SELECT n.nspname || '.' || c.relname
+          FROM pg_catalog.pg_locks l
+          JOIN pg_catalog.pg_class c ON c.oid = l.relation
+          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+         WHERE l.pid = a.pid AND (NOT l.granted OR l.locktype = 'tuple')
+         ORDER BY l.granted LIMIT 1) AS relation,
+       (SELECT coalesce(json_agg(json_build_object('pid', b.pid, 'state', b.state, 'applicationName', b.application_name,
+                                                   'since', ${isoTimestampSql('b.state_change')}) ORDER BY b.pid), '[]')::text
+          FROM pg_catalog.pg_stat_activity b WHERE b.pid = ANY (pg_catalog.pg_blocking_pids(a.pid))) AS blockers
+  FROM pg_catalog.pg_stat_activity a
+  LEFT JOIN LATERAL (SELECT l.waitstart FROM pg_catalog.pg_locks l WHERE l.pid = a.pid AND NOT l.granted LIMIT 1) w ON true
+ WHERE a.datname = pg_catalog.current_database() AND a.application_name LIKE 'pgmesh apply %' AND a.wait_event_type = 'Lock'`;
 
 async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
   const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh status', logger, max: 1, connectTimeoutS: 5 });
@@ -329,6 +364,19 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
     let versionHorizon: VersionHorizonStatus | null = null;
     const schemaFingerprint = schemaFingerprintOf(await readSchemaDump(sql));
     if (initialized) {
+      const waits = new Map<string, LockWait>();
+      for (const row of await sql.unsafe<{ peer: string; pid: number; since: string | null; relation: string | null; blockers: string }[]>(LOCK_WAITS_SQL)) {
+        waits.set(row.peer, { pid: row.pid, table: row.relation, since: row.since, blockedBy: JSON.parse(row.blockers) as LockWait['blockedBy'] });
+      }
+      const retries = new Map<string, { applyRetries: number; retrying: LinkStatus['retrying'] }>();
+      for (const row of await sql.unsafe<{ peer: string; retries: string; since: string | null; sqlstate: string | null }[]>(
+        `SELECT peer, apply_retries::text AS retries, ${isoTimestampSql('retry_since')} AS since, retry_sqlstate AS sqlstate FROM pgmesh.apply_progress`,
+      )) {
+        retries.set(row.peer, {
+          applyRetries: Number(row.retries),
+          retrying: row.since === null ? null : { since: row.since, reason: APPLY_RETRY_REASONS[row.sqlstate ?? ''] ?? row.sqlstate ?? 'unknown' },
+        });
+      }
       for (const row of await sql.unsafe<
         { peer: string; applied_xacts: string; applied_at: string | null; remote_commit_ts: string | null; skew: string | null; conflicts: string; paused_reason: string | null; paused: boolean }[]
       >(
@@ -345,6 +393,9 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
           skewMs: row.skew === null ? null : Number(row.skew),
           conflicts: Number(row.conflicts),
           pausedReason: row.paused ? (row.paused_reason ?? 'paused') : null,
+          applyRetries: retries.get(row.peer)?.applyRetries ?? 0,
+          retrying: retries.get(row.peer)?.retrying ?? null,
+          lockWait: waits.get(row.peer) ?? null,
         });
       }
       const t = await sql.unsafe<{ n: string; e: string }[]>(
@@ -432,6 +483,9 @@ export async function clusterStatus(config: ClusterConfig, logger: Logger): Prom
         clockSkewWarning: progress?.skewMs !== undefined && progress.skewMs !== null && Math.abs(progress.skewMs) > config.tuning.clockSkewWarnMs,
         conflicts: progress?.conflicts ?? null,
         pausedReason: progress?.pausedReason ?? null,
+        applyRetries: progress?.applyRetries ?? null,
+        retrying: progress?.retrying ?? null,
+        lockWait: progress?.lockWait ?? null,
       });
     }
   }

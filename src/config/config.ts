@@ -30,6 +30,17 @@ export interface AgentTuning {
   readonly retryBaseMs: number;
   readonly retryMaxMs: number;
   /**
+   * The apply session's lock_timeout (0: none). A local session left idle in a transaction that holds a row lock
+   * would otherwise hold a peer's whole stream up without a sign; the wait ends, the transaction is retried and
+   * `status` shows the wait.
+   */
+  readonly lockTimeoutMs: number;
+  /**
+   * How many times a transaction that failed on a deadlock, a serialization failure or a lock timeout is applied
+   * again in place (with a short backoff) before the stream is restarted.
+   */
+  readonly applyRetries: number;
+  /**
    * An update or delete that meets a local version written by another node less than this long before it (by
    * commit timestamps) is a conflict: recorded, and resolved by the table's policy.
    */
@@ -72,6 +83,8 @@ export const DEFAULT_TUNING: AgentTuning = {
   highWaterEvents: 20_000,
   retryBaseMs: 500,
   retryMaxMs: 15_000,
+  lockTimeoutMs: 5_000,
+  applyRetries: 10,
   conflictWindowMs: 10_000,
   clockSkewWarnMs: 500,
   schemaWaitMs: 10_000,
@@ -91,6 +104,8 @@ const TUNING_LIMITS: Record<NumericTuningKey, readonly [number, number]> = {
   highWaterEvents: [10, 10_000_000],
   retryBaseMs: [10, 600_000],
   retryMaxMs: [10, 3_600_000],
+  lockTimeoutMs: [0, 3_600_000],
+  applyRetries: [0, 1_000],
   conflictWindowMs: [0, 86_400_000],
   clockSkewWarnMs: [1, 3_600_000],
   schemaWaitMs: [0, 3_600_000],

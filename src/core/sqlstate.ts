@@ -50,7 +50,19 @@ const RETRYABLE = new Set<string>([
   SQLSTATE.serializationFailure,
   SQLSTATE.deadlockDetected,
   SQLSTATE.objectInUse,
+  SQLSTATE.lockNotAvailable,
 ]);
+
+/**
+ * Errors of a transaction applied at the same time as local sessions (a deadlock with one of them, a row changed
+ * under a lock, a lock not granted within the apply session's lock_timeout): normal in multi-master, and gone when
+ * the same transaction is applied again a moment later. The applier retries it in place (see apply-retry.ts).
+ */
+export const APPLY_RETRY_REASONS: Readonly<Record<string, string>> = {
+  [SQLSTATE.deadlockDetected]: 'deadlock',
+  [SQLSTATE.serializationFailure]: 'serialization failure',
+  [SQLSTATE.lockNotAvailable]: 'lock timeout',
+};
 
 /**
  * Errors that a row change can raise because of the data it carries: the transaction is applied again change by
@@ -70,6 +82,10 @@ export function sqlState(error: unknown): string | undefined {
 
 export function isRetryableSqlState(code: string | undefined): boolean {
   return code !== undefined && (RETRYABLE.has(code) || code.startsWith('08'));
+}
+
+export function isApplyRetrySqlState(code: string | undefined): boolean {
+  return code !== undefined && Object.hasOwn(APPLY_RETRY_REASONS, code);
 }
 
 export function isDataSqlState(code: string | undefined): boolean {

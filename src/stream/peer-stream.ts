@@ -2,8 +2,15 @@
  * The inbound side for one peer: a replication connection streaming the peer's changes (pgoutput), decoded and
  * assembled into StreamEvents that the apply side pulls in batches.
  *
- * States: connecting -> streaming -> closed (or failed). A failure ends the stream for good; the agent opens a new
- * one (a new START_REPLICATION needs a new connection) from the locally durable progress.
+ * Two state variables, each with its transitions checked (design.md, "PeerStream"):
+ * - the lifecycle: streaming -> reading-back (a committed streamed transaction is read back from its spool; what
+ *   arrives meanwhile waits) -> streaming; streaming or reading-back -> failed (the error is kept) -> closed; any ->
+ *   closed. A failure ends the stream for good; the agent opens a new one (a new START_REPLICATION needs a new
+ *   connection) from the locally durable progress.
+ * - the protocol position: between transactions -> in a transaction (Begin ... Commit) -> between; between -> in a
+ *   stream block (Stream Start ... Stream Stop of one xid) -> between. Stream Abort and Stream Commit come between.
+ * Whether the socket is paused is not a state of the stream: it follows from the queue, the backlog and the
+ * lifecycle (updateFlow), and mirrors the socket's own state.
  *
  * Invariants:
  * - The flush position sent to the peer is never ahead of what the apply side reported durable, except when every
@@ -68,6 +75,27 @@ export interface PeerStreamStats {
 const PGOUTPUT_RELATION = 0x52;
 const SPOOLED_TAGS = new Set([PGOUTPUT_RELATION, 0x59, 0x49, 0x55, 0x44, 0x54, 0x4d]);
 
+type Lifecycle =
+  | { readonly kind: 'streaming' }
+  | { readonly kind: 'reading-back' }
+  | { readonly kind: 'failed'; readonly error: unknown }
+  | { readonly kind: 'closed'; readonly error: unknown };
+
+type Position = { readonly kind: 'between' } | { readonly kind: 'transaction' } | { readonly kind: 'stream-block'; readonly xid: number };
+
+const LIFECYCLE: Readonly<Record<Lifecycle['kind'], readonly Lifecycle['kind'][]>> = {
+  streaming: ['reading-back', 'failed', 'closed'],
+  'reading-back': ['streaming', 'failed', 'closed'],
+  failed: ['closed'],
+  closed: [],
+};
+
+const POSITION: Readonly<Record<Position['kind'], readonly Position['kind'][]>> = {
+  between: ['transaction', 'stream-block'],
+  transaction: ['between'],
+  'stream-block': ['between'],
+};
+
 export class PeerStream implements ProgressSink {
   readonly stats: PeerStreamStats = {
     receivedBytes: 0,
@@ -83,15 +111,11 @@ export class PeerStream implements ProgressSink {
   private readonly relations = new Map<number, RelationMessage>();
   private queue: StreamEvent[] = [];
   private waiter: { resolve: (events: StreamEvent[] | null) => void; reject: (e: unknown) => void } | undefined;
-  private failure: unknown;
-  private ended = false;
+  private life: Lifecycle = { kind: 'streaming' };
+  private position: Position = { kind: 'between' };
+  /** The socket is paused (see updateFlow). */
   private paused = false;
-  private inTransaction = false;
-  /** The xid of the streamed transaction whose block (Stream Start ... Stream Stop) is being received. */
-  private streamBlock: number | undefined;
   private readonly spools = new Map<number, TransactionSpool>();
-  /** A committed streamed transaction is being read back from its spool; what arrives meanwhile waits in backlog. */
-  private replaying = false;
   private readonly spoolDir: string;
   private backlog: Buffer[] = [];
   /** Wakes the read-back when the apply side took the queue. */
@@ -120,11 +144,32 @@ export class PeerStream implements ProgressSink {
     return stream;
   }
 
+  private live(next: Lifecycle): void {
+    if (!LIFECYCLE[this.life.kind].includes(next.kind)) throw new PgmeshError('INTERNAL', `stream from peer ${this.options.peer}: no transition from ${this.life.kind} to ${next.kind}`);
+    this.life = next;
+  }
+
+  /** Moves the protocol position; a message out of place is the peer's protocol error. */
+  private move(next: Position, what: string): void {
+    if (!POSITION[this.position.kind].includes(next.kind)) throw this.protocolError(`${what} ${this.position.kind === 'between' ? 'outside a transaction' : this.position.kind === 'transaction' ? 'inside a transaction' : 'inside a stream block'}`);
+    this.position = next;
+  }
+
+  /** Failed or closed: nothing more is received, decoded or sent. */
+  private get over(): boolean {
+    return this.life.kind === 'failed' || this.life.kind === 'closed';
+  }
+
+  /** The xid of the streamed transaction whose block is being received, if one is. */
+  private get streamBlock(): number | undefined {
+    return this.position.kind === 'stream-block' ? this.position.xid : undefined;
+  }
+
   private attach(): void {
     // Flowing mode with pause()/resume(): each 'data' chunk is exactly one CopyData payload, which the
     // framing of XLogData needs (its data runs to the end of the CopyData message).
     this.duplex.on('data', (chunk: Buffer) => {
-      if (this.replaying) {
+      if (this.life.kind === 'reading-back') {
         this.backlog.push(chunk);
         this.updateFlow();
         return;
@@ -138,7 +183,7 @@ export class PeerStream implements ProgressSink {
     this.duplex.on('error', (error) => this.fail(error));
     this.duplex.on('end', () => this.fail(new PgmeshError('CONNECTION_FAILED', `peer ${this.options.peer} ended the replication stream`)));
     this.duplex.on('close', () => {
-      if (!this.ended) this.fail(new PgmeshError('CONNECTION_FAILED', `replication connection to peer ${this.options.peer} closed`));
+      if (this.life.kind !== 'closed') this.fail(new PgmeshError('CONNECTION_FAILED', `replication connection to peer ${this.options.peer} closed`));
     });
     this.feedbackTimer = setInterval(() => this.sendFeedback(false), this.options.feedbackIntervalMs);
     this.feedbackTimer.unref();
@@ -174,8 +219,7 @@ export class PeerStream implements ProgressSink {
   private onStreamed(message: PgOutputMessage): void {
     switch (message.tag) {
       case 'stream_start': {
-        if (this.inTransaction || this.streamBlock !== undefined) throw this.protocolError('Stream Start inside a transaction');
-        this.streamBlock = message.xid;
+        this.move({ kind: 'stream-block', xid: message.xid }, 'Stream Start');
         if (!this.spools.has(message.xid)) {
           if (!message.firstSegment) throw this.protocolError(`Stream Start continues transaction ${message.xid}, whose first segment was not received`);
           const name = `pgmesh-spool-${this.options.slot}-${process.pid}-${this.options.peer}-${message.xid}`;
@@ -184,11 +228,11 @@ export class PeerStream implements ProgressSink {
         return;
       }
       case 'stream_stop':
-        if (this.streamBlock === undefined) throw this.protocolError('Stream Stop outside a stream block');
-        this.streamBlock = undefined;
+        if (this.position.kind !== 'stream-block') throw this.protocolError('Stream Stop outside a stream block');
+        this.move({ kind: 'between' }, 'Stream Stop');
         return;
       case 'stream_abort': {
-        if (this.streamBlock !== undefined) throw this.protocolError('Stream Abort inside a stream block');
+        if (this.position.kind !== 'between') throw this.protocolError('Stream Abort inside a stream block');
         const spool = this.spools.get(message.xid);
         if (!spool) return; // nothing of it was received
         if (message.subXid === message.xid) {
@@ -201,11 +245,11 @@ export class PeerStream implements ProgressSink {
         return;
       }
       case 'stream_commit': {
-        if (this.streamBlock !== undefined || this.inTransaction) throw this.protocolError('Stream Commit inside a transaction');
+        if (this.position.kind !== 'between') throw this.protocolError('Stream Commit inside a transaction');
         const spool = this.spools.get(message.xid);
         if (!spool) throw this.protocolError(`Stream Commit of transaction ${message.xid}, of which nothing was received`);
         this.spools.delete(message.xid);
-        this.replaying = true;
+        this.live({ kind: 'reading-back' });
         this.updateFlow();
         void this.readBack(spool, message);
         return;
@@ -248,12 +292,12 @@ export class PeerStream implements ProgressSink {
           const event = this.assemble(decodePgOutput(data, decodeOptions));
           if (event) this.push(event);
         }
-        while (this.queue.length >= this.options.highWaterEvents && this.failure === undefined && !this.ended) {
+        while (this.queue.length >= this.options.highWaterEvents && !this.over) {
           await new Promise<void>((resolve) => {
             this.drained = resolve;
           });
         }
-        if (this.failure !== undefined || this.ended) return;
+        if (this.over) return;
       }
       this.push(
         this.assemble({ tag: 'commit', flags: commit.flags, commitLsn: commit.commitLsn, endLsn: commit.endLsn, commitTime: commit.commitTime }) as StreamEvent,
@@ -265,8 +309,8 @@ export class PeerStream implements ProgressSink {
     } finally {
       spool.discard();
     }
-    this.replaying = false;
-    while (!this.replaying && this.backlog.length > 0 && this.failure === undefined && !this.ended) {
+    if (this.life.kind === 'reading-back') this.live({ kind: 'streaming' });
+    while (this.life.kind === 'streaming' && this.backlog.length > 0) {
       const chunk = this.backlog.shift() as Buffer;
       try {
         this.onCopyData(chunk);
@@ -281,12 +325,12 @@ export class PeerStream implements ProgressSink {
   private assemble(message: PgOutputMessage): StreamEvent | undefined {
     switch (message.tag) {
       case 'begin':
-        if (this.inTransaction) throw this.protocolError('BEGIN inside a transaction');
-        this.inTransaction = true;
+        if (this.position.kind !== 'between') throw this.protocolError('BEGIN inside a transaction');
+        this.move({ kind: 'transaction' }, 'BEGIN');
         return { kind: 'begin', xid: message.xid, finalLsn: message.finalLsn, commitTime: message.commitTime };
       case 'commit':
-        if (!this.inTransaction) throw this.protocolError('COMMIT outside a transaction');
-        this.inTransaction = false;
+        if (this.position.kind !== 'transaction') throw this.protocolError('COMMIT outside a transaction');
+        this.move({ kind: 'between' }, 'COMMIT');
         this.lastCommitEnd = message.endLsn;
         this.stats.lastCommitTime = message.commitTime;
         return { kind: 'commit', commitLsn: message.commitLsn, endLsn: message.endLsn, commitTime: message.commitTime };
@@ -324,7 +368,7 @@ export class PeerStream implements ProgressSink {
   }
 
   private change(change: RemoteChange): StreamEvent {
-    if (!this.inTransaction) throw this.protocolError(`${change.kind} outside a transaction`);
+    if (this.position.kind !== 'transaction') throw this.protocolError(`${change.kind} outside a transaction`);
     return { kind: 'change', change };
   }
 
@@ -353,11 +397,11 @@ export class PeerStream implements ProgressSink {
 
   /** Pauses the socket while the queue is full or a streamed transaction is read back; resumes it otherwise. */
   private updateFlow(): void {
-    const hold = this.replaying || this.backlog.length > 0 || this.queue.length >= this.options.highWaterEvents;
+    const hold = this.life.kind === 'reading-back' || this.backlog.length > 0 || this.queue.length >= this.options.highWaterEvents;
     if (hold && !this.paused) {
       this.paused = true;
       this.duplex.pause();
-    } else if (!hold && this.paused && !this.ended) {
+    } else if (!hold && this.paused && this.life.kind !== 'closed') {
       this.paused = false;
       this.duplex.resume();
     }
@@ -378,8 +422,8 @@ export class PeerStream implements ProgressSink {
       this.updateFlow();
       return Promise.resolve(events);
     }
-    if (this.failure !== undefined) return Promise.reject(this.failure);
-    if (this.ended) return Promise.resolve(null);
+    if (this.life.kind === 'failed') return Promise.reject(this.life.error);
+    if (this.life.kind === 'closed') return this.life.error === undefined ? Promise.resolve(null) : Promise.reject(this.life.error);
     return new Promise((resolve, reject) => {
       this.waiter = { resolve, reject };
     });
@@ -406,11 +450,11 @@ export class PeerStream implements ProgressSink {
 
   /** Nothing received is unfinished here: no transaction open, streamed or read back, nothing queued. */
   private idle(): boolean {
-    return !this.inTransaction && this.queue.length === 0 && this.spools.size === 0 && !this.replaying && this.backlog.length === 0;
+    return this.position.kind === 'between' && this.queue.length === 0 && this.spools.size === 0 && this.life.kind !== 'reading-back' && this.backlog.length === 0;
   }
 
   private sendFeedback(replyRequested: boolean): void {
-    if (this.ended || this.failure !== undefined) return;
+    if (this.over) return;
     const flushed = this.flushPosition();
     const payload = encodeStandbyStatusUpdate({
       written: maxLsn(this.stats.lastReceivedLsn, flushed),
@@ -424,8 +468,8 @@ export class PeerStream implements ProgressSink {
   }
 
   private fail(error: unknown): void {
-    if (this.failure !== undefined || this.ended) return;
-    this.failure = error;
+    if (this.over) return;
+    this.live({ kind: 'failed', error });
     this.stopTimers();
     this.wakeReadBack();
     this.discardSpools();
@@ -447,16 +491,16 @@ export class PeerStream implements ProgressSink {
   }
 
   async close(): Promise<void> {
-    if (!this.ended) {
+    if (this.life.kind !== 'closed') {
       // A last status update so the peer's slot advances as far as is durable.
-      if (this.failure === undefined) {
+      if (this.life.kind !== 'failed') {
         try {
           this.sendFeedback(false);
         } catch {
           // the connection is going away anyway
         }
       }
-      this.ended = true;
+      this.live({ kind: 'closed', error: this.life.kind === 'failed' ? this.life.error : undefined });
     }
     this.stopTimers();
     this.wakeReadBack();
