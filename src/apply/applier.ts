@@ -45,9 +45,7 @@ import {
   buildDeferredUniqueCheck,
   buildFastStatement,
   buildFinish,
-  buildRowLock,
   buildStatement,
-  keyParameterIndexes,
   valueParameterCount,
   type BatchKind,
   type StatementContext,
@@ -56,6 +54,7 @@ import { findUniqueConflict, recordUniqueConflict, type UniqueConflict } from '.
 import { DDL_MESSAGE_PREFIX, ddlApplyStatement } from '../ddl/ddl-apply.ts';
 import { droppedValues, driftExceptionSql, reduceChange, reduceRelation, type Reduction } from '../ddl/schema-drift.ts';
 import { buildUniqueClaimCheck, buildUniqueResolution, needsUniqueResolution } from './unique-resolution.ts';
+import { buildKeyLock, keyLockMode, type KeyLock, type KeyLockMode } from './key-lock.ts';
 
 /** Message bytes in flight before the applier waits for replies (keeps a huge transaction's memory flat). */
 const MAX_INFLIGHT_BYTES = 8 * 1024 * 1024;
@@ -193,6 +192,8 @@ export class Applier {
   /** Bindings of peer relations with columns this node lacks: bound without them (see opsOf). */
   private readonly reductions = new WeakMap<RelationBinding, Reduction>();
   private readonly statements = new Map<string, string>();
+  /** Key lock statements (key-lock.ts) by table, kind and mode. */
+  private readonly keyLocks = new Map<string, KeyLock>();
   /** Fast-path statements by binding, then by shape (kind, insert or update, rows, finishing; value positions). */
   private readonly fastStatements = new WeakMap<RelationBinding, Map<string, { text: string; timestamp: boolean } | undefined>>();
   /** Statements prepared in the session: text -> name. */
@@ -581,6 +582,7 @@ export class Applier {
   private forgetRelations(): void {
     this.bindings.clear();
     this.statements.clear();
+    this.keyLocks.clear();
   }
 
   /** Returns a promise only when it must wait (as handle does: most changes do not, and need no await). */
@@ -682,17 +684,19 @@ export class Applier {
     return text;
   }
 
-  /** For an upsert: the statement that locks its rows first (see buildRowLock), with its parameters. */
-  private rowLockFor(op: RowOp, multiRow: boolean, params: readonly (string | null)[]): { text: string; params: (string | null)[] } | undefined {
-    if (op.kind !== 'upsert') return undefined;
-    const key = `lock:${op.binding.local.qualified}:${multiRow ? 'm' : 's'}`;
-    let text = this.statements.get(key);
-    if (!text) {
-      text = buildRowLock(op.binding, multiRow);
-      this.statements.set(key, text);
+  /**
+   * The statement that locks a batch's keys before its statements read anything (see key-lock.ts), with its
+   * parameters; for upserts of the full path (`rows`) it locks their local rows too.
+   */
+  private keyLockFor(op: RowOp, multiRow: boolean, params: readonly (string | null)[], mode: KeyLockMode, rows: boolean): { text: string; params: (string | null)[] } {
+    const rowLocks = rows && op.kind === 'upsert';
+    const key = `lock:${op.kind}:${op.binding.local.qualified}:${mode}:${rowLocks ? 'r' : ''}:${op.valuePositions.join(',')}:${multiRow ? 'm' : 's'}:${uniqueKey(op.binding)}`;
+    let lock = this.keyLocks.get(key);
+    if (!lock) {
+      lock = buildKeyLock({ kind: op.kind, binding: op.binding, valuePositions: op.valuePositions, multiRow }, mode, rowLocks);
+      this.keyLocks.set(key, lock);
     }
-    const indexes = keyParameterIndexes({ kind: op.kind, binding: op.binding, valuePositions: op.valuePositions, multiRow });
-    return { text, params: indexes.map((i) => params[i] ?? null) };
+    return { text: lock.text, params: lock.parameters.map((i) => params[i] ?? null) };
   }
 
   /**
@@ -710,7 +714,13 @@ export class Applier {
     const params: (string | null)[] = multiRow ? batch.first.values.map((_, i) => textArrayLiteral(batch.ops.map((op) => op.values[i] ?? null))) : [...batch.first.values];
     txn.changes += batch.ops.length;
     const fast = txn.full ? undefined : this.fastStatementFor(batch.first, multiRow, finish !== undefined);
+    const mode = keyLockMode(txn.changes);
     if (fast) {
+      // A fast insert decides that its key is free (no row, no tombstone, no claim): after the key's lock.
+      if (batch.first.kind === 'upsert' && batch.first.values.at(-1) === 'i') {
+        const lock = this.keyLockFor(batch.first, multiRow, params, mode, false);
+        this.append(this.execute(lock.text, lock.params));
+      }
       if (fast.timestamp) params.push(txn.commitTimeText);
       if (finish) {
         // A finishing statement takes the commit timestamp (pushed above) and then the end LSNs.
@@ -719,8 +729,8 @@ export class Applier {
       }
       this.append(this.execute(fast.text, params));
     } else {
-      const lock = this.rowLockFor(batch.first, multiRow, params);
-      if (lock) this.append(this.execute(lock.text, lock.params));
+      const lock = this.keyLockFor(batch.first, multiRow, params, mode, true);
+      this.append(this.execute(lock.text, lock.params));
       params.push(txn.commitTimeText, formatLsn(txn.finalLsn));
       // Secondary unique keys first (after the rows are locked): the apply statement then leaves out what lost.
       const resolution = this.resolutionFor(batch.first, multiRow);
@@ -1027,8 +1037,8 @@ export class Applier {
         }
         const ops = reduction ? rowOps(reduceChange(change, reduction), binding) : rowOps(change, binding);
         for (const op of ops) {
-          const lock = this.rowLockFor(op, false, op.values);
-          if (lock) await this.session.unsafe(lock.text, lock.params as string[], { prepare: true });
+          const lock = this.keyLockFor(op, false, op.values, keyLockMode(txn.changes + 1), true);
+          await this.session.unsafe(lock.text, lock.params as string[], { prepare: true });
           const params = [...op.values, txn.commitTimeText, formatLsn(txn.finalLsn)];
           const resolution = this.resolutionFor(op, false);
           if (resolution) countConflicts(txn, await this.session.unsafe(resolution, params as string[], { prepare: true }));

@@ -4,7 +4,7 @@
  */
 
 import { DDL_CAPTURE_MIGRATION } from '../ddl/capture-sql.ts';
-import { TRUNCATE_MIGRATION } from './truncate-sql.ts';
+import { TRUNCATE_LOCK_MIGRATION, TRUNCATE_MIGRATION } from './truncate-sql.ts';
 
 export const CATALOG_SCHEMA = 'pgmesh';
 export const PUBLICATION = 'pgmesh';
@@ -796,6 +796,7 @@ CREATE TABLE pgmesh.membership (
   updated_at timestamptz NOT NULL DEFAULT now()
 );
 `,
+  /* 13: a peer's TRUNCATE takes its tables' apply locks: apply sessions serialise on keys (src/apply/key-lock.ts) */ TRUNCATE_LOCK_MIGRATION,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;
