@@ -800,7 +800,7 @@ export class Applier {
       const p = params[i];
       literals[i] = p === null || p === undefined ? 'NULL' : quoteLiteral(p);
     }
-    return `EXECUTE ${name}(${literals.join(', ')})`;
+    return literals.length > 0 ? `EXECUTE ${name}(${literals.join(', ')})` : `EXECUTE ${name}`;
   }
 
   /**
