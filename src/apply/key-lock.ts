@@ -110,6 +110,27 @@ export function buildKeyLock(shape: StatementShape, mode: KeyLockMode, rowLocks:
     }),
   );
   const parameters = [...layout.keys, ...layout.indexes.flatMap((x) => x.params)];
+  if (!shape.multiRow && !rowLocks) {
+    // One row, the fast path's insert (most one-row transactions): the locks in one target list, evaluated in order
+    // (the order of the statement for many rows: by OID), with no CTEs to start and run.
+    const param = (position: number, i: number): string => asColumnType(b, position, `$${i + 1}::text`);
+    const keyValues = b.keyPositions.map((p, i) => param(p, i));
+    let next = layout.keys.length;
+    const locks = [
+      { a: int4(b.local.oid), sql: `pg_catalog.pg_advisory_xact_lock(${int4(b.local.oid)}, pg_catalog.hashtext(jsonb_build_array(${keyValues.join(', ')})::text))` },
+      ...layout.indexes.map((x) => {
+        const values = x.params.map((param_) => {
+          const position = shape.kind === 'upsert' ? (shape.valuePositions[param_] as number) : (shape.valuePositions[param_ - b.keyPositions.length] as number);
+          return param(position, next++);
+        });
+        return {
+          a: int4(x.oid),
+          sql: `CASE WHEN ${values.map((v) => `${v} IS NULL`).join(' OR ')} THEN NULL ELSE pg_catalog.pg_advisory_xact_lock(${int4(x.oid)}, pg_catalog.hashtext(jsonb_build_array(${values.join(', ')})::text)) END`,
+        };
+      }),
+    ].sort((x, y) => x.a - y.a);
+    return { text: `SELECT pg_catalog.pg_advisory_xact_lock_shared(${tableKey})${locks.map((l) => `, ${l.sql}`).join('')}`, parameters };
+  }
   // The lock keys: the key as tombstones spell it, each unique value as claims spell it (NULLs never collide).
   const hashes = [
     `SELECT ${int4(b.local.oid)} AS a, pg_catalog.hashtext(jsonb_build_array(${keyAliases.map((k) => `u.${k}`).join(', ')})::text) AS h FROM u`,
