@@ -98,7 +98,8 @@ export function buildKeyLock(shape: StatementShape, mode: KeyLockMode, rowLocks:
       `WITH u AS MATERIALIZED (SELECT ${keyTyped.join(', ')} FROM ${source(keyAliases, shape.multiRow)}), ` +
       `t AS MATERIALIZED (SELECT pg_catalog.pg_advisory_xact_lock(${tableKey})), ` +
       `l AS MATERIALIZED (${rowLock('t')}) ` +
-      `SELECT (SELECT count(*) FROM l)::int AS locked`;
+      // In this order (a target list is evaluated in order), whatever the plan does with the gating filter above.
+      `SELECT (SELECT count(*) FROM t)::int AS tables, (SELECT count(*) FROM l)::int AS locked`;
     return { text, parameters: layout.keys };
   }
 
@@ -145,6 +146,8 @@ export function buildKeyLock(shape: StatementShape, mode: KeyLockMode, rowLocks:
     // Sorted, so that two sessions locking overlapping batches take them in the same order; after the table's.
     `k AS MATERIALIZED (SELECT pg_catalog.pg_advisory_xact_lock(z.a, z.h) FROM (SELECT DISTINCT y.a, y.h FROM (${hashes.join(' UNION ALL ')}) y ` +
     `WHERE (SELECT count(*) FROM t) = 1 ORDER BY y.a, y.h) z)` +
-    (rowLocks ? `, l AS MATERIALIZED (${rowLock('k')}) SELECT (SELECT count(*) FROM l)::int AS locked` : ` SELECT (SELECT count(*) FROM k)::int AS keys`);
+    (rowLocks ? `, l AS MATERIALIZED (${rowLock('k')}) ` : ' ') +
+    // In this order (a target list is evaluated in order), whatever the plan does with the gating filters above.
+    `SELECT (SELECT count(*) FROM t)::int AS tables, (SELECT count(*) FROM k)::int AS keys${rowLocks ? ', (SELECT count(*) FROM l)::int AS locked' : ''}`;
   return { text, parameters };
 }
