@@ -52,20 +52,26 @@ function int4(oid: number): number {
   return oid | 0;
 }
 
+/** A value among a shape's value parameters: its parameter index and its column's remote position. */
+interface SentValue {
+  readonly param: number;
+  readonly position: number;
+}
+
 /** Where a shape's key values and the values of each sent unique index are among its value parameters. */
-function parameterLayout(shape: StatementShape): { keys: number[]; indexes: { oid: number; params: number[] }[] } {
+function parameterLayout(shape: StatementShape): { keys: number[]; indexes: { oid: number; values: SentValue[] }[] } {
   const b = shape.binding;
   // upsert: the whole row (valuePositions); the other kinds: the key first, then the values sent.
   const offset = shape.kind === 'upsert' ? 0 : b.keyPositions.length;
   const keys = shape.kind === 'upsert' ? b.keyPositions.map((p) => shape.valuePositions.indexOf(p)) : b.keyPositions.map((_, i) => i);
-  const valueParam = (column: string): number => {
-    if (shape.kind === 'delete') return -1;
+  const sent = (column: string): SentValue | undefined => {
+    if (shape.kind === 'delete') return undefined;
     const i = shape.valuePositions.findIndex((p) => col(b, p).name === column);
-    return i < 0 ? -1 : offset + i;
+    return i < 0 ? undefined : { param: offset + i, position: shape.valuePositions[i] as number };
   };
   const indexes = b.local.uniqueIndexes.flatMap((index) => {
-    const params = index.columns.map(valueParam);
-    return params.every((p) => p >= 0) ? [{ oid: index.oid, params }] : [];
+    const values = index.columns.map(sent);
+    return values.every((v): v is SentValue => v !== undefined) ? [{ oid: index.oid, values }] : [];
   });
   return { keys, indexes };
 }
@@ -103,27 +109,19 @@ export function buildKeyLock(shape: StatementShape, mode: KeyLockMode, rowLocks:
     return { text, parameters: layout.keys };
   }
 
-  const valueAliases = layout.indexes.flatMap((x, i) => x.params.map((_, j) => `q${i}_${j}`));
-  const valueTyped = layout.indexes.flatMap((x, i) =>
-    x.params.map((param, j) => {
-      const position = shape.kind === 'upsert' ? (shape.valuePositions[param] as number) : (shape.valuePositions[param - b.keyPositions.length] as number);
-      return `${asColumnType(b, position, `s.q${i}_${j}`)} AS q${i}_${j}`;
-    }),
-  );
-  const parameters = [...layout.keys, ...layout.indexes.flatMap((x) => x.params)];
+  const valueAliases = layout.indexes.flatMap((x, i) => x.values.map((_, j) => `q${i}_${j}`));
+  const valueTyped = layout.indexes.flatMap((x, i) => x.values.map((v, j) => `${asColumnType(b, v.position, `s.q${i}_${j}`)} AS q${i}_${j}`));
+  const parameters = [...layout.keys, ...layout.indexes.flatMap((x) => x.values.map((v) => v.param))];
   if (!shape.multiRow && !rowLocks) {
     // One row, the fast path's insert (most one-row transactions): the locks in one target list, evaluated in order
     // (the order of the statement for many rows: by OID), with no CTEs to start and run.
-    const param = (position: number, i: number): string => asColumnType(b, position, `$${i + 1}::text`);
-    const keyValues = b.keyPositions.map((p, i) => param(p, i));
-    let next = layout.keys.length;
+    let next = 0;
+    const param = (position: number): string => asColumnType(b, position, `$${++next}::text`);
+    const keyValues = b.keyPositions.map(param);
     const locks = [
       { a: int4(b.local.oid), sql: `pg_catalog.pg_advisory_xact_lock(${int4(b.local.oid)}, pg_catalog.hashtext(jsonb_build_array(${keyValues.join(', ')})::text))` },
       ...layout.indexes.map((x) => {
-        const values = x.params.map((param_) => {
-          const position = shape.kind === 'upsert' ? (shape.valuePositions[param_] as number) : (shape.valuePositions[param_ - b.keyPositions.length] as number);
-          return param(position, next++);
-        });
+        const values = x.values.map((v) => param(v.position));
         return {
           a: int4(x.oid),
           sql: `CASE WHEN ${values.map((v) => `${v} IS NULL`).join(' OR ')} THEN NULL ELSE pg_catalog.pg_advisory_xact_lock(${int4(x.oid)}, pg_catalog.hashtext(jsonb_build_array(${values.join(', ')})::text)) END`,
@@ -136,7 +134,7 @@ export function buildKeyLock(shape: StatementShape, mode: KeyLockMode, rowLocks:
   const hashes = [
     `SELECT ${int4(b.local.oid)} AS a, pg_catalog.hashtext(jsonb_build_array(${keyAliases.map((k) => `u.${k}`).join(', ')})::text) AS h FROM u`,
     ...layout.indexes.map((x, i) => {
-      const values = x.params.map((_, j) => `u.q${i}_${j}`);
+      const values = x.values.map((_, j) => `u.q${i}_${j}`);
       return `SELECT ${int4(x.oid)}, pg_catalog.hashtext(jsonb_build_array(${values.join(', ')})::text) FROM u WHERE ${values.map((v) => `${v} IS NOT NULL`).join(' AND ')}`;
     }),
   ];
