@@ -13,10 +13,11 @@
  *   second-insert     + an insert into another table in a second statement
  *   plus-finish       + the finish statement (progress log row, origin LSN and timestamp): a real applied transaction
  *   combined          the same as plus-finish in one statement (finish as CTEs of the insert)
- *   fast-path         the fast-path insert pgmesh sends instead of the plain one, + finish: what pgmesh does today
+ *   fast-path         the fast-path insert pgmesh sends instead of the plain one, + finish
+ *   fast-path-locked  the same after the key's advisory lock (key-lock.ts): what pgmesh does today
  *   execute-update    a prepared plain UPDATE of one row + finish
  *   fast-update       the fast-path update pgmesh sends (version check, counted) + finish
- *   full-statement    the full conflict-detecting statement (row lock + CTE) + finish: what a conflict costs
+ *   full-statement    the full conflict-detecting statement (key and row locks + CTE) + finish: what a conflict costs
  *
  * Usage: npx tsx bench/statement-costs.ts [--transactions 10000] [--rounds 3]
  */
@@ -25,7 +26,8 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import postgres from 'postgres';
 import { bindRelation, loadLocalRelation } from '../src/apply/local-relation.ts';
-import { buildFastStatement, buildFinish, buildRowLock, buildStatement } from '../src/apply/statement-builder.ts';
+import { buildFastStatement, buildFinish, buildStatement } from '../src/apply/statement-builder.ts';
+import { buildKeyLock } from '../src/apply/key-lock.ts';
 import { addTables, ensurePeer, initNode } from '../src/cluster/node-admin.ts';
 import { formatLsn } from '../src/core/lsn.ts';
 import type { Logger } from '../src/core/logger.ts';
@@ -89,7 +91,7 @@ try {
     `PREPARE plain_insert AS INSERT INTO t (id, n, payload) VALUES ($1::text::bigint, $2::text::int, $3::text); ` +
       `PREPARE fast_insert AS ${fast}; PREPARE fast_update AS ${fastUpdate}; ` +
       `PREPARE plain_update AS UPDATE t SET n = $2::text::int, payload = $3::text WHERE id = $1::text::bigint; ` +
-      `PREPARE lock_row AS ${buildRowLock(binding, false)}; ` +
+      `PREPARE lock_row AS ${buildKeyLock(shape, 'keys', true).text}; PREPARE lock_key AS ${buildKeyLock(shape, 'keys', false).text}; ` +
       `PREPARE full_upsert AS ${buildStatement(shape, ctx, 'last_update_wins')}; PREPARE finish AS ${buildFinish(ctx)}; ` +
       `PREPARE origin_only AS SELECT pg_catalog.pg_replication_origin_xact_setup($3::text::pg_lsn, $4::text::timestamptz), $1::text, $2::text; ` +
       `` +
@@ -150,6 +152,10 @@ try {
       return `EXECUTE combined(${args(row())}, 'n1', '${prev}', '${formatLsn(end)}', '${ts}')`;
     },
     'fast-path': () => `EXECUTE fast_insert(${args([...row(), 'i'])}); ${finish()}`,
+    'fast-path-locked': () => {
+      const r = row();
+      return `EXECUTE lock_key(${quoteLiteral(r[0])}); EXECUTE fast_insert(${args([...r, 'i'])}); ${finish()}`;
+    },
     'execute-update': () => `EXECUTE plain_update(${args(updated())}); ${finish()}`,
     'fast-update': () => `EXECUTE fast_update(${args([...updated(), 'u', nextTs()])}); ${finish()}`,
     'full-statement': () => {

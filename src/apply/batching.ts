@@ -11,6 +11,7 @@ import { rememberKeys, type Finish, type OpenTransaction } from './apply-types.t
 import type { ConflictPolicy, RelationBinding } from './local-relation.ts';
 import type { RowOp } from './row-ops.ts';
 import type { StatementCatalog } from './statement-catalog.ts';
+import { keyLockMode } from './key-lock.ts';
 
 interface Batch {
   readonly first: RowOp;
@@ -77,7 +78,13 @@ export class Batcher {
     const fast = txn.mode === 'full' ? undefined : statements.fastStatementFor(batch.first, multiRow, finish !== undefined);
     let finished = false;
     const policy = this.policyFor(batch.first.binding, txn);
+    const mode = keyLockMode(txn.changes);
     if (fast) {
+      // A fast insert decides that its key is free (no row, no tombstone, no claim): after the key's lock.
+      if (batch.first.kind === 'upsert' && batch.first.values.at(-1) === 'i') {
+        const lock = statements.keyLockFor(batch.first, multiRow, params, mode, false);
+        session.append(statements.execute(lock.text, lock.params));
+      }
       if (fast.timestamp) params.push(txn.commitTimeText);
       if (finish) {
         // A finishing statement takes the commit timestamp (pushed above) and then the end LSNs.
@@ -86,8 +93,8 @@ export class Batcher {
       }
       session.append(statements.execute(fast.text, params));
     } else {
-      const lock = statements.rowLockFor(batch.first, multiRow, params);
-      if (lock) session.append(statements.execute(lock.text, lock.params));
+      const lock = statements.keyLockFor(batch.first, multiRow, params, mode, true);
+      session.append(statements.execute(lock.text, lock.params));
       params.push(txn.commitTimeText, formatLsn(txn.finalLsn));
       // Secondary unique keys first (after the rows are locked): the apply statement then leaves out what lost.
       const resolution = statements.resolutionFor(batch.first, multiRow, policy);

@@ -21,6 +21,7 @@ import { countConflicts, rememberKeys, type ApplyStats, type CommitRecord, type 
 import type { ConflictPolicy, RelationBinding } from './local-relation.ts';
 import { describeChange, rowOps } from './row-ops.ts';
 import type { StatementCatalog } from './statement-catalog.ts';
+import { keyLockMode } from './key-lock.ts';
 import { findUniqueConflict, recordUniqueConflict, type UniqueConflict } from './unique-conflicts.ts';
 
 /** Cleared in the transaction that used the resume resolution, so it applies to that transaction only. */
@@ -98,8 +99,8 @@ export class CarefulApply {
         }
         const ops = reduction ? rowOps(reduceChange(change, reduction), binding) : rowOps(change, binding);
         for (const op of ops) {
-          const lock = this.host.statements.rowLockFor(op, false, op.values);
-          if (lock) await this.sql.unsafe(lock.text, lock.params as string[], { prepare: true });
+          const lock = this.host.statements.keyLockFor(op, false, op.values, keyLockMode(txn.changes + 1), true);
+          await this.sql.unsafe(lock.text, lock.params as string[], { prepare: true });
           const params = [...op.values, txn.commitTimeText, formatLsn(txn.finalLsn)];
           const resolution = this.host.statements.resolutionFor(op, false, this.host.policyFor(binding, txn));
           if (resolution) countConflicts(txn, await this.sql.unsafe(resolution, params as string[], { prepare: true }));

@@ -82,7 +82,7 @@ function col(b: RelationBinding, position: number): LocalColumn {
  * cuts a string to varchar(n), rounds a number to numeric(p,s)'s scale); where that would change the value, this
  * raises instead (22001 or 22003, data errors), so the change goes to the exception table whole, never stored cut.
  */
-function asColumnType(b: RelationBinding, p: number, expr: string): string {
+export function asColumnType(b: RelationBinding, p: number, expr: string): string {
   const column = col(b, p);
   const cast = `${expr}::${column.type}`;
   const bounded = column.bounded;
@@ -198,33 +198,6 @@ function remoteRowOf(g: Gen, positions: readonly number[], aliasOf: (i: number) 
   const chunks: string[] = [];
   for (let i = 0; i < pairs.length; i += 100) chunks.push(`jsonb_build_object(${pairs.slice(i, i + 100).join(', ')})`);
   return chunks.length === 0 ? `'{}'::jsonb` : chunks.join(' || ');
-}
-
-/**
- * Locks the local rows that an upsert batch is about to write, in a statement of its own before the batch's
- * statement. The apply statement decides on its snapshot (does the row exist, is the remote version newer); in
- * READ COMMITTED a row of that snapshot can be deleted by a transaction that commits before the write reaches it
- * (a local DELETE, or another peer's apply session), and the upsert's INSERT ... ON CONFLICT then finds no
- * conflict and creates the row again, even when the delete is newer: that node keeps a row every other node
- * dropped. With the rows locked first, a deleter has either committed before the batch's snapshot (which then
- * sees the delete's tombstone) or waits for this transaction.
- * Parameters: the upsert's value parameters at keyParameterIndexes() (text arrays for many rows).
- */
-export function buildRowLock(binding: RelationBinding, multiRow: boolean): string {
-  const aliases = binding.keyPositions.map((_, i) => `k${i}`);
-  const typed = binding.keyPositions.map((p, i) => `${asColumnType(binding, p, `s.k${i}`)} AS k${i}`);
-  const match = binding.keyPositions.map((p, i) => `x.${quoteIdent(col(binding, p).name)} = u.k${i}`).join(' AND ');
-  return (
-    `WITH u AS MATERIALIZED (SELECT ${typed.join(', ')} FROM ${source(aliases, multiRow)}), ` +
-    // In key order, as local transactions that lock several rows usually do: fewer deadlocks with them.
-    `l AS MATERIALIZED (SELECT 1 FROM ${binding.local.qualified} x JOIN u ON ${match} ORDER BY ${aliases.map((a) => `u.${a}`).join(', ')} FOR UPDATE OF x) ` +
-    `SELECT count(*)::int AS locked FROM l`
-  );
-}
-
-/** Positions, among an upsert's value parameters, of the primary key values (the parameters of buildRowLock). */
-export function keyParameterIndexes(shape: StatementShape): number[] {
-  return shape.binding.keyPositions.map((p) => shape.valuePositions.indexOf(p));
 }
 
 export function buildStatement(shape: StatementShape, ctx: StatementContext, policy: ConflictPolicy): string {

@@ -10,13 +10,12 @@ import type { RowOp } from './row-ops.ts';
 import {
   buildDeferredUniqueCheck,
   buildFastStatement,
-  buildRowLock,
   buildStatement,
-  keyParameterIndexes,
   valueParameterCount,
   type StatementContext,
 } from './statement-builder.ts';
 import { buildUniqueClaimCheck, buildUniqueResolution, needsUniqueResolution } from './unique-resolution.ts';
+import { buildKeyLock, type KeyLock, type KeyLockMode } from './key-lock.ts';
 
 /** After a fast-path miss on a table, its changes take the full statements for this long. */
 const SLOW_TABLE_MS = 10_000;
@@ -24,6 +23,8 @@ const SLOW_TABLE_MS = 10_000;
 export class StatementCatalog {
   /** Full statements, checks and locks by key (kind, table, policy, shape). */
   private readonly statements = new Map<string, string>();
+  /** Key lock statements (key-lock.ts) by table, kind and mode. */
+  private readonly keyLocks = new Map<string, KeyLock>();
   /** Fast-path statements by binding, then by shape (kind, insert or update, rows, finishing; value positions). */
   private readonly fastStatements = new WeakMap<RelationBinding, Map<string, { text: string; timestamp: boolean } | undefined>>();
   /** Statements prepared in the session: text -> name. */
@@ -73,12 +74,19 @@ export class StatementCatalog {
     return this.cached(`deferred:${binding.local.qualified}:${index.name}:${index.columns.join(',')}`, () => buildDeferredUniqueCheck(binding, index));
   }
 
-  /** For an upsert: the statement that locks its rows first (see buildRowLock), with its parameters. */
-  rowLockFor(op: RowOp, multiRow: boolean, params: readonly (string | null)[]): { text: string; params: (string | null)[] } | undefined {
-    if (op.kind !== 'upsert') return undefined;
-    const text = this.cached(`lock:${op.binding.local.qualified}:${multiRow ? 'm' : 's'}`, () => buildRowLock(op.binding, multiRow));
-    const indexes = keyParameterIndexes({ kind: op.kind, binding: op.binding, valuePositions: op.valuePositions, multiRow });
-    return { text, params: indexes.map((i) => params[i] ?? null) };
+  /**
+   * The statement that locks a batch's keys before its statements read anything (see key-lock.ts), with its
+   * parameters; for upserts of the full path (`rows`) it locks their local rows too.
+   */
+  keyLockFor(op: RowOp, multiRow: boolean, params: readonly (string | null)[], mode: KeyLockMode, rows: boolean): { text: string; params: (string | null)[] } {
+    const rowLocks = rows && op.kind === 'upsert';
+    const key = `lock:${op.kind}:${op.binding.local.qualified}:${mode}:${rowLocks ? 'r' : ''}:${op.valuePositions.join(',')}:${multiRow ? 'm' : 's'}:${uniqueKey(op.binding)}`;
+    let lock = this.keyLocks.get(key);
+    if (!lock) {
+      lock = buildKeyLock({ kind: op.kind, binding: op.binding, valuePositions: op.valuePositions, multiRow }, mode, rowLocks);
+      this.keyLocks.set(key, lock);
+    }
+    return { text: lock.text, params: lock.parameters.map((i) => params[i] ?? null) };
   }
 
   /** The fast-path statement for a batch like op's; undefined when its table takes the full statements for now. */
@@ -127,7 +135,7 @@ export class StatementCatalog {
       const p = params[i];
       literals[i] = p === null || p === undefined ? 'NULL' : quoteLiteral(p);
     }
-    return `EXECUTE ${name}(${literals.join(', ')})`;
+    return literals.length > 0 ? `EXECUTE ${name}(${literals.join(', ')})` : `EXECUTE ${name}`;
   }
 
   /** After a failure: forgets the statements whose PREPARE did not run (it was in a message that failed before it). */
@@ -143,6 +151,7 @@ export class StatementCatalog {
   /** After DDL: every statement is built again. */
   forgetAll(): void {
     this.statements.clear();
+    this.keyLocks.clear();
   }
 
   private cached(key: string, build: () => string): string {

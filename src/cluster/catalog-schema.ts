@@ -4,7 +4,7 @@
  */
 
 import { DDL_CAPTURE_MIGRATION } from '../ddl/capture-sql.ts';
-import { TRUNCATE_MIGRATION } from './truncate-sql.ts';
+import { TRUNCATE_LOCK_MIGRATION, TRUNCATE_MIGRATION } from './truncate-sql.ts';
 import { VERSION_HORIZON_MIGRATION } from './version-horizon-sql.ts';
 
 export const CATALOG_SCHEMA = 'pgmesh';
@@ -807,6 +807,7 @@ ALTER TABLE pgmesh.apply_progress
   ADD COLUMN retry_since timestamptz,
   ADD COLUMN retry_sqlstate text;
 `,
+  /* 15: a peer's TRUNCATE takes its tables' apply locks: apply sessions serialise on keys (src/apply/key-lock.ts) */ TRUNCATE_LOCK_MIGRATION,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

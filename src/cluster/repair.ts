@@ -11,6 +11,7 @@ import { bindRelation, loadLocalRelation, type ConflictPolicy, type ExceptionPol
 import { rowOps } from '../apply/row-ops.ts';
 import { buildDeferredUniqueCheck, buildStatement } from '../apply/statement-builder.ts';
 import { buildUniqueResolution, needsUniqueResolution } from '../apply/unique-resolution.ts';
+import { buildKeyLock } from '../apply/key-lock.ts';
 import { openSql, type Sql } from '../pg/connect.ts';
 import { qualifiedName, quoteIdent, quoteLiteral } from '../pg/quote.ts';
 import { textArrayLiteral } from '../pg/text-array.ts';
@@ -307,6 +308,9 @@ export async function replayException(localDsn: string, localNode: string, id: E
         const shape = { kind: op.kind, binding, valuePositions: op.valuePositions, multiRow: false, unchangedPositions: op.unchangedPositions };
         const ctx = { peer: exception.peer, localNode, conflictWindowMs: 0 };
         const params = [...op.values, exception.remoteTs, exception.remoteCommitLsn] as string[];
+        // Serialised with the apply sessions on its key, as a streamed change is (key-lock.ts).
+        const lock = buildKeyLock(shape, 'keys', true);
+        await session.unsafe(lock.text, lock.parameters.map((i) => params[i] ?? null) as string[]);
         // A secondary unique key is judged as for a streamed change (unique-resolution.ts).
         if (needsUniqueResolution(shape)) await session.unsafe(buildUniqueResolution(shape, ctx, local.conflictPolicy), params);
         await session.unsafe(buildStatement(shape, ctx, local.conflictPolicy), params);

@@ -14,6 +14,17 @@
  */
 export const TRUNCATE_TOMBSTONE_KEY = '*';
 
+/**
+ * The high half of the advisory lock (pg_advisory_xact_lock(int8)) of a whole table among apply sessions ('pmsh'):
+ * the low half is the table's OID. Key lockers take it shared (src/apply/key-lock.ts), a peer's TRUNCATE exclusively.
+ */
+export const APPLY_TABLE_LOCK_SPACE = 0x706d7368;
+
+/** The table lock's key for a table OID, as an int8 literal. */
+export function tableLockKey(oid: number): string {
+  return `${(BigInt(APPLY_TABLE_LOCK_SPACE) << 32n) | BigInt(oid >>> 0)}::int8`;
+}
+
 export const TRUNCATE_MIGRATION = `
 CREATE FUNCTION pgmesh.record_truncate() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
@@ -56,6 +67,62 @@ BEGIN
       USING ERRCODE = 'foreign_key_violation',
             HINT = 'Empty the referencing tables on this node (or replicate them too), run the TRUNCATE again on any node (it replicates), then discard this exception.';
   END IF;
+  FOREACH rel IN ARRAY rels LOOP
+    INSERT INTO pgmesh.tombstone AS t (relid, pkey) VALUES (rel, '${TRUNCATE_TOMBSTONE_KEY}')
+    ON CONFLICT (relid, pkey) DO UPDATE SET pkey = EXCLUDED.pkey
+      WHERE (SELECT v.node IS NOT DISTINCT FROM remote_node OR (coalesce(v.ts, '-infinity'), v.node COLLATE "C") < (remote_ts, remote_node COLLATE "C")
+               FROM pgmesh.row_version(t.xmin, local_node) v);
+    -- Tables with delta columns may keep a row's version apart from its xmin (pgmesh.version_override), by key.
+    keyed := EXISTS (SELECT 1 FROM pgmesh.table_policy p JOIN pg_class c ON c.relname = p.relation_name
+                       JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = p.relation_schema
+                      WHERE c.oid = rel AND cardinality(p.delta_columns) > 0);
+    SELECT string_agg(format('x.%I', a.attname), ', ' ORDER BY k.n) INTO keys
+      FROM pg_index i JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) ON true
+      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+     WHERE i.indrelid = rel AND i.indisprimary;
+    EXECUTE format(
+      'DELETE FROM %s x WHERE (SELECT v.node IS NOT DISTINCT FROM $2 OR (coalesce(v.ts, ''-infinity''), v.node COLLATE "C") < ($1, $2 COLLATE "C") FROM %s v)',
+      rel::regclass,
+      CASE WHEN keyed AND keys IS NOT NULL
+           THEN format('pgmesh.row_version_keyed(%s, jsonb_build_array(%s)::text, x.xmin, $3)', rel, keys)
+           ELSE 'pgmesh.row_version(x.xmin, $3)' END)
+      USING remote_ts, remote_node, local_node;
+  END LOOP;
+  RETURN true;
+END
+$fn$;
+`;
+
+/**
+ * A peer's TRUNCATE serialises with the other apply sessions (src/apply/key-lock.ts): it takes each table's apply lock
+ * exclusively before it reads anything, in OID order. An insert of another peer then either committed before (and
+ * its row is judged by the DELETE, which runs on a new snapshot: the function is VOLATILE, in READ COMMITTED) or
+ * waits until the truncate's tombstone is committed (and is judged against it).
+ */
+export const TRUNCATE_LOCK_MIGRATION = `
+-- A peer's TRUNCATE of rels at version (remote_ts, remote_node), in the apply session. A row of the same peer is
+-- older whatever its timestamp (the peer's changes arrive in its commit order).
+CREATE OR REPLACE FUNCTION pgmesh.apply_truncate(rels oid[], remote_ts timestamptz, remote_node text, local_node text)
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+-- Keys are spelled as the tombstones spell them (see pgmesh.record_deletes).
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
+AS $fn$
+DECLARE
+  rel oid;
+  outside text;
+  keys text;
+  keyed boolean;
+BEGIN
+  SELECT string_agg(format('%s references %s (%s)', c.conrelid::regclass, c.confrelid::regclass, c.conname), ', ') INTO outside
+    FROM pg_constraint c WHERE c.contype = 'f' AND c.confrelid = ANY (rels) AND c.conrelid <> ALL (rels);
+  IF outside IS NOT NULL THEN
+    RAISE EXCEPTION 'pgmesh: a TRUNCATE from % of % would leave rows pointing at deleted ones: %', remote_node,
+      (SELECT string_agg(r::regclass::text, ', ') FROM unnest(rels) r), outside
+      USING ERRCODE = 'foreign_key_violation',
+            HINT = 'Empty the referencing tables on this node (or replicate them too), run the TRUNCATE again on any node (it replicates), then discard this exception.';
+  END IF;
+  -- Before anything is read (the statements below take new snapshots): see TRUNCATE_LOCK_MIGRATION.
+  PERFORM pg_advisory_xact_lock((${APPLY_TABLE_LOCK_SPACE}::int8 << 32) | r::int8) FROM (SELECT DISTINCT r FROM unnest(rels) r ORDER BY r) z;
   FOREACH rel IN ARRAY rels LOOP
     INSERT INTO pgmesh.tombstone AS t (relid, pkey) VALUES (rel, '${TRUNCATE_TOMBSTONE_KEY}')
     ON CONFLICT (relid, pkey) DO UPDATE SET pkey = EXCLUDED.pkey
