@@ -146,6 +146,7 @@ export class StatementCatalog {
   /** A table has a new binding (its columns may have other names, by DDL): its statements are built again. */
   forgetTable(qualified: string): void {
     for (const key of this.statements.keys()) if (key.includes(`:${qualified}:`)) this.statements.delete(key);
+    for (const key of this.keyLocks.keys()) if (key.includes(`:${qualified}:`)) this.keyLocks.delete(key);
   }
 
   /** After DDL: every statement is built again. */
