@@ -796,6 +796,12 @@ CREATE TABLE pgmesh.membership (
   updated_at timestamptz NOT NULL DEFAULT now()
 );
 `,
+  /* 13: membership: 'resyncing', a member brought back to the cluster's state (node resync) */ `
+-- A member whose stream from some peer was cut (its slot invalidated) or that was restored from an old backup is copied
+-- anew (pgmesh node resync); like a joining node, its agent refuses to start until the resync has finished.
+ALTER TABLE pgmesh.membership DROP CONSTRAINT membership_state_check;
+ALTER TABLE pgmesh.membership ADD CONSTRAINT membership_state_check CHECK (state IN ('joining', 'resyncing', 'member', 'removed'));
+`,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

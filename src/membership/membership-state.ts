@@ -1,7 +1,10 @@
-/** The membership row of a node (pgmesh.membership): joining or member, and the progress of its copy. */
+/**
+ * The membership row of a node (pgmesh.membership): joining, resyncing, member or removed, and the progress of its
+ * copy. The transitions are in docs/design.md ("Membership states").
+ */
 import type { Sql } from '../pg/connect.ts';
 
-export type MembershipState = 'joining' | 'member' | 'removed';
+export type MembershipState = 'joining' | 'resyncing' | 'member' | 'removed';
 
 export interface JoinProgress {
   readonly phase: string;
