@@ -5,6 +5,8 @@
  * States: starting -> streaming -> (error) -> waiting -> starting ... ; stop() from any state -> stopped.
  * Invariant: at most one stream and one apply session per peer exist at a time (the previous ones are closed
  * before the next start), so the replication origin is never set up twice.
+ * stop() ends the session in progress wherever it is: a connection still being opened is given up, and each step of
+ * the start-up checks whether a stop came while it waited (a stream started after stop() would never end).
  */
 import { PgmeshError, errorMessage, serverValues } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
@@ -74,6 +76,10 @@ export class PeerReplicator {
   private readonly schemaFirstSeen = new Map<string, number>();
   private wake: (() => void) | undefined;
   private loop: Promise<void> | undefined;
+  /** Aborted by stop(): gives up what the session in progress is opening. */
+  private readonly stopping = new AbortController();
+  /** The session's replication connection before its stream has started (stop() closes it). */
+  private connecting: ReplicationConnection | undefined;
 
   constructor(private readonly options: PeerReplicatorOptions) {}
 
@@ -203,7 +209,13 @@ export class PeerReplicator {
     this.applier = applier;
     let poll: NodeJS.Timeout | undefined;
     try {
-      const connection = await ReplicationConnection.open(this.options.peerDsn, peer, `pgmesh ${localNode}`, logger);
+      if (this.stopped) return;
+      const connection = await ReplicationConnection.open(this.options.peerDsn, peer, `pgmesh ${localNode}`, logger, this.stopping.signal);
+      if (this.stopped) {
+        await connection.close();
+        return;
+      }
+      this.connecting = connection;
       const slot = slotName(localNode);
       const state = await connection.slotState(slot).catch(async (error) => {
         await connection.close();
@@ -244,6 +256,9 @@ export class PeerReplicator {
         logger,
       });
       this.stream = stream;
+      this.connecting = undefined;
+      // stop() came while the stream was starting: it found no stream to close; the finally below closes it.
+      if (this.stopped) return;
       this.state = 'streaming';
       onStreaming();
       logger.info({ peer, from: formatLsn(applier.appliedEnd) }, 'streaming from peer');
@@ -277,6 +292,7 @@ export class PeerReplicator {
       poll.unref();
       await applier.run(stream);
     } finally {
+      this.connecting = undefined;
       if (poll) clearInterval(poll);
       this.totals.appliedXacts += applier.stats.appliedXacts;
       this.totals.appliedChanges += applier.stats.appliedChanges;
@@ -334,7 +350,9 @@ export class PeerReplicator {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    this.stopping.abort();
     this.wake?.();
+    await this.connecting?.close();
     await this.stream?.close().catch(() => undefined);
     await this.loop;
   }
