@@ -28,6 +28,9 @@ import {
   type TableRefusal,
 } from './node-admin.ts';
 import { interleaveSequences, memberProblems, readSequenceStatus, type Member } from './sequences.ts';
+import { readMembership, type Membership } from '../membership/membership-state.ts';
+import { assessMembership, type LeftoverSlot, type MemberFacts, type ResyncReason } from '../membership/membership-status.ts';
+import { readSlotHealth, type SlotHealth } from '../membership/slot-health.ts';
 
 export interface CreateClusterResult {
   readonly nodes: readonly { readonly name: string; readonly created: boolean; readonly tables: AddTablesResult }[];
@@ -266,21 +269,33 @@ export interface NodeStatus {
   readonly sequences: { readonly interleaved: number; readonly notInterleaved: readonly string[] } | null;
   /** A hash of the node's schema (see schema-dump.ts): equal on nodes whose schemas are alike. */
   readonly schemaFingerprint: string | null;
+  /**
+   * Its pgmesh.membership row: joining / resyncing (with the copy's progress), member, removed; null for a node made
+   * by cluster create (a member) or not reachable.
+   */
+  readonly membership: Membership | null;
+  /** Why it needs "pgmesh node resync" (empty when it does not): src/membership/membership-status.ts. */
+  readonly needsResync: readonly ResyncReason[];
 }
 
 export interface ClusterStatus {
   readonly at: string;
   readonly nodes: readonly NodeStatus[];
   readonly links: readonly LinkStatus[];
+  /** Slots that hold WAL for a node that is not a member (yet): what a failed node add or resync leaves. */
+  readonly leftoverSlots: readonly LeftoverSlot[];
 }
 
 interface NodeFacts {
   status: NodeStatus;
   slots: Map<string, { active: boolean; walStatus: string | null; lagBytes: number | null }>;
   progress: Map<string, PeerProgress>;
+  /** For the membership assessment; undefined when the node could not be read. */
+  member: MemberFacts | undefined;
 }
 
 interface PeerProgress {
+  endLsn: string;
   appliedXacts: number;
   appliedAt: string | null;
   remoteCommit: string | null;
@@ -294,8 +309,9 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
   const base = { name: node.name, endpoint: describeEndpoint(node.dsn) };
   let reached: { version: string | null; initialized: boolean } | undefined;
   try {
-    const info = await sql.unsafe<{ version: string; initialized: boolean }[]>(
-      `SELECT current_setting('server_version') AS version, to_regclass('pgmesh.local_node') IS NOT NULL AS initialized`,
+    const info = await sql.unsafe<{ version: string; initialized: boolean; wal: string }[]>(
+      `SELECT current_setting('server_version') AS version, to_regclass('pgmesh.local_node') IS NOT NULL AS initialized,
+              pg_catalog.pg_current_wal_insert_lsn()::text AS wal`,
     );
     const initialized = info[0]?.initialized === true;
     reached = { version: info[0]?.version ?? null, initialized };
@@ -306,6 +322,8 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
     )) {
       slots.set(row.slot_name, { active: row.active, walStatus: row.wal_status, lagBytes: row.lag === null ? null : Number(row.lag) });
     }
+    const slotHealth: SlotHealth[] = await readSlotHealth(sql);
+    const membership = initialized ? ((await readMembership(sql)) ?? null) : null;
     const progress = new Map<string, PeerProgress>();
     let tables: number | null = null;
     let openExceptions: number | null = null;
@@ -313,15 +331,16 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
     const schemaFingerprint = schemaFingerprintOf(await readSchemaDump(sql));
     if (initialized) {
       for (const row of await sql.unsafe<
-        { peer: string; applied_xacts: string; applied_at: string | null; remote_commit_ts: string | null; skew: string | null; conflicts: string; paused_reason: string | null; paused: boolean }[]
+        { peer: string; end_lsn: string; applied_xacts: string; applied_at: string | null; remote_commit_ts: string | null; skew: string | null; conflicts: string; paused_reason: string | null; paused: boolean }[]
       >(
-        `SELECT p.peer, p.applied_xacts::text, ${isoTimestampSql('p.applied_at')} AS applied_at,
+        `SELECT p.peer, p.end_lsn::text, p.applied_xacts::text, ${isoTimestampSql('p.applied_at')} AS applied_at,
                 ${isoTimestampSql('p.remote_commit_ts')} AS remote_commit_ts, c.skew_ms::text AS skew,
                 (SELECT count(*) FROM pgmesh.conflict f WHERE f.peer = p.peer)::text AS conflicts,
                 p.paused_reason, p.paused_at IS NOT NULL AS paused
            FROM pgmesh.progress p LEFT JOIN pgmesh.peer_clock c USING (peer)`,
       )) {
         progress.set(row.peer, {
+          endLsn: row.end_lsn,
           appliedXacts: Number(row.applied_xacts),
           appliedAt: row.applied_at,
           remoteCommit: row.remote_commit_ts,
@@ -340,9 +359,30 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
       sequences = { interleaved: feeding.filter((f) => f.interleaved).length, notInterleaved: feeding.filter((f) => !f.interleaved).map((f) => f.sequence) };
     }
     return {
-      status: { ...base, reachable: true, error: null, serverVersion: info[0]?.version ?? null, initialized, replicatedTables: tables, openExceptions, sequences, schemaFingerprint },
+      status: {
+        ...base,
+        reachable: true,
+        error: null,
+        serverVersion: info[0]?.version ?? null,
+        initialized,
+        replicatedTables: tables,
+        openExceptions,
+        sequences,
+        schemaFingerprint,
+        membership,
+        needsResync: [],
+      },
       slots,
       progress,
+      member: initialized
+        ? {
+            name: node.name,
+            membership: membership?.state,
+            walLsn: info[0]?.wal ?? '0/0',
+            slots: slotHealth,
+            progress: new Map([...progress].map(([peer, p]) => [peer, p.endLsn])),
+          }
+        : undefined,
     };
   } catch (error) {
     // A server that answered and then failed a query is not UNREACHABLE: say what failed instead.
@@ -363,9 +403,12 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
         openExceptions: null,
         sequences: null,
         schemaFingerprint: null,
+        membership: null,
+        needsResync: [],
       },
       slots: new Map(),
       progress: new Map(),
+      member: undefined,
     };
   } finally {
     await sql.end({ timeout: 1 }).catch(() => undefined);
@@ -396,5 +439,8 @@ export async function clusterStatus(config: ClusterConfig, logger: Logger): Prom
       });
     }
   }
-  return { at: new Date().toISOString(), nodes: facts.map((f) => f.status), links };
+  const members = facts.flatMap((f) => (f.member ? [f.member] : []));
+  const assessed = assessMembership(members, config.nodes.map((n) => n.name));
+  const nodes = facts.map((f) => ({ ...f.status, needsResync: assessed.resync.get(f.status.name) ?? [] }));
+  return { at: new Date().toISOString(), nodes, links, leftoverSlots: assessed.leftoverSlots };
 }
