@@ -79,20 +79,25 @@ export function assessMembership(facts: readonly MemberFacts[], configured: read
   for (const publisher of facts) {
     if (!settled(publisher) || restored.has(publisher.name)) continue;
     const slots = new Map(publisher.slots.map((s) => [s.slot, s]));
-    for (const local of facts) {
-      if (local === publisher || !settled(local) || !local.progress.has(publisher.name)) continue;
-      const slot = slots.get(`${SLOT_PREFIX}${local.name}`);
+    // Every configured node, reachable or not: a node that is down is the usual one whose slot was invalidated.
+    for (const name of configured) {
+      if (name === publisher.name) continue;
+      const local = byName.get(name);
+      if (local && !settled(local)) continue;
+      const slot = slots.get(`${SLOT_PREFIX}${name}`);
       if (!slot) {
-        add(local.name, {
+        // Missing counts only where the node says it streams from the publisher (unknown while it is down).
+        if (!local?.progress.has(publisher.name)) continue;
+        add(name, {
           kind: 'slot_missing',
           peer: publisher.name,
-          detail: `slot ${SLOT_PREFIX}${local.name} is missing on ${publisher.name}, so ${local.name} receives nothing more of ${publisher.name}'s changes`,
+          detail: `slot ${SLOT_PREFIX}${name} is missing on ${publisher.name}, so ${name} receives nothing more of ${publisher.name}'s changes`,
         });
       } else if (slot.invalidated !== null) {
-        add(local.name, {
+        add(name, {
           kind: 'slot_invalidated',
           peer: publisher.name,
-          detail: `slot ${slot.slot} on ${publisher.name} was invalidated (${slot.invalidated}: it fell behind max_slot_wal_keep_size), so ${local.name} has lost part of ${publisher.name}'s changes`,
+          detail: `slot ${slot.slot} on ${publisher.name} was invalidated (${slot.invalidated}${slot.invalidated === 'wal_removed' ? ': it fell behind max_slot_wal_keep_size' : ''}), so ${name} has lost part of ${publisher.name}'s changes`,
         });
       }
     }
