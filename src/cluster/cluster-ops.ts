@@ -304,8 +304,10 @@ interface PeerProgress {
   pausedReason: string | null;
 }
 
-async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
+/** `opened` gets the node's connection, left open until every node has been read (see clusterStatus). */
+async function readNode(node: NodeConfig, logger: Logger, opened: Map<string, Sql>): Promise<NodeFacts> {
   const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh status', logger, max: 1, connectTimeoutS: 5 });
+  opened.set(node.name, sql);
   const base = { name: node.name, endpoint: describeEndpoint(node.dsn) };
   let reached: { version: string | null; initialized: boolean } | undefined;
   try {
@@ -410,13 +412,31 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
       progress: new Map(),
       member: undefined,
     };
-  } finally {
-    await sql.end({ timeout: 1 }).catch(() => undefined);
   }
 }
 
 export async function clusterStatus(config: ClusterConfig, logger: Logger): Promise<ClusterStatus> {
-  const facts = await Promise.all(config.nodes.map((n) => readNode(n, logger)));
+  const opened = new Map<string, Sql>();
+  try {
+    return await readCluster(config, logger, opened);
+  } finally {
+    await Promise.all([...opened.values()].map((sql) => sql.end({ timeout: 1 }).catch(() => undefined)));
+  }
+}
+
+async function readCluster(config: ClusterConfig, logger: Logger, opened: Map<string, Sql>): Promise<ClusterStatus> {
+  const facts = await Promise.all(config.nodes.map((n) => readNode(n, logger, opened)));
+  // Each node's WAL position again, now that every node's progress has been read: a peer's progress for a node is
+  // then at or below the node's position unless the node's WAL went back (restored), never because of the order of
+  // the reads under load.
+  const members = await Promise.all(
+    facts.map(async (f): Promise<MemberFacts | undefined> => {
+      const sql = opened.get(f.status.name);
+      if (!f.member || !sql) return undefined;
+      const rows = await sql.unsafe<{ wal: string }[]>(`SELECT pg_catalog.pg_current_wal_insert_lsn()::text AS wal`).catch(() => undefined);
+      return rows?.[0] ? { ...f.member, walLsn: rows[0].wal } : undefined;
+    }),
+  );
   const links: LinkStatus[] = [];
   for (const from of facts) {
     for (const to of facts) {
@@ -439,8 +459,7 @@ export async function clusterStatus(config: ClusterConfig, logger: Logger): Prom
       });
     }
   }
-  const members = facts.flatMap((f) => (f.member ? [f.member] : []));
-  const assessed = assessMembership(members, config.nodes.map((n) => n.name));
+  const assessed = assessMembership(members.filter((m) => m !== undefined), config.nodes.map((n) => n.name));
   const nodes = facts.map((f) => ({ ...f.status, needsResync: assessed.resync.get(f.status.name) ?? [] }));
   return { at: new Date().toISOString(), nodes, links, leftoverSlots: assessed.leftoverSlots };
 }

@@ -198,15 +198,17 @@ async function join(
   await conns.joining.unsafe(`UPDATE pgmesh.local_node SET node_slot = $1::text::int, max_nodes = greatest(max_nodes, $1::text::int)`, [String(nodeSlot)]);
   await setMembership(conns.joining, { state: plan.state, source: source.name, phase: 'preparing', tablesTotal: tables.length });
   log.info({ source: source.name, retry }, 'node add: preparing');
-  for (const node of existing) {
-    const sql = memberSql(conns, node.name);
-    await dropSlotIfExists(sql, slotName(name), { terminate: true, node: node.name });
-    await unlinkPeer(sql, name, node.name);
-  }
+  // The node's own slots first: ending the streams they serve (a resync: the other nodes' agents stream from it)
+  // releases the other nodes' apply sessions for it, whose origins are dropped next.
   for (const slot of await conns.joining.unsafe<{ slot_name: string }[]>(
     `SELECT slot_name FROM pg_catalog.pg_replication_slots WHERE slot_name LIKE 'pgmesh\\_%' AND database = current_database()`,
   )) {
     await dropSlotIfExists(conns.joining, slot.slot_name, { terminate: true, node: name });
+  }
+  for (const node of existing) {
+    const sql = memberSql(conns, node.name);
+    await dropSlotIfExists(sql, slotName(name), { terminate: true, node: node.name });
+    await unlinkPeer(sql, name, node.name);
   }
   for (const peer of await conns.joining.unsafe<{ node_name: string }[]>(`SELECT node_name FROM pgmesh.peer`)) {
     await unlinkPeer(conns.joining, peer.node_name, name);
