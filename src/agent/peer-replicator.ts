@@ -18,6 +18,7 @@ import { originName, slotName, PUBLICATION } from '../cluster/catalog-schema.ts'
 import type { Sql } from '../pg/connect.ts';
 import { ReplicationConnection } from '../pg/replication-connection.ts';
 import { PeerStream } from '../stream/peer-stream.ts';
+import { ackFloor } from '../membership/slot-health.ts';
 import type { AgentTuning } from '../config/config.ts';
 
 export type PeerState = 'starting' | 'streaming' | 'waiting' | 'paused' | 'stopped';
@@ -231,6 +232,21 @@ export class PeerReplicator {
           { context: { peer, slot } },
         );
       }
+      // Every position this node acknowledged is at or below its progress or its recorded keepalive position (the
+      // seed row 0/0 and no record: nothing acknowledged yet). A slot past both: this node lost what it had
+      // acknowledged (restored from a backup), and the peer has forgotten what lies between.
+      const acked = await ackFloor(this.options.catalog, peer).catch(async (error) => {
+        await connection.close();
+        throw error;
+      });
+      if (acked.known && state.confirmedFlush !== null && parseLsn(state.confirmedFlush) > acked.lsn) {
+        await connection.close();
+        throw new PgmeshError(
+          'SLOT_MISSING',
+          `slot ${slot} on ${peer} says ${localNode} acknowledged ${peer}'s changes up to ${state.confirmedFlush}, but ${localNode} holds them only up to ${formatLsn(acked.lsn)}: ${localNode} was restored from a backup (or lost its WAL) and has lost part of ${peer}'s changes; it needs a resync (pgmesh node resync ${localNode})`,
+          { context: { peer, slot } },
+        );
+      }
       if (state.active) {
         await connection.close();
         throw new PgmeshError('CONNECTION_FAILED', `slot ${slot} on ${peer} is in use by process ${state.activePid}; is another agent for ${localNode} running?`, {
@@ -249,6 +265,7 @@ export class PeerReplicator {
         publication: PUBLICATION,
         startLsn: applier.appliedEnd,
         durableLsn: durableAtStart ?? LSN_ZERO,
+        recordedKeepaliveLsn: acked.recorded,
         protocolVersion: 4,
         feedbackIntervalMs: tuning.feedbackIntervalMs,
         highWaterEvents: tuning.highWaterEvents,
@@ -265,12 +282,27 @@ export class PeerReplicator {
       // What the peer may forget is only what is flushed here, not merely committed (asynchronous commit).
       let polls = 0;
       let ticks = 0;
+      let recording = false;
       poll = setInterval(() => {
         // Now and then, fold the peer's progress log into its count, so the log stays a few rows long.
         if (ticks++ % 10 === 0) {
           this.options.catalog
             .unsafe(`SELECT pgmesh.prune_applied($1)`, [peer])
             .catch((error) => logger.debug({ peer, err: errorMessage(error) }, 'progress log pruning failed'));
+        }
+        // A keepalive position is recorded (synchronous commit) before it is acknowledged; at most once a second.
+        const keepalive = ticks % Math.max(1, Math.round(1000 / tuning.progressPollMs)) === 0 ? stream.keepaliveToRecord() : undefined;
+        if (keepalive !== undefined && !recording) {
+          recording = true;
+          this.options.catalog
+            .unsafe(
+              `INSERT INTO pgmesh.peer_ack (peer, acked_lsn) VALUES ($1, $2::text::pg_lsn)
+               ON CONFLICT (peer) DO UPDATE SET acked_lsn = greatest(pgmesh.peer_ack.acked_lsn, EXCLUDED.acked_lsn)`,
+              [peer, formatLsn(keepalive)],
+            )
+            .then(() => stream.keepaliveRecorded(keepalive))
+            .catch((error) => logger.debug({ peer, err: errorMessage(error) }, 'recording the acknowledged position failed'))
+            .finally(() => (recording = false));
         }
         durableProgress(this.options.catalog, peer, originName(peer))
           .then((lsn) => {

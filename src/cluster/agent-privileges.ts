@@ -46,6 +46,7 @@ export const AGENT_CATALOG_WRITES: Readonly<Record<string, readonly string[]>> =
   fast_path_check: ['INSERT'],
   peer_clock: ['INSERT', 'UPDATE'],
   peer_horizon: ['INSERT', 'UPDATE'],
+  peer_ack: ['INSERT', 'UPDATE'],
 };
 
 /** Applying a peer's changes inserts, updates, deletes (after reading) and truncates. */

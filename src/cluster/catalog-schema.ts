@@ -802,6 +802,15 @@ CREATE TABLE pgmesh.membership (
 ALTER TABLE pgmesh.membership DROP CONSTRAINT membership_state_check;
 ALTER TABLE pgmesh.membership ADD CONSTRAINT membership_state_check CHECK (state IN ('joining', 'resyncing', 'member', 'removed'));
 `,
+  /* 14: acknowledged positions: a keepalive position is recorded here before it is acknowledged to the peer */ `
+-- Every position this node acknowledges to a peer is at or below the greater of its progress for that peer and the
+-- position recorded here (keepalive positions, which carry no transaction). A peer's slot whose confirmed position is
+-- past both means this node lost state it had acknowledged (restored from a backup): it needs a resync.
+CREATE TABLE pgmesh.peer_ack (
+  peer text PRIMARY KEY,
+  acked_lsn pg_lsn NOT NULL
+);
+`,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

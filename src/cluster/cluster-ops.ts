@@ -30,7 +30,8 @@ import {
 import { interleaveSequences, memberProblems, readSequenceStatus, type Member } from './sequences.ts';
 import { readMembership, type Membership } from '../membership/membership-state.ts';
 import { assessMembership, type LeftoverSlot, type MemberFacts, type ResyncReason } from '../membership/membership-status.ts';
-import { readSlotHealth, type SlotHealth } from '../membership/slot-health.ts';
+import { ackFloor, readSlotHealth, type SlotHealth } from '../membership/slot-health.ts';
+import { formatLsn } from '../core/lsn.ts';
 
 export interface CreateClusterResult {
   readonly nodes: readonly { readonly name: string; readonly created: boolean; readonly tables: AddTablesResult }[];
@@ -383,6 +384,7 @@ async function readNode(node: NodeConfig, logger: Logger, opened: Map<string, Sq
             walLsn: info[0]?.wal ?? '0/0',
             slots: slotHealth,
             progress: new Map([...progress].map(([peer, p]) => [peer, p.endLsn])),
+            acked: new Map(),
           }
         : undefined,
     };
@@ -433,8 +435,18 @@ async function readCluster(config: ClusterConfig, logger: Logger, opened: Map<st
     facts.map(async (f): Promise<MemberFacts | undefined> => {
       const sql = opened.get(f.status.name);
       if (!f.member || !sql) return undefined;
-      const rows = await sql.unsafe<{ wal: string }[]>(`SELECT pg_catalog.pg_current_wal_insert_lsn()::text AS wal`).catch(() => undefined);
-      return rows?.[0] ? { ...f.member, walLsn: rows[0].wal } : undefined;
+      // And how far it may have acknowledged each peer, read after the peers' slots (their confirmed positions).
+      try {
+        const rows = await sql.unsafe<{ wal: string }[]>(`SELECT pg_catalog.pg_current_wal_insert_lsn()::text AS wal`);
+        const acked = new Map<string, { lsn: string; known: boolean }>();
+        for (const peer of f.member.progress.keys()) {
+          const floor = await ackFloor(sql, peer);
+          acked.set(peer, { lsn: formatLsn(floor.lsn), known: floor.known });
+        }
+        return rows[0] ? { ...f.member, walLsn: rows[0].wal, acked } : undefined;
+      } catch {
+        return undefined;
+      }
     }),
   );
   const links: LinkStatus[] = [];

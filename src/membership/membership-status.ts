@@ -6,8 +6,9 @@
  * - slot_invalidated: the slot for L on a peer P was invalidated (it fell behind max_slot_wal_keep_size): L has lost
  *   part of P's changes;
  * - slot_missing: L is linked from P, but P has no slot for L: L receives nothing more of P's;
- * - restored: P has applied L's own changes up to a WAL position that L has not reached: L's WAL went back, so L was
- *   restored from a backup older than what P received from it (and lost what it had applied since).
+ * - restored: P's slot for L says L acknowledged P's changes further than L holds them (its progress and its recorded
+ *   keepalive position): L lost state it had acknowledged, restored from a backup; or P has applied L's own changes
+ *   up to a WAL position that L has not reached: L's WAL went back.
  * Nodes that are joining or resyncing are left out (their copy is under way or must be run again), and so are
  * links from such nodes.
  */
@@ -44,6 +45,11 @@ export interface MemberFacts {
   readonly slots: readonly SlotHealth[];
   /** The peers this node streams from, and how far it has applied each (end LSN as text). */
   readonly progress: ReadonlyMap<string, string>;
+  /**
+   * How far it may have acknowledged each peer (its progress or its recorded keepalive position: slot-health.ts,
+   * ackFloor), read after every slot; `known` false while it has acknowledged nothing.
+   */
+  readonly acked: ReadonlyMap<string, { readonly lsn: string; readonly known: boolean }>;
 }
 
 export interface MembershipAssessment {
@@ -71,6 +77,21 @@ export function assessMembership(facts: readonly MemberFacts[], configured: read
           kind: 'restored',
           peer: local.name,
           detail: `${local.name} has applied ${peer}'s changes up to ${endLsn}, past ${peer}'s own WAL position ${publisher.walLsn}: ${peer} was restored from an older backup`,
+        });
+      }
+    }
+  }
+  for (const local of facts) {
+    if (!settled(local)) continue;
+    for (const [peer, acked] of local.acked) {
+      const publisher = byName.get(peer);
+      const slot = publisher?.slots.find((s) => s.slot === `${SLOT_PREFIX}${local.name}`);
+      if (!publisher || !settled(publisher) || !acked.known || !slot?.confirmedFlush || slot.invalidated !== null) continue;
+      if (parseLsn(slot.confirmedFlush) > parseLsn(acked.lsn)) {
+        add(local.name, {
+          kind: 'restored',
+          peer,
+          detail: `slot ${slot.slot} on ${peer} says ${local.name} acknowledged ${peer}'s changes up to ${slot.confirmedFlush}, but ${local.name} holds them only up to ${acked.lsn}: ${local.name} was restored from a backup`,
         });
       }
     }

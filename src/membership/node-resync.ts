@@ -13,12 +13,13 @@
  */
 import { PgmeshError, errorMessage } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
+import { formatLsn, parseLsn } from '../core/lsn.ts';
 import type { ClusterConfig } from '../config/config.ts';
 import { slotName } from '../cluster/catalog-schema.ts';
 import { joinNode, type AddNodeOptions, type AddNodeResult, type JoinConnections } from './node-add.ts';
 import { drain } from './node-remove.ts';
 import { readMembership } from './membership-state.ts';
-import { readSlotHealth } from './slot-health.ts';
+import { ackFloor, readSlotHealth } from './slot-health.ts';
 
 export interface ResyncNodeOptions extends AddNodeOptions {
   /** Resync although what the node wrote could not be drained to every other node (it is lost). */
@@ -70,6 +71,22 @@ async function drainWrites(conns: JoinConnections, options: ResyncNodeOptions, l
   if (state && state.state !== 'member') return { drained: false, warnings: [] };
   const lost = (why: string) =>
     `${why}: changes ${name} made that they never received would be lost (its tables are replaced by the cluster's rows)`;
+  // Restored from a backup: the others have applied its WAL further than its WAL now reaches, so they would skip
+  // what it wrote since the restore (and a marker would look drained at once).
+  const wal = await conns.joining.unsafe<{ lsn: string }[]>(`SELECT pg_catalog.pg_current_wal_insert_lsn()::text AS lsn`);
+  const walLsn = parseLsn(wal[0]?.lsn ?? '0/0');
+  const ahead: string[] = [];
+  for (const [peer, sql] of conns.existing) {
+    const rows = await sql.unsafe<{ end_lsn: string }[]>(`SELECT end_lsn::text FROM pgmesh.progress WHERE peer = $1`, [name]);
+    if (rows[0] && parseLsn(rows[0].end_lsn) > walLsn) ahead.push(`${peer} (at ${rows[0].end_lsn})`);
+    // Or it acknowledged more of the peer's changes than it holds: restored, and its WAL may since have passed what
+    // the peer applied from it, so what it wrote in between was skipped by the peer.
+    const [slot] = await readSlotHealth(sql, slotName(name));
+    const floor = await ackFloor(conns.joining, peer);
+    if (floor.known && slot?.confirmedFlush && slot.invalidated === null && parseLsn(slot.confirmedFlush) > floor.lsn && !ahead.some((a) => a.startsWith(`${peer} `))) {
+      ahead.push(`${peer} (which it had acknowledged up to ${slot.confirmedFlush})`);
+    }
+  }
   // Without its slot for a peer, nothing more of the node's reaches that peer: no drain can succeed.
   const slots = new Map((await readSlotHealth(conns.joining)).map((s) => [s.slot, s]));
   const unreachable: string[] = [];
@@ -79,7 +96,11 @@ async function drainWrites(conns: JoinConnections, options: ResyncNodeOptions, l
     else if (slot.invalidated !== null) unreachable.push(`${peer} (slot ${slotName(peer)} on ${name} was invalidated: ${slot.invalidated})`);
   }
   let problem: string | undefined;
-  if (unreachable.length > 0) {
+  if (ahead.length > 0) {
+    problem = lost(
+      `${name} was restored from a backup older than what it had exchanged with ${ahead.join(', ')} (its WAL is at ${formatLsn(walLsn)}), so what it wrote since the restore may not have reached them`,
+    );
+  } else if (unreachable.length > 0) {
     problem = lost(`${name}'s changes cannot reach ${unreachable.join(', ')}`);
   } else {
     try {

@@ -4,7 +4,8 @@
  * 'wal_removed', 'idle_timeout' on 18, ...): the node it feeds has lost part of this node's changes for good and
  * needs a resync (node resync).
  */
-import type { Sql } from '../pg/connect.ts';
+import { LSN_ZERO, parseLsn, type Lsn } from '../core/lsn.ts';
+import type { Queryable, Sql } from '../pg/connect.ts';
 
 export interface SlotHealth {
   readonly slot: string;
@@ -42,4 +43,19 @@ export async function readSlotHealth(sql: Sql, slot?: string): Promise<SlotHealt
     confirmedFlush: r.confirmed,
     retainedBytes: r.retained === null ? null : Number(r.retained),
   }));
+}
+
+/**
+ * The highest position this node may have acknowledged to `peer`: its progress, or the keepalive position it recorded
+ * (pgmesh.peer_ack). `known` is false while it has acknowledged nothing (the link's seed row, no record).
+ */
+export async function ackFloor(catalog: Queryable, peer: string): Promise<{ lsn: Lsn; recorded: Lsn; known: boolean }> {
+  const rows = await catalog.unsafe<{ progress: string | null; acked: string | null }[]>(
+    `SELECT (SELECT end_lsn::text FROM pgmesh.progress WHERE peer = $1) AS progress,
+            (SELECT acked_lsn::text FROM pgmesh.peer_ack WHERE peer = $1) AS acked`,
+    [peer],
+  );
+  const progress = rows[0]?.progress ? parseLsn(rows[0].progress) : LSN_ZERO;
+  const recorded = rows[0]?.acked ? parseLsn(rows[0].acked) : LSN_ZERO;
+  return { lsn: progress > recorded ? progress : recorded, recorded, known: progress > LSN_ZERO || (rows[0]?.acked ?? null) !== null };
 }

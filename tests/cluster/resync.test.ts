@@ -11,7 +11,12 @@
  *   reads as n3 on n3), and n1 and n2 never stream from n3 again (their streams stopped when n3 was unlinked).
  * - n3 has written something that n2 never received (n2's agent is down): the resync is refused without --force,
  *   and with it says what is lost.
+ * - n3 is restored from a file-level backup after writing rows that reached n1 and n2: status says it was restored
+ *   (n1 and n2 applied its WAL past where its WAL now is), the resync needs --force (what it wrote since the restore
+ *   cannot reach the others), and its rows written before the restore come back from the copy. Without the code
+ *   under test: the restored n3 goes on streaming and misses those rows for good, and status says nothing.
  */
+import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { clusterStatus } from '../../src/cluster/cluster-ops.ts';
@@ -107,5 +112,69 @@ test('node resync: changes of n3 that a peer never received make the resync need
     const result = await resyncNode(cluster.config, silentLogger, { name: 'n3', dsn: n3.server.dsn, from: 'n1', force: true, drainTimeoutMs: 3000 });
     assert.equal(result.drained, false);
     assert.match(result.warnings.join('\n'), /would be lost.*--force/);
+  });
+});
+
+/** A file-level copy of a stopped server's data folder (ownership kept: the server runs as another user). */
+function copyFolder(from: string, to: string): void {
+  const done = spawnSync('cp', ['-a', from, to]);
+  assert.equal(done.status, 0, `cp -a ${from} ${to}: ${done.stderr.toString()}`);
+}
+
+test('node resync: a node restored from an older backup is reported and copied anew', { timeout: 600_000 }, async () => {
+  await withCluster({ nodes: 3, schema: MIXED_SCHEMA }, async (cluster) => {
+    await declareDeltaBalances(cluster);
+    await cluster.startAgents();
+    const [n1, n2, n3] = ['n1', 'n2', 'n3'].map((name) => cluster.node(name));
+    assert.ok(n1 && n2 && n3);
+    // The backup holds a change of n1's that n3 applied.
+    await n1.sql.unsafe(`INSERT INTO items (id, val) VALUES (3000, 'from n1 before the backup')`);
+    await eventually(async () => (await n3.sql.unsafe(`SELECT 1 FROM items WHERE id = 3000`)).length === 1, { timeoutMs: 60_000, what: 'n1\'s row on n3' });
+    await cluster.stopAgent('n3');
+    await n3.server.stop();
+    const backup = `${n3.server.dataDir}.backup`;
+    copyFolder(n3.server.dataDir, backup);
+    await n3.server.start();
+    await cluster.startAgents(['n3']);
+    // Written on n3 after the backup; they reach n1 and n2.
+    await n3.sql.unsafe(`INSERT INTO items (id, val) SELECT g, 'after the backup' FROM generate_series(2001, 2050) g`);
+    for (const node of [n1, n2]) {
+      await eventually(async () => (await node.sql.unsafe(`SELECT 1 FROM items WHERE id BETWEEN 2001 AND 2050`)).length === 50, { timeoutMs: 60_000, what: `n3's rows on ${node.name}` });
+    }
+    // And n3 applies (and acknowledges) a change of n1's after the backup.
+    await n1.sql.unsafe(`INSERT INTO items (id, val) VALUES (3001, 'from n1 after the backup')`);
+    const written = (await n1.sql.unsafe<{ lsn: string }[]>(`SELECT pg_current_wal_lsn()::text AS lsn`))[0]?.lsn ?? '0/0';
+    await eventually(
+      async () => (await n1.sql.unsafe(`SELECT 1 FROM pg_replication_slots WHERE slot_name = 'pgmesh_n3' AND confirmed_flush_lsn >= $1::pg_lsn`, [written])).length === 1,
+      { timeoutMs: 60_000, what: 'n3 to acknowledge n1\'s change' },
+    );
+    await cluster.stopAgent('n3');
+    await n3.server.stop();
+    spawnSync('rm', ['-rf', n3.server.dataDir]);
+    copyFolder(backup, n3.server.dataDir);
+    await n3.server.start();
+    await eventually(async () => (await n3.sql.unsafe(`SELECT 1`)).length === 1, { timeoutMs: 60_000, what: 'n3 to answer again' });
+    assert.equal((await n3.sql.unsafe(`SELECT 1 FROM items WHERE id BETWEEN 2001 AND 2050`)).length, 0, 'the restored n3 lacks them');
+
+    const status = await clusterStatus(cluster.config, silentLogger);
+    const reasons = status.nodes.find((n) => n.name === 'n3')?.needsResync ?? [];
+    assert.ok(reasons.some((r) => r.kind === 'restored' && r.peer === 'n1'), formatStatus(status));
+    // n3's agent refuses n1's stream: n1's slot says n3 acknowledged more than n3 holds.
+    await cluster.startAgents(['n3']);
+    const refusal = () => cluster.agents.get('n3')?.status().peers.find((p) => p.peer === 'n1')?.lastError?.message ?? '';
+    await eventually(() => /restored from a backup/.test(refusal()), { what: () => `n3's agent to refuse n1's stream (last error: ${refusal()})` });
+    await cluster.stopAgent('n3');
+    assert.deepEqual(status.nodes.filter((n) => n.name !== 'n3').map((n) => n.needsResync.length), [0, 0], formatStatus(status));
+
+    await assert.rejects(resyncNode(cluster.config, silentLogger, { name: 'n3', dsn: n3.server.dsn }), /n3 was restored from a backup .* --force/);
+    const result = await resyncNode(cluster.config, silentLogger, { name: 'n3', dsn: n3.server.dsn, force: true });
+    assert.match(result.warnings.join('\n'), /restored/);
+    assert.equal((await n3.sql.unsafe(`SELECT 1 FROM items WHERE id BETWEEN 2001 AND 2050`)).length, 50, 'what n3 wrote and the others received is back on n3');
+    await cluster.reloadAgents();
+    await cluster.startAgents(['n3']);
+    const load = startMixedLoad(cluster.nodes);
+    await load.progress(50);
+    await load.stop();
+    await assertMixedConverged(cluster, load);
   });
 });
