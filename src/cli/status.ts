@@ -52,6 +52,9 @@ function membershipLines(status: ClusterStatus, now: number): string[] {
         `! node ${n.name} is ${m.state} from ${m.source}: ${m.phase ?? 'not started'}${tables}, ${m.rows.toLocaleString('en')} rows, ${bytes(m.bytes)} copied (updated ${ago(m.updatedAt, now)}); ` +
           `its agent starts once "pgmesh node ${command} ${n.name}" has finished (run it again if it stopped)`,
       );
+      for (const t of n.copyTables) {
+        lines.push(`    ${t.relation}: ${t.state}, ${t.rows.toLocaleString('en')}${t.rowsEstimated === null ? '' : ` of about ${t.rowsEstimated.toLocaleString('en')}`} rows, ${bytes(t.bytes)}`);
+      }
     }
   }
   for (const s of status.leftoverSlots) lines.push(`! slot ${s.slot} on ${s.node} holds ${bytes(s.retainedBytes)} of WAL ${s.detail}`);

@@ -277,6 +277,34 @@ export interface NodeStatus {
   readonly membership: Membership | null;
   /** Why it needs "pgmesh node resync" (empty when it does not): src/membership/membership-status.ts. */
   readonly needsResync: readonly ResyncReason[];
+  /** Per replicated table, the copy of a joining or resyncing node (rows and bytes so far); empty otherwise. */
+  readonly copyTables: readonly TableCopy[];
+}
+
+export interface TableCopy {
+  readonly relation: string;
+  readonly state: string;
+  readonly rowsEstimated: number | null;
+  readonly rows: number;
+  readonly bytes: number;
+}
+
+/** The per-table record of the node's copy (pgmesh.membership_table, where the catalog has it). */
+async function readTableCopies(sql: Sql): Promise<TableCopy[]> {
+  const exists = await sql.unsafe<{ ok: boolean }[]>(`SELECT to_regclass('pgmesh.membership_table') IS NOT NULL AS ok`);
+  if (!exists[0]?.ok) return [];
+  const rows = await sql.unsafe<{ relation: string; state: string; estimated: string | null; rows: string | null; bytes: string | null }[]>(
+    `SELECT j ->> 'relation' AS relation, j ->> 'state' AS state, j ->> 'rows_estimated' AS estimated,
+            j ->> 'rows_copied' AS rows, j ->> 'bytes_copied' AS bytes
+       FROM pgmesh.membership_table t, to_jsonb(t) j ORDER BY 1`,
+  );
+  return rows.map((r) => ({
+    relation: r.relation,
+    state: r.state,
+    rowsEstimated: r.estimated === null ? null : Number(r.estimated),
+    rows: Number(r.rows ?? 0),
+    bytes: Number(r.bytes ?? 0),
+  }));
 }
 
 export interface ClusterStatus {
@@ -327,6 +355,8 @@ async function readNode(node: NodeConfig, logger: Logger, opened: Map<string, Sq
     }
     const slotHealth: SlotHealth[] = await readSlotHealth(sql);
     const membership = initialized ? ((await readMembership(sql)) ?? null) : null;
+    const copying = membership?.state === 'joining' || membership?.state === 'resyncing';
+    const copyTables = copying ? await readTableCopies(sql) : [];
     const progress = new Map<string, PeerProgress>();
     let tables: number | null = null;
     let openExceptions: number | null = null;
@@ -374,6 +404,7 @@ async function readNode(node: NodeConfig, logger: Logger, opened: Map<string, Sq
         schemaFingerprint,
         membership,
         needsResync: [],
+        copyTables,
       },
       slots,
       progress,
@@ -409,6 +440,7 @@ async function readNode(node: NodeConfig, logger: Logger, opened: Map<string, Sq
         schemaFingerprint: null,
         membership: null,
         needsResync: [],
+        copyTables: [],
       },
       slots: new Map(),
       progress: new Map(),

@@ -11,6 +11,8 @@
  *   reads as n3 on n3), and n1 and n2 never stream from n3 again (their streams stopped when n3 was unlinked).
  * - n3 has written something that n2 never received (n2's agent is down): the resync is refused without --force,
  *   and with it says what is lost.
+ * - a node add that failed (the source's agent is down, so it cannot catch up) leaves n3 'joining' and slots for it:
+ *   status shows both, with what to run. Without the code under test: status says nothing of them.
  * - n3 is restored from a file-level backup after writing rows that reached n1 and n2: status says it was restored
  *   (n1 and n2 applied its WAL past where its WAL now is), the resync needs --force (what it wrote since the restore
  *   cannot reach the others), and its rows written before the restore come back from the copy. Without the code
@@ -22,10 +24,11 @@ import assert from 'node:assert/strict';
 import { clusterStatus } from '../../src/cluster/cluster-ops.ts';
 import { formatStatus } from '../../src/cli/status.ts';
 import { silentLogger } from '../../src/core/logger.ts';
+import { addNode } from '../../src/membership/node-add.ts';
 import { removeNode } from '../../src/membership/node-remove.ts';
 import { resyncNode } from '../../src/membership/node-resync.ts';
 import { eventually, withCluster, type TestCluster, type TestNode } from '../support/cluster.ts';
-import { MIXED_SCHEMA, assertMixedConverged, declareDeltaBalances, startMixedLoad, type MixedLoad } from '../support/mixed-load.ts';
+import { MIXED_DDL, MIXED_SCHEMA, assertMixedConverged, declareDeltaBalances, startMixedLoad, type MixedLoad } from '../support/mixed-load.ts';
 import { invalidateSlot } from '../support/slots.ts';
 
 async function membershipState(node: TestNode): Promise<string | undefined> {
@@ -176,5 +179,24 @@ test('node resync: a node restored from an older backup is reported and copied a
     await load.progress(50);
     await load.stop();
     await assertMixedConverged(cluster, load);
+  });
+});
+
+test('status: a failed node add leaves n3 joining and slots holding WAL for it, and says so', { timeout: 300_000 }, async () => {
+  await withCluster({ nodes: 2, schema: MIXED_SCHEMA }, async (cluster) => {
+    // n1's agent is down: n1 cannot catch up with n2's marker, so the add stops after making its slots.
+    await cluster.startAgents(['n2']);
+    const n3 = await cluster.startServer('n3', MIXED_DDL);
+    await assert.rejects(addNode(cluster.config, silentLogger, { name: 'n3', dsn: n3.server.dsn, from: 'n1', catchUpTimeoutMs: 2000 }), /has not applied the changes of n2/);
+    // Not in the configuration (node add lists a node only once it joined): a slot for a node nobody knows.
+    const unlisted = await clusterStatus(cluster.config, silentLogger);
+    assert.deepEqual(unlisted.leftoverSlots.map((l) => `${l.node} ${l.slot}`), ['n2 pgmesh_n3'], formatStatus(unlisted));
+    assert.match(formatStatus(unlisted), /^! slot pgmesh_n3 on n2 holds .* of WAL for n3, which is not in the configuration .*"pgmesh node add n3" again/m);
+    // Listed: its state and the slot, with what to run.
+    const listed = await clusterStatus({ ...cluster.config, nodes: [...cluster.config.nodes, { name: 'n3', dsn: n3.server.dsn }] }, silentLogger);
+    assert.equal(listed.nodes.find((n) => n.name === 'n3')?.membership?.state, 'joining');
+    assert.deepEqual(listed.leftoverSlots.map((l) => `${l.node} ${l.slot}`), ['n2 pgmesh_n3'], formatStatus(listed));
+    assert.match(formatStatus(listed), /^! node n3 is joining from n1: waiting for the source to catch up.*"pgmesh node add n3"/m);
+    assert.match(formatStatus(listed), /^n3 .* joining /m);
   });
 });
