@@ -29,6 +29,7 @@ import { removeNode } from '../../src/membership/node-remove.ts';
 import { resyncNode } from '../../src/membership/node-resync.ts';
 import { eventually, withCluster, type TestCluster, type TestNode } from '../support/cluster.ts';
 import { MIXED_DDL, MIXED_SCHEMA, assertMixedConverged, declareDeltaBalances, startMixedLoad, type MixedLoad } from '../support/mixed-load.ts';
+import { pgmesh } from '../support/cli.ts';
 import { invalidateSlot } from '../support/slots.ts';
 
 async function membershipState(node: TestNode): Promise<string | undefined> {
@@ -68,8 +69,10 @@ test('node resync: a slot invalidated by max_slot_wal_keep_size while n3 is down
 
     await n3.server.start();
     await eventually(async () => (await n3.sql.unsafe(`SELECT 1`)).length === 1, { timeoutMs: 60_000, what: 'n3 to answer again' });
-    const back = await clusterStatus(cluster.config, silentLogger);
-    assert.deepEqual(back.nodes.find((n) => n.name === 'n3')?.needsResync.map((r) => r.kind), ['slot_invalidated'], 'still needed once n3 is back');
+    const back = await pgmesh(['status', '--json'], { config: cluster.configPath });
+    assert.equal(back.code, 1, `status fails while a node needs a resync: ${back.output}`);
+    const json = JSON.parse(back.stdout) as { nodes: { name: string; needsResync: { kind: string; peer: string }[] }[] };
+    assert.deepEqual(json.nodes.find((n) => n.name === 'n3')?.needsResync.map((r) => `${r.kind} ${r.peer}`), ['slot_invalidated n1'], 'still needed once n3 is back');
 
     const result = await resyncNode(cluster.config, silentLogger, { name: 'n3', dsn: n3.server.dsn, from: 'n2' });
     t.diagnostic(`resync copied ${result.rows} rows in ${result.copySeconds} s`);
@@ -111,6 +114,9 @@ test('node resync: changes of n3 that a peer never received make the resync need
       resyncNode(cluster.config, silentLogger, { name: 'n3', dsn: n3.server.dsn, from: 'n1', drainTimeoutMs: 3000 }),
       /n2 did not receive n3's changes .* would be lost .* --force/,
     );
+    const unknown = await pgmesh(['node', 'resync', 'n9'], { config: cluster.configPath });
+    assert.equal(unknown.code, 2, `a node that is not in the configuration, without --dsn, is bad input: ${unknown.output}`);
+    assert.match(unknown.stderr, /node n9 is not in the configuration: give its connection string with --dsn/);
     assert.equal(await membershipState(n3).catch(() => undefined), undefined, 'a refused resync changes nothing');
     const result = await resyncNode(cluster.config, silentLogger, { name: 'n3', dsn: n3.server.dsn, from: 'n1', force: true, drainTimeoutMs: 3000 });
     assert.equal(result.drained, false);
