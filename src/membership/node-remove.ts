@@ -117,13 +117,14 @@ export async function removeNode(config: ClusterConfig, logger: Logger, options:
 
 /**
  * A marker transaction on node `name`; every other node must apply its stream past it, so everything `name` committed
- * before the call has reached them. `otherwise` ends the timeout's message (what the user can do instead).
+ * before the call has reached them. `otherwise` ends the timeout's message (what the user can do instead; none: the
+ * caller says it).
  */
 export async function drain(
   leaving: Sql,
   name: string,
   others: readonly { name: string; sql: Sql }[],
-  options: { readonly timeoutMs: number; readonly marker: string; readonly otherwise: string },
+  options: { readonly timeoutMs: number; readonly marker: string; readonly otherwise?: string },
 ): Promise<void> {
   const timeoutMs = options.timeoutMs;
   const rows = await leaving.unsafe<{ lsn: string }[]>(`SELECT pg_catalog.pg_logical_emit_message(true, $2, $1)::text AS lsn`, [name, options.marker]);
@@ -140,7 +141,7 @@ export async function drain(
     if (Date.now() > deadline) {
       throw new PgmeshError(
         'APPLY_FAILED',
-        `${[...behind].join(', ')} did not receive ${name}'s changes up to ${formatLsn(marker)} within ${Math.round(timeoutMs / 1000)} s; are their agents running and streaming from ${name} (pgmesh status)? Retry, or ${options.otherwise}`,
+        `${[...behind].join(', ')} did not receive ${name}'s changes up to ${formatLsn(marker)} within ${Math.round(timeoutMs / 1000)} s; are their agents running and streaming from ${name} (pgmesh status)?${options.otherwise ? ` Retry, or ${options.otherwise}` : ''}`,
       );
     }
     await new Promise((r) => setTimeout(r, 200));

@@ -70,7 +70,7 @@ async function drainWrites(conns: JoinConnections, options: ResyncNodeOptions, l
   const state = await readMembership(conns.joining);
   if (state && state.state !== 'member') return { drained: false, warnings: [] };
   const lost = (why: string) =>
-    `${why}: changes ${name} made that they never received would be lost (its tables are replaced by the cluster's rows)`;
+    `${why}${/[.?]$/.test(why) ? '' : '.'} Changes ${name} made that they never received would be lost (its tables are replaced by the cluster's rows)`;
   // Restored from a backup: the others have applied its WAL further than its WAL now reaches, so they would skip
   // what it wrote since the restore (and a marker would look drained at once).
   const wal = await conns.joining.unsafe<{ lsn: string }[]>(`SELECT pg_catalog.pg_current_wal_insert_lsn()::text AS lsn`);
@@ -96,7 +96,9 @@ async function drainWrites(conns: JoinConnections, options: ResyncNodeOptions, l
     else if (slot.invalidated !== null) unreachable.push(`${peer} (slot ${slotName(peer)} on ${name} was invalidated: ${slot.invalidated})`);
   }
   let problem: string | undefined;
+  let advice = `Make the other nodes' agents stream from ${name} and retry, or run with --force to resync anyway`;
   if (ahead.length > 0) {
+    advice = 'Nothing brings those changes back: run with --force to resync anyway';
     problem = lost(
       `${name} was restored from a backup older than what it had exchanged with ${ahead.join(', ')} (its WAL is at ${formatLsn(walLsn)}), so what it wrote since the restore may not have reached them`,
     );
@@ -107,7 +109,6 @@ async function drainWrites(conns: JoinConnections, options: ResyncNodeOptions, l
       await drain(conns.joining, name, [...conns.existing].map(([peer, sql]) => ({ name: peer, sql })), {
         timeoutMs: options.drainTimeoutMs ?? DRAIN_TIMEOUT_MS,
         marker: 'pgmesh.resync',
-        otherwise: 'run with --force to resync without them',
       });
       return { drained: true, warnings: [] };
     } catch (error) {
@@ -115,7 +116,7 @@ async function drainWrites(conns: JoinConnections, options: ResyncNodeOptions, l
     }
   }
   if (!options.force) {
-    throw new PgmeshError('APPLY_FAILED', `${problem}. Make the other nodes' agents stream from ${name} and retry, or run with --force to resync anyway`, {
+    throw new PgmeshError('APPLY_FAILED', `${problem}. ${advice}`, {
       context: { node: name },
     });
   }
