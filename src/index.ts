@@ -11,6 +11,8 @@ export { checkServerFacts, readServerFacts } from './cluster/server-checks.ts';
 export { addNode } from './membership/node-add.ts';
 export type { AddNodeOptions, AddNodeResult } from './membership/node-add.ts';
 export { removeNode } from './membership/node-remove.ts';
+export { resyncNode } from './membership/node-resync.ts';
+export type { ResyncNodeOptions, ResyncNodeResult } from './membership/node-resync.ts';
 export type { RemoveNodeOptions, RemoveNodeResult } from './membership/node-remove.ts';
 export { Agent } from './agent/agent.ts';
 export type { AgentStatus } from './agent/agent.ts';

@@ -96,8 +96,15 @@ export class Agent {
           { context: { node: nodeName } },
         );
       }
+      if (membership?.state === 'resyncing') {
+        throw new PgmeshError(
+          'NOT_INITIALIZED',
+          `node ${nodeName} is being resynced (its copy from ${membership.source} has not finished: ${membership.phase ?? 'not started'}); run "pgmesh node resync ${nodeName}" again to finish it`,
+          { context: { node: nodeName } },
+        );
+      }
       if (membership?.state === 'removed') {
-        throw new PgmeshError('NOT_INITIALIZED', `node ${nodeName} was removed from the cluster ("pgmesh node remove"); take it out of the configuration, or add it again with "pgmesh node add ${nodeName}"`, {
+        throw new PgmeshError('NOT_INITIALIZED', `node ${nodeName} was removed from the cluster ("pgmesh node remove"); take it out of the configuration, or bring it back with "pgmesh node resync ${nodeName}" (or node add)`, {
           context: { node: nodeName },
         });
       }
@@ -162,6 +169,9 @@ export class Agent {
     const peers = config.nodes.filter((n) => n.name !== this.node);
     const removed = [...this.replicators.keys()].filter((name) => !peers.some((p) => p.name === name));
     for (const name of removed) await this.stopPeer(name);
+    // A stream that stopped because its peer was unlinked (node remove, or a resync of the peer that was under way)
+    // starts again if the peer is linked now.
+    for (const [name, replicator] of this.replicators) if (replicator.status().state === 'stopped') await this.stopPeer(name);
     const candidates = peers.filter((p) => !this.replicators.has(p.name));
     const notLinked = await unlinkedPeers(this.catalog, candidates);
     this.config = config;

@@ -5,6 +5,8 @@
  * States: starting -> streaming -> (error) -> waiting -> starting ... ; stop() from any state -> stopped.
  * Invariant: at most one stream and one apply session per peer exist at a time (the previous ones are closed
  * before the next start), so the replication origin is never set up twice.
+ * stop() ends the session in progress wherever it is: a connection still being opened is given up, and each step of
+ * the start-up checks whether a stop came while it waited (a stream started after stop() would never end).
  */
 import { PgmeshError, errorMessage, serverValues } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
@@ -16,6 +18,7 @@ import { originName, slotName, PUBLICATION } from '../cluster/catalog-schema.ts'
 import type { Sql } from '../pg/connect.ts';
 import { ReplicationConnection } from '../pg/replication-connection.ts';
 import { PeerStream } from '../stream/peer-stream.ts';
+import { ackFloor } from '../membership/slot-health.ts';
 import type { AgentTuning } from '../config/config.ts';
 
 export type PeerState = 'starting' | 'streaming' | 'waiting' | 'paused' | 'stopped';
@@ -76,6 +79,10 @@ export class PeerReplicator {
   private readonly schemaFirstSeen = new Map<string, number>();
   private wake: (() => void) | undefined;
   private loop: Promise<void> | undefined;
+  /** Aborted by stop(): gives up what the session in progress is opening. */
+  private readonly stopping = new AbortController();
+  /** The session's replication connection before its stream has started (stop() closes it). */
+  private connecting: ReplicationConnection | undefined;
 
   constructor(private readonly options: PeerReplicatorOptions) {}
 
@@ -210,7 +217,13 @@ export class PeerReplicator {
     this.applier = applier;
     let poll: NodeJS.Timeout | undefined;
     try {
-      const connection = await ReplicationConnection.open(this.options.peerDsn, peer, `pgmesh ${localNode}`, logger);
+      if (this.stopped) return;
+      const connection = await ReplicationConnection.open(this.options.peerDsn, peer, `pgmesh ${localNode}`, logger, this.stopping.signal);
+      if (this.stopped) {
+        await connection.close();
+        return;
+      }
+      this.connecting = connection;
       const slot = slotName(localNode);
       const state = await connection.slotState(slot).catch(async (error) => {
         await connection.close();
@@ -223,6 +236,21 @@ export class PeerReplicator {
           state.exists
             ? `slot ${slot} on ${peer} was invalidated (it fell behind max_slot_wal_keep_size); ${localNode} has lost part of ${peer}'s changes and needs a resync`
             : `slot ${slot} is missing on ${peer}, so ${localNode} cannot receive ${peer}'s changes; run "pgmesh cluster create" to link the nodes`,
+          { context: { peer, slot } },
+        );
+      }
+      // Every position this node acknowledged is at or below its progress or its recorded keepalive position (the
+      // seed row 0/0 and no record: nothing acknowledged yet). A slot past both: this node lost what it had
+      // acknowledged (restored from a backup), and the peer has forgotten what lies between.
+      const acked = await ackFloor(this.options.catalog, peer).catch(async (error) => {
+        await connection.close();
+        throw error;
+      });
+      if (acked.known && state.confirmedFlush !== null && parseLsn(state.confirmedFlush) > acked.lsn) {
+        await connection.close();
+        throw new PgmeshError(
+          'SLOT_MISSING',
+          `slot ${slot} on ${peer} says ${localNode} acknowledged ${peer}'s changes up to ${state.confirmedFlush}, but ${localNode} holds them only up to ${formatLsn(acked.lsn)}: ${localNode} was restored from a backup (or lost its WAL) and has lost part of ${peer}'s changes; it needs a resync (pgmesh node resync ${localNode})`,
           { context: { peer, slot } },
         );
       }
@@ -244,6 +272,7 @@ export class PeerReplicator {
         publication: PUBLICATION,
         startLsn: applier.appliedEnd,
         durableLsn: durableAtStart ?? LSN_ZERO,
+        recordedKeepaliveLsn: acked.recorded,
         protocolVersion: 4,
         feedbackIntervalMs: tuning.feedbackIntervalMs,
         highWaterEvents: tuning.highWaterEvents,
@@ -251,18 +280,36 @@ export class PeerReplicator {
         logger,
       });
       this.stream = stream;
+      this.connecting = undefined;
+      // stop() came while the stream was starting: it found no stream to close; the finally below closes it.
+      if (this.stopped) return;
       this.state = 'streaming';
       onStreaming();
       logger.info({ peer, from: formatLsn(applier.appliedEnd) }, 'streaming from peer');
       // What the peer may forget is only what is flushed here, not merely committed (asynchronous commit).
       let polls = 0;
       let ticks = 0;
+      let recording = false;
       poll = setInterval(() => {
         // Now and then, fold the peer's progress log into its count, so the log stays a few rows long.
         if (ticks++ % 10 === 0) {
           this.options.catalog
             .unsafe(`SELECT pgmesh.prune_applied($1)`, [peer])
             .catch((error) => logger.debug({ peer, err: errorMessage(error) }, 'progress log pruning failed'));
+        }
+        // A keepalive position is recorded (synchronous commit) before it is acknowledged; at most once a second.
+        const keepalive = ticks % Math.max(1, Math.round(1000 / tuning.progressPollMs)) === 0 ? stream.keepaliveToRecord() : undefined;
+        if (keepalive !== undefined && !recording) {
+          recording = true;
+          this.options.catalog
+            .unsafe(
+              `INSERT INTO pgmesh.peer_ack (peer, acked_lsn) VALUES ($1, $2::text::pg_lsn)
+               ON CONFLICT (peer) DO UPDATE SET acked_lsn = greatest(pgmesh.peer_ack.acked_lsn, EXCLUDED.acked_lsn)`,
+              [peer, formatLsn(keepalive)],
+            )
+            .then(() => stream.keepaliveRecorded(keepalive))
+            .catch((error) => logger.debug({ peer, err: errorMessage(error) }, 'recording the acknowledged position failed'))
+            .finally(() => (recording = false));
         }
         durableProgress(this.options.catalog, peer, originName(peer))
           .then((lsn) => {
@@ -284,6 +331,7 @@ export class PeerReplicator {
       poll.unref();
       await applier.run(stream);
     } finally {
+      this.connecting = undefined;
       if (poll) clearInterval(poll);
       this.totals.appliedXacts += applier.stats.appliedXacts;
       this.totals.appliedChanges += applier.stats.appliedChanges;
@@ -343,8 +391,10 @@ export class PeerReplicator {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    this.stopping.abort();
     this.wake?.();
     this.applier?.interrupt();
+    await this.connecting?.close();
     await this.stream?.close().catch(() => undefined);
     await this.loop;
   }

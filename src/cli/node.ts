@@ -4,6 +4,7 @@ import { addNodeToConfigFile, removeNodeFromConfigFile } from '../config/config-
 import { dsnProblem } from '../pg/dsn.ts';
 import { addNode } from '../membership/node-add.ts';
 import { removeNode } from '../membership/node-remove.ts';
+import { resyncNode } from '../membership/node-resync.ts';
 import type { JoinProgress } from '../membership/membership-state.ts';
 import { configFrom, loggerFor, printJson, type GlobalOptions } from './common.ts';
 
@@ -21,6 +22,21 @@ function progressLine(started: number): (p: JoinProgress) => void {
   };
 }
 
+/** The node's connection string (flag, or its configuration entry) and the catch-up timeout, checked. */
+function joinInput(
+  nodes: readonly { readonly name: string; readonly dsn: string }[],
+  name: string,
+  options: { readonly dsn?: string; readonly catchUpTimeout: string },
+): { dsn: string; timeout: number } {
+  const dsn = options.dsn ?? nodes.find((n) => n.name === name)?.dsn;
+  if (!dsn) throw new PgmeshError('CONFIG_INVALID', `node ${name} is not in the configuration: give its connection string with --dsn postgres://...`);
+  const problem = dsnProblem(dsn);
+  if (problem) throw new PgmeshError('CONFIG_INVALID', `the connection string of node ${name} ${problem}`);
+  const timeout = Number(options.catchUpTimeout);
+  if (!Number.isFinite(timeout) || timeout <= 0) throw new PgmeshError('CONFIG_INVALID', `--catch-up-timeout must be a number of seconds above 0, not "${options.catchUpTimeout}"`);
+  return { dsn, timeout };
+}
+
 export function registerNode(program: Command): void {
   const node = program.command('node').description('grow and shrink a running cluster');
   node
@@ -34,12 +50,7 @@ export function registerNode(program: Command): void {
     .action(async (name: string, options: { dsn?: string; from?: string; catchUpTimeout: string; json?: boolean }, command: Command) => {
       const globals = command.optsWithGlobals<GlobalOptions>();
       const config = configFrom(globals);
-      const dsn = options.dsn ?? config.nodes.find((n) => n.name === name)?.dsn;
-      if (!dsn) throw new PgmeshError('CONFIG_INVALID', `node ${name} is not in the configuration: give its connection string with --dsn postgres://...`);
-      const problem = dsnProblem(dsn);
-      if (problem) throw new PgmeshError('CONFIG_INVALID', `the connection string of node ${name} ${problem}`);
-      const timeout = Number(options.catchUpTimeout);
-      if (!Number.isFinite(timeout) || timeout <= 0) throw new PgmeshError('CONFIG_INVALID', `--catch-up-timeout must be a number of seconds above 0, not "${options.catchUpTimeout}"`);
+      const { dsn, timeout } = joinInput(config.nodes, name, options);
       const started = Date.now();
       const result = await addNode(config, loggerFor(config), {
         name,
@@ -66,6 +77,43 @@ export function registerNode(program: Command): void {
       process.stdout.write(
         `next: reload every running agent (kill -HUP <pid>, or restart it) so it streams from ${name}, and start ${name}'s agent: pgmesh start --node ${name}\n`,
       );
+    });
+  node
+    .command('resync')
+    .description("copy a node anew from a member, as a join does: for a node whose slot on a peer was invalidated, that was restored from an old backup, or that was removed")
+    .argument('<name>', 'the node to bring back to the cluster\'s state')
+    .option('--dsn <url>', 'its connection string (default: its entry in the configuration)')
+    .option('--from <node>', 'the member whose data is copied (default: the first other node of the configuration)')
+    .option('--force', 'resync although what it wrote could not be drained to every other node (those changes are lost)')
+    .option('--catch-up-timeout <seconds>', 'how long the source may take to apply the other nodes\' changes', '300')
+    .option('--json', 'print the result as JSON')
+    .action(async (name: string, options: { dsn?: string; from?: string; force?: boolean; catchUpTimeout: string; json?: boolean }, command: Command) => {
+      const globals = command.optsWithGlobals<GlobalOptions>();
+      const config = configFrom(globals);
+      const { dsn, timeout } = joinInput(config.nodes, name, options);
+      const started = Date.now();
+      const result = await resyncNode(config, loggerFor(config), {
+        name,
+        dsn,
+        from: options.from,
+        force: options.force,
+        catchUpTimeoutMs: timeout * 1000,
+        onProgress: progressLine(started),
+      });
+      if (process.stderr.isTTY) process.stderr.write('\n');
+      const file = globals.config ?? process.env.PGMESH_CONFIG;
+      const listed = file ? addNodeToConfigFile(file, { name, dsn: options.dsn ?? dsn }) : false;
+      if (options.json) {
+        printJson({ ...result, configUpdated: listed });
+        return;
+      }
+      process.stdout.write(
+        `node ${name} resynced from ${result.source}: ${result.tables} tables, ${result.rows.toLocaleString('en')} rows, ${megabytes(result.bytes)} in ${result.copySeconds.toFixed(1)} s` +
+          `${result.drained ? ' (what it had written reached every other node first)' : ''}\n`,
+      );
+      for (const warning of result.warnings) process.stdout.write(`warning: ${warning}\n`);
+      if (listed) process.stdout.write(`added ${name} to ${file}\n`);
+      process.stdout.write(`next: reload every other running agent (kill -HUP <pid>, or restart it), and start ${name}'s agent: pgmesh start --node ${name}\n`);
     });
   node
     .command('remove')

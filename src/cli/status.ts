@@ -46,6 +46,39 @@ function horizonWarning(node: NodeStatus, now: number): string[] {
   ];
 }
 
+/** A node's STATE cell: reachable, and where it is in its membership. */
+function nodeState(n: NodeStatus): string {
+  if (!n.reachable) return 'UNREACHABLE';
+  if (!n.initialized) return 'not initialized';
+  if (n.needsResync.length > 0) return 'NEEDS RESYNC';
+  const state = n.membership?.state;
+  return state === 'joining' || state === 'resyncing' || state === 'removed' ? state : 'up';
+}
+
+/** Lines about membership: nodes that need a resync and why, copies under way, slots left for non-members. */
+function membershipLines(status: ClusterStatus, now: number): string[] {
+  const lines: string[] = [];
+  for (const n of status.nodes) {
+    if (n.needsResync.length > 0) {
+      lines.push(`! node ${n.name} needs a resync: ${n.needsResync.map((r) => r.detail).join('; ')}. Stop its agent, then run "pgmesh node resync ${n.name}"`);
+    }
+    const m = n.membership;
+    if (m && (m.state === 'joining' || m.state === 'resyncing')) {
+      const command = m.state === 'joining' ? 'add' : 'resync';
+      const tables = m.tablesTotal === null ? '' : `, table ${Math.min(m.tablesDone + 1, m.tablesTotal)}/${m.tablesTotal}`;
+      lines.push(
+        `! node ${n.name} is ${m.state} from ${m.source}: ${m.phase ?? 'not started'}${tables}, ${m.rows.toLocaleString('en')} rows, ${bytes(m.bytes)} copied (updated ${ago(m.updatedAt, now)}); ` +
+          `its agent starts once "pgmesh node ${command} ${n.name}" has finished (run it again if it stopped)`,
+      );
+      for (const t of n.copyTables) {
+        lines.push(`    ${t.relation}: ${t.state}, ${t.rows.toLocaleString('en')}${t.rowsEstimated === null ? '' : ` of about ${t.rowsEstimated.toLocaleString('en')}`} rows, ${bytes(t.bytes)}`);
+      }
+    }
+  }
+  for (const s of status.leftoverSlots) lines.push(`! slot ${s.slot} on ${s.node} holds ${bytes(s.retainedBytes)} of WAL ${s.detail}`);
+  return lines;
+}
+
 /** The human view of a cluster: one line per node, one per directed link. */
 export function formatStatus(status: ClusterStatus): string {
   const now = Date.parse(status.at);
@@ -55,7 +88,7 @@ export function formatStatus(status: ClusterStatus): string {
     nodes.push([
       n.name,
       n.endpoint,
-      !n.reachable ? 'UNREACHABLE' : n.initialized ? 'up' : 'not initialized',
+      nodeState(n),
       n.serverVersion ?? '-',
       n.replicatedTables === null ? '-' : String(n.replicatedTables),
       n.openExceptions === null ? '-' : String(n.openExceptions),
@@ -83,6 +116,7 @@ export function formatStatus(status: ClusterStatus): string {
   const schemasDiffer = new Set(fingerprints.map((n) => n.schemaFingerprint)).size > 1;
   const errors = [
     ...status.nodes.filter((n) => n.error).map((n) => `! ${n.error}`),
+    ...membershipLines(status, now),
     ...status.nodes
       .filter((n) => n.sequences && n.sequences.notInterleaved.length > 0)
       .map(
@@ -134,7 +168,7 @@ export function registerStatus(program: Command): void {
       };
       const status = await show();
       if (!options.watch) {
-        if (status.nodes.some((n) => !n.reachable || n.error)) process.exitCode = 1;
+        if (status.nodes.some((n) => !n.reachable || n.error || n.needsResync.length > 0)) process.exitCode = 1;
         return;
       }
       const everyMs = options.watch * 1000;

@@ -48,6 +48,7 @@ export const AGENT_CATALOG_WRITES: Readonly<Record<string, readonly string[]>> =
   peer_horizon: ['INSERT', 'UPDATE'],
   version_horizon: ['INSERT', 'UPDATE'],
   version_checkpoint: ['INSERT', 'DELETE'],
+  peer_ack: ['INSERT', 'UPDATE'],
 };
 
 /** Applying a peer's changes inserts, updates, deletes (after reading) and truncates. */

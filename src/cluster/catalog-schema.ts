@@ -808,6 +808,21 @@ ALTER TABLE pgmesh.apply_progress
   ADD COLUMN retry_sqlstate text;
 `,
   /* 15: a peer's TRUNCATE takes its tables' apply locks: apply sessions serialise on keys (src/apply/key-lock.ts) */ TRUNCATE_LOCK_MIGRATION,
+  /* 16: membership: 'resyncing', a member brought back to the cluster's state (node resync) */ `
+-- A member whose stream from some peer was cut (its slot invalidated) or that was restored from an old backup is copied
+-- anew (pgmesh node resync); like a joining node, its agent refuses to start until the resync has finished.
+ALTER TABLE pgmesh.membership DROP CONSTRAINT membership_state_check;
+ALTER TABLE pgmesh.membership ADD CONSTRAINT membership_state_check CHECK (state IN ('joining', 'resyncing', 'member', 'removed'));
+`,
+  /* 17: acknowledged positions: a keepalive position is recorded here before it is acknowledged to the peer */ `
+-- Every position this node acknowledges to a peer is at or below the greater of its progress for that peer and the
+-- position recorded here (keepalive positions, which carry no transaction). A peer's slot whose confirmed position is
+-- past both means this node lost state it had acknowledged (restored from a backup): it needs a resync.
+CREATE TABLE pgmesh.peer_ack (
+  peer text PRIMARY KEY,
+  acked_lsn pg_lsn NOT NULL
+);
+`,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

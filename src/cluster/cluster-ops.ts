@@ -28,6 +28,10 @@ import {
   type TableRefusal,
 } from './node-admin.ts';
 import { interleaveSequences, memberProblems, readSequenceStatus, type Member } from './sequences.ts';
+import { readMembership, type Membership } from '../membership/membership-state.ts';
+import { assessMembership, type LeftoverSlot, type MemberFacts, type ResyncReason } from '../membership/membership-status.ts';
+import { ackFloor, readSlotHealth, type SlotHealth } from '../membership/slot-health.ts';
+import { formatLsn } from '../core/lsn.ts';
 
 export interface CreateClusterResult {
   readonly nodes: readonly { readonly name: string; readonly created: boolean; readonly tables: AddTablesResult }[];
@@ -283,6 +287,41 @@ export interface NodeStatus {
   readonly schemaFingerprint: string | null;
   /** What the node keeps so that row versions last (docs/conflicts.md, "Versions"); null before its agent made it. */
   readonly versionHorizon: VersionHorizonStatus | null;
+  /**
+   * Its pgmesh.membership row: joining / resyncing (with the copy's progress), member, removed; null for a node made
+   * by cluster create (a member) or not reachable.
+   */
+  readonly membership: Membership | null;
+  /** Why it needs "pgmesh node resync" (empty when it does not): src/membership/membership-status.ts. */
+  readonly needsResync: readonly ResyncReason[];
+  /** Per replicated table, the copy of a joining or resyncing node (rows and bytes so far); empty otherwise. */
+  readonly copyTables: readonly TableCopy[];
+}
+
+export interface TableCopy {
+  readonly relation: string;
+  readonly state: string;
+  readonly rowsEstimated: number | null;
+  readonly rows: number;
+  readonly bytes: number;
+}
+
+/** The per-table record of the node's copy (pgmesh.membership_table, where the catalog has it). */
+async function readTableCopies(sql: Sql): Promise<TableCopy[]> {
+  const exists = await sql.unsafe<{ ok: boolean }[]>(`SELECT to_regclass('pgmesh.membership_table') IS NOT NULL AS ok`);
+  if (!exists[0]?.ok) return [];
+  const rows = await sql.unsafe<{ relation: string; state: string; estimated: string | null; rows: string | null; bytes: string | null }[]>(
+    `SELECT j ->> 'relation' AS relation, j ->> 'state' AS state, j ->> 'rows_estimated' AS estimated,
+            j ->> 'rows_copied' AS rows, j ->> 'bytes_copied' AS bytes
+       FROM pgmesh.membership_table t, to_jsonb(t) j ORDER BY 1`,
+  );
+  return rows.map((r) => ({
+    relation: r.relation,
+    state: r.state,
+    rowsEstimated: r.estimated === null ? null : Number(r.estimated),
+    rows: Number(r.rows ?? 0),
+    bytes: Number(r.bytes ?? 0),
+  }));
 }
 
 export interface VersionHorizonStatus {
@@ -303,15 +342,20 @@ export interface ClusterStatus {
   readonly at: string;
   readonly nodes: readonly NodeStatus[];
   readonly links: readonly LinkStatus[];
+  /** Slots that hold WAL for a node that is not a member (yet): what a failed node add or resync leaves. */
+  readonly leftoverSlots: readonly LeftoverSlot[];
 }
 
 interface NodeFacts {
   status: NodeStatus;
   slots: Map<string, { active: boolean; walStatus: string | null; lagBytes: number | null }>;
   progress: Map<string, PeerProgress>;
+  /** For the membership assessment; undefined when the node could not be read. */
+  member: MemberFacts | undefined;
 }
 
 interface PeerProgress {
+  endLsn: string;
   appliedXacts: number;
   appliedAt: string | null;
   remoteCommit: string | null;
@@ -340,13 +384,16 @@ SELECT substr(a.application_name, length('pgmesh apply ') + 1) AS peer, a.pid,
   LEFT JOIN LATERAL (SELECT l.waitstart FROM pg_catalog.pg_locks l WHERE l.pid = a.pid AND NOT l.granted LIMIT 1) w ON true
  WHERE a.datname = pg_catalog.current_database() AND a.application_name LIKE 'pgmesh apply %' AND a.wait_event_type = 'Lock'`;
 
-async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
+/** `opened` gets the node's connection, left open until every node has been read (see clusterStatus). */
+async function readNode(node: NodeConfig, logger: Logger, opened: Map<string, Sql>): Promise<NodeFacts> {
   const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh status', logger, max: 1, connectTimeoutS: 5 });
+  opened.set(node.name, sql);
   const base = { name: node.name, endpoint: describeEndpoint(node.dsn) };
   let reached: { version: string | null; initialized: boolean } | undefined;
   try {
-    const info = await sql.unsafe<{ version: string; initialized: boolean }[]>(
-      `SELECT current_setting('server_version') AS version, to_regclass('pgmesh.local_node') IS NOT NULL AS initialized`,
+    const info = await sql.unsafe<{ version: string; initialized: boolean; wal: string }[]>(
+      `SELECT current_setting('server_version') AS version, to_regclass('pgmesh.local_node') IS NOT NULL AS initialized,
+              pg_catalog.pg_current_wal_insert_lsn()::text AS wal`,
     );
     const initialized = info[0]?.initialized === true;
     reached = { version: info[0]?.version ?? null, initialized };
@@ -357,6 +404,10 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
     )) {
       slots.set(row.slot_name, { active: row.active, walStatus: row.wal_status, lagBytes: row.lag === null ? null : Number(row.lag) });
     }
+    const slotHealth: SlotHealth[] = await readSlotHealth(sql);
+    const membership = initialized ? ((await readMembership(sql)) ?? null) : null;
+    const copying = membership?.state === 'joining' || membership?.state === 'resyncing';
+    const copyTables = copying ? await readTableCopies(sql) : [];
     const progress = new Map<string, PeerProgress>();
     let tables: number | null = null;
     let openExceptions: number | null = null;
@@ -378,15 +429,16 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
         });
       }
       for (const row of await sql.unsafe<
-        { peer: string; applied_xacts: string; applied_at: string | null; remote_commit_ts: string | null; skew: string | null; conflicts: string; paused_reason: string | null; paused: boolean }[]
+        { peer: string; end_lsn: string; applied_xacts: string; applied_at: string | null; remote_commit_ts: string | null; skew: string | null; conflicts: string; paused_reason: string | null; paused: boolean }[]
       >(
-        `SELECT p.peer, p.applied_xacts::text, ${isoTimestampSql('p.applied_at')} AS applied_at,
+        `SELECT p.peer, p.end_lsn::text, p.applied_xacts::text, ${isoTimestampSql('p.applied_at')} AS applied_at,
                 ${isoTimestampSql('p.remote_commit_ts')} AS remote_commit_ts, c.skew_ms::text AS skew,
                 (SELECT count(*) FROM pgmesh.conflict f WHERE f.peer = p.peer)::text AS conflicts,
                 p.paused_reason, p.paused_at IS NOT NULL AS paused
            FROM pgmesh.progress p LEFT JOIN pgmesh.peer_clock c USING (peer)`,
       )) {
         progress.set(row.peer, {
+          endLsn: row.end_lsn,
           appliedXacts: Number(row.applied_xacts),
           appliedAt: row.applied_at,
           remoteCommit: row.remote_commit_ts,
@@ -409,9 +461,33 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
       sequences = { interleaved: feeding.filter((f) => f.interleaved).length, notInterleaved: feeding.filter((f) => !f.interleaved).map((f) => f.sequence) };
     }
     return {
-      status: { ...base, reachable: true, error: null, serverVersion: info[0]?.version ?? null, initialized, replicatedTables: tables, openExceptions, sequences, schemaFingerprint, versionHorizon },
+      status: {
+        ...base,
+        reachable: true,
+        error: null,
+        serverVersion: info[0]?.version ?? null,
+        initialized,
+        replicatedTables: tables,
+        openExceptions,
+        sequences,
+        schemaFingerprint,
+        membership,
+        needsResync: [],
+        copyTables,
+        versionHorizon,
+      },
       slots,
       progress,
+      member: initialized
+        ? {
+            name: node.name,
+            membership: membership?.state,
+            walLsn: info[0]?.wal ?? '0/0',
+            slots: slotHealth,
+            progress: new Map([...progress].map(([peer, p]) => [peer, p.endLsn])),
+            acked: new Map(),
+          }
+        : undefined,
     };
   } catch (error) {
     // A server that answered and then failed a query is not UNREACHABLE: say what failed instead.
@@ -433,12 +509,14 @@ async function readNode(node: NodeConfig, logger: Logger): Promise<NodeFacts> {
         sequences: null,
         schemaFingerprint: null,
         versionHorizon: null,
+        membership: null,
+        needsResync: [],
+        copyTables: [],
       },
       slots: new Map(),
       progress: new Map(),
+      member: undefined,
     };
-  } finally {
-    await sql.end({ timeout: 1 }).catch(() => undefined);
   }
 }
 
@@ -463,7 +541,37 @@ async function readVersionHorizon(sql: Sql): Promise<VersionHorizonStatus | null
 }
 
 export async function clusterStatus(config: ClusterConfig, logger: Logger): Promise<ClusterStatus> {
-  const facts = await Promise.all(config.nodes.map((n) => readNode(n, logger)));
+  const opened = new Map<string, Sql>();
+  try {
+    return await readCluster(config, logger, opened);
+  } finally {
+    await Promise.all([...opened.values()].map((sql) => sql.end({ timeout: 1 }).catch(() => undefined)));
+  }
+}
+
+async function readCluster(config: ClusterConfig, logger: Logger, opened: Map<string, Sql>): Promise<ClusterStatus> {
+  const facts = await Promise.all(config.nodes.map((n) => readNode(n, logger, opened)));
+  // Each node's WAL position again, now that every node's progress has been read: a peer's progress for a node is
+  // then at or below the node's position unless the node's WAL went back (restored), never because of the order of
+  // the reads under load.
+  const members = await Promise.all(
+    facts.map(async (f): Promise<MemberFacts | undefined> => {
+      const sql = opened.get(f.status.name);
+      if (!f.member || !sql) return undefined;
+      // And how far it may have acknowledged each peer, read after the peers' slots (their confirmed positions).
+      try {
+        const rows = await sql.unsafe<{ wal: string }[]>(`SELECT pg_catalog.pg_current_wal_insert_lsn()::text AS wal`);
+        const acked = new Map<string, { lsn: string; known: boolean }>();
+        for (const peer of f.member.progress.keys()) {
+          const floor = await ackFloor(sql, peer);
+          acked.set(peer, { lsn: formatLsn(floor.lsn), known: floor.known });
+        }
+        return rows[0] ? { ...f.member, walLsn: rows[0].wal, acked } : undefined;
+      } catch {
+        return undefined;
+      }
+    }),
+  );
   const links: LinkStatus[] = [];
   for (const from of facts) {
     for (const to of facts) {
@@ -489,5 +597,7 @@ export async function clusterStatus(config: ClusterConfig, logger: Logger): Prom
       });
     }
   }
-  return { at: new Date().toISOString(), nodes: facts.map((f) => f.status), links };
+  const assessed = assessMembership(members.filter((m) => m !== undefined), config.nodes.map((n) => n.name));
+  const nodes = facts.map((f) => ({ ...f.status, needsResync: assessed.resync.get(f.status.name) ?? [] }));
+  return { at: new Date().toISOString(), nodes, links, leftoverSlots: assessed.leftoverSlots };
 }

@@ -50,7 +50,7 @@ export async function dropSlotIfExists(sql: Sql, slot: string, options: { termin
 /** Removes, on this node, everything of its link from `peer` (catalog rows and origins). */
 export async function unlinkPeer(sql: Sql, peer: string, node: string): Promise<void> {
   await sql.begin(async (tx) => {
-    for (const table of ['applied_xact', 'apply_progress', 'peer_horizon', 'peer_clock']) {
+    for (const table of ['applied_xact', 'apply_progress', 'peer_horizon', 'peer_clock', 'peer_ack']) {
       await tx.unsafe(`DELETE FROM pgmesh.${table} WHERE peer = $1`, [peer]);
     }
     await tx.unsafe(`DELETE FROM pgmesh.peer WHERE node_name = $1`, [peer]);

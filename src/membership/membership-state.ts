@@ -1,7 +1,11 @@
-/** The membership row of a node (pgmesh.membership): joining or member, and the progress of its copy. */
+/**
+ * The membership row of a node (pgmesh.membership): joining, resyncing, member or removed, and the progress of its
+ * copy. The transitions are in docs/design.md ("Membership states").
+ */
+import { isoTimestampSql } from '../core/pg-time.ts';
 import type { Sql } from '../pg/connect.ts';
 
-export type MembershipState = 'joining' | 'member' | 'removed';
+export type MembershipState = 'joining' | 'resyncing' | 'member' | 'removed';
 
 export interface JoinProgress {
   readonly phase: string;
@@ -42,8 +46,8 @@ export async function readMembership(sql: Sql): Promise<Membership | undefined> 
       bytes_copied: string;
     }[]
   >(
-    `SELECT state, source, phase, started_at::text, finished_at::text, updated_at::text, tables_total, tables_done,
-            rows_copied::text, bytes_copied::text
+    `SELECT state, source, phase, ${isoTimestampSql('started_at')} AS started_at, ${isoTimestampSql('finished_at')} AS finished_at,
+            ${isoTimestampSql('updated_at')} AS updated_at, tables_total, tables_done, rows_copied::text, bytes_copied::text
        FROM pgmesh.membership`,
   );
   const row = rows[0];

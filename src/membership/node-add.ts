@@ -41,6 +41,7 @@ import { checkServerFacts, formatProblems, readServerFacts } from '../cluster/se
 import { NODE_NAME_PATTERN } from '../pg/quote.ts';
 import { dropSlotIfExists, unlinkPeer } from './links.ts';
 import { readMembership, setMembership, type JoinProgress } from './membership-state.ts';
+import { readSlotHealth } from './slot-health.ts';
 import { copyTable, copyTombstones } from './table-copy.ts';
 import { alignReplicaIdentity, diffTableShapes, readTableShapes, type TableShape } from './table-shapes.ts';
 import { interleaveSequences } from '../cluster/sequences.ts';
@@ -70,12 +71,30 @@ export interface AddNodeResult {
 const DEFAULT_CATCH_UP_MS = 300_000;
 const JOIN_MARKER_PREFIX = 'pgmesh.join';
 
-interface Conns {
+/** One connection to every existing node, and one to the node that (re)joins. */
+export interface JoinConnections {
   readonly existing: ReadonlyMap<string, Sql>;
   readonly joining: Sql;
 }
+type Conns = JoinConnections;
+
+/**
+ * How a node comes into the cluster: a new node ('joining', node add) or a node that was in it and is copied anew
+ * ('resyncing', node resync: src/membership/node-resync.ts). Both take the same path; a resync keeps the node's slot
+ * number and replaces its rows whatever they are.
+ */
+export interface JoinPlan {
+  readonly state: 'joining' | 'resyncing';
+  /** Runs after every check and before anything changes (a resync drains what the node wrote, or needs --force). */
+  readonly beforeChanges?: ((conns: JoinConnections) => Promise<void>) | undefined;
+}
 
 export async function addNode(config: ClusterConfig, logger: Logger, options: AddNodeOptions): Promise<AddNodeResult> {
+  return joinNode(config, logger, options, { state: 'joining' });
+}
+
+/** The path shared by node add and node resync (see the top of this file). */
+export async function joinNode(config: ClusterConfig, logger: Logger, options: AddNodeOptions, plan: JoinPlan): Promise<AddNodeResult> {
   validateNodeName(options.name);
   const existing = config.nodes.filter((n) => n.name !== options.name);
   if (existing.length === 0) {
@@ -91,9 +110,9 @@ export async function addNode(config: ClusterConfig, logger: Logger, options: Ad
     // One add of this node at a time: the lock is held by this session until it ends (or its process dies).
     const locked = await conns.joining.unsafe<{ ok: boolean }[]>(`SELECT pg_try_advisory_lock(hashtext('pgmesh.join')) AS ok`);
     if (!locked[0]?.ok) {
-      throw new PgmeshError('APPLY_FAILED', `another "pgmesh node add ${options.name}" is running; wait for it to finish`);
+      throw new PgmeshError('APPLY_FAILED', `another "pgmesh node add" or "node resync" of ${options.name} is running; wait for it to finish`);
     }
-    return await join(config, conns, existing, source, options, log);
+    return await join(config, conns, existing, source, options, plan, log);
   } finally {
     await Promise.all([conns.joining, ...conns.existing.values()].map((s) => s.end({ timeout: 2 }).catch(() => undefined)));
   }
@@ -133,11 +152,12 @@ async function join(
   existing: readonly NodeConfig[],
   source: NodeConfig,
   options: AddNodeOptions,
+  plan: JoinPlan,
   log: Logger,
 ): Promise<AddNodeResult> {
   const name = options.name;
   const sourceSql = memberSql(conns, source.name);
-  const { nodeSlot, retry, alreadyMember } = await checkMembers(config, conns, existing, name);
+  const { nodeSlot, retry, alreadyMember } = await checkMembers(config, conns, existing, name, plan.state === 'resyncing');
   if (alreadyMember) {
     return { name, source: source.name, nodeSlot, alreadyMember: true, tables: 0, rows: 0, bytes: 0, copySeconds: 0 };
   }
@@ -151,6 +171,7 @@ async function join(
   }
   const initOptions = { nodeName: name, nodeSlot, maxNodes: config.maxNodes, expectedPeers: existing.length };
   problems.push(...(await initProblems(conns.joining, initOptions)).map((p) => p.message));
+  problems.push(...(await sourceStreamProblems(conns, existing, source.name)));
   const tables = await listReplicatedTables(sourceSql);
   const sourceShapes = await readTableShapes(sourceSql, tables);
   const targetShapes = await readTableShapes(conns.joining, tables);
@@ -169,22 +190,25 @@ async function join(
     }
   }
   if (problems.length > 0) throw new PgmeshError(differences.length > 0 ? 'SCHEMA_MISMATCH' : 'SERVER_SETTINGS', problems.join('\n'));
+  await plan.beforeChanges?.(conns);
 
   // 2. The joining node: catalog, 'joining', and nothing left of an earlier attempt.
   await initNode(conns.joining, initOptions);
   // A catalog installed earlier (pgmesh init) may carry another slot number: the one chosen here is free.
   await conns.joining.unsafe(`UPDATE pgmesh.local_node SET node_slot = $1::text::int, max_nodes = greatest(max_nodes, $1::text::int)`, [String(nodeSlot)]);
-  await setMembership(conns.joining, { state: 'joining', source: source.name, phase: 'preparing', tablesTotal: tables.length });
+  await setMembership(conns.joining, { state: plan.state, source: source.name, phase: 'preparing', tablesTotal: tables.length });
   log.info({ source: source.name, retry }, 'node add: preparing');
-  for (const node of existing) {
-    const sql = memberSql(conns, node.name);
-    await dropSlotIfExists(sql, slotName(name), { terminate: true, node: node.name });
-    await unlinkPeer(sql, name, node.name);
-  }
+  // The node's own slots first: ending the streams they serve (a resync: the other nodes' agents stream from it)
+  // releases the other nodes' apply sessions for it, whose origins are dropped next.
   for (const slot of await conns.joining.unsafe<{ slot_name: string }[]>(
     `SELECT slot_name FROM pg_catalog.pg_replication_slots WHERE slot_name LIKE 'pgmesh\\_%' AND database = current_database()`,
   )) {
     await dropSlotIfExists(conns.joining, slot.slot_name, { terminate: true, node: name });
+  }
+  for (const node of existing) {
+    const sql = memberSql(conns, node.name);
+    await dropSlotIfExists(sql, slotName(name), { terminate: true, node: node.name });
+    await unlinkPeer(sql, name, node.name);
   }
   for (const peer of await conns.joining.unsafe<{ node_name: string }[]>(`SELECT node_name FROM pgmesh.peer`)) {
     await unlinkPeer(conns.joining, peer.node_name, name);
@@ -253,6 +277,7 @@ async function checkMembers(
   conns: Conns,
   existing: readonly NodeConfig[],
   name: string,
+  resync: boolean,
 ): Promise<{ nodeSlot: number; retry: boolean; alreadyMember: boolean }> {
   const problems: string[] = [];
   let highest = 0;
@@ -263,6 +288,7 @@ async function checkMembers(
       highest = Math.max(highest, local.nodeSlot);
       const state = await readMembership(sql);
       if (state?.state === 'joining') problems.push(`node ${node.name} is itself still joining; finish "pgmesh node add ${node.name}" first`);
+      if (state?.state === 'resyncing') problems.push(`node ${node.name} is itself being resynced; finish "pgmesh node resync ${node.name}" first`);
       const peers = await sql.unsafe<{ node_name: string; node_slot: number }[]>(`SELECT node_name, node_slot FROM pgmesh.peer`);
       for (const p of peers) if (p.node_name !== name) highest = Math.max(highest, p.node_slot);
       const linked = new Set(peers.map((p) => p.node_name));
@@ -274,13 +300,18 @@ async function checkMembers(
   }
   if (problems.length > 0) throw new PgmeshError('NOT_INITIALIZED', problems.join('\n'));
   const local = await readLocalNode(conns.joining);
-  if (!local) return { nodeSlot: highest + 1, retry: false, alreadyMember: false };
+  if (!local) {
+    if (resync) throw new PgmeshError('NOT_INITIALIZED', `${name} has no pgmesh catalog, so it was never a member: add it with "pgmesh node add ${name}"`);
+    return { nodeSlot: highest + 1, retry: false, alreadyMember: false };
+  }
   if (local.nodeName !== name) {
     throw new PgmeshError('ALREADY_INITIALIZED', `the server given for ${name} is already pgmesh node ${local.nodeName}; check the connection string`);
   }
+  // A resync replaces the node's rows, whatever state it is in; it keeps its slot number (its sequences' values).
+  if (resync) return { nodeSlot: local.nodeSlot, retry: true, alreadyMember: false };
   const state = await readMembership(conns.joining);
   // A node that did not finish joining, or that left: its tables hold (some of) the cluster's rows, replaced anew.
-  if (state?.state === 'joining' || state?.state === 'removed') return { nodeSlot: local.nodeSlot, retry: true, alreadyMember: false };
+  if (state?.state === 'joining' || state?.state === 'resyncing' || state?.state === 'removed') return { nodeSlot: local.nodeSlot, retry: true, alreadyMember: false };
   // Initialized ("pgmesh init", or an attempt that stopped before it was marked joining) but linked with nobody:
   // a new node like any other (its tables are checked to be empty).
   const ownPeers = await conns.joining.unsafe(`SELECT 1 FROM pgmesh.peer LIMIT 1`);
@@ -299,6 +330,25 @@ async function checkMembers(
     'ALREADY_INITIALIZED',
     `${name} already has a pgmesh catalog but is not a member of this cluster; to add it with its data replaced by the cluster's, remove the pgmesh schema on it (DROP SCHEMA pgmesh CASCADE) and run node add again`,
   );
+}
+
+/**
+ * The source must hold every other node's changes: its stream from each of them must be whole (the slot for it on
+ * every other node not invalidated), or the copy would miss what it missed.
+ */
+async function sourceStreamProblems(conns: Conns, existing: readonly NodeConfig[], source: string): Promise<string[]> {
+  const problems: string[] = [];
+  for (const node of existing) {
+    if (node.name === source) continue;
+    const slots = await readSlotHealth(memberSql(conns, node.name), slotName(source));
+    const lost = slots.find((s) => s.invalidated !== null);
+    if (lost) {
+      problems.push(
+        `${source} has lost part of ${node.name}'s changes (slot ${lost.slot} on ${node.name}: ${lost.invalidated}), so it cannot be the source; copy from another node with --from, and resync ${source} afterwards`,
+      );
+    }
+  }
+  return problems;
 }
 
 async function readNodeSlots(conns: Conns, existing: readonly NodeConfig[]): Promise<Map<string, number>> {

@@ -71,7 +71,11 @@ export async function removeNode(config: ClusterConfig, logger: Logger, options:
     let drained = false;
     if (reachable) {
       try {
-        await drain(leavingSql, leaving.name, others.map((n) => ({ name: n.name, sql: sqlOf(n.name) })), options.drainTimeoutMs ?? DRAIN_TIMEOUT_MS);
+        await drain(leavingSql, leaving.name, others.map((n) => ({ name: n.name, sql: sqlOf(n.name) })), {
+          timeoutMs: options.drainTimeoutMs ?? DRAIN_TIMEOUT_MS,
+          marker: 'pgmesh.leave',
+          otherwise: 'use --force to remove it without them',
+        });
         drained = true;
       } catch (error) {
         if (!options.force) throw error;
@@ -114,9 +118,19 @@ export async function removeNode(config: ClusterConfig, logger: Logger, options:
   }
 }
 
-/** A marker transaction on the leaving node; every other node must apply its stream past it. */
-async function drain(leaving: Sql, name: string, others: readonly { name: string; sql: Sql }[], timeoutMs: number): Promise<void> {
-  const rows = await leaving.unsafe<{ lsn: string }[]>(`SELECT pg_catalog.pg_logical_emit_message(true, 'pgmesh.leave', $1)::text AS lsn`, [name]);
+/**
+ * A marker transaction on node `name`; every other node must apply its stream past it, so everything `name` committed
+ * before the call has reached them. `otherwise` ends the timeout's message (what the user can do instead; none: the
+ * caller says it).
+ */
+export async function drain(
+  leaving: Sql,
+  name: string,
+  others: readonly { name: string; sql: Sql }[],
+  options: { readonly timeoutMs: number; readonly marker: string; readonly otherwise?: string },
+): Promise<void> {
+  const timeoutMs = options.timeoutMs;
+  const rows = await leaving.unsafe<{ lsn: string }[]>(`SELECT pg_catalog.pg_logical_emit_message(true, $2, $1)::text AS lsn`, [name, options.marker]);
   const marker: Lsn = parseLsn(rows[0]?.lsn ?? '0/0');
   const deadline = Date.now() + timeoutMs;
   const behind = new Set(others.map((o) => o.name));
@@ -130,7 +144,7 @@ async function drain(leaving: Sql, name: string, others: readonly { name: string
     if (Date.now() > deadline) {
       throw new PgmeshError(
         'APPLY_FAILED',
-        `${[...behind].join(', ')} did not receive ${name}'s changes up to ${formatLsn(marker)} within ${Math.round(timeoutMs / 1000)} s; are their agents running and streaming from ${name} (pgmesh status)? Retry, or use --force to remove it without them`,
+        `${[...behind].join(', ')} did not receive ${name}'s changes up to ${formatLsn(marker)} within ${Math.round(timeoutMs / 1000)} s; are their agents running and streaming from ${name} (pgmesh status)?${options.otherwise ? ` Retry, or ${options.otherwise}` : ''}`,
       );
     }
     await new Promise((r) => setTimeout(r, 200));

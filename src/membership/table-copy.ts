@@ -151,6 +151,10 @@ BEGIN
     wanted := origins ->> g.pgmesh_node;
     IF active IS DISTINCT FROM wanted THEN
       IF active IS NOT NULL THEN PERFORM pg_catalog.pg_replication_origin_session_reset(); END IF;
+      -- A version of a node that is no peer here (one that left, or this node's own before a resync) needs its origin.
+      IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = wanted) THEN
+        PERFORM pg_catalog.pg_replication_origin_create(wanted);
+      END IF;
       PERFORM pg_catalog.pg_replication_origin_session_setup(wanted);
       active := wanted;
     END IF;

@@ -25,13 +25,19 @@ export class ReplicationConnection {
     readonly node: string,
   ) {}
 
-  static async open(dsn: string, node: string, applicationName: string, logger: Logger): Promise<ReplicationConnection> {
+  /** `signal` gives up the connection attempt (a peer that does not answer) when it aborts. */
+  static async open(dsn: string, node: string, applicationName: string, logger: Logger, signal?: AbortSignal): Promise<ReplicationConnection> {
+    signal?.throwIfAborted();
     const sql = openSql(dsn, { node, applicationName, logger, replication: true, max: 1 });
+    const abort = () => void sql.end({ timeout: 0 }).catch(() => undefined);
+    signal?.addEventListener('abort', abort, { once: true });
     try {
       await sql.unsafe('IDENTIFY_SYSTEM');
     } catch (error) {
       await sql.end({ timeout: 1 }).catch(() => undefined);
       throw connectionError(error, node, dsn);
+    } finally {
+      signal?.removeEventListener('abort', abort);
     }
     return new ReplicationConnection(sql, node);
   }

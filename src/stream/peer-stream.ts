@@ -46,6 +46,11 @@ export interface PeerStreamOptions {
    * asynchronous commit may not be on disk yet, and a crash of this server would lose what the peer already forgot.
    */
   readonly durableLsn: Lsn;
+  /**
+   * Keepalive positions are acknowledged no further than this, raised by keepaliveRecorded() once the caller has
+   * recorded a position durably; undefined: no limit.
+   */
+  readonly recordedKeepaliveLsn?: Lsn | undefined;
   readonly protocolVersion: number;
   readonly feedbackIntervalMs: number;
   readonly highWaterEvents: number;
@@ -122,6 +127,8 @@ export class PeerStream implements ProgressSink {
   private drained: (() => void) | undefined;
   private lastCommitEnd: Lsn;
   private durable: Lsn;
+  /** How far keepalive positions may be acknowledged (undefined: no limit). */
+  private recordedKeepalive: Lsn | undefined;
   private feedbackTimer: NodeJS.Timeout | undefined;
 
   private constructor(
@@ -130,6 +137,7 @@ export class PeerStream implements ProgressSink {
     private readonly options: PeerStreamOptions,
   ) {
     this.durable = options.durableLsn < options.startLsn ? options.durableLsn : options.startLsn;
+    this.recordedKeepalive = options.recordedKeepaliveLsn;
     this.lastCommitEnd = options.startLsn;
     this.spoolDir = options.spoolDir ?? tmpdir();
   }
@@ -433,10 +441,30 @@ export class PeerStream implements ProgressSink {
     if (lsn > this.durable) this.durable = lsn;
   }
 
-  /** The position we can acknowledge: durable progress, or the keepalive position when everything received is durable. */
+  /**
+   * The position we can acknowledge: durable progress, or the keepalive position when everything received is durable
+   * (with `recordedKeepaliveLsn` set: no further than the keepalive position recorded on this node, see
+   * keepaliveToRecord).
+   */
   flushPosition(): Lsn {
     const caughtUp = this.idle() && this.durable >= this.lastCommitEnd;
-    return caughtUp ? maxLsn(this.durable, this.stats.lastKeepaliveLsn) : this.durable;
+    if (!caughtUp) return this.durable;
+    const keepalive = this.recordedKeepalive === undefined || this.stats.lastKeepaliveLsn < this.recordedKeepalive ? this.stats.lastKeepaliveLsn : this.recordedKeepalive;
+    return maxLsn(this.durable, keepalive);
+  }
+
+  /**
+   * A keepalive position that could be acknowledged once it is recorded durably on this node (pgmesh.peer_ack), so
+   * that a node restored from a backup can tell that it lost what it had acknowledged; undefined when there is none.
+   */
+  keepaliveToRecord(): Lsn | undefined {
+    if (this.recordedKeepalive === undefined) return undefined;
+    const caughtUp = this.idle() && this.durable >= this.lastCommitEnd;
+    return caughtUp && this.stats.lastKeepaliveLsn > this.recordedKeepalive && this.stats.lastKeepaliveLsn > this.durable ? this.stats.lastKeepaliveLsn : undefined;
+  }
+
+  keepaliveRecorded(lsn: Lsn): void {
+    if (this.recordedKeepalive !== undefined && lsn > this.recordedKeepalive) this.recordedKeepalive = lsn;
   }
 
   /**

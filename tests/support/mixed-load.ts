@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
+import { setDeltaColumns } from '../../src/cluster/repair.ts';
 import { BARRIER_TABLE, barrier } from './barrier.ts';
 import { eventually, type TestCluster, type TestNode } from './cluster.ts';
 
@@ -38,6 +39,11 @@ export const MIXED_SCHEMA = `${MIXED_DDL}
 INSERT INTO accounts (id, balance) SELECT g, ${INITIAL_CENTS / 100} FROM generate_series(1, ${ACCOUNTS}) g;
 INSERT INTO items (id, val) SELECT g, 'seed ' || g FROM generate_series(1, ${ITEM_KEYS}) g WHERE g % 2 = 0;
 `;
+
+/** The balance is a delta column on every node: a transfer applied twice, or lost, shows in the balances. */
+export async function declareDeltaBalances(cluster: TestCluster): Promise<void> {
+  for (const node of cluster.nodes) await setDeltaColumns(node.sql, { schema: 'public', name: 'accounts' }, ['balance']);
+}
 
 export interface MixedLoad {
   /** Transfers whose COMMIT was acknowledged. */
