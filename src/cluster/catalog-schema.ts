@@ -4,6 +4,7 @@
  */
 
 import { DDL_CAPTURE_MIGRATION } from '../ddl/capture-sql.ts';
+import { DDL_LOCK_MIGRATION } from '../ddl/ddl-lock-sql.ts';
 import { TRUNCATE_MIGRATION } from './truncate-sql.ts';
 
 export const CATALOG_SCHEMA = 'pgmesh';
@@ -796,6 +797,7 @@ CREATE TABLE pgmesh.membership (
   updated_at timestamptz NOT NULL DEFAULT now()
 );
 `,
+  /* 13: the write fence of "pgmesh ddl --lock"; join_table's unique-release triggers as a function of their own (src/ddl/ddl-lock-sql.ts) */ DDL_LOCK_MIGRATION,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;
