@@ -145,3 +145,153 @@ SELECT pgmesh.install_ddl_fence(pr.prrelid::regclass)
   FROM pg_catalog.pg_publication_rel pr JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
  WHERE p.pubname = 'pgmesh';
 `;
+
+/**
+ * What DDL did here, for the apply side (docs/ddl.md, "Racing schema changes"):
+ * - pgmesh.ddl_log keeps the replicated tables and columns that DDL on this node took away (dropped or renamed),
+ *   whether it was run here or applied from a peer. A peer that sends one of them is behind this node: its change is
+ *   applied without it at once (Applier.bind), instead of stopping the stream for tuning.schemaWaitMs as for a table
+ *   or column that has not arrived yet. A name that comes back (added again) leaves the log.
+ * - After DDL on a replicated table, its unique-release triggers follow its unique indexes (sync_unique_release):
+ *   a unique index or constraint added later gets them without "pgmesh tables add".
+ * Both run for DDL of local sessions (event triggers, top level only) and for DDL applied from a peer (apply_ddl,
+ * where event triggers do not fire).
+ */
+export const DDL_LOG_MIGRATION = `
+CREATE TABLE pgmesh.ddl_log (
+  schema_name text NOT NULL,
+  table_name text NOT NULL,
+  -- '' for the table itself.
+  column_name text NOT NULL,
+  gone_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (schema_name, table_name, column_name)
+);
+
+-- The names of the replicated tables and their columns, as peers' relation messages spell them.
+CREATE FUNCTION pgmesh.replicated_names() RETURNS TABLE (schema_name text, table_name text, column_name text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+  SELECT n.nspname::text, c.relname::text, coalesce(a.attname::text, '')
+    FROM pg_publication p
+    JOIN pg_publication_rel pr ON pr.prpubid = p.oid
+    JOIN pg_class c ON c.oid = pr.prrelid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    LEFT JOIN LATERAL (SELECT a.attname FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                       UNION ALL SELECT NULL) a ON true
+   WHERE p.pubname = 'pgmesh'
+$fn$;
+
+-- Before a statement that can take names away: the names there are now.
+CREATE FUNCTION pgmesh.ddl_names_before() RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+  SELECT coalesce(jsonb_agg(jsonb_build_array(r.schema_name, r.table_name, r.column_name)), '[]') FROM pgmesh.replicated_names() r
+$fn$;
+
+-- After it: names gone since "before" enter the log, names there now leave it; tables are the replicated ones the
+-- statement changed (their unique-release triggers follow their indexes).
+CREATE FUNCTION pgmesh.ddl_note(before jsonb, tables oid[]) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+  rel oid;
+BEGIN
+  IF before IS NOT NULL THEN
+    INSERT INTO pgmesh.ddl_log AS l (schema_name, table_name, column_name)
+    SELECT b ->> 0, b ->> 1, b ->> 2 FROM jsonb_array_elements(before) b
+    EXCEPT SELECT * FROM pgmesh.replicated_names()
+    ON CONFLICT (schema_name, table_name, column_name) DO UPDATE SET gone_at = now();
+  END IF;
+  DELETE FROM pgmesh.ddl_log l USING pgmesh.replicated_names() n
+   WHERE (l.schema_name, l.table_name, l.column_name) = (n.schema_name, n.table_name, n.column_name);
+  FOREACH rel IN ARRAY coalesce(tables, '{}') LOOP
+    IF EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid
+                WHERE p.pubname = 'pgmesh' AND pr.prrelid = rel) THEN
+      PERFORM pgmesh.sync_unique_release(rel::regclass);
+    END IF;
+  END LOOP;
+END
+$fn$;
+
+-- The tables a DDL statement changed, from pg_event_trigger_ddl_commands() (here) or a message's commands (applied).
+CREATE FUNCTION pgmesh.ddl_tables(commands jsonb) RETURNS oid[]
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+  SELECT coalesce(array_agg(DISTINCT CASE WHEN c ->> 'type' = 'index' THEN i.indrelid ELSE r END), '{}')
+    FROM jsonb_array_elements(commands) c
+    CROSS JOIN LATERAL to_regclass(c ->> 'identity') r
+    LEFT JOIN pg_index i ON i.indexrelid = r
+   WHERE c ->> 'type' IN ('table', 'index') AND r IS NOT NULL
+$fn$;
+
+-- Event triggers of local DDL (run by a client, not nested in a function: pgmesh's own DDL is nested).
+CREATE FUNCTION pgmesh.ddl_note_start() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+  ctx text;
+BEGIN
+  GET DIAGNOSTICS ctx = PG_CONTEXT;
+  IF strpos(ctx, E'\\n') > 0 THEN
+    RETURN;
+  END IF;
+  PERFORM set_config('pgmesh.ddl_names_before',
+                     CASE WHEN tg_tag LIKE 'ALTER %' OR tg_tag LIKE 'DROP %' THEN pgmesh.ddl_names_before()::text ELSE '' END, true);
+END
+$fn$;
+
+CREATE FUNCTION pgmesh.ddl_note_end() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+  ctx text;
+  before text := current_setting('pgmesh.ddl_names_before', true);
+BEGIN
+  GET DIAGNOSTICS ctx = PG_CONTEXT;
+  IF strpos(ctx, E'\\n') > 0 THEN
+    RETURN;
+  END IF;
+  PERFORM set_config('pgmesh.ddl_names_before', '', true);
+  PERFORM pgmesh.ddl_note(nullif(before, '')::jsonb,
+    pgmesh.ddl_tables((SELECT coalesce(jsonb_agg(jsonb_build_object('type', d.object_type, 'identity', d.object_identity)), '[]')
+                         FROM pg_event_trigger_ddl_commands() d)));
+END
+$fn$;
+
+CREATE EVENT TRIGGER pgmesh_ddl_note_start ON ddl_command_start EXECUTE FUNCTION pgmesh.ddl_note_start();
+CREATE EVENT TRIGGER pgmesh_ddl_note_end ON ddl_command_end EXECUTE FUNCTION pgmesh.ddl_note_end();
+
+-- apply_ddl as before (src/ddl/capture-sql.ts), with pgmesh.ddl_note around the statement.
+CREATE OR REPLACE FUNCTION pgmesh.apply_ddl(peer text, remote_ts timestamptz, remote_lsn pg_lsn, statement text, problem text, message jsonb)
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+  identity text;
+  code text := CASE WHEN problem IS NOT NULL THEN 'PM008' END;
+  error text := problem;
+  detail text;
+  sequences_before oid[] := ARRAY(SELECT c.oid FROM pg_class c WHERE c.relkind = 'S');
+  names_before jsonb := CASE WHEN message ->> 'tag' LIKE 'ALTER %' OR message ->> 'tag' LIKE 'DROP %' THEN pgmesh.ddl_names_before() END;
+BEGIN
+  IF statement IS NOT NULL THEN
+    BEGIN
+      PERFORM set_config('search_path', message ->> 'search_path', true);
+      EXECUTE format('SET LOCAL ROLE %I', message ->> 'role');
+      EXECUTE statement;
+      SET LOCAL ROLE NONE;
+      PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
+    EXCEPTION WHEN OTHERS THEN
+      GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, error = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
+      error := error || CASE WHEN coalesce(detail, '') <> '' THEN ' (' || detail || ')' ELSE '' END;
+    END;
+  END IF;
+  IF code IS NOT NULL THEN
+    INSERT INTO pgmesh.exception (peer, relation, change_kind, change, remote_ts, remote_commit_lsn, sqlstate, error)
+    VALUES (peer, NULL, 'ddl', jsonb_build_object('statement', statement, 'search_path', message -> 'search_path',
+                                                  'role', message -> 'role', 'tag', message -> 'tag', 'query', message -> 'query'),
+            remote_ts, remote_lsn, code, error);
+  END IF;
+  FOR identity IN SELECT jsonb_array_elements_text(message -> 'joined') LOOP
+    IF to_regclass(identity) IS NOT NULL THEN
+      PERFORM pgmesh.join_table(identity::regclass);
+    END IF;
+  END LOOP;
+  PERFORM pgmesh.interleave_new_sequences(ARRAY(SELECT c.oid FROM pg_class c WHERE c.relkind = 'S' AND c.oid <> ALL (sequences_before)));
+  PERFORM pgmesh.ddl_note(CASE WHEN code IS NULL THEN names_before END, pgmesh.ddl_tables(message -> 'commands'));
+  RETURN code IS NULL;
+END
+$fn$;
+`;

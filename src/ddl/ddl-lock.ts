@@ -21,7 +21,7 @@ import type { Logger } from '../core/logger.ts';
 import { formatLsn, parseLsn, type Lsn } from '../core/lsn.ts';
 import { sqlState } from '../core/sqlstate.ts';
 import type { ClusterConfig, NodeConfig } from '../config/config.ts';
-import { connectionError, openSql, type ReservedSql, type Sql } from '../pg/connect.ts';
+import { connectionError, openSql, type Sql } from '../pg/connect.ts';
 import { quoteIdent } from '../pg/quote.ts';
 import { firesDdlTrigger, loadParser, splitStatements, type RawStatement } from './statements.ts';
 
@@ -99,10 +99,39 @@ export interface DdlLockOptions {
   readonly timeoutMs: number;
 }
 
-interface Held {
-  readonly node: NodeConfig;
-  readonly pool: Sql;
-  readonly session: ReservedSql;
+/**
+ * One node's session. A pool of one connection, not a reserved one: the driver throws where nothing can catch it when
+ * a reserved connection's server goes away. A pool reconnects by itself instead, which would lose the session's locks
+ * unnoticed: so a closed connection marks the session lost, and every step checks.
+ */
+class Held {
+  lost = false;
+  readonly session: Sql;
+
+  constructor(
+    readonly node: NodeConfig,
+    logger: Logger,
+    timeoutMs: number,
+  ) {
+    this.session = openSql(node.dsn, {
+      node: node.name,
+      applicationName: 'pgmesh ddl --lock',
+      logger,
+      max: 1,
+      connectTimeoutS: Math.max(1, Math.ceil(timeoutMs / 1000)),
+      parameters: { lock_timeout: String(timeoutMs) },
+      onClose: () => {
+        this.lost = true;
+      },
+    });
+  }
+
+  /** Throws when the connection closed since it was opened: the locks it held are gone. */
+  check(state: string): void {
+    if (this.lost) {
+      throw new PgmeshError('CONNECTION_FAILED', `the connection to node ${this.node.name} was lost during the lock; ${state}`, { context: { node: this.node.name } });
+    }
+  }
 }
 
 /** Runs the statements on `origin` under the cluster-wide lock; see the steps above. */
@@ -123,8 +152,10 @@ export async function runLockedDdl(config: ClusterConfig, logger: Logger, statem
     // 3. Every node has applied what the others wrote before the fence.
     const markers = await Promise.all(held.map(async (h) => ({ from: h.node.name, lsn: await marker(h, 'fenced') })));
     await waitApplied(held, markers, options.timeoutMs, 'nothing was changed');
+    for (const h of held) h.check('nothing was changed, and the lock was released');
 
-    // 4. The change, on one node.
+    // 4. The change, on one node, while every node still holds its fence.
+    for (const h of held) h.check('nothing was changed, and the lock was released');
     const at = held.find((h) => h.node.name === origin.name);
     if (!at) throw new PgmeshError('INTERNAL', `no session on ${origin.name}`);
     await at.session.unsafe(statements).catch((error: unknown) => {
@@ -138,35 +169,29 @@ export async function runLockedDdl(config: ClusterConfig, logger: Logger, statem
 
     // 5. Every node has it before any writes again.
     const done = await marker(at, 'changed');
-    await waitApplied(held, [{ from: origin.name, lsn: done }], options.timeoutMs, `the change was made on ${origin.name} and replicates from there`);
+    const changed = `the change was made on ${origin.name} and replicates from there`;
+    await waitApplied(held, [{ from: origin.name, lsn: done }], options.timeoutMs, changed);
+    for (const h of held) h.check(`${changed}, but writes on ${h.node.name} may have raced it`);
   } finally {
     // 6. Released everywhere, whatever happened; a session that cannot be told ends, and its locks with it.
     await Promise.all(
       held.map(async (h) => {
-        await h.session.unsafe(`SELECT pg_catalog.pg_advisory_unlock_all()`).catch(() => undefined);
-        h.session.release();
-        await h.pool.end({ timeout: 2 }).catch(() => undefined);
+        if (!h.lost) await h.session.unsafe(`SELECT pg_catalog.pg_advisory_unlock_all()`).catch(() => undefined);
+        await h.session.end({ timeout: 2 }).catch(() => undefined);
       }),
     );
   }
 }
 
 async function openSession(node: NodeConfig, logger: Logger, timeoutMs: number): Promise<Held> {
-  const pool = openSql(node.dsn, {
-    node: node.name,
-    applicationName: 'pgmesh ddl --lock',
-    logger,
-    max: 1,
-    connectTimeoutS: Math.max(1, Math.ceil(timeoutMs / 1000)),
-    parameters: { lock_timeout: String(timeoutMs) },
-  });
+  const held = new Held(node, logger, timeoutMs);
   try {
-    const session = await pool.reserve();
-    return { node, pool, session };
+    await held.session.unsafe(`SELECT 1`);
   } catch (error) {
-    await pool.end({ timeout: 1 }).catch(() => undefined);
+    await held.session.end({ timeout: 1 }).catch(() => undefined);
     throw connectionError(error, node.name, node.dsn);
   }
+  return held;
 }
 
 async function fence(h: Held, targets: LockTargets, timeoutMs: number): Promise<void> {
@@ -174,10 +199,10 @@ async function fence(h: Held, targets: LockTargets, timeoutMs: number): Promise<
     ? `SELECT pg_catalog.pg_advisory_lock(pgmesh.ddl_lock_key(0))`
     : // Only the tables that exist and replicate here (one created by the same statements has nothing to fence yet).
       `SELECT count(pg_catalog.pg_advisory_lock(pgmesh.ddl_lock_key(pr.prrelid)))
-         FROM unnest($1::text[]) t(name)
+         FROM jsonb_array_elements_text($1::text::jsonb) t(name)
          JOIN pg_catalog.pg_publication_rel pr ON pr.prrelid = pg_catalog.to_regclass(t.name)
          JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid AND p.pubname = 'pgmesh'`;
-  await h.session.unsafe(query, targets.all ? [] : [targets.tables as string[]]).catch((error: unknown) => {
+  await h.session.unsafe(query, targets.all ? [] : [JSON.stringify(targets.tables)]).catch((error: unknown) => {
     if (sqlState(error) === '55P03') {
       throw new PgmeshError(
         'BUSY',
