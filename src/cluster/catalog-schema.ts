@@ -4,7 +4,7 @@
  */
 
 import { DDL_CAPTURE_MIGRATION } from '../ddl/capture-sql.ts';
-import { DDL_LOCK_MIGRATION, DDL_LOG_MIGRATION } from '../ddl/ddl-lock-sql.ts';
+import { DDL_LOCK_MIGRATION, DDL_LOG_MIGRATION, SEQUENCE_GUARD_MIGRATION } from '../ddl/ddl-lock-sql.ts';
 import { TRUNCATE_MIGRATION } from './truncate-sql.ts';
 
 export const CATALOG_SCHEMA = 'pgmesh';
@@ -799,6 +799,7 @@ CREATE TABLE pgmesh.membership (
 `,
   /* 13: the write fence of "pgmesh ddl --lock"; join_table's unique-release triggers as a function of their own (src/ddl/ddl-lock-sql.ts) */ DDL_LOCK_MIGRATION,
   /* 14: a log of the names DDL took away here, for the schema wait; unique-release triggers follow DDL (src/ddl/ddl-lock-sql.ts) */ DDL_LOG_MIGRATION,
+  /* 15: ALTER SEQUENCE that would break interleaving refused at the origin (src/ddl/ddl-lock-sql.ts) */ SEQUENCE_GUARD_MIGRATION,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

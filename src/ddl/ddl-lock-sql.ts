@@ -295,3 +295,57 @@ BEGIN
 END
 $fn$;
 `;
+
+/**
+ * An ALTER SEQUENCE (or ALTER TABLE ... ALTER COLUMN ... SET INCREMENT BY / RESTART of an identity column) that
+ * changes the step, the START or the position of an interleaved sequence is refused at the origin
+ * (docs/sequences.md): each node's sequence has a slot of its own, and the same step or value replayed on every node
+ * would make them hand out the same values. Told by the sequence before and after the statement (ddl_command_start,
+ * ddl_command_end). pgmesh's own changes to sequences run with capture off or nested in its functions, and are not
+ * checked.
+ */
+export const SEQUENCE_GUARD_MIGRATION = `
+-- Step, START and last value (NULL until called: a restart) of the interleaved sequences.
+CREATE FUNCTION pgmesh.interleaved_sequence_state() RETURNS jsonb
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+  SELECT coalesce(jsonb_object_agg(i.seqrelid::text, jsonb_build_array(q.seqincrement, q.seqstart, pg_sequence_last_value(i.seqrelid))), '{}')
+    FROM pgmesh.interleaved_sequence i JOIN pg_sequence q ON q.seqrelid = i.seqrelid
+$fn$;
+
+CREATE FUNCTION pgmesh.ddl_sequence_guard() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+  ctx text;
+  before jsonb;
+  after jsonb;
+  s record;
+BEGIN
+  IF tg_tag NOT IN ('ALTER SEQUENCE', 'ALTER TABLE') OR current_setting('pgmesh.ddl_capture', true) = 'off' THEN
+    RETURN;
+  END IF;
+  GET DIAGNOSTICS ctx = PG_CONTEXT;
+  IF strpos(ctx, E'\\n') > 0 THEN
+    RETURN;
+  END IF;
+  IF tg_event = 'ddl_command_start' THEN
+    PERFORM set_config('pgmesh.ddl_sequences_before', pgmesh.interleaved_sequence_state()::text, true);
+    RETURN;
+  END IF;
+  before := nullif(current_setting('pgmesh.ddl_sequences_before', true), '')::jsonb;
+  after := pgmesh.interleaved_sequence_state();
+  -- An identity column's sequence changed by ALTER TABLE is listed as a sequence too.
+  FOR s IN SELECT i.seqrelid::regclass AS seq, i.step, i.first_value, i.node_slot
+             FROM pgmesh.interleaved_sequence i
+            WHERE i.seqrelid IN (SELECT d.objid FROM pg_event_trigger_ddl_commands() d WHERE d.object_type = 'sequence')
+              AND (before -> i.seqrelid::text) IS DISTINCT FROM (after -> i.seqrelid::text) LOOP
+    RAISE EXCEPTION 'pgmesh: % would break the interleaving of sequence %', tg_tag, s.seq
+      USING ERRCODE = 'PM007',
+            DETAIL = format('On this node (slot %s) it steps by %s from %s, and every node''s sequence has a slot of its own: a step, START or RESTART replayed on every node would make them hand out the same values.', s.node_slot, s.step, s.first_value),
+            HINT = 'Change INCREMENT, START or RESTART of an interleaved sequence on each node yourself, with SET LOCAL pgmesh.ddl_capture = off, each in its own slot (docs/sequences.md); its other options (CACHE, MAXVALUE, OWNED BY, ...) replicate.';
+  END LOOP;
+END
+$fn$;
+
+CREATE EVENT TRIGGER pgmesh_ddl_sequence_guard_start ON ddl_command_start EXECUTE FUNCTION pgmesh.ddl_sequence_guard();
+CREATE EVENT TRIGGER pgmesh_ddl_sequence_guard ON ddl_command_end EXECUTE FUNCTION pgmesh.ddl_sequence_guard();
+`;

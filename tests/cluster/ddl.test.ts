@@ -280,3 +280,29 @@ test('sequences created by replicated DDL hand out node-interleaved values on ev
     assert.equal(seqNos[0]?.distinct, seqNos[0]?.n, 'seq_no values are unique');
   });
 });
+
+/**
+ * Topology: 2 nodes, agents in this process.
+ * Scenario: n1 runs ALTER SEQUENCE on an interleaved sequence: a new step and a RESTART WITH a value are refused at
+ * the origin (replayed on n2 they would put both nodes' sequences in one slot); another option replicates.
+ * Without the guard: both statements commit on n1 and replicate, and n1 and n2 then hand out the same keys.
+ */
+test('ALTER SEQUENCE that would break interleaving is refused at the origin; other options replicate', { timeout: 180_000 }, async () => {
+  await withCluster({ nodes: 2, schema: `CREATE TABLE tickets (id serial PRIMARY KEY, node text)` }, async (cluster) => {
+    await cluster.startAgents();
+    const [n1, n2] = cluster.nodes as [TestNode, TestNode];
+    const state = async (node: TestNode) =>
+      (await node.sql.unsafe<{ s: string }[]>(`SELECT seqincrement || ' ' || seqmax AS s FROM pg_sequence WHERE seqrelid = 'tickets_id_seq'::regclass`))[0]?.s;
+    assert.equal(await state(n1), '8 2147483647', 'interleaved: steps by maxNodes');
+    for (const statement of [`ALTER SEQUENCE tickets_id_seq INCREMENT BY 1`, `ALTER SEQUENCE tickets_id_seq RESTART WITH 1000`]) {
+      await assert.rejects(n1.sql.unsafe(statement), (error: { code?: string; message?: string }) => {
+        assert.equal(error.code, 'PM007', statement);
+        assert.match(error.message ?? '', /would break the interleaving of sequence tickets_id_seq/);
+        return true;
+      });
+    }
+    await n1.sql.unsafe(`ALTER SEQUENCE tickets_id_seq MAXVALUE 1000000`);
+    await eventually(async () => (await state(n2)) === '8 1000000', { what: 'the MAXVALUE on n2' });
+    assert.equal(await state(n1), '8 1000000');
+  });
+});
