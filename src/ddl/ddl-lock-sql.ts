@@ -305,11 +305,20 @@ $fn$;
  * checked.
  */
 export const SEQUENCE_GUARD_MIGRATION = `
--- Step, START and last value (NULL until called: a restart) of the interleaved sequences.
+-- Step, START and position of the interleaved sequences (a restart changes the position, or only is_called).
 CREATE FUNCTION pgmesh.interleaved_sequence_state() RETURNS jsonb
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
-  SELECT coalesce(jsonb_object_agg(i.seqrelid::text, jsonb_build_array(q.seqincrement, q.seqstart, pg_sequence_last_value(i.seqrelid))), '{}')
-    FROM pgmesh.interleaved_sequence i JOIN pg_sequence q ON q.seqrelid = i.seqrelid
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+  state jsonb := '{}';
+  s record;
+  position jsonb;
+BEGIN
+  FOR s IN SELECT i.seqrelid, q.seqincrement, q.seqstart FROM pgmesh.interleaved_sequence i JOIN pg_sequence q ON q.seqrelid = i.seqrelid LOOP
+    EXECUTE format('SELECT jsonb_build_array(last_value, is_called) FROM %s', s.seqrelid::regclass) INTO position;
+    state := state || jsonb_build_object(s.seqrelid::text, jsonb_build_array(s.seqincrement, s.seqstart, position));
+  END LOOP;
+  RETURN state;
+END
 $fn$;
 
 CREATE FUNCTION pgmesh.ddl_sequence_guard() RETURNS event_trigger
@@ -346,6 +355,8 @@ BEGIN
 END
 $fn$;
 
-CREATE EVENT TRIGGER pgmesh_ddl_sequence_guard_start ON ddl_command_start EXECUTE FUNCTION pgmesh.ddl_sequence_guard();
-CREATE EVENT TRIGGER pgmesh_ddl_sequence_guard ON ddl_command_end EXECUTE FUNCTION pgmesh.ddl_sequence_guard();
+-- Event triggers of an event fire in the order of their names: this one before pgmesh_ddl_command_end, which
+-- interleaves the sequences a statement created or changed (so it would hide the change on this node only).
+CREATE EVENT TRIGGER pgmesh_ddl_check_sequences_start ON ddl_command_start EXECUTE FUNCTION pgmesh.ddl_sequence_guard();
+CREATE EVENT TRIGGER pgmesh_ddl_check_sequences ON ddl_command_end EXECUTE FUNCTION pgmesh.ddl_sequence_guard();
 `;

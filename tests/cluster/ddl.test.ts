@@ -297,7 +297,7 @@ test('ALTER SEQUENCE that would break interleaving is refused at the origin; oth
     for (const statement of [`ALTER SEQUENCE tickets_id_seq INCREMENT BY 1`, `ALTER SEQUENCE tickets_id_seq RESTART WITH 1000`]) {
       await assert.rejects(n1.sql.unsafe(statement), (error: { code?: string; message?: string }) => {
         assert.equal(error.code, 'PM007', statement);
-        assert.match(error.message ?? '', /would break the interleaving of sequence tickets_id_seq/);
+        assert.match(error.message ?? '', /would break the interleaving of sequence public.tickets_id_seq/);
         return true;
       });
     }
