@@ -13,9 +13,9 @@ export function registerDdl(program: Command): void {
     .option('--lock', 'cluster-wide DDL lock: writes to the changed tables fail on every node until every node has the change (docs/ddl.md)')
     .option('--lock-timeout <seconds>', 'with --lock: how long each step may take before the lock gives up and is released', '60')
     .action(async (statements: string, options: { node?: string; lock?: boolean; lockTimeout: string }, command: Command) => {
-      const config = configFrom(command.optsWithGlobals<GlobalOptions>());
       const timeout = Number(options.lockTimeout);
       if (!Number.isFinite(timeout) || timeout <= 0) throw new PgmeshError('CONFIG_INVALID', `--lock-timeout must be a number of seconds above 0, not "${options.lockTimeout}"`);
+      const config = configFrom(command.optsWithGlobals<GlobalOptions>());
       const { node } = await runDdl(config, loggerFor(config), statements, options.node, { lock: options.lock === true, lockTimeoutMs: timeout * 1000 });
       const others = config.nodes.filter((n) => n.name !== node).map((n) => n.name);
       process.stdout.write(`ran on ${node}; it replicates to ${others.join(', ') || 'no other node'} (pgmesh schema diff compares them)\n`);

@@ -10,6 +10,7 @@
  * - A node whose agent does not apply (stopped): the lock gives up after its timeout with an error that names the
  *   node, runs nothing, and leaves nothing locked behind: every node takes writes again at once.
  * - A node that cannot be reached: the lock says which one and locks nothing.
+ * - A --lock-timeout that is not a number of seconds: exit code 2 and what to give instead.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -18,6 +19,7 @@ import { PgmeshError } from '../../src/core/errors.ts';
 import { silentLogger } from '../../src/core/logger.ts';
 import { runDdl } from '../../src/ddl/run-ddl.ts';
 import { readSchemaDump } from '../../src/cluster/schema-dump.ts';
+import { pgmesh } from '../support/cli.ts';
 import { eventually, withCluster, type TestCluster, type TestNode } from '../support/cluster.ts';
 
 const ROWS = 40;
@@ -163,4 +165,10 @@ test('ddl --lock with a node that cannot be reached: says which, locks nothing',
     assert.equal(await hasColumn(n1, 'v'), true, 'v is still there on n1');
     await n1.sql.unsafe(`UPDATE items SET v = v + 1 WHERE id = 2`);
   });
+});
+
+test('ddl --lock-timeout that is not a number of seconds: exit code 2, says what to give', { timeout: 60_000 }, async () => {
+  const result = await pgmesh(['ddl', 'ALTER TABLE items DROP COLUMN v', '--lock', '--lock-timeout', 'soon']);
+  assert.equal(result.code, 2, result.output);
+  assert.match(result.stderr, /--lock-timeout must be a number of seconds above 0, not "soon"/);
 });
