@@ -152,7 +152,6 @@ export async function runLockedDdl(config: ClusterConfig, logger: Logger, statem
     // 3. Every node has applied what the others wrote before the fence.
     const markers = await Promise.all(held.map(async (h) => ({ from: h.node.name, lsn: await marker(h, 'fenced') })));
     await waitApplied(held, markers, options.timeoutMs, 'nothing was changed');
-    for (const h of held) h.check('nothing was changed, and the lock was released');
 
     // 4. The change, on one node, while every node still holds its fence.
     for (const h of held) h.check('nothing was changed, and the lock was released');
