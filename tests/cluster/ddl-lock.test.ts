@@ -108,6 +108,9 @@ test('ddl --lock drops a column every node is writing: no exception, same schema
     }, { what: 'writes after the lock' });
     const results = await Promise.all(writers.map((w) => w.stop()));
     assert.ok(results.every((r) => r.written > 0), `every node wrote (${JSON.stringify(results)})`);
+    // The writers ran all through the lock: the fence refused some of their writes (retried). Without the fence,
+    // nothing stops a node's writes between the change on n1 and its arrival there.
+    assert.ok(results.some((r) => r.refused > 0), `the fence refused writes while the lock was held (${JSON.stringify(results)})`);
 
     await cluster.waitConverged(['items'], 120_000);
     const dumps = await Promise.all(cluster.nodes.map(async (n) => (await readSchemaDump(n.sql)).sections));
