@@ -40,6 +40,8 @@ export interface PeerStatus {
   readonly streamedAborted: number;
   readonly lastAppliedAt: string | null;
   readonly restarts: number;
+  /** Times the stream stopped to wait for a table or columns the peer sends and this node lacks (tuning.schemaWaitMs). */
+  readonly schemaWaits: number;
   readonly exceptions: number;
   readonly conflicts: Readonly<Record<string, number>>;
   readonly conflictsByTable: Readonly<Record<string, number>>;
@@ -66,6 +68,7 @@ export class PeerReplicator {
   private applier: Applier | undefined;
   private stream: PeerStream | undefined;
   private restarts = 0;
+  private schemaWaits = 0;
   private lastError: PeerStatus['lastError'] = null;
   private totals = { appliedXacts: 0, appliedChanges: 0, skippedXacts: 0, exceptions: 0, fastPathMisses: 0, applyRetries: 0, streamedXacts: 0, streamedAborted: 0, lastAppliedAt: 0 };
   private readonly conflicts: Record<string, number> = {};
@@ -110,6 +113,7 @@ export class PeerReplicator {
           // Not a failure: the DDL that makes the table or columns is on its way on another peer's stream.
           log.info({ peer: this.options.peer, relation: error.context.relation }, errorMessage(error));
           this.restarts++;
+          this.schemaWaits++;
           this.state = 'waiting';
           await this.sleep(SCHEMA_RETRY_MS);
           continue;
@@ -381,6 +385,7 @@ export class PeerReplicator {
       streamedAborted: this.totals.streamedAborted + (this.stream?.stats.streamedAborted ?? 0),
       lastAppliedAt: lastAppliedAt > 0 ? new Date(lastAppliedAt).toISOString() : null,
       restarts: this.restarts,
+      schemaWaits: this.schemaWaits,
       exceptions: this.totals.exceptions + (a?.exceptions ?? 0),
       conflicts: sumCounts(this.conflicts, a?.conflicts),
       conflictsByTable: sumCounts(this.conflictsByTable, a?.conflictsByTable),

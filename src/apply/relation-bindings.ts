@@ -55,11 +55,13 @@ export class RelationBindings {
    * stream stops and is tried again (the session's transaction rolls back, so the DDL is not kept waiting on its
    * locks) until the schema arrives, for up to schemaWait.waitMs from the first time. After that the table or
    * columns are taken as gone here (dropped or renamed locally): the change goes on without them, and what it loses
-   * goes to the exception table.
+   * goes to the exception table. When DDL here took them away (pgmesh.ddl_log, src/ddl/ddl-lock-sql.ts), this
+   * node is ahead of the peer, not behind: that happens at once, without waiting.
    */
-  private awaitSchema(relation: RelationMessage, missingColumns: readonly string[] | undefined): void {
+  private async awaitSchema(relation: RelationMessage, missingColumns: readonly string[] | undefined, inSession: boolean): Promise<void> {
     const wait = this.options.schemaWait;
     if (!wait) return;
+    if (await this.goneHere(relation, missingColumns, inSession)) return;
     const what = missingColumns ? `column${missingColumns.length > 1 ? 's' : ''} ${missingColumns.join(', ')} of table ${relation.schema}.${relation.name}` : `table ${relation.schema}.${relation.name}`;
     const key = `${relation.schema}.${relation.name}:${missingColumns?.join(',') ?? ''}`;
     const now = Date.now();
@@ -73,13 +75,25 @@ export class RelationBindings {
     );
   }
 
+  /** Whether DDL on this node dropped or renamed the table (no columns given) or every one of the columns. */
+  private async goneHere(relation: RelationMessage, missingColumns: readonly string[] | undefined, inSession: boolean): Promise<boolean> {
+    const names = missingColumns ?? [''];
+    // DDL applied in this transaction is seen by the apply session only.
+    const rows = await (inSession ? this.session : this.catalog).unsafe<{ n: number }[]>(
+      `SELECT count(*)::int AS n FROM pgmesh.ddl_log
+        WHERE schema_name = $1 AND table_name = $2 AND column_name IN (SELECT jsonb_array_elements_text($3::text::jsonb))`,
+      [relation.schema, relation.name, JSON.stringify(names)],
+    );
+    return rows[0]?.n === names.length;
+  }
+
   async bind(relation: RelationMessage, inSession: boolean): Promise<RelationBinding> {
     const cached = this.bindings.get(relation);
     if (cached && Date.now() - cached.at < BINDING_TTL_MS) return cached.binding;
     // After DDL in the transaction, only the apply session sees the tables as they are now.
     const local = await loadLocalRelation(inSession ? this.session : this.catalog, relation.schema, relation.name);
     if (!local) {
-      this.awaitSchema(relation, undefined);
+      await this.awaitSchema(relation, undefined, inSession);
       throw new PgmeshError(
         'UNKNOWN_TABLE',
         `peer ${this.options.peer} sends changes for table ${relation.schema}.${relation.name}, which does not exist on ${this.options.localNode}; create it there with the same columns and primary key`,
@@ -87,7 +101,7 @@ export class RelationBindings {
       );
     }
     const reduction = reduceRelation(relation, new Set(local.columns.keys()));
-    if (reduction) this.awaitSchema(relation, reduction.missing);
+    if (reduction) await this.awaitSchema(relation, reduction.missing, inSession);
     const binding = bindRelation(reduction?.relation ?? relation, local, { peer: this.options.peer, node: this.options.localNode });
     if (reduction) this.reductions.set(binding, reduction);
     if (!cached && relation.replicaIdentity !== 'f') {

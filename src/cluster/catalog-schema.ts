@@ -4,6 +4,7 @@
  */
 
 import { DDL_CAPTURE_MIGRATION } from '../ddl/capture-sql.ts';
+import { DDL_LOCK_MIGRATION, DDL_LOG_MIGRATION, SEQUENCE_GUARD_MIGRATION } from '../ddl/ddl-lock-sql.ts';
 import { TRUNCATE_LOCK_MIGRATION, TRUNCATE_MIGRATION } from './truncate-sql.ts';
 import { VERSION_HORIZON_MIGRATION } from './version-horizon-sql.ts';
 
@@ -823,6 +824,9 @@ CREATE TABLE pgmesh.peer_ack (
   acked_lsn pg_lsn NOT NULL
 );
 `,
+  /* 18: the write fence of "pgmesh ddl --lock"; join_table's unique-release triggers as a function of their own (src/ddl/ddl-lock-sql.ts) */ DDL_LOCK_MIGRATION,
+  /* 19: a log of the names DDL took away here, for the schema wait; unique-release triggers follow DDL (src/ddl/ddl-lock-sql.ts) */ DDL_LOG_MIGRATION,
+  /* 20: ALTER SEQUENCE that would break interleaving refused at the origin (src/ddl/ddl-lock-sql.ts) */ SEQUENCE_GUARD_MIGRATION,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

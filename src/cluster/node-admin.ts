@@ -360,6 +360,7 @@ export async function removeTables(sql: Sql, tables: readonly TableRef[]): Promi
       await tx.unsafe(`DROP TRIGGER IF EXISTS pgmesh_record_truncate ON ${qualified}`);
       await tx.unsafe(`DROP TRIGGER IF EXISTS pgmesh_unique_release_update ON ${qualified}`);
       await tx.unsafe(`DROP TRIGGER IF EXISTS pgmesh_unique_release_delete ON ${qualified}`);
+      await tx.unsafe(`DROP TRIGGER IF EXISTS pgmesh_ddl_fence ON ${qualified}`);
       await tx.unsafe(`DELETE FROM pgmesh.tombstone WHERE relid = $1::text::regclass`, [qualified]);
       await tx.unsafe(`DELETE FROM pgmesh.version_override WHERE relid = $1::text::regclass`, [qualified]);
       await tx.unsafe(`DELETE FROM pgmesh.table_policy WHERE relation_schema = $1 AND relation_name = $2`, [table.schema, table.name]);

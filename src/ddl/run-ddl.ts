@@ -1,19 +1,33 @@
 /**
  * `pgmesh ddl "<sql>"`: runs a schema change on one node of the cluster, from where it replicates to every other
  * node like any DDL run there (docs/ddl.md). The statements are sent as one query string (the simple protocol), as a
- * migration tool sends a script.
+ * migration tool sends a script. With `lock`, it runs under the cluster-wide DDL lock (src/ddl/ddl-lock.ts).
  */
 import { PgmeshError, errorMessage } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
 import type { ClusterConfig } from '../config/config.ts';
 import { connectionError, openSql } from '../pg/connect.ts';
 import { sqlState } from '../core/sqlstate.ts';
+import { runLockedDdl } from './ddl-lock.ts';
 
-export async function runDdl(config: ClusterConfig, logger: Logger, statements: string, nodeName?: string): Promise<{ node: string }> {
+export interface RunDdlOptions {
+  /** Run it under the cluster-wide DDL lock: no node writes the tables it changes until every node has it. */
+  readonly lock?: boolean;
+  /** How long each step of the lock may take (default 60 s). */
+  readonly lockTimeoutMs?: number;
+}
+
+const DEFAULT_LOCK_TIMEOUT_MS = 60_000;
+
+export async function runDdl(config: ClusterConfig, logger: Logger, statements: string, nodeName?: string, options: RunDdlOptions = {}): Promise<{ node: string }> {
   if (statements.trim() === '') throw new PgmeshError('CONFIG_INVALID', 'no SQL to run: give the statements as one argument, e.g. pgmesh ddl "ALTER TABLE t ADD COLUMN c int"');
   const node = nodeName === undefined ? config.nodes[0] : config.nodes.find((n) => n.name === nodeName);
   if (!node) {
     throw new PgmeshError('UNKNOWN_NODE', `node ${nodeName ?? ''} is not in the configuration; its nodes are ${config.nodes.map((n) => n.name).join(', ')}`);
+  }
+  if (options.lock) {
+    await runLockedDdl(config, logger, statements, node, { timeoutMs: options.lockTimeoutMs ?? DEFAULT_LOCK_TIMEOUT_MS });
+    return { node: node.name };
   }
   const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh ddl', logger, max: 1 });
   try {

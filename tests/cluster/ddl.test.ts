@@ -6,7 +6,10 @@
  *   while every node writes: every node ends with the same schema (catalog dumps compared) and the same rows.
  * - DDL that cannot be replayed faithfully (inside a DO block, CREATE TABLE AS with rows, a table without a primary
  *   key) is refused at the origin with an error that says what to do instead, and nothing of it reaches the others.
- * - Racing schema changes: a column added on n1 while n2 keeps writing without it: nothing stops, nothing is lost.
+ * - Racing schema changes: a column added on n1 while n2 keeps writing without it: nothing stops, nothing is lost;
+ *   a column dropped on n1 while n2 writes into it: the nodes that dropped it apply n2's rows without it at once
+ *   (their DDL log says it is gone there), without stopping n2's stream to wait for it.
+ * - A unique constraint and a unique index added by replicated DDL get the unique-release triggers on every node.
  * Without the code under test: DDL stays on the node that ran it, so the other nodes' streams stop at the first row
  * of a new table or column (the table or column does not exist there), and rows written in the new table on n1 are
  * never published.
@@ -170,7 +173,7 @@ test('a column added on n1 while n2, not yet aware of it, keeps writing: nothing
   });
 });
 
-test('a column dropped on n1 while n2, not yet aware of it, writes into it: the rest applies and the lost values are kept as exceptions', { timeout: 180_000 }, async () => {
+test('a column dropped on n1 while n2, not yet aware of it, writes into it: the rest applies at once and the lost values are kept as exceptions', { timeout: 180_000 }, async () => {
   await withCluster({ nodes: 3, schema: SCHEMA }, async (cluster) => {
     await cluster.startAgents();
     const [n1, n2] = cluster.nodes as [TestNode, TestNode, TestNode];
@@ -184,6 +187,12 @@ test('a column dropped on n1 while n2, not yet aware of it, writes into it: the 
     });
     await cluster.waitConverged(['orders']);
     await assertSameSchema(cluster);
+    // n1 dropped the column itself and n3 applied n1's drop: both know it is gone there (pgmesh.ddl_log), so n2's
+    // stream did not stop to wait for it (tuning.schemaWaitMs) on either.
+    for (const node of ['n1', 'n3']) {
+      const fromN2 = cluster.agents.get(node)?.status().peers.find((p) => p.peer === 'n2');
+      assert.equal(fromN2?.schemaWaits, 0, `${node} did not wait for the column n2 sends`);
+    }
     const [done] = await n1.sql.unsafe<{ n: string }[]>(`SELECT count(*)::text AS n FROM orders WHERE status = 'done'`);
     assert.equal(done?.n, '3', "n2's updates applied on n1 without the dropped column");
     // Where a value was lost (the updates set it), the whole change is kept, on every node that had dropped the
@@ -197,6 +206,24 @@ test('a column dropped on n1 while n2, not yet aware of it, writes into it: the 
       );
     }
     assert.deepEqual(await openExceptions(n2), [], 'no exception on n2');
+  });
+});
+
+test('a unique constraint and a unique index added by replicated DDL get the unique-release triggers on every node', { timeout: 180_000 }, async () => {
+  await withCluster({ nodes: 3, schema: SCHEMA }, async (cluster) => {
+    await cluster.startAgents();
+    await runDdl(cluster.config, silentLogger, `ALTER TABLE orders ADD CONSTRAINT orders_note_key UNIQUE (note); CREATE UNIQUE INDEX legacy_v_key ON legacy (v)`, 'n1');
+    const expected = ['legacy pgmesh_unique_release_delete', 'legacy pgmesh_unique_release_update', 'orders pgmesh_unique_release_delete', 'orders pgmesh_unique_release_update'];
+    for (const node of cluster.nodes) {
+      const triggers = async () =>
+        (
+          await node.sql.unsafe<{ t: string }[]>(
+            `SELECT tgrelid::regclass::text || ' ' || tgname AS t FROM pg_trigger WHERE tgname LIKE 'pgmesh\\_unique\\_release%' ORDER BY 1`,
+          )
+        ).map((r) => r.t);
+      await eventually(async () => (await triggers()).length === expected.length, { what: `the unique-release triggers on ${node.name}` });
+      assert.deepEqual(await triggers(), expected, node.name);
+    }
   });
 });
 
@@ -251,5 +278,31 @@ test('sequences created by replicated DDL hand out node-interleaved values on ev
     }
     const seqNos = await n1.sql.unsafe<{ n: number; distinct: number }[]>(`SELECT count(*)::int AS n, count(DISTINCT seq_no)::int AS distinct FROM orders`);
     assert.equal(seqNos[0]?.distinct, seqNos[0]?.n, 'seq_no values are unique');
+  });
+});
+
+/**
+ * Topology: 2 nodes, agents in this process.
+ * Scenario: n1 runs ALTER SEQUENCE on an interleaved sequence: a new step and a RESTART WITH a value are refused at
+ * the origin (replayed on n2 they would put both nodes' sequences in one slot); another option replicates.
+ * Without the guard: both statements commit on n1 and replicate, and n1 and n2 then hand out the same keys.
+ */
+test('ALTER SEQUENCE that would break interleaving is refused at the origin; other options replicate', { timeout: 180_000 }, async () => {
+  await withCluster({ nodes: 2, schema: `CREATE TABLE tickets (id serial PRIMARY KEY, node text)` }, async (cluster) => {
+    await cluster.startAgents();
+    const [n1, n2] = cluster.nodes as [TestNode, TestNode];
+    const state = async (node: TestNode) =>
+      (await node.sql.unsafe<{ s: string }[]>(`SELECT seqincrement || ' ' || seqmax AS s FROM pg_sequence WHERE seqrelid = 'tickets_id_seq'::regclass`))[0]?.s;
+    assert.equal(await state(n1), '8 2147483647', 'interleaved: steps by maxNodes');
+    for (const statement of [`ALTER SEQUENCE tickets_id_seq INCREMENT BY 1`, `ALTER SEQUENCE tickets_id_seq RESTART WITH 1000`]) {
+      await assert.rejects(n1.sql.unsafe(statement), (error: { code?: string; message?: string }) => {
+        assert.equal(error.code, 'PM007', statement);
+        assert.match(error.message ?? '', /would break the interleaving of sequence public.tickets_id_seq/);
+        return true;
+      });
+    }
+    await n1.sql.unsafe(`ALTER SEQUENCE tickets_id_seq MAXVALUE 1000000`);
+    await eventually(async () => (await state(n2)) === '8 1000000', { what: 'the MAXVALUE on n2' });
+    assert.equal(await state(n1), '8 1000000');
   });
 });

@@ -43,7 +43,7 @@ test('tables remove: the table leaves replication on every node, its triggers an
     await cluster.waitConverged(['public.dropped']);
     assert.deepEqual(await pgmeshState(cluster, 'n3', 'public.dropped'), {
       published: true,
-      triggers: 'pgmesh_record_deletes, pgmesh_record_key_change, pgmesh_record_truncate',
+      triggers: 'pgmesh_ddl_fence, pgmesh_record_deletes, pgmesh_record_key_change, pgmesh_record_truncate',
       tombstones: 1,
     });
 
