@@ -796,6 +796,20 @@ CREATE TABLE pgmesh.membership (
   updated_at timestamptz NOT NULL DEFAULT now()
 );
 `,
+  /* 13: membership_table: the copy's progress per table (node add), for status */ `
+-- One row per replicated table while a node joins: rows and bytes copied so far, and the source's estimate of its
+-- rows (pg_class.reltuples; NULL when never analyzed). Written anew by each node add attempt.
+CREATE TABLE pgmesh.membership_table (
+  relation text PRIMARY KEY,
+  state text NOT NULL CHECK (state IN ('pending', 'copying', 'done')),
+  rows_estimated bigint,
+  rows_copied bigint NOT NULL DEFAULT 0,
+  bytes_copied bigint NOT NULL DEFAULT 0,
+  started_at timestamptz,
+  finished_at timestamptz,
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+`,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

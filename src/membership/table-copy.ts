@@ -36,6 +36,11 @@ export interface CopyContext {
   /** The origin on the joining node whose commits read as written by this node (row_version's mapping). */
   readonly originFor: (node: string) => string;
   readonly onProgress: (counts: CopyCounts) => void;
+  /**
+   * Runs the writing of version groups one at a time across sessions that copy in parallel (they use the origins
+   * of every node); undefined when this session copies alone.
+   */
+  readonly exclusive?: (<T>(fn: () => Promise<T>) => Promise<T>) | undefined;
 }
 
 const STAGE = 'pg_temp.pgmesh_copy_stage';
@@ -140,7 +145,8 @@ async function copyGroups(ctx: CopyContext, copy: GroupCopy): Promise<CopyCounts
     const nodes = await ctx.target.unsafe<{ node: string }[]>(`SELECT DISTINCT pgmesh_node AS node FROM ${STAGE}`);
     const origins = Object.fromEntries(nodes.map((n) => [n.node, ctx.originFor(n.node)]));
     // One transaction per version. COMMIT inside a DO block needs the block to be the only statement of its message.
-    await ctx.target.unsafe(`DO $pgmesh$
+    const exclusive = ctx.exclusive ?? (<T>(fn: () => Promise<T>) => fn());
+    await exclusive(() => ctx.target.unsafe(`DO $pgmesh$
 DECLARE
   origins jsonb := ${quoteLiteral(JSON.stringify(origins))};
   g record;
@@ -161,7 +167,7 @@ BEGIN
   END LOOP;
   IF active IS NOT NULL THEN PERFORM pg_catalog.pg_replication_origin_session_reset(); END IF;
 END
-$pgmesh$`);
+$pgmesh$`));
   }
   await ctx.target.unsafe(`DROP TABLE ${STAGE}`);
   return counts;
