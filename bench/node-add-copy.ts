@@ -2,11 +2,11 @@
  * The copy rate of `pgmesh node add` against PostgreSQL's own `COPY ... TO STDOUT | COPY ... FROM STDIN` between the
  * same two embedded servers, in the same run, and the time from `node add` to a node that streams.
  *
- * Setup: server A holds one replicated table (a one-node pgmesh cluster, n1) filled with about --mb MB of COPY text
- * (--gb for gigabytes), written in transactions of 10,000 rows (each a version of its own); server B receives.
+ * Setup: server A holds --tables replicated tables (default 2; a one-node pgmesh cluster, n1) with about --mb MB of
+ * COPY text in all (--gb for gigabytes), written in transactions of 10,000 rows (each a version of its own); server B receives.
  * Each run makes a fresh database on B per system (so every copy goes into an empty table, as a joining node's):
  *
- * - native: `COPY bench_copy TO STDOUT` on A piped into `COPY bench_copy FROM STDIN` on B, through this process with
+ * - native: `COPY t TO STDOUT` on A piped into `COPY t FROM STDIN` on B, one table after the other, through this process with
  *   the same driver and the same kind of pipe that pgmesh uses (the embedded binaries ship no psql).
  * - pgmesh: `node add` of a node on B from n1 (the library call), rows older than the copy's horizon (the usual case
  *   of a table that has been there a while: one streamed COPY per table; tuning margins 0).
@@ -19,7 +19,7 @@
  * agent of the new node, started right after, streams from n1. The ratio is pgmesh's median rate over native's.
  *
  * Usage: npm run bench:node-add -- [--mb 64 | --gb 1] [--runs 3] [--systems native,pgmesh,pgmesh-exact]
- *        [--parallel N] [--json]
+ *        [--tables 2] [--parallel N (tuning.copyParallelism)] [--json]
  * Never part of `npm test`.
  */
 import { cpus, loadavg } from 'node:os';
@@ -43,9 +43,13 @@ import { dropSlotIfExists, unlinkPeer } from '../src/membership/links.ts';
 import { slotName } from '../src/cluster/catalog-schema.ts';
 import { client, type Sql } from './support/server-pair.ts';
 
-const TABLE = 'bench_copy';
-const SCHEMA = `CREATE TABLE ${TABLE} (id bigint PRIMARY KEY, account int NOT NULL, amount numeric(12,2) NOT NULL,
-  note text NOT NULL, created timestamptz NOT NULL)`;
+const tableName = (i: number) => `bench_copy_${i}`;
+const schema = (tables: number) =>
+  Array.from(
+    { length: tables },
+    (_, i) => `CREATE TABLE ${tableName(i + 1)} (id bigint PRIMARY KEY, account int NOT NULL, amount numeric(12,2) NOT NULL,
+  note text NOT NULL, created timestamptz NOT NULL);`,
+  ).join('\n');
 /** About 100 bytes of COPY text per row. */
 const ROW_BYTES = 100;
 const ROWS_PER_TXN = 10_000;
@@ -85,44 +89,52 @@ function withDatabase(dsn: string, database: string): string {
   return url.toString();
 }
 
-async function fill(sql: Sql, rows: number): Promise<void> {
+async function fill(sql: Sql, table: string, rows: number): Promise<void> {
   await sql.unsafe(`DO $$
 DECLARE first bigint := 1;
 BEGIN
   WHILE first <= ${rows} LOOP
-    INSERT INTO ${TABLE}
+    INSERT INTO ${table}
       SELECT g, g % 1000, (g % 100000) / 100.0, 'note ' || md5(g::text) || ' ' || repeat('x', 20), '2026-01-01'::timestamptz + g * interval '1 second'
         FROM generate_series(first, least(first + ${ROWS_PER_TXN - 1}, ${rows})) g;
     COMMIT;
     first := first + ${ROWS_PER_TXN};
   END LOOP;
 END $$`);
-  await sql.unsafe(`VACUUM (ANALYZE) ${TABLE}`);
+  await sql.unsafe(`VACUUM (ANALYZE) ${table}`);
 }
 
-async function nativeCopy(source: EmbeddedServer, target: EmbeddedServer, database: string): Promise<{ seconds: number; bytes: number; rows: number }> {
-  const from = client(source);
+/** Each table in turn, as a script of COPY | COPY would. */
+async function nativeCopy(source: EmbeddedServer, target: EmbeddedServer, database: string, tables: number): Promise<{ seconds: number; bytes: number; rows: number }> {
   const to = openSql(withDatabase(target.dsn, database), { node: 'target', applicationName: 'bench native copy', logger: silentLogger, max: 1 });
   try {
     await to.unsafe('SELECT 1');
     let bytes = 0;
     let rows = 0;
-    const counter = new Transform({
-      transform(chunk: Buffer, _encoding, callback) {
-        bytes += chunk.length;
-        for (let i = chunk.indexOf(0x0a); i !== -1; i = chunk.indexOf(0x0a, i + 1)) rows++;
-        callback(null, chunk);
-      },
-    });
+    const counter = () =>
+      new Transform({
+        transform(chunk: Buffer, _encoding, callback) {
+          bytes += chunk.length;
+          for (let i = chunk.indexOf(0x0a); i !== -1; i = chunk.indexOf(0x0a, i + 1)) rows++;
+          callback(null, chunk);
+        },
+      });
     const started = performance.now();
-    const readable = await from.unsafe(`COPY ${TABLE} TO STDOUT`).readable();
-    const writable = await to.unsafe(`COPY ${TABLE} FROM STDIN`).writable();
-    await pipeline(readable, counter, writable);
-    // The COPY's answer: its rows are committed when the next statement is answered.
-    await to.unsafe('SELECT 1');
+    for (let i = 1; i <= tables; i++) {
+      // A connection per COPY, as pgmesh's copy has (src/pg/copy-stream.ts says why).
+      const from = client(source);
+      try {
+        const readable = await from.unsafe(`COPY ${tableName(i)} TO STDOUT`).readable();
+        const writable = await to.unsafe(`COPY ${tableName(i)} FROM STDIN`).writable();
+        await pipeline(readable, counter(), writable);
+        // The COPY's answer: its rows are committed when the next statement is answered.
+        await to.unsafe('SELECT 1');
+      } finally {
+        await from.end({ timeout: 1 });
+      }
+    }
     return { seconds: (performance.now() - started) / 1000, bytes, rows };
   } finally {
-    await from.end({ timeout: 1 });
     await to.end({ timeout: 1 });
   }
 }
@@ -176,6 +188,7 @@ async function main(): Promise<void> {
       mb: { type: 'string', default: '64' },
       gb: { type: 'string' },
       runs: { type: 'string', default: '3' },
+      tables: { type: 'string', default: '2' },
       systems: { type: 'string', default: SYSTEMS.join(',') },
       parallel: { type: 'string' },
       json: { type: 'boolean', default: false },
@@ -187,12 +200,14 @@ async function main(): Promise<void> {
   if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs ${values.runs} must be a whole number >= 1`);
   const systems = values.systems.split(',').map((s) => s.trim());
   for (const s of systems) if (!(SYSTEMS as readonly string[]).includes(s)) throw new Error(`--systems: unknown system ${s} (${SYSTEMS.join(', ')})`);
+  const tables = Number(values.tables);
+  if (!Number.isInteger(tables) || tables < 1) throw new Error(`--tables ${values.tables} must be a whole number >= 1`);
   const parallel = values.parallel === undefined ? undefined : Number(values.parallel);
   if (parallel !== undefined && (!Number.isInteger(parallel) || parallel < 1)) throw new Error(`--parallel ${values.parallel} must be a whole number >= 1`);
   const major = parseMajor(process.env.PGMESH_PG_MAJOR, 'PGMESH_PG_MAJOR');
   const rows = Math.round((mb * 1024 * 1024) / ROW_BYTES);
   const rev = revision();
-  log(`node add copy, pgmesh ${rev}, PostgreSQL ${major}, ${rows} rows (~${mb} MB), ${runs} run(s), ${cpus().length} CPUs, load ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
+  log(`node add copy, pgmesh ${rev}, PostgreSQL ${major}, ${rows} rows (~${mb} MB) in ${tables} table(s), ${runs} run(s), ${cpus().length} CPUs, load ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
 
   const dir = makeServerTempDir('pgmesh-bench-copy-');
   const password = `pw-${Math.random().toString(36).slice(2, 10)}`;
@@ -205,9 +220,9 @@ async function main(): Promise<void> {
     const aSql = client(a);
     const bSql = client(b);
     pools.push(aSql, bSql);
-    await aSql.unsafe(SCHEMA);
+    await aSql.unsafe(schema(tables)).simple();
     const filled = performance.now();
-    await fill(aSql, rows);
+    for (let i = 1; i <= tables; i++) await fill(aSql, tableName(i), Math.round(rows / tables));
     log(`filled A in ${((performance.now() - filled) / 1000).toFixed(1)} s`);
     const aPool = openSql(a.dsn, { node: 'n1', applicationName: 'bench', logger: silentLogger, max: 1 });
     await initNode(aPool, { nodeName: 'n1', nodeSlot: 1, maxNodes: 64, expectedPeers: 1 });
@@ -226,12 +241,12 @@ async function main(): Promise<void> {
         const database = `run_${++n}`;
         await bSql.unsafe(`CREATE DATABASE ${database}`);
         const dbSql = openSql(withDatabase(b.dsn, database), { node: 'b', applicationName: 'bench', logger: silentLogger, max: 1 });
-        await dbSql.unsafe(SCHEMA);
+        await dbSql.unsafe(schema(tables)).simple();
         await dbSql.end({ timeout: 1 });
         await bSql.unsafe('CHECKPOINT');
         await aSql.unsafe('CHECKPOINT');
         if (system === 'native') {
-          const copied = await nativeCopy(a, b, database);
+          const copied = await nativeCopy(a, b, database, tables);
           bytes = copied.bytes;
           results.push({ system, copySeconds: copied.seconds, toStreamingSeconds: undefined });
           log(`run ${run}/${runs} native      : copy ${copied.seconds.toFixed(2)} s (${copied.rows} rows, ${copied.bytes} bytes)`);
