@@ -4,21 +4,11 @@ import { addNodeToConfigFile, removeNodeFromConfigFile } from '../config/config-
 import { dsnProblem } from '../pg/dsn.ts';
 import { addNode } from '../membership/node-add.ts';
 import { removeNode } from '../membership/node-remove.ts';
-import type { JoinProgress } from '../membership/membership-state.ts';
+import { progressReporter } from './progress.ts';
 import { configFrom, loggerFor, printJson, type GlobalOptions } from './common.ts';
 
 function megabytes(bytes: number): string {
   return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
-}
-
-/** One status line, rewritten in place on a terminal: rows, bytes, rate, tables. */
-function progressLine(started: number): (p: JoinProgress) => void {
-  return (p) => {
-    if (!process.stderr.isTTY) return;
-    const seconds = Math.max((Date.now() - started) / 1000, 0.001);
-    const line = `${p.phase}: table ${Math.min(p.tablesDone + 1, p.tablesTotal)}/${p.tablesTotal}, ${p.rows.toLocaleString('en')} rows, ${megabytes(p.bytes)}, ${megabytes(p.bytes / seconds)}/s`;
-    process.stderr.write(`\r${line.padEnd(78).slice(0, 78)}`);
-  };
 }
 
 export function registerNode(program: Command): void {
@@ -40,15 +30,14 @@ export function registerNode(program: Command): void {
       if (problem) throw new PgmeshError('CONFIG_INVALID', `the connection string of node ${name} ${problem}`);
       const timeout = Number(options.catchUpTimeout);
       if (!Number.isFinite(timeout) || timeout <= 0) throw new PgmeshError('CONFIG_INVALID', `--catch-up-timeout must be a number of seconds above 0, not "${options.catchUpTimeout}"`);
-      const started = Date.now();
+      const progress = progressReporter({ isTTY: process.stderr.isTTY === true, columns: process.stderr.columns, write: (text) => process.stderr.write(text) });
       const result = await addNode(config, loggerFor(config), {
         name,
         dsn,
         from: options.from,
         catchUpTimeoutMs: timeout * 1000,
-        onProgress: progressLine(started),
-      });
-      if (process.stderr.isTTY) process.stderr.write('\n');
+        onProgress: progress.onProgress,
+      }).finally(progress.finish);
       const file = globals.config ?? process.env.PGMESH_CONFIG;
       const listed = file ? addNodeToConfigFile(file, { name, dsn: options.dsn ?? dsn }) : false;
       if (options.json) {
