@@ -42,7 +42,7 @@ import { checkServerFacts, formatProblems, readServerFacts } from '../cluster/se
 import { NODE_NAME_PATTERN } from '../pg/quote.ts';
 import { dropSlotIfExists, unlinkPeer } from './links.ts';
 import { readMembership, resetCopyProgress, setMembership, writeCopyProgress, type JoinProgress } from './membership-state.ts';
-import { copyTombstones } from './table-copy.ts';
+import { copyTombstones, copyUniqueClaims } from './table-copy.ts';
 import { copyParallelism, copyTables, type TableJob } from './copy-tables.ts';
 import { alignReplicaIdentity, diffTableShapes, readTableShapes, type TableShape } from './table-shapes.ts';
 import { interleaveSequences } from '../cluster/sequences.ts';
@@ -194,7 +194,7 @@ async function join(
   if (retry && targetShapes.size > 0) {
     await conns.joining.unsafe(`TRUNCATE ${[...targetShapes.values()].map((s) => s.qualified).join(', ')}`);
   }
-  await conns.joining.unsafe(`TRUNCATE pgmesh.tombstone, pgmesh.version_override`);
+  await conns.joining.unsafe(`TRUNCATE pgmesh.tombstone, pgmesh.version_override, pgmesh.unique_claim`);
   await addTables(conns.joining, tables);
   // Delta columns need the old row in the stream (pgmesh tables delta sets REPLICA IDENTITY FULL): the same here.
   await alignReplicaIdentity(conns.joining, sourceShapes, targetShapes);
@@ -444,6 +444,7 @@ async function copyFromSnapshot(
     });
     const done = { rows: copied.rows, bytes: copied.bytes };
     await copyTombstones({ ...base, target, originFor, onProgress: () => undefined });
+    await copyUniqueClaims({ ...base, target, originFor, onProgress: () => undefined });
 
     // Where each stream to the new node starts: after what the snapshot holds.
     for (const [peer, start] of starts) {

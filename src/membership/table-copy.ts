@@ -1,5 +1,5 @@
 /**
- * Copies replicated tables (and tombstones) from the source's exported snapshot into a joining node, each row with
+ * Copies replicated tables (and tombstones and unique-value claims) from the source's exported snapshot into a joining node, each row with
  * the version it has on the source: (commit timestamp, node) of the transaction that wrote it (docs/design.md,
  * "Membership"). A version is a property of the writing transaction (pg_xact_commit_timestamp_origin(xmin)), so rows
  * of one version are written by one transaction on the joining node, inside an origin session of the version's node
@@ -124,6 +124,46 @@ export async function copyTombstones(ctx: CopyContext): Promise<CopyCounts> {
        SELECT format('%I.%I', nsp, rel)::regclass::oid, pkey, own_ts, own_node FROM ${STAGE} WHERE pgmesh_grp = $1`,
     onProgress: ctx.onProgress,
   });
+}
+
+/** The key columns of unique index `i` (a pg_index row), as a jsonb array of their names: how a claim's index is found again. */
+const INDEX_COLUMNS = (i: string) =>
+  `(SELECT jsonb_agg(a.attname ORDER BY k.pos) FROM unnest(${i}.indkey::int2[]) WITH ORDINALITY AS k(attnum, pos)
+     JOIN pg_catalog.pg_attribute a ON a.attrelid = ${i}.indrelid AND a.attnum = k.attnum WHERE k.pos <= ${i}.indnkeyatts)::text`;
+
+/**
+ * Copies the unique-value claims of the replicated tables (docs/conflicts.md): without them the joining node would
+ * let an older row take a value that a newer write held and let go of, where the source makes it give way. A claim's
+ * version is written out (ts, node), so no origin session is needed; its index is found on the joining node by table
+ * and key columns (the index's name may differ).
+ */
+export async function copyUniqueClaims(ctx: CopyContext): Promise<CopyCounts> {
+  await ctx.target.unsafe(`DROP TABLE IF EXISTS ${STAGE}`);
+  await ctx.target.unsafe(`CREATE TEMP TABLE pgmesh_copy_stage (nsp text, rel text, cols text, value text, pkey text, ts timestamptz, node text)`);
+  const counts = await copyFromSnapshot(
+    ctx.snapshot,
+    `COPY (SELECT n.nspname, c.relname, ${INDEX_COLUMNS('i')}, uc.value, uc.pkey, cv.ts, cv.node
+             FROM pgmesh.unique_claim uc
+             JOIN pg_catalog.pg_index i ON i.indexrelid = uc.indexid
+             JOIN pg_catalog.pg_class c ON c.oid = uc.relid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             CROSS JOIN LATERAL pgmesh.claim_version(uc.xmin, uc.ts, uc.node, ${quoteLiteral(ctx.sourceNode)}) cv
+            WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables p
+                           WHERE p.pubname = 'pgmesh' AND p.schemaname = n.nspname AND p.tablename = c.relname)) TO STDOUT`,
+    ctx.target,
+    `COPY ${STAGE} FROM STDIN`,
+    ctx.onProgress,
+  );
+  await ctx.target.unsafe(
+    `INSERT INTO pgmesh.unique_claim (relid, indexid, value, pkey, ts, node)
+     SELECT r.oid, i.indexrelid, s.value, s.pkey, s.ts, s.node
+       FROM ${STAGE} s
+       JOIN pg_catalog.pg_namespace n ON n.nspname = s.nsp
+       JOIN pg_catalog.pg_class r ON r.relnamespace = n.oid AND r.relname = s.rel
+       JOIN pg_catalog.pg_index i ON i.indrelid = r.oid AND i.indisunique AND NOT i.indisprimary AND ${INDEX_COLUMNS('i')} = s.cols
+     ON CONFLICT DO NOTHING`,
+  );
+  await ctx.target.unsafe(`DROP TABLE ${STAGE}`);
+  return counts;
 }
 
 interface GroupCopy {
