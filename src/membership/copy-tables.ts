@@ -41,6 +41,11 @@ export interface CopyTablesOptions {
   readonly record: (tables: readonly TableCopyUpdate[], progress: JoinProgress) => void;
 }
 
+/** How the copy's progress names a table: schema.name, as conflicts and exceptions name it. */
+export function relationName(shape: TableShape): string {
+  return `${shape.schema}.${shape.name}`;
+}
+
 /** Runs `fn` after every earlier call has finished. */
 function serializer(): <T>(fn: () => Promise<T>) => Promise<T> {
   let tail: Promise<unknown> = Promise.resolve();
@@ -82,7 +87,7 @@ export async function copyTables(jobs: readonly TableJob[], options: CopyTablesO
   const worker = async (index: number, target: ReservedSql) => {
     const originFor = options.originFor(index);
     for (let job = queue.shift(); job; job = queue.shift()) {
-      const relation = job.shape.qualified;
+      const relation = relationName(job.shape);
       update(relation, 'copying', { rows: 0, bytes: 0 });
       report(true);
       const ctx: CopyContext = {

@@ -110,7 +110,7 @@ export async function setMembership(sql: Sql, update: MembershipUpdate): Promise
 
 /** The copy of one table to a joining node (pgmesh.membership_table). */
 export interface TableCopyProgress {
-  /** The table's qualified name, quoted as needed. */
+  /** The table as schema.name. */
   readonly relation: string;
   readonly state: 'pending' | 'copying' | 'done';
   /** The source's estimate (pg_class.reltuples), null when the table was never analyzed there. */

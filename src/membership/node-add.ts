@@ -43,7 +43,7 @@ import { NODE_NAME_PATTERN } from '../pg/quote.ts';
 import { dropSlotIfExists, unlinkPeer } from './links.ts';
 import { readMembership, resetCopyProgress, setMembership, writeCopyProgress, type JoinProgress } from './membership-state.ts';
 import { copyTombstones, copyUniqueClaims } from './table-copy.ts';
-import { copyParallelism, copyTables, type TableJob } from './copy-tables.ts';
+import { copyParallelism, copyTables, relationName, type TableJob } from './copy-tables.ts';
 import { alignReplicaIdentity, diffTableShapes, readTableShapes, type TableShape } from './table-shapes.ts';
 import { interleaveSequences } from '../cluster/sequences.ts';
 
@@ -421,7 +421,7 @@ async function copyFromSnapshot(
       await target.unsafe(`INSERT INTO pgmesh.table_policy SELECT * FROM jsonb_populate_record(NULL::pgmesh.table_policy, $1::text::jsonb)`, [p.row]);
     }
     const jobs = await estimateRows(memberSql(conns, source.name), shapes);
-    await resetCopyProgress(conns.joining, jobs.map((j) => ({ relation: j.shape.qualified, rowsEstimated: j.rowsEstimated })));
+    await resetCopyProgress(conns.joining, jobs.map((j) => ({ relation: relationName(j.shape), rowsEstimated: j.rowsEstimated })));
     await setMembership(conns.joining, { phase: 'copying', tablesTotal: shapes.length, tablesDone: 0, rows: 0, bytes: 0 });
     const sessions = [target];
     for (const pool of targetPools.slice(1)) {

@@ -16,6 +16,7 @@ import assert from 'node:assert/strict';
 import { setDeltaColumns } from '../../src/cluster/repair.ts';
 import { silentLogger } from '../../src/core/logger.ts';
 import { addNode } from '../../src/membership/node-add.ts';
+import { readCopyProgress } from '../../src/membership/membership-state.ts';
 import { withCluster, type TestCluster } from '../support/cluster.ts';
 import { MIXED_DDL, MIXED_SCHEMA, assertMixedConverged, startMixedLoad, startTotalReaders, type MixedLoad, type TotalReaders } from '../support/mixed-load.ts';
 
@@ -23,6 +24,10 @@ async function join(cluster: TestCluster, name: string, from: string, load: Mixe
   const node = await cluster.startServer(name, MIXED_DDL);
   const result = await addNode(cluster.config, silentLogger, { name, dsn: node.server.dsn, from });
   assert.equal(result.alreadyMember, false);
+  // The copy's progress per table, as status shows it: every table done, their rows the copy's.
+  const progress = await readCopyProgress(node.sql);
+  assert.deepEqual(progress.map((p) => `${p.relation} ${p.state}`), ['public.accounts done', 'public.items done', 'public.pgmesh_test_barrier done', 'public.transfer_log done']);
+  assert.equal(progress.reduce((sum, p) => sum + p.rows, 0), result.rows);
   cluster.admit(node);
   await cluster.reloadAgents();
   await cluster.startAgents([name]);
