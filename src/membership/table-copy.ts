@@ -65,7 +65,13 @@ function versionJoin(ctx: CopyContext, shape: TableShape, alias: string, withOve
 export async function copyTable(ctx: CopyContext, shape: TableShape): Promise<CopyCounts> {
   const columns = shape.columns.filter((c) => !c.generated).map((c) => quoteIdent(c.name));
   const list = columns.join(', ');
-  const version = versionJoin(ctx, shape, 't', ctx.withOverrides.has(shape.qualified));
+  const overrides = ctx.withOverrides.has(shape.qualified);
+  const version = versionJoin(ctx, shape, 't', overrides);
+  // Without overrides a row's version time is its transaction's commit time: the old and the recent part are split
+  // on it alone, without looking up every row's version node (most rows of a large table are old, and the recent
+  // part's query reads them all again to find none).
+  const commitTs = `coalesce(pg_catalog.pg_xact_commit_timestamp(t.xmin), '-infinity')`;
+  const splitOn = overrides ? version.ts : commitTs;
   const select = (alias: string) => columns.map((c) => `${alias}.${c}`).join(', ');
   let total: CopyCounts = { rows: 0, bytes: 0 };
   const add = (counts: CopyCounts) => {
@@ -79,7 +85,7 @@ export async function copyTable(ctx: CopyContext, shape: TableShape): Promise<Co
       await ctx.target.unsafe(`SELECT pg_catalog.pg_replication_origin_xact_setup('0/0', '-infinity')`);
       const counts = await copyFromSnapshot(
         ctx.snapshot,
-        `COPY (SELECT ${select('t')} FROM ${version.from} WHERE ${version.ts} < ${horizon}) TO STDOUT`,
+        `COPY (SELECT ${select('t')} FROM ${overrides ? version.from : `ONLY ${shape.qualified} t`} WHERE ${splitOn} < ${horizon}) TO STDOUT`,
         ctx.target,
         `COPY ${shape.qualified} (${list}) FROM STDIN`,
         add,
@@ -90,7 +96,7 @@ export async function copyTable(ctx: CopyContext, shape: TableShape): Promise<Co
     });
   }
 
-  const recent = ctx.horizon === undefined ? 'true' : `${version.ts} >= ${quoteLiteral(ctx.horizon)}::timestamptz`;
+  const recent = ctx.horizon === undefined ? 'true' : `${splitOn} >= ${quoteLiteral(ctx.horizon)}::timestamptz`;
   const counts = await copyGroups(ctx, {
     select: `SELECT ${select('t')}, ${version.ts}, ${version.node}, dense_rank() OVER (ORDER BY ${version.node} COLLATE "C", ${version.ts}) FROM ${version.from} WHERE ${recent}`,
     stage: `CREATE TEMP TABLE pgmesh_copy_stage AS SELECT ${list} FROM ONLY ${shape.qualified} LIMIT 0;
