@@ -44,6 +44,12 @@ export interface CopyContext {
 }
 
 const STAGE = 'pg_temp.pgmesh_copy_stage';
+/**
+ * The rows of group $1, between its first and last row's ctid ($2, $3): the stage is filled in group order (the
+ * source sorts by version to number the groups), so each group is a run of pages read by a TID range scan, with no
+ * index to build; a group's rows are found whatever their order, only slower.
+ */
+const GROUP_ROWS = 'ctid BETWEEN $2 AND $3 AND pgmesh_grp = $1';
 
 /** The version of each row of `alias`: its transaction's, or the override that delta columns keep (catalog). */
 function versionJoin(ctx: CopyContext, shape: TableShape, alias: string, withOverrides: boolean): { from: string; ts: string; node: string } {
@@ -101,7 +107,7 @@ export async function copyTable(ctx: CopyContext, shape: TableShape): Promise<Co
     select: `SELECT ${select('t')}, ${version.ts}, ${version.node}, dense_rank() OVER (ORDER BY ${version.node} COLLATE "C", ${version.ts}) FROM ${version.from} WHERE ${recent}`,
     stage: `CREATE TEMP TABLE pgmesh_copy_stage AS SELECT ${list} FROM ONLY ${shape.qualified} LIMIT 0;
             ALTER TABLE ${STAGE} ADD COLUMN pgmesh_ts timestamptz, ADD COLUMN pgmesh_node text, ADD COLUMN pgmesh_grp bigint`,
-    insert: `INSERT INTO ${shape.qualified} (${list}) OVERRIDING SYSTEM VALUE SELECT ${list} FROM ${STAGE} WHERE pgmesh_grp = $1`,
+    insert: `INSERT INTO ${shape.qualified} (${list}) OVERRIDING SYSTEM VALUE SELECT ${list} FROM ${STAGE} WHERE ${GROUP_ROWS}`,
     onProgress: add,
   });
   total = { rows: total.rows + counts.rows, bytes: total.bytes + counts.bytes };
@@ -127,7 +133,7 @@ export async function copyTombstones(ctx: CopyContext): Promise<CopyCounts> {
     stage: `CREATE TEMP TABLE pgmesh_copy_stage (nsp text, rel text, pkey text, own_ts timestamptz, own_node text, pgmesh_ts timestamptz, pgmesh_node text, pgmesh_grp bigint)`,
     insert:
       `INSERT INTO pgmesh.tombstone (relid, pkey, ts, node)
-       SELECT format('%I.%I', nsp, rel)::regclass::oid, pkey, own_ts, own_node FROM ${STAGE} WHERE pgmesh_grp = $1`,
+       SELECT format('%I.%I', nsp, rel)::regclass::oid, pkey, own_ts, own_node FROM ${STAGE} WHERE ${GROUP_ROWS}`,
     onProgress: ctx.onProgress,
   });
 }
@@ -177,7 +183,7 @@ interface GroupCopy {
   readonly select: string;
   /** Creates the temporary table pgmesh_copy_stage with the same columns. */
   readonly stage: string;
-  /** Writes one group ($1) from the stage into its table. */
+  /** Writes one group from the stage into its table: the rows of GROUP_ROWS. */
   readonly insert: string;
   readonly onProgress: (counts: CopyCounts) => void;
 }
@@ -187,7 +193,6 @@ async function copyGroups(ctx: CopyContext, copy: GroupCopy): Promise<CopyCounts
   await ctx.target.unsafe(copy.stage);
   const counts = await copyFromSnapshot(ctx.snapshot, `COPY (${copy.select}) TO STDOUT`, ctx.target, `COPY ${STAGE} FROM STDIN`, copy.onProgress);
   if (counts.rows > 0) {
-    await ctx.target.unsafe(`CREATE INDEX ON ${STAGE} (pgmesh_grp); ANALYZE ${STAGE}`);
     const nodes = await ctx.target.unsafe<{ node: string }[]>(`SELECT DISTINCT pgmesh_node AS node FROM ${STAGE}`);
     const origins = Object.fromEntries(nodes.map((n) => [n.node, ctx.originFor(n.node)]));
     // One transaction per version. COMMIT inside a DO block needs the block to be the only statement of its message.
@@ -199,7 +204,8 @@ DECLARE
   active text;
   wanted text;
 BEGIN
-  FOR g IN SELECT DISTINCT ON (pgmesh_grp) pgmesh_grp, pgmesh_ts, pgmesh_node FROM ${STAGE} ORDER BY pgmesh_grp LOOP
+  FOR g IN SELECT pgmesh_grp, min(pgmesh_ts) AS pgmesh_ts, min(pgmesh_node) AS pgmesh_node, min(ctid) AS lo, max(ctid) AS hi
+             FROM ${STAGE} GROUP BY pgmesh_grp ORDER BY pgmesh_grp LOOP
     wanted := origins ->> g.pgmesh_node;
     IF active IS DISTINCT FROM wanted THEN
       IF active IS NOT NULL THEN PERFORM pg_catalog.pg_replication_origin_session_reset(); END IF;
@@ -207,7 +213,7 @@ BEGIN
       active := wanted;
     END IF;
     PERFORM pg_catalog.pg_replication_origin_xact_setup('0/0', g.pgmesh_ts);
-    EXECUTE ${quoteLiteral(copy.insert)} USING g.pgmesh_grp;
+    EXECUTE ${quoteLiteral(copy.insert)} USING g.pgmesh_grp, g.lo, g.hi;
     COMMIT;
     PERFORM pg_catalog.pg_replication_origin_xact_reset();
   END LOOP;
