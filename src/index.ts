@@ -12,6 +12,8 @@ export { addNode } from './membership/node-add.ts';
 export type { AddNodeOptions, AddNodeResult } from './membership/node-add.ts';
 export { removeNode } from './membership/node-remove.ts';
 export type { RemoveNodeOptions, RemoveNodeResult } from './membership/node-remove.ts';
+export { readCopyProgress } from './membership/membership-state.ts';
+export type { JoinProgress, TableCopyProgress } from './membership/membership-state.ts';
 export { Agent } from './agent/agent.ts';
 export type { AgentStatus } from './agent/agent.ts';
 export type { PeerStatus } from './agent/peer-replicator.ts';
