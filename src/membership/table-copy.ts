@@ -84,24 +84,8 @@ export async function copyTable(ctx: CopyContext, shape: TableShape): Promise<Co
     ctx.onProgress({ rows: total.rows + counts.rows, bytes: total.bytes + counts.bytes });
   };
 
-  if (ctx.horizon !== undefined) {
-    const horizon = `${quoteLiteral(ctx.horizon)}::timestamptz`;
-    await withOrigin(ctx.target, ctx.originFor(ctx.sourceNode), async () => {
-      await ctx.target.unsafe(`BEGIN`);
-      await ctx.target.unsafe(`SELECT pg_catalog.pg_replication_origin_xact_setup('0/0', '-infinity')`);
-      const counts = await copyFromSnapshot(
-        ctx.snapshot,
-        `COPY (SELECT ${select('t')} FROM ${overrides ? version.from : `ONLY ${shape.qualified} t`} WHERE ${splitOn} < ${horizon}) TO STDOUT`,
-        ctx.target,
-        `COPY ${shape.qualified} (${list}) FROM STDIN`,
-        add,
-      );
-      await ctx.target.unsafe(`COMMIT`);
-      await ctx.target.unsafe(`SELECT pg_catalog.pg_replication_origin_xact_reset()`);
-      total = { rows: total.rows + counts.rows, bytes: total.bytes + counts.bytes };
-    });
-  }
-
+  // The recent rows first: when there are none (a table that has been there a while), every row is old and the old
+  // part is a plain COPY of the table, which costs the source no more than PostgreSQL's own.
   const recent = ctx.horizon === undefined ? 'true' : `${splitOn} >= ${quoteLiteral(ctx.horizon)}::timestamptz`;
   const counts = await copyGroups(ctx, {
     select: `SELECT ${select('t')}, ${version.ts}, ${version.node}, dense_rank() OVER (ORDER BY ${version.node} COLLATE "C", ${version.ts}) FROM ${version.from} WHERE ${recent}`,
@@ -111,6 +95,24 @@ export async function copyTable(ctx: CopyContext, shape: TableShape): Promise<Co
     onProgress: add,
   });
   total = { rows: total.rows + counts.rows, bytes: total.bytes + counts.bytes };
+
+  if (ctx.horizon !== undefined) {
+    const horizon = `${quoteLiteral(ctx.horizon)}::timestamptz`;
+    // Both reads are in the one snapshot and their conditions complement each other. (COPY of a partitioned table
+    // itself is refused; ONLY it holds no rows anyway.)
+    const copyOut =
+      counts.rows === 0 && !shape.partitioned
+        ? `COPY ${shape.qualified} (${list}) TO STDOUT`
+        : `COPY (SELECT ${select('t')} FROM ${overrides ? version.from : `ONLY ${shape.qualified} t`} WHERE ${splitOn} < ${horizon}) TO STDOUT`;
+    await withOrigin(ctx.target, ctx.originFor(ctx.sourceNode), async () => {
+      await ctx.target.unsafe(`BEGIN`);
+      await ctx.target.unsafe(`SELECT pg_catalog.pg_replication_origin_xact_setup('0/0', '-infinity')`);
+      const old = await copyFromSnapshot(ctx.snapshot, copyOut, ctx.target, `COPY ${shape.qualified} (${list}) FROM STDIN`, add);
+      await ctx.target.unsafe(`COMMIT`);
+      await ctx.target.unsafe(`SELECT pg_catalog.pg_replication_origin_xact_reset()`);
+      total = { rows: total.rows + old.rows, bytes: total.bytes + old.bytes };
+    });
+  }
   return total;
 }
 
