@@ -14,6 +14,8 @@ export { removeNode } from './membership/node-remove.ts';
 export { resyncNode } from './membership/node-resync.ts';
 export type { ResyncNodeOptions, ResyncNodeResult } from './membership/node-resync.ts';
 export type { RemoveNodeOptions, RemoveNodeResult } from './membership/node-remove.ts';
+export { readCopyProgress } from './membership/membership-state.ts';
+export type { JoinProgress, TableCopyProgress } from './membership/membership-state.ts';
 export { Agent } from './agent/agent.ts';
 export type { AgentStatus } from './agent/agent.ts';
 export type { PeerStatus } from './agent/peer-replicator.ts';

@@ -5,21 +5,11 @@ import { dsnProblem } from '../pg/dsn.ts';
 import { addNode } from '../membership/node-add.ts';
 import { removeNode } from '../membership/node-remove.ts';
 import { resyncNode } from '../membership/node-resync.ts';
-import type { JoinProgress } from '../membership/membership-state.ts';
+import { progressReporter } from './progress.ts';
 import { configFrom, loggerFor, printJson, type GlobalOptions } from './common.ts';
 
 function megabytes(bytes: number): string {
   return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
-}
-
-/** One status line, rewritten in place on a terminal: rows, bytes, rate, tables. */
-function progressLine(started: number): (p: JoinProgress) => void {
-  return (p) => {
-    if (!process.stderr.isTTY) return;
-    const seconds = Math.max((Date.now() - started) / 1000, 0.001);
-    const line = `${p.phase}: table ${Math.min(p.tablesDone + 1, p.tablesTotal)}/${p.tablesTotal}, ${p.rows.toLocaleString('en')} rows, ${megabytes(p.bytes)}, ${megabytes(p.bytes / seconds)}/s`;
-    process.stderr.write(`\r${line.padEnd(78).slice(0, 78)}`);
-  };
 }
 
 /** The node's connection string (flag, or its configuration entry) and the catch-up timeout, checked. */
@@ -52,14 +42,14 @@ export function registerNode(program: Command): void {
       const config = configFrom(globals);
       const { dsn, timeout } = joinInput(config.nodes, name, options);
       const started = Date.now();
+      const progress = progressReporter({ isTTY: process.stderr.isTTY === true, columns: process.stderr.columns, write: (text) => process.stderr.write(text) });
       const result = await addNode(config, loggerFor(config), {
         name,
         dsn,
         from: options.from,
         catchUpTimeoutMs: timeout * 1000,
-        onProgress: progressLine(started),
-      });
-      if (process.stderr.isTTY) process.stderr.write('\n');
+        onProgress: progress.onProgress,
+      }).finally(progress.finish);
       const file = globals.config ?? process.env.PGMESH_CONFIG;
       const listed = file ? addNodeToConfigFile(file, { name, dsn: options.dsn ?? dsn }) : false;
       if (options.json) {
@@ -91,16 +81,15 @@ export function registerNode(program: Command): void {
       const globals = command.optsWithGlobals<GlobalOptions>();
       const config = configFrom(globals);
       const { dsn, timeout } = joinInput(config.nodes, name, options);
-      const started = Date.now();
+      const progress = progressReporter({ isTTY: process.stderr.isTTY === true, columns: process.stderr.columns, write: (text) => process.stderr.write(text) });
       const result = await resyncNode(config, loggerFor(config), {
         name,
         dsn,
         from: options.from,
         force: options.force,
         catchUpTimeoutMs: timeout * 1000,
-        onProgress: progressLine(started),
-      });
-      if (process.stderr.isTTY) process.stderr.write('\n');
+        onProgress: progress.onProgress,
+      }).finally(progress.finish);
       const file = globals.config ?? process.env.PGMESH_CONFIG;
       const listed = file ? addNodeToConfigFile(file, { name, dsn: options.dsn ?? dsn }) : false;
       if (options.json) {

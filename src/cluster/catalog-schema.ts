@@ -827,6 +827,20 @@ CREATE TABLE pgmesh.peer_ack (
   /* 18: the write fence of "pgmesh ddl --lock"; join_table's unique-release triggers as a function of their own (src/ddl/ddl-lock-sql.ts) */ DDL_LOCK_MIGRATION,
   /* 19: a log of the names DDL took away here, for the schema wait; unique-release triggers follow DDL (src/ddl/ddl-lock-sql.ts) */ DDL_LOG_MIGRATION,
   /* 20: ALTER SEQUENCE that would break interleaving refused at the origin (src/ddl/ddl-lock-sql.ts) */ SEQUENCE_GUARD_MIGRATION,
+  /* 21: membership_table: the copy's progress per table (node add), for status */ `
+-- One row per replicated table while a node joins: rows and bytes copied so far, and the source's estimate of its
+-- rows (pg_class.reltuples; NULL when never analyzed). Written anew by each node add attempt.
+CREATE TABLE pgmesh.membership_table (
+  relation text PRIMARY KEY,
+  state text NOT NULL CHECK (state IN ('pending', 'copying', 'done')),
+  rows_estimated bigint,
+  rows_copied bigint NOT NULL DEFAULT 0,
+  bytes_copied bigint NOT NULL DEFAULT 0,
+  started_at timestamptz,
+  finished_at timestamptz,
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+`,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

@@ -64,6 +64,12 @@ export interface AgentTuning {
    * has all arrived.
    */
   readonly streamLargeTransactions: boolean;
+  /**
+   * Tables that node add copies at once, each on its own pair of sessions in the same snapshot; 0 chooses from the
+   * number of tables and cores. At most 2: PostgreSQL 16-18 let one session at a time use a replication origin,
+   * and a joining node has two that mark rows as the source's (its link's and its replay origin).
+   */
+  readonly copyParallelism: number;
 }
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
@@ -91,6 +97,7 @@ export const DEFAULT_TUNING: AgentTuning = {
   tombstoneGcIntervalMs: 60_000,
   tombstoneMarginMs: 60_000,
   streamLargeTransactions: false,
+  copyParallelism: 0,
 };
 
 type NumericTuningKey = Exclude<keyof AgentTuning, 'streamLargeTransactions'>;
@@ -111,6 +118,7 @@ const TUNING_LIMITS: Record<NumericTuningKey, readonly [number, number]> = {
   schemaWaitMs: [0, 3_600_000],
   tombstoneGcIntervalMs: [100, 86_400_000],
   tombstoneMarginMs: [0, 86_400_000],
+  copyParallelism: [0, 2],
 };
 
 /** A configuration is a few lines per node; more than this is the wrong file (a log, a device such as /dev/zero). */

@@ -13,6 +13,8 @@ export interface JoinProgress {
   readonly tablesTotal: number;
   readonly rows: number;
   readonly bytes: number;
+  /** The rows the source's statistics expect in all tables; undefined when some table was never analyzed. */
+  readonly rowsEstimated?: number | undefined;
 }
 
 export interface Membership {
@@ -107,5 +109,87 @@ export async function setMembership(sql: Sql, update: MembershipUpdate): Promise
       update.bytes === undefined ? null : String(update.bytes),
       update.finished ? 'true' : 'false',
     ],
+  );
+}
+
+/** The copy of one table to a joining node (pgmesh.membership_table). */
+export interface TableCopyProgress {
+  /** The table as schema.name. */
+  readonly relation: string;
+  readonly state: 'pending' | 'copying' | 'done';
+  /** The source's estimate (pg_class.reltuples), null when the table was never analyzed there. */
+  readonly rowsEstimated: number | null;
+  readonly rows: number;
+  readonly bytes: number;
+  readonly startedAt: string | null;
+  readonly finishedAt: string | null;
+  readonly updatedAt: string;
+}
+
+/**
+ * The copy's progress per table on a node that is joining or has joined (the last node add's); empty for a node
+ * without that table (a catalog older than it, or a node made by "cluster create"). For status.
+ */
+export async function readCopyProgress(sql: Sql): Promise<TableCopyProgress[]> {
+  const exists = await sql.unsafe<{ ok: boolean }[]>(`SELECT to_regclass('pgmesh.membership_table') IS NOT NULL AS ok`);
+  if (!exists[0]?.ok) return [];
+  const rows = await sql.unsafe<
+    {
+      relation: string;
+      state: TableCopyProgress['state'];
+      rows_estimated: string | null;
+      rows_copied: string;
+      bytes_copied: string;
+      started_at: string | null;
+      finished_at: string | null;
+      updated_at: string;
+    }[]
+  >(
+    `SELECT relation, state, rows_estimated::text, rows_copied::text, bytes_copied::text, started_at::text, finished_at::text, updated_at::text
+       FROM pgmesh.membership_table ORDER BY relation`,
+  );
+  return rows.map((r) => ({
+    relation: r.relation,
+    state: r.state,
+    rowsEstimated: r.rows_estimated === null ? null : Number(r.rows_estimated),
+    rows: Number(r.rows_copied),
+    bytes: Number(r.bytes_copied),
+    startedAt: r.started_at,
+    finishedAt: r.finished_at,
+    updatedAt: r.updated_at,
+  }));
+}
+
+/** Starts the per-table record of a copy: every table pending, nothing copied. */
+export async function resetCopyProgress(sql: Sql, tables: readonly { relation: string; rowsEstimated: number | null }[]): Promise<void> {
+  await sql.begin(async (tx) => {
+    await tx.unsafe(`DELETE FROM pgmesh.membership_table`);
+    await tx.unsafe(
+      `INSERT INTO pgmesh.membership_table (relation, state, rows_estimated)
+       SELECT t.relation, 'pending', t.rows_estimated FROM jsonb_to_recordset($1::text::jsonb) AS t(relation text, rows_estimated bigint)`,
+      [JSON.stringify(tables.map((t) => ({ relation: t.relation, rows_estimated: t.rowsEstimated })))],
+    );
+  });
+}
+
+export interface TableCopyUpdate {
+  readonly relation: string;
+  readonly state: 'copying' | 'done';
+  readonly rows: number;
+  readonly bytes: number;
+}
+
+/** Records the progress of the tables being copied and of the copy as a whole, in one statement. */
+export async function writeCopyProgress(sql: Sql, tables: readonly TableCopyUpdate[], total: { tablesDone: number; rows: number; bytes: number }): Promise<void> {
+  await sql.unsafe(
+    `WITH t AS (
+       UPDATE pgmesh.membership_table m SET state = u.state, rows_copied = u.rows, bytes_copied = u.bytes,
+              started_at = coalesce(m.started_at, now()),
+              finished_at = CASE WHEN u.state = 'done' THEN coalesce(m.finished_at, now()) END, updated_at = now()
+         FROM jsonb_to_recordset($1::text::jsonb) AS u(relation text, state text, rows bigint, bytes bigint)
+        WHERE m.relation = u.relation
+       RETURNING 1)
+     UPDATE pgmesh.membership SET tables_done = $2::text::int, rows_copied = $3::text::bigint, bytes_copied = $4::text::bigint, updated_at = now()`,
+    [JSON.stringify(tables), String(total.tablesDone), String(total.rows), String(total.bytes)],
   );
 }

@@ -24,6 +24,7 @@ import { describeEndpoint } from '../pg/dsn.ts';
 import { quoteLiteral, qualifiedName } from '../pg/quote.ts';
 import { ReplicationConnection } from '../pg/replication-connection.ts';
 import { queryInSnapshot } from '../pg/copy-stream.ts';
+import { textArrayLiteral } from '../pg/text-array.ts';
 import type { ClusterConfig, NodeConfig } from '../config/config.ts';
 import { originName, replayOriginName, slotName } from '../cluster/catalog-schema.ts';
 import {
@@ -40,9 +41,10 @@ import {
 import { checkServerFacts, formatProblems, readServerFacts } from '../cluster/server-checks.ts';
 import { NODE_NAME_PATTERN } from '../pg/quote.ts';
 import { dropSlotIfExists, unlinkPeer } from './links.ts';
-import { readMembership, setMembership, type JoinProgress } from './membership-state.ts';
+import { readMembership, resetCopyProgress, setMembership, writeCopyProgress, type JoinProgress } from './membership-state.ts';
 import { readSlotHealth } from './slot-health.ts';
-import { copyTable, copyTombstones } from './table-copy.ts';
+import { copyTombstones, copyUniqueClaims } from './table-copy.ts';
+import { copyParallelism, copyTables, relationName, type TableJob } from './copy-tables.ts';
 import { alignReplicaIdentity, diffTableShapes, readTableShapes, type TableShape } from './table-shapes.ts';
 import { interleaveSequences } from '../cluster/sequences.ts';
 
@@ -216,7 +218,7 @@ async function join(
   if (retry && targetShapes.size > 0) {
     await conns.joining.unsafe(`TRUNCATE ${[...targetShapes.values()].map((s) => s.qualified).join(', ')}`);
   }
-  await conns.joining.unsafe(`TRUNCATE pgmesh.tombstone, pgmesh.version_override`);
+  await conns.joining.unsafe(`TRUNCATE pgmesh.tombstone, pgmesh.version_override, pgmesh.unique_claim`);
   await addTables(conns.joining, tables);
   // Delta columns need the old row in the stream (pgmesh tables delta sets REPLICA IDENTITY FULL): the same here.
   await alignReplicaIdentity(conns.joining, sourceShapes, targetShapes);
@@ -397,15 +399,20 @@ async function copyFromSnapshot(
   options: AddNodeOptions,
   log: Logger,
 ): Promise<Copied> {
+  const workers = copyParallelism(config.tuning.copyParallelism, shapes.length);
   const replication = await ReplicationConnection.open(source.dsn, source.name, `pgmesh node add ${name}`, log);
-  const targetPool = openSql(options.dsn, {
-    node: name,
-    applicationName: `pgmesh copy from ${source.name}`,
-    logger: log,
-    max: 1,
-    // Replica mode: no user triggers, no foreign key checks (tables in any order), as in apply sessions.
-    parameters: { session_replication_role: 'replica', synchronous_commit: 'off' },
-  });
+  const openTarget = () =>
+    openSql(options.dsn, {
+      node: name,
+      applicationName: `pgmesh copy from ${source.name}`,
+      logger: log,
+      max: 1,
+      // Replica mode: no user triggers, no foreign key checks (tables in any order), as in apply sessions.
+      parameters: { session_replication_role: 'replica', synchronous_commit: 'off' },
+    });
+  // One pool per worker: the driver reserves a connection only from one it has opened.
+  const targetPool = openTarget();
+  const targetPools = [targetPool, ...Array.from({ length: workers - 1 }, openTarget)];
   let targetSession: ReservedSql | undefined;
   try {
     const { consistentPoint, snapshotName } = await replication.createSlotExportingSnapshot(slotName(name));
@@ -463,33 +470,31 @@ async function copyFromSnapshot(
     for (const p of policies) {
       await target.unsafe(`INSERT INTO pgmesh.table_policy SELECT * FROM jsonb_populate_record(NULL::pgmesh.table_policy, $1::text::jsonb)`, [p.row]);
     }
+    const jobs = await estimateRows(memberSql(conns, source.name), shapes);
+    await resetCopyProgress(conns.joining, jobs.map((j) => ({ relation: relationName(j.shape), rowsEstimated: j.rowsEstimated })));
     await setMembership(conns.joining, { phase: 'copying', tablesTotal: shapes.length, tablesDone: 0, rows: 0, bytes: 0 });
-    let done = { rows: 0, bytes: 0 };
-    let lastReport = 0;
-    const report = (tablesDone: number, current: { rows: number; bytes: number }, force = false) => {
-      const now = Date.now();
-      if (!force && now - lastReport < 1000) return;
-      lastReport = now;
-      const snapshot = { rows: done.rows + current.rows, bytes: done.bytes + current.bytes };
-      options.onProgress?.({ phase: 'copying', tablesDone, tablesTotal: shapes.length, ...snapshot });
-      setMembership(conns.joining, { tablesDone, ...snapshot }).catch((error) => log.debug({ err: errorMessage(error) }, 'progress update failed'));
-    };
-    const ctx = (tablesDone: number) => ({
-      snapshot,
-      withOverrides,
-      target,
-      sourceNode: source.name,
-      horizon,
-      originFor,
-      onProgress: (counts: { rows: number; bytes: number }) => report(tablesDone, counts),
-    });
-    for (const [i, shape] of shapes.entries()) {
-      const counts = await copyTable(ctx(i), shape);
-      done = { rows: done.rows + counts.rows, bytes: done.bytes + counts.bytes };
-      report(i + 1, { rows: 0, bytes: 0 }, true);
-      log.debug({ table: qualifiedName(shape.schema, shape.name), rows: counts.rows }, 'node add: table copied');
+    const sessions = [target];
+    for (const pool of targetPools.slice(1)) {
+      await pool.unsafe('SELECT 1');
+      sessions.push(await pool.reserve());
     }
-    await copyTombstones(ctx(shapes.length));
+    log.info({ tables: shapes.length, parallel: sessions.length }, 'node add: copying tables');
+    const base = { snapshot, withOverrides, sourceNode: source.name, horizon };
+    const sourceOrigins = [originName(source.name), replayOriginName(source.name)];
+    const copied = await copyTables(jobs, {
+      sessions,
+      base,
+      originFor: (worker) => (node) => (node === source.name ? (sourceOrigins[worker] ?? originName(node)) : originFor(node)),
+      record: (tables, progress) => {
+        options.onProgress?.(progress);
+        writeCopyProgress(conns.joining, tables, progress).catch((error) => log.debug({ err: errorMessage(error) }, 'progress update failed'));
+      },
+    }).finally(() => {
+      for (const session of sessions.slice(1)) session.release();
+    });
+    const done = { rows: copied.rows, bytes: copied.bytes };
+    await copyTombstones({ ...base, target, originFor, onProgress: () => undefined });
+    await copyUniqueClaims({ ...base, target, originFor, onProgress: () => undefined });
 
     // Where each stream to the new node starts: after what the snapshot holds.
     for (const [peer, start] of starts) {
@@ -515,7 +520,7 @@ async function copyFromSnapshot(
   } finally {
     targetSession?.release();
     await replication.close();
-    await targetPool.end({ timeout: 2 }).catch(() => undefined);
+    await Promise.all(targetPools.map((pool) => pool.end({ timeout: 2 }).catch(() => undefined)));
   }
 }
 
@@ -527,4 +532,15 @@ async function waitForFlush(sql: Sql, lsn: Lsn): Promise<void> {
     if (Date.now() > deadline) throw new PgmeshError('APPLY_FAILED', `the source did not flush its WAL up to ${formatLsn(lsn)} within 30 s`);
     await new Promise((r) => setTimeout(r, 100));
   }
+}
+
+/** The source's estimate of each table's rows (pg_class.reltuples; null when never analyzed), for the ETA. */
+async function estimateRows(sourceSql: Sql, shapes: readonly TableShape[]): Promise<TableJob[]> {
+  const rows = await sourceSql.unsafe<{ relation: string; estimate: string | null }[]>(
+    `SELECT t.relation, CASE WHEN c.reltuples < 0 THEN NULL ELSE c.reltuples::bigint::text END AS estimate
+       FROM unnest($1::text[]) AS t(relation) JOIN pg_catalog.pg_class c ON c.oid = t.relation::regclass`,
+    [textArrayLiteral(shapes.map((s) => s.qualified))],
+  );
+  const byRelation = new Map(rows.map((r) => [r.relation, r.estimate === null ? null : Number(r.estimate)]));
+  return shapes.map((shape) => ({ shape, rowsEstimated: byRelation.get(shape.qualified) ?? null }));
 }

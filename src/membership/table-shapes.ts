@@ -24,14 +24,16 @@ export interface TableShape extends TableRef {
   readonly primaryKey: readonly string[];
   /** REPLICA IDENTITY: 'd' default, 'f' full (pgmesh sets it for delta columns), 'i' index, 'n' nothing. */
   readonly replicaIdentity: string;
+  /** A partitioned table (its rows are in its partitions). */
+  readonly partitioned: boolean;
 }
 
 /** Shapes of the given tables on one node; a table missing there is left out of the map. */
 export async function readTableShapes(sql: Sql, tables: readonly TableRef[]): Promise<Map<string, TableShape>> {
   const shapes = new Map<string, TableShape>();
   if (tables.length === 0) return shapes;
-  const rows = await sql.unsafe<{ schema: string; name: string; columns: ColumnShape[]; pkey: string[] | null; replident: string }[]>(
-    `SELECT n.nspname AS schema, c.relname AS name, c.relreplident::text AS replident,
+  const rows = await sql.unsafe<{ schema: string; name: string; columns: ColumnShape[]; pkey: string[] | null; replident: string; partitioned: boolean }[]>(
+    `SELECT n.nspname AS schema, c.relname AS name, c.relreplident::text AS replident, c.relkind = 'p' AS partitioned,
             (SELECT coalesce(jsonb_agg(jsonb_build_object('name', a.attname, 'type', format_type(a.atttypid, a.atttypmod),
                                                           'notNull', a.attnotnull, 'generated', a.attgenerated <> '')
                                        ORDER BY a.attnum), '[]')
@@ -49,7 +51,7 @@ export async function readTableShapes(sql: Sql, tables: readonly TableRef[]): Pr
   for (const row of rows) {
     const columns = typeof row.columns === 'string' ? (JSON.parse(row.columns) as ColumnShape[]) : row.columns;
     const pkey = typeof row.pkey === 'string' ? (JSON.parse(row.pkey) as string[]) : (row.pkey ?? []);
-    shapes.set(`${row.schema}.${row.name}`, { schema: row.schema, name: row.name, qualified: qualifiedName(row.schema, row.name), columns, primaryKey: pkey, replicaIdentity: row.replident });
+    shapes.set(`${row.schema}.${row.name}`, { schema: row.schema, name: row.name, qualified: qualifiedName(row.schema, row.name), columns, primaryKey: pkey, replicaIdentity: row.replident, partitioned: row.partitioned });
   }
   return shapes;
 }

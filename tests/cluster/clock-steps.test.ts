@@ -13,29 +13,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { originName } from '../../src/cluster/catalog-schema.ts';
 import { BARRIER_TABLE, barrier } from '../support/barrier.ts';
-import { withCluster, type Sql, type TestNode } from '../support/cluster.ts';
+import { writtenAnHourAhead } from '../support/clock.ts';
+import { withCluster, type TestNode } from '../support/cluster.ts';
 
 const SCHEMA = `CREATE TABLE t (k integer PRIMARY KEY, v text); ${BARRIER_TABLE}`;
 const rows = (node: TestNode) => node.sql.unsafe<{ k: number; v: string }[]>(`SELECT k, v FROM t ORDER BY k`).then((r) => r.map((x) => ({ ...x })));
-
-/** Runs `body` in one transaction of an origin session whose commit carries a timestamp an hour from now. */
-async function writtenAnHourAhead(sql: Sql, origin: string, body: (tx: Sql) => Promise<void>): Promise<void> {
-  const session = await sql.reserve();
-  try {
-    await session.unsafe(`SET session_replication_role = replica`);
-    await session.unsafe(`SELECT pg_catalog.pg_replication_origin_create($1) WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_replication_origin WHERE roname = $1)`, [origin]);
-    // The origin's progress stays where it is (the stream resumes from the progress log anyway).
-    const progress = await session.unsafe<{ lsn: string }[]>(`SELECT coalesce(pg_catalog.pg_replication_origin_progress($1, false), '0/0')::text AS lsn`, [origin]);
-    await session.unsafe(`SELECT pg_catalog.pg_replication_origin_session_setup($1)`, [origin]);
-    await session.unsafe('BEGIN');
-    await body(session as unknown as Sql);
-    await session.unsafe(`SELECT pg_catalog.pg_replication_origin_xact_setup($1::text::pg_lsn, now() + interval '1 hour')`, [progress[0]?.lsn ?? '0/0']);
-    await session.unsafe('COMMIT');
-    await session.unsafe(`SELECT pg_catalog.pg_replication_origin_session_reset()`);
-  } finally {
-    session.release();
-  }
-}
 
 test('a peer whose clock stepped back still has its later changes applied everywhere', { timeout: 120_000 }, async () => {
   await withCluster({ nodes: 2, schema: SCHEMA }, async (cluster) => {

@@ -178,3 +178,48 @@ export async function assertMixedConverged(cluster: TestCluster, load: MixedLoad
     assert.equal(exceptions[0]?.n, '0', `no exception records on ${node.name}`);
   }
 }
+
+export interface TotalReaders {
+  /** Reads checked, per node. */
+  readonly checks: Record<string, number>;
+  /** Totals that were not the cluster's (first 100). */
+  readonly violations: { node: string; totalCents: string }[];
+  /** Starts reading on one more node (a node that joined: from when it is a member). */
+  addReader(node: TestNode): void;
+  /** Stops every reader and waits for them. */
+  stop(): Promise<void>;
+}
+
+/**
+ * A reader on every node checking, one statement (one snapshot) at a time, that the sum of all balances is the
+ * cluster's total: a transfer is seen whole or not at all, whether local or applied from a peer.
+ */
+export function startTotalReaders(nodes: readonly TestNode[]): TotalReaders {
+  const expected = String(ACCOUNTS * INITIAL_CENTS);
+  const checks: Record<string, number> = {};
+  const violations: { node: string; totalCents: string }[] = [];
+  let stopped = false;
+  const loops: Promise<void>[] = [];
+  const reader = async (node: TestNode): Promise<void> => {
+    while (!stopped) {
+      const rows = await node.sql.unsafe<{ cents: string }[]>(`SELECT (sum(balance) * 100)::bigint::text AS cents FROM accounts`);
+      checks[node.name] = (checks[node.name] ?? 0) + 1;
+      const total = rows[0]?.cents ?? 'none';
+      if (total !== expected && violations.length < 100) violations.push({ node: node.name, totalCents: total });
+      await delay(20); // pacing only: leave CPU to the writers and agents
+    }
+  };
+  const addReader = (node: TestNode) => {
+    loops.push(reader(node));
+  };
+  for (const node of nodes) addReader(node);
+  return {
+    checks,
+    violations,
+    addReader,
+    async stop() {
+      stopped = true;
+      await Promise.all(loops);
+    },
+  };
+}
