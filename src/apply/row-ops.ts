@@ -52,6 +52,11 @@ export function rowOps(change: RowChange, binding: RelationBinding): RowOp[] {
             { context: { relation: binding.local.qualified } },
           );
         }
+        if (keyChanged(binding, change.oldTuple, newTuple)) {
+          // A changed primary key is the old row's delete and the new row's insert, as in other tables: one delta
+          // update of the old key would lose whole (the new key with it) where the old key's row is newer.
+          return [remove(binding, change.oldTuple), upsert(binding, newTuple, 'u', unchanged)];
+        }
         const keyValues = keyOf(binding, change.oldTuple);
         const values = [
           ...keyValues,

@@ -6,6 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { BARRIER_TABLE, barrier } from '../support/barrier.ts';
 import { eventually, withCluster, type TestNode } from '../support/cluster.ts';
+import { setDeltaColumns } from '../../src/cluster/repair.ts';
 
 const SCHEMA = `CREATE TABLE t (k integer PRIMARY KEY, v text); ${BARRIER_TABLE}`;
 const rows = (node: TestNode) => node.sql.unsafe<{ k: number; v: string }[]>(`SELECT k, v FROM t ORDER BY k`).then((r) => r.map((x) => ({ ...x })));
@@ -104,5 +105,39 @@ test('a fast-path insert that waits for a local delete of its key does not bring
     }
     await barrier(cluster);
     for (const node of cluster.nodes) assert.deepEqual(await rows(node), [{ k: 2, v: 'untouched' }], `${node.name}: the newest change of key 1 is its delete`);
+  });
+});
+
+/**
+ * Topology: 2 nodes, agents in this process, both stopped while the two writes are made (neither sees the other's).
+ * Scenario: a table with a delta column; n1 moves a row to another key (an UPDATE of the primary key), and n2, later,
+ * adds to the balance of the row under its old key. A key change is the old key's delete and the new key's insert:
+ * n2's later update wins over the delete (the old key stays, with its balance), and the new key is there too.
+ * Found by convergence-links (seed 1258670184). Without the code under test: a delta table's key change was applied
+ * as one update of the old key, which lost whole (the new key included) where the old key's row was newer: n2 never
+ * got the new key while n1 had both, for good.
+ */
+test('a delta table: a key change is the old key delete and the new key insert, also where the old key is newer', { timeout: 120_000 }, async () => {
+  const schema = `CREATE TABLE acct (k integer PRIMARY KEY, v text, bal numeric NOT NULL); ${BARRIER_TABLE}`;
+  await withCluster({ nodes: 2, schema }, async (cluster) => {
+    const [n1, n2] = [cluster.node('n1'), cluster.node('n2')];
+    for (const node of cluster.nodes) await setDeltaColumns(node.sql, { schema: 'public', name: 'acct' }, ['bal']);
+    await cluster.startAgents();
+    await n1.sql.unsafe(`INSERT INTO acct VALUES (2, 'a', 10)`);
+    await barrier(cluster);
+    await cluster.stopAgent('n1');
+    await cluster.stopAgent('n2');
+    await n1.sql.unsafe(`UPDATE acct SET k = 1 WHERE k = 2`);
+    await n2.sql.unsafe(`UPDATE acct SET bal = bal - 40 WHERE k = 2`);
+    await cluster.startAgents();
+    await barrier(cluster);
+    const expected = [
+      { k: 1, v: 'a', bal: '10' },
+      { k: 2, v: 'a', bal: '-30' },
+    ];
+    for (const node of cluster.nodes) {
+      const got = await node.sql.unsafe<{ k: number; v: string; bal: string }[]>(`SELECT k, v, bal::text AS bal FROM acct ORDER BY k`);
+      assert.deepEqual(got.map((r) => ({ ...r })), expected, `acct on ${node.name}`);
+    }
   });
 });
