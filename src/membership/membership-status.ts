@@ -12,6 +12,7 @@
  * Nodes that are joining or resyncing are left out (their copy is under way or must be run again), and so are
  * links from such nodes.
  */
+import { NODE_NAME_PATTERN } from '../pg/quote.ts';
 import { parseLsn } from '../core/lsn.ts';
 import type { MembershipState } from './membership-state.ts';
 import type { SlotHealth } from './slot-health.ts';
@@ -129,6 +130,8 @@ export function assessMembership(facts: readonly MemberFacts[], configured: read
     for (const slot of node.slots) {
       if (!slot.slot.startsWith(SLOT_PREFIX)) continue;
       const forNode = slot.slot.slice(SLOT_PREFIX.length);
+      // Not a node's slot: node names start with a letter (the version horizon's slot is pgmesh__versions_<oid>).
+      if (!NODE_NAME_PATTERN.test(forNode)) continue;
       const target = byName.get(forNode);
       const state = target?.membership;
       let detail: string | undefined;
