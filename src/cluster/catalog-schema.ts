@@ -7,6 +7,7 @@ import { DDL_CAPTURE_MIGRATION } from '../ddl/capture-sql.ts';
 import { DDL_LOCK_MIGRATION, DDL_LOG_MIGRATION, SEQUENCE_GUARD_MIGRATION } from '../ddl/ddl-lock-sql.ts';
 import { TRUNCATE_LOCK_MIGRATION, TRUNCATE_MIGRATION } from './truncate-sql.ts';
 import { VERSION_HORIZON_MIGRATION } from './version-horizon-sql.ts';
+import { RETIRED_ORIGINS_MIGRATION } from './retired-origins-sql.ts';
 
 export const CATALOG_SCHEMA = 'pgmesh';
 export const PUBLICATION = 'pgmesh';
@@ -841,6 +842,7 @@ CREATE TABLE pgmesh.membership_table (
   updated_at timestamptz NOT NULL DEFAULT now()
 );
 `,
+  /* 22: origins of nodes that left keep their ids, read as those nodes (src/cluster/retired-origins-sql.ts) */ RETIRED_ORIGINS_MIGRATION,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

@@ -55,17 +55,21 @@ export async function unlinkPeer(sql: Sql, peer: string, node: string): Promise<
     }
     await tx.unsafe(`DELETE FROM pgmesh.peer WHERE node_name = $1`, [peer]);
   });
-  for (const origin of [originName(peer), replayOriginName(peer)]) await dropOriginIfExists(sql, origin, node);
+  for (const origin of [originName(peer), replayOriginName(peer)]) await retireOrigin(sql, origin, peer, node);
 }
 
-/** Drops a replication origin; one still used by a session (an apply session ending) is waited for a while. */
-async function dropOriginIfExists(sql: Sql, origin: string, node: string): Promise<void> {
+/**
+ * Drops a replication origin of `peer`, its id kept by a placeholder that still reads as `peer` (rows it wrote keep
+ * their version's node: src/cluster/retired-origins-sql.ts); one still used by a session (an apply session ending)
+ * is waited for a while.
+ */
+async function retireOrigin(sql: Sql, origin: string, peer: string, node: string): Promise<void> {
   const deadline = Date.now() + RELEASE_WAIT_MS;
   for (;;) {
     try {
       await sql.unsafe(
-        `SELECT pg_catalog.pg_replication_origin_drop(roname) FROM pg_catalog.pg_replication_origin WHERE roname = $1`,
-        [origin],
+        `SELECT pgmesh.retire_origin($1, $2)`,
+        [origin, peer],
       );
       return;
     } catch (error) {
