@@ -12,6 +12,11 @@ function megabytes(bytes: number): string {
   return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
 }
 
+/** The copy's progress on this process's stderr (a bar on a terminal, plain lines otherwise). */
+function copyProgressOnStderr(): ReturnType<typeof progressReporter> {
+  return progressReporter({ isTTY: process.stderr.isTTY === true, columns: process.stderr.columns, write: (text) => process.stderr.write(text) });
+}
+
 /** The node's connection string (flag, or its configuration entry) and the catch-up timeout, checked. */
 function joinInput(
   nodes: readonly { readonly name: string; readonly dsn: string }[],
@@ -41,8 +46,7 @@ export function registerNode(program: Command): void {
       const globals = command.optsWithGlobals<GlobalOptions>();
       const config = configFrom(globals);
       const { dsn, timeout } = joinInput(config.nodes, name, options);
-      const started = Date.now();
-      const progress = progressReporter({ isTTY: process.stderr.isTTY === true, columns: process.stderr.columns, write: (text) => process.stderr.write(text) });
+      const progress = copyProgressOnStderr();
       const result = await addNode(config, loggerFor(config), {
         name,
         dsn,
@@ -81,7 +85,7 @@ export function registerNode(program: Command): void {
       const globals = command.optsWithGlobals<GlobalOptions>();
       const config = configFrom(globals);
       const { dsn, timeout } = joinInput(config.nodes, name, options);
-      const progress = progressReporter({ isTTY: process.stderr.isTTY === true, columns: process.stderr.columns, write: (text) => process.stderr.write(text) });
+      const progress = copyProgressOnStderr();
       const result = await resyncNode(config, loggerFor(config), {
         name,
         dsn,
