@@ -152,10 +152,16 @@ export class Applier {
       // Asynchronous commit, as native apply: what is acknowledged to the peer is only what is flushed.
       // A lock wait ends after lock_timeout, and the transaction is retried (apply-retry.ts): a local session left
       // idle in a transaction cannot hold the stream up without a sign.
+      // Every statement of the session reaches rows by a key (replicated tables by their primary key, pgmesh's by
+      // theirs), and its plans are generic and kept: a plan made while a table was empty or its statistics stale
+      // would scan the grown table per row or per batch (a bulk load slowed down as its table grew). With
+      // sequential scans off the planner takes the index whatever the statistics say; it still scans a table
+      // that has no index for the access (none of the apply statements' tables).
       parameters: {
         session_replication_role: 'replica',
         synchronous_commit: 'off',
         plan_cache_mode: 'force_generic_plan',
+        enable_seqscan: 'off',
         lock_timeout: `${Math.round(options.lockTimeoutMs)}ms`,
       },
       pipelined: true,

@@ -22,6 +22,7 @@ import { quoteIdent, quoteLiteral } from '../pg/quote.ts';
 import type { ConflictPolicy, DeferredUnique, LocalColumn, RelationBinding } from './local-relation.ts';
 import { TRUNCATE_TOMBSTONE_KEY } from '../cluster/truncate-sql.ts';
 import { claimsInsert, indexValueOf } from './unique-claims.ts';
+import { existsProbe, hasRowsOf } from './sql-probes.ts';
 
 export type BatchKind = 'upsert' | 'partial_update' | 'delta_update' | 'delete';
 
@@ -151,7 +152,7 @@ function prelude(g: Gen, aliases: readonly string[], typed: readonly string[], m
     // A TRUNCATE leaves a tombstone for the whole table (key '*', see truncate-sql.ts): with a key's own, the newer counts.
     `tomb AS MATERIALIZED (SELECT DISTINCT ON (u.ord) u.ord, v.ts AS tts, v.node AS tnode FROM u JOIN pgmesh.tombstone t ON t.relid = ${g.rel} ` +
     `AND t.pkey IN (u.pkey, '${TRUNCATE_TOMBSTONE_KEY}') ` +
-    `CROSS JOIN LATERAL pgmesh.tombstone_version(t.xmin, t.ts, t.node, ${g.local}) v WHERE EXISTS (SELECT 1 FROM pgmesh.tombstone t0 WHERE t0.relid = ${g.rel}) ` +
+    `CROSS JOIN LATERAL pgmesh.tombstone_version(t.xmin, t.ts, t.node, ${g.local}) v WHERE ${hasRowsOf('tombstone', g.rel)} ` +
     `AND NOT EXISTS (SELECT 1 FROM cur WHERE cur.ord = u.ord) ` +
     `ORDER BY u.ord, coalesce(v.ts, '-infinity') DESC, v.node COLLATE "C" DESC)`
   );
@@ -285,9 +286,10 @@ export function buildStatement(shape: StatementShape, ctx: StatementContext, pol
       // A delta table sends the old row (REPLICA IDENTITY FULL): when the local delta values are the ones the remote
       // writer changed from, it had seen the local version, and the update is not concurrent whatever the window says.
       const unseen = delta
-        ? ` AND EXISTS (SELECT 1 FROM ${g.table} x WHERE ${keyMatch(g, 'x')} AND (${b.deltaPositions
-            .map((p, i) => `x.${quoteIdent(col(b, p).name)} IS DISTINCT FROM u.o${i}`)
-            .join(' OR ')}))`
+        ? ` AND ${existsProbe(
+            `${g.table} x`,
+            `${keyMatch(g, 'x')} AND (${b.deltaPositions.map((p, i) => `x.${quoteIdent(col(b, p).name)} IS DISTINCT FROM u.o${i}`).join(' OR ')})`,
+          )}`
         : '';
       return (
         prelude(g, aliases, typed, shape.multiRow) +
@@ -344,7 +346,7 @@ export function buildDeferredUniqueCheck(binding: RelationBinding, index: Deferr
   return (
     `SELECT pgmesh.raise_unique_violation(${quoteLiteral(index.name)}, ${quoteLiteral(local.schema)}, ${quoteLiteral(local.name)}, ${detail}) ` +
     `FROM unnest(${keys.map((_, i) => `$${i + 1}::text[]`).join(', ')}) AS k(${sourceColumns.join(', ')}) JOIN ${table} x ON ${join} ` +
-    `WHERE EXISTS (SELECT 1 FROM ${table} y WHERE ${same} AND NOT (${other})) LIMIT 1`
+    `WHERE ${existsProbe(`${table} y`, `${same} AND NOT (${other})`)} LIMIT 1`
   );
 }
 
@@ -442,17 +444,16 @@ export function buildFastStatement(
           return [`(c.indexid = ${index.oid}::oid AND c.value = jsonb_build_array(${positions.map((i) => values[i]).join(', ')})::text)`];
         });
         const tombstone =
-          `(EXISTS (SELECT 1 FROM pgmesh.tombstone t0 WHERE t0.relid = ${rel}) AND ` +
-          `EXISTS (SELECT 1 FROM pgmesh.tombstone t WHERE t.relid = ${rel} AND t.pkey IN (jsonb_build_array(${keys.join(', ')})::text, '${TRUNCATE_TOMBSTONE_KEY}')))` +
+          `(${hasRowsOf('tombstone', rel)} AND ` +
+          `${existsProbe('pgmesh.tombstone t', `t.relid = ${rel} AND t.pkey IN (jsonb_build_array(${keys.join(', ')})::text, '${TRUNCATE_TOMBSTONE_KEY}')`)})` +
           (claimed.length > 0
-            ? ` OR (EXISTS (SELECT 1 FROM pgmesh.unique_claim c0 WHERE c0.relid = ${rel}) AND ` +
-              `EXISTS (SELECT 1 FROM pgmesh.unique_claim c WHERE c.relid = ${rel} AND (${claimed.join(' OR ')})))`
+            ? ` OR (${hasRowsOf('unique_claim', rel)} AND ${existsProbe('pgmesh.unique_claim c', `c.relid = ${rel} AND (${claimed.join(' OR ')})`)})`
             : '');
         // A row of the key on this statement's snapshot is a miss too, although the INSERT would fail on it anyway:
         // if a local transaction is deleting that row, the INSERT's unique check waits for it and, once the delete
         // commits, inserts, and the delete's tombstone is not on this snapshot. The full statement locks the row and
         // decides against the delete's version.
-        const present = `EXISTS (SELECT 1 FROM ${table} x WHERE ${b.keyPositions.map((p, i) => `x.${quoteIdent(col(b, p).name)} = ${keys[i]}`).join(' AND ')})`;
+        const present = existsProbe(`${table} x`, b.keyPositions.map((p, i) => `x.${quoteIdent(col(b, p).name)} = ${keys[i]}`).join(' AND '));
         const insert =
           `INSERT INTO ${table} (${names.join(', ')}) OVERRIDING SYSTEM VALUE SELECT ${values.join(', ')}${one ? '' : ` FROM ${source(aliases, true)}`} ` +
           `WHERE ${one ? `$${aliases.length}::text` : 's.op'} = 'i' AND CASE WHEN ${tombstone} OR ${present} THEN ${raise}::boolean ELSE true END${one ? '' : ' ORDER BY s.ord'}`;

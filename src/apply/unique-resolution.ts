@@ -30,6 +30,7 @@ import { quoteIdent, quoteLiteral } from '../pg/quote.ts';
 import type { ConflictPolicy, LocalColumn, RelationBinding, UniqueIndex } from './local-relation.ts';
 import { source, valueParameterCount, type StatementContext, type StatementShape } from './statement-builder.ts';
 import { claimsInsert, indexValueOf } from './unique-claims.ts';
+import { hasRowsOf } from './sql-probes.ts';
 import { TRUNCATE_TOMBSTONE_KEY } from '../cluster/truncate-sql.ts';
 
 /** A unique index whose every column a shape sends, with the aliases of those values in the statement. */
@@ -287,7 +288,7 @@ export function buildUniqueClaimCheck(binding: RelationBinding, ctx: StatementCo
     `JOIN pgmesh.unique_claim c ON c.relid = ${rel} AND (${values}) AND c.pkey <> jsonb_build_array(${keys.map((k) => `x.${quoteIdent(k)}`).join(', ')})::text ` +
     `CROSS JOIN LATERAL pgmesh.claim_version(c.xmin, c.ts, c.node, ${quoteLiteral(ctx.localNode)}) cv ` +
     // Only rows this transaction wrote, and only when the table has claims at all (an init plan, evaluated once).
-    `WHERE EXISTS (SELECT 1 FROM pgmesh.unique_claim c0 WHERE c0.relid = ${rel}) AND x.xmin = pg_catalog.xid(pg_catalog.pg_current_xact_id_if_assigned()) ` +
+    `WHERE ${hasRowsOf('unique_claim', rel)} AND x.xmin = pg_catalog.xid(pg_catalog.pg_current_xact_id_if_assigned()) ` +
     `AND (${ts}, ${quoteLiteral(ctx.peer)} COLLATE "C") < (cv.ts, cv.node COLLATE "C") LIMIT 1`
   );
 }
