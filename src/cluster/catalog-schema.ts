@@ -10,6 +10,7 @@ import { VERSION_HORIZON_MIGRATION } from './version-horizon-sql.ts';
 import { RETIRED_ORIGINS_MIGRATION } from './retired-origins-sql.ts';
 import { DDL_AS_OWNER_MIGRATION } from '../ddl/ddl-as-owner-sql.ts';
 import { KEY_JSON_MIGRATION } from './key-json-sql.ts';
+import { OWNER_CODE_MIGRATION } from './owner-code-sql.ts';
 
 export const CATALOG_SCHEMA = 'pgmesh';
 export const PUBLICATION = 'pgmesh';
@@ -847,6 +848,7 @@ CREATE TABLE pgmesh.membership_table (
   /* 22: origins of nodes that left keep their ids, read as those nodes (src/cluster/retired-origins-sql.ts) */ RETIRED_ORIGINS_MIGRATION,
   /* 23: replayed DDL runs as its role with role changes impossible (src/ddl/ddl-as-owner-sql.ts) */ DDL_AS_OWNER_MIGRATION,
   /* 24: the definer triggers spell keys without calling casts that roles created (src/cluster/key-json-sql.ts) */ KEY_JSON_MIGRATION,
+  /* 25: code of a table's owner that pgmesh's sessions would run with their rights is refused (src/cluster/owner-code-sql.ts) */ OWNER_CODE_MIGRATION,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

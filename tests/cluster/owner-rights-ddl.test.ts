@@ -1,13 +1,13 @@
 /**
  * Topology: 2 nodes, full mesh, agents in this process (as the installing superuser).
- * Scenario: an application role `app` that owns its schema and its replicated table, and nothing else, adds a column
- * whose default is a function of its own. On the origin the function does nothing; where it runs in replica mode
+ * Scenario: an application role `app` that owns its schema and its replicated table, and nothing else, changes a
+ * column's type with a USING expression that calls a function of its own (it runs over every row). On the origin the function does nothing; where it runs in replica mode
  * (a peer replaying the DDL) it tries to leave its role (`RESET ROLE`, `SET ROLE`) and make `app` a superuser.
  * Replayed DDL must run with `app`'s rights and no more: on n2 the role change is refused, the statement fails and is
  * kept as an exception, and `app` is no superuser anywhere. The settings of the apply session that the function
  * changed with a plain SET (search_path, a pgmesh setting) are put back.
  * Without the code under test (apply_ddl running the statement under SET LOCAL ROLE in the agent's session): the
- * default's RESET ROLE makes it the agent again, and `app` is superuser on n2.
+ * function's RESET ROLE makes it the agent again, and `app` is superuser on n2.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -73,7 +73,9 @@ for (const how of ['RESET ROLE', 'SET ROLE postgres', 'SET SESSION AUTHORIZATION
   test(`replayed DDL whose default does "${how}" runs as its role on the peer: refused there, app stays a plain role`, { timeout: 120_000 }, async () => {
     await withCluster({ nodes: 2, schema: SCHEMA }, async (cluster) => {
       await cluster.startAgents();
-      await asApp(cluster, 'n1', `ALTER TABLE app.items ADD COLUMN z integer DEFAULT app.escape(${JSON.stringify(how).replaceAll('"', "'")})`);
+      // A USING expression runs over the existing rows and leaves nothing behind: no replicated table keeps code of
+      // app's, which pgmesh would refuse at the origin (owner-code-sql.ts), so the statement reaches n2.
+      await asApp(cluster, 'n1', `ALTER TABLE app.items ALTER COLUMN v TYPE text USING v || app.escape(${JSON.stringify(how).replaceAll('"', "'")})`);
       await eventually(
         async () => {
           const rows = await cluster.node('n2').sql.unsafe(`SELECT 1 FROM pgmesh.exception WHERE change_kind = 'ddl'`);
@@ -102,8 +104,8 @@ for (const how of ['RESET ROLE', 'SET ROLE postgres', 'SET SESSION AUTHORIZATION
 test('replayed DDL whose code changes session settings with a plain SET: the apply session gets its own back', { timeout: 120_000 }, async () => {
   await withCluster({ nodes: 2, schema: SCHEMA }, async (cluster) => {
     await cluster.startAgents();
-    await asApp(cluster, 'n1', `ALTER TABLE app.items ADD COLUMN z integer DEFAULT app.leave()`);
-    await asApp(cluster, 'n1', `ALTER TABLE app.items ADD COLUMN w integer DEFAULT app.probe()`);
+    await asApp(cluster, 'n1', `ALTER TABLE app.items ALTER COLUMN v TYPE text USING v || app.leave()`);
+    await asApp(cluster, 'n1', `ALTER TABLE app.items ADD COLUMN w integer, ALTER COLUMN v TYPE text USING v || app.probe()`);
     await eventually(
       async () => {
         const columns = await cluster.node('n2').sql.unsafe(`SELECT 1 FROM pg_attribute WHERE attrelid = 'app.items'::regclass AND attname = 'w'`);

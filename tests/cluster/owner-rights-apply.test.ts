@@ -1,0 +1,86 @@
+/**
+ * Topology: 2 nodes, full mesh, agents in this process (as the installing superuser).
+ * Scenarios: an application role `app` that owns its schema and a replicated table tries to have its own code run in
+ * pgmesh's sessions, where it would run with their rights: a trigger enabled ALWAYS (it fires in the apply session's
+ * replica mode) that makes `app` a superuser; a column default, a CHECK, an index expression calling its function; a
+ * cast from text to its enum (pgmesh's statements cast every value from text). pgmesh refuses each at the DDL, on the
+ * node where it runs (even with pgmesh.ddl_capture off), and refuses a replayed statement that brings it (kept as an
+ * exception); rows inserted afterwards replicate, and `app` is no superuser anywhere.
+ * Without the code under test (pgmesh.owner_code_guard and the check in run_ddl_as): `ALTER TABLE ... ENABLE ALWAYS
+ * TRIGGER` is accepted, the next row from n1 fires the trigger in n2's apply session as the agent, and `app` is a
+ * superuser on n2.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import postgres from 'postgres';
+import { eventually, withCluster, type Sql, type TestCluster } from '../support/cluster.ts';
+import { dsnAs } from '../support/roles.ts';
+
+const SCHEMA = `
+CREATE ROLE app LOGIN PASSWORD 'app-pw';
+CREATE SCHEMA app AUTHORIZATION app;
+SET ROLE app;
+CREATE TYPE app.mood AS ENUM ('happy', 'sad');
+CREATE TABLE app.items (id integer PRIMARY KEY, v text, mood app.mood);
+CREATE FUNCTION app.trap() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF current_setting('session_replication_role') = 'replica' AND (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+    ALTER ROLE app SUPERUSER;
+  END IF;
+  RETURN NEW;
+END
+$fn$;
+CREATE FUNCTION app.f(integer) RETURNS integer LANGUAGE sql IMMUTABLE AS $fn$ SELECT $1 $fn$;
+CREATE FUNCTION app.mood_in(text) RETURNS app.mood LANGUAGE sql AS $fn$ SELECT $1::regtype::text::app.mood $fn$;
+CREATE TRIGGER trap BEFORE INSERT OR UPDATE ON app.items FOR EACH ROW EXECUTE FUNCTION app.trap();
+RESET ROLE;
+`;
+
+async function asApp(cluster: TestCluster, node: string, statement: string): Promise<string | undefined> {
+  const sql = postgres(dsnAs(cluster.node(node), 'app', 'app-pw'), { max: 1, onnotice: () => undefined, fetch_types: false }) as unknown as Sql;
+  try {
+    await sql.unsafe(statement);
+    return undefined;
+  } catch (error) {
+    return (error as { code?: string }).code;
+  } finally {
+    await sql.end({ timeout: 1 });
+  }
+}
+
+async function isSuperuser(cluster: TestCluster, node: string): Promise<boolean> {
+  const rows = await cluster.node(node).sql.unsafe<{ su: boolean }[]>(`SELECT rolsuper AS su FROM pg_roles WHERE rolname = 'app'`);
+  return rows[0]?.su === true;
+}
+
+async function replicates(cluster: TestCluster, id: number): Promise<void> {
+  await cluster.node('n1').sql.unsafe(`INSERT INTO app.items (id, v) VALUES (${id}, 'x')`);
+  await eventually(async () => (await cluster.node('n2').sql.unsafe(`SELECT 1 FROM app.items WHERE id = ${id}`)).length === 1, {
+    what: `row ${id} to reach n2`,
+  });
+}
+
+test('code of an application role that pgmesh sessions would run is refused at the DDL, locally and when replayed', { timeout: 180_000 }, async () => {
+  await withCluster({ nodes: 2, schema: SCHEMA }, async (cluster) => {
+    await cluster.startAgents();
+    // On n2 alone (capture off, as a role may set it): the trigger would fire when n2 applies n1's rows.
+    const local = 'SET pgmesh.ddl_capture = off; ';
+    assert.equal(await asApp(cluster, 'n2', `${local}ALTER TABLE app.items ENABLE ALWAYS TRIGGER trap`), 'PM011');
+    assert.equal(await asApp(cluster, 'n2', `${local}ALTER TABLE app.items ENABLE REPLICA TRIGGER trap`), 'PM011');
+    assert.equal(await asApp(cluster, 'n2', `${local}ALTER TABLE app.items ADD COLUMN z integer DEFAULT app.f(1)`), 'PM011');
+    assert.equal(await asApp(cluster, 'n2', `${local}ALTER TABLE app.items ADD CHECK (app.f(id) > 0)`), 'PM011');
+    assert.equal(await asApp(cluster, 'n2', `${local}CREATE INDEX ON app.items (app.f(id))`), 'PM011');
+    assert.equal(await asApp(cluster, 'n2', `${local}CREATE CAST (text AS app.mood) WITH FUNCTION app.mood_in(text)`), 'PM011');
+    await replicates(cluster, 1);
+    assert.equal(await isSuperuser(cluster, 'n2'), false, 'app became superuser on n2');
+
+    // A node without the guard (disabled by its superuser) sends the statement: n2 refuses it when it replays it.
+    await cluster.node('n1').sql.unsafe(`ALTER EVENT TRIGGER pgmesh_owner_code_guard DISABLE`);
+    assert.equal(await asApp(cluster, 'n1', `ALTER TABLE app.items ENABLE ALWAYS TRIGGER trap`), undefined);
+    await eventually(async () => (await cluster.node('n2').sql.unsafe(`SELECT 1 FROM pgmesh.exception WHERE change_kind = 'ddl' AND sqlstate = 'PM011'`)).length === 1, {
+      what: 'n2 to refuse the replayed ALTER TABLE ... ENABLE ALWAYS TRIGGER',
+    });
+    await replicates(cluster, 2);
+    assert.equal(await isSuperuser(cluster, 'n2'), false, 'app became superuser on n2');
+  });
+});
