@@ -73,7 +73,7 @@ BEGIN
   END IF;
   BEGIN
     PERFORM pg_catalog.set_config('role', 'none', true);
-    RAISE EXCEPTION 'pgmesh: replayed DDL would run where its code can change role' USING ERRCODE = 'PM009';
+    RAISE EXCEPTION 'pgmesh: replayed DDL would run where its code can change role' USING ERRCODE = 'PM012';
   EXCEPTION WHEN insufficient_privilege THEN
     NULL;
   END;
