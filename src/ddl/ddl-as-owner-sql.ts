@@ -59,8 +59,9 @@ BEGIN
     RAISE EXCEPTION 'pgmesh: role % of a replicated DDL statement does not exist on this node', role_name
       USING ERRCODE = '42704', HINT = 'Create the role here as on the origin, then run the statement here yourself.';
   END IF;
-  DROP FUNCTION IF EXISTS pg_temp.pgmesh_ddl_as_owner(text, text);
+  -- As the role: it owns the function (an agent may be allowed to SET ROLE without inheriting the role's rights).
   EXECUTE format('SET LOCAL ROLE %I', role_name);
+  DROP FUNCTION IF EXISTS pg_temp.pgmesh_ddl_as_owner(text, text);
   EXECUTE format($def$
 CREATE FUNCTION pg_temp.pgmesh_ddl_as_owner(statement text, path text) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L$def$, format($body$
@@ -84,7 +85,9 @@ $body$, role_name));
   SET LOCAL ROLE NONE;
   PERFORM pg_temp.pgmesh_ddl_as_owner(statement, path);
   PERFORM pgmesh.restore_session_settings(settings);
+  EXECUTE format('SET LOCAL ROLE %I', role_name);
   DROP FUNCTION IF EXISTS pg_temp.pgmesh_ddl_as_owner(text, text);
+  SET LOCAL ROLE NONE;
 END
 $fn$;
 

@@ -1,5 +1,6 @@
 /**
- * Topology: 2 nodes, full mesh, agents in this process (as the installing superuser).
+ * Topology: 2 nodes, full mesh; agents in this process (as the installing superuser), and `pgmesh start` processes
+ * connecting as the least-privilege agent role of `cluster create --agent-role`.
  * Scenarios: an application role `app` that owns its schema and a replicated table tries to have its own code run in
  * pgmesh's sessions, where it would run with their rights: a trigger enabled ALWAYS (it fires in the apply session's
  * replica mode) that makes `app` a superuser; a column default, a CHECK, an index expression calling its function; a
@@ -14,18 +15,26 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import postgres from 'postgres';
 import { eventually, withCluster, type Sql, type TestCluster } from '../support/cluster.ts';
+import { pgmesh } from '../support/cli.ts';
 import { dsnAs } from '../support/roles.ts';
 
 const SCHEMA = `
 CREATE ROLE app LOGIN PASSWORD 'app-pw';
+CREATE ROLE pgmesh_agent LOGIN PASSWORD 'agent-pw';
 CREATE SCHEMA app AUTHORIZATION app;
 SET ROLE app;
 CREATE TYPE app.mood AS ENUM ('happy', 'sad');
 CREATE TABLE app.items (id integer PRIMARY KEY, v text, mood app.mood);
+-- Who the trap fired as, in replica mode (a pgmesh session).
+CREATE TABLE app.fired (who text PRIMARY KEY);
+GRANT INSERT ON app.fired TO PUBLIC;
 CREATE FUNCTION app.trap() RETURNS trigger LANGUAGE plpgsql AS $fn$
 BEGIN
-  IF current_setting('session_replication_role') = 'replica' AND (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
-    ALTER ROLE app SUPERUSER;
+  IF current_setting('session_replication_role') = 'replica' THEN
+    INSERT INTO app.fired VALUES (current_user) ON CONFLICT DO NOTHING;
+    IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+      ALTER ROLE app SUPERUSER;
+    END IF;
   END IF;
   RETURN NEW;
 END
@@ -53,6 +62,10 @@ async function isSuperuser(cluster: TestCluster, node: string): Promise<boolean>
   return rows[0]?.su === true;
 }
 
+async function fired(cluster: TestCluster, node: string): Promise<string[]> {
+  return (await cluster.node(node).sql.unsafe<{ who: string }[]>(`SELECT who FROM app.fired ORDER BY 1`)).map((r) => r.who);
+}
+
 async function replicates(cluster: TestCluster, id: number): Promise<void> {
   await cluster.node('n1').sql.unsafe(`INSERT INTO app.items (id, v) VALUES (${id}, 'x')`);
   await eventually(async () => (await cluster.node('n2').sql.unsafe(`SELECT 1 FROM app.items WHERE id = ${id}`)).length === 1, {
@@ -65,7 +78,11 @@ test('code of an application role that pgmesh sessions would run is refused at t
     await cluster.startAgents();
     // On n2 alone (capture off, as a role may set it): the trigger would fire when n2 applies n1's rows.
     const local = 'SET pgmesh.ddl_capture = off; ';
-    assert.equal(await asApp(cluster, 'n2', `${local}ALTER TABLE app.items ENABLE ALWAYS TRIGGER trap`), 'PM011');
+    const always = await asApp(cluster, 'n2', `${local}ALTER TABLE app.items ENABLE ALWAYS TRIGGER trap`);
+    await replicates(cluster, 100);
+    assert.equal(await isSuperuser(cluster, 'n2'), false, 'app became superuser on n2');
+    assert.deepEqual(await fired(cluster, 'n2'), [], 'the trap fired in a pgmesh session on n2');
+    assert.equal(always, 'PM011');
     assert.equal(await asApp(cluster, 'n2', `${local}ALTER TABLE app.items ENABLE REPLICA TRIGGER trap`), 'PM011');
     assert.equal(await asApp(cluster, 'n2', `${local}ALTER TABLE app.items ADD COLUMN z integer DEFAULT app.f(1)`), 'PM011');
     assert.equal(await asApp(cluster, 'n2', `${local}ALTER TABLE app.items ADD CHECK (app.f(id) > 0)`), 'PM011');
@@ -82,5 +99,23 @@ test('code of an application role that pgmesh sessions would run is refused at t
     });
     await replicates(cluster, 2);
     assert.equal(await isSuperuser(cluster, 'n2'), false, 'app became superuser on n2');
+    assert.deepEqual(await fired(cluster, 'n2'), [], 'the trap fired in a pgmesh session on n2');
+  });
+});
+
+test('with the least-privilege agent: an ENABLE ALWAYS trigger is refused too, and never fires in its apply session', { timeout: 180_000 }, async () => {
+  await withCluster({ nodes: 2, schema: SCHEMA, link: false }, async (cluster) => {
+    const create = await pgmesh(['cluster', 'create', '--agent-role', 'pgmesh_agent'], { config: cluster.configPath });
+    assert.equal(create.code, 0, create.output);
+    const env = Object.fromEntries(cluster.nodes.map((n) => [`PGMESH_DSN_${n.name.toUpperCase()}`, dsnAs(n, 'pgmesh_agent', 'agent-pw')]));
+    for (const node of cluster.nodes) cluster.startAgentProcess(node.name, env);
+    const refused = await asApp(cluster, 'n2', `SET pgmesh.ddl_capture = off; ALTER TABLE app.items ENABLE ALWAYS TRIGGER trap`);
+    await replicates(cluster, 1);
+    assert.deepEqual(await fired(cluster, 'n2'), [], 'the trap fired in the agent role\'s apply session on n2');
+    assert.equal(refused, 'PM011');
+    const enabled = await cluster.node('n2').sql.unsafe<{ e: string }[]>(`SELECT tgenabled::text AS e FROM pg_trigger WHERE tgname = 'trap'`);
+    assert.equal(enabled[0]?.e, 'O', 'the trap stays enabled for origin sessions only');
+    assert.equal(await isSuperuser(cluster, 'n2'), false);
+    assert.deepEqual(await fired(cluster, 'n2'), [], 'the trap fired in the agent role\'s apply session on n2');
   });
 });
