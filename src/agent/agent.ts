@@ -88,6 +88,12 @@ export class Agent {
           { context: { node: nodeName } },
         );
       }
+      // Code of a table's owner that the apply session would run with the agent's rights is refused by every node's
+      // DDL (docs/security.md, "Whose rights code runs with"); a catalog upgraded with such code in place, or a table
+      // changed while the guard was disabled, is refused here.
+      await catalog.unsafe(`SELECT pgmesh.check_owner_code()`).catch((error: { message?: string; hint?: string }) => {
+        throw new PgmeshError('CONFIG_INVALID', `node ${nodeName}: ${error.message ?? String(error)}; ${error.hint ?? ''}`, { cause: error, context: { node: nodeName } });
+      });
       const membership = await readMembership(catalog);
       if (membership?.state === 'joining') {
         throw new PgmeshError(

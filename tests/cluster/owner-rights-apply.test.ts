@@ -7,6 +7,7 @@
  * cast from text to its enum (pgmesh's statements cast every value from text). pgmesh refuses each at the DDL, on the
  * node where it runs (even with pgmesh.ddl_capture off), and refuses a replayed statement that brings it (kept as an
  * exception); rows inserted afterwards replicate, and `app` is no superuser anywhere.
+ * An agent does not start on a node where a replicated table has such code (its guard was disabled).
  * Without the code under test (pgmesh.owner_code_guard and the check in run_ddl_as): `ALTER TABLE ... ENABLE ALWAYS
  * TRIGGER` is accepted, the next row from n1 fires the trigger in n2's apply session as the agent, and `app` is a
  * superuser on n2.
@@ -100,6 +101,12 @@ test('code of an application role that pgmesh sessions would run is refused at t
     await replicates(cluster, 2);
     assert.equal(await isSuperuser(cluster, 'n2'), false, 'app became superuser on n2');
     assert.deepEqual(await fired(cluster, 'n2'), [], 'the trap fired in a pgmesh session on n2');
+
+    // n1 has the trigger enabled ALWAYS now (its guard was off): its agent refuses to start until it is fixed.
+    await cluster.stopAgent('n1');
+    await assert.rejects(cluster.startAgents(['n1']), /PM011|trigger trap on app\.items is enabled ALWAYS/);
+    await cluster.node('n1').sql.unsafe(`ALTER TABLE app.items ENABLE TRIGGER trap`);
+    await cluster.startAgents(['n1']);
   });
 });
 
