@@ -48,13 +48,15 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
      WHERE n.x IS NOT NULL
   ), used AS (
     -- Functions and operators that defaults, generated columns, CHECKs, index expressions and predicates, partition
-    -- keys and domain CHECKs call, with what calls them.
+    -- keys, domain CHECKs and DEFAULTs and the column types themselves call, with what calls them.
     SELECT d.refclassid, d.refobjid, pg_describe_object(d.classid, d.objid, d.objsubid) AS what
       FROM pg_depend d
      WHERE d.refclassid IN ('pg_proc'::regclass, 'pg_operator'::regclass)
        AND ((d.classid = 'pg_attrdef'::regclass AND d.objid IN (SELECT ad.oid FROM pg_attrdef ad WHERE ad.adrelid IN (SELECT t FROM tables)))
          OR (d.classid = 'pg_constraint'::regclass
              AND d.objid IN (SELECT c.oid FROM pg_constraint c WHERE c.conrelid IN (SELECT t FROM tables) OR c.contypid IN (SELECT t FROM types)))
+         -- A domain's DEFAULT, a range type's subtype_diff (GiST), ...: the column types' own functions.
+         OR (d.classid = 'pg_type'::regclass AND d.objid IN (SELECT t FROM types))
          OR (d.classid = 'pg_class'::regclass
              AND (d.objid IN (SELECT t FROM tables) OR d.objid IN (SELECT i.indexrelid FROM pg_index i WHERE i.indrelid IN (SELECT t FROM tables)))))
   ), problems AS (

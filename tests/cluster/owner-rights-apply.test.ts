@@ -89,6 +89,10 @@ test('code of an application role that pgmesh sessions would run is refused at t
     assert.equal(await asApp(cluster, 'n2', `${local}ALTER TABLE app.items ADD CHECK (app.f(id) > 0)`), 'PM011');
     assert.equal(await asApp(cluster, 'n2', `${local}CREATE INDEX ON app.items (app.f(id))`), 'PM011');
     assert.equal(await asApp(cluster, 'n2', `${local}CREATE CAST (text AS app.mood) WITH FUNCTION app.mood_in(text)`), 'PM011');
+    assert.equal(
+      await asApp(cluster, 'n2', `${local}CREATE DOMAIN app.num AS integer DEFAULT app.f(1); ALTER TABLE app.items ADD COLUMN n app.num`),
+      'PM011',
+    );
     await replicates(cluster, 1);
     assert.equal(await isSuperuser(cluster, 'n2'), false, 'app became superuser on n2');
 
