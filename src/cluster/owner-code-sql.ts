@@ -10,10 +10,11 @@
  * or jsonb). PostgreSQL's own apply runs such code as the table's owner with role changes forbidden; a client
  * session cannot enter that mode, and pgmesh's statements write its catalog in the same statement as the table.
  * So pgmesh vouches for the code a replicated table can reach, and refuses the rest:
- * - a function owned by a superuser that is not built in (a superuser wrote it, or installed the extension that did);
- * - a built-in function that is immutable or stable (they do not change the database; the SQL-running `*_to_xml`
- *   functions excepted: they would read with pgmesh's rights), and the volatile ones defaults need
- *   (now(), clock_timestamp(), nextval(), random(), gen_random_uuid(), ...);
+ * - a function that a superuser wrote (owned by a superuser, not part of an extension);
+ * - a built-in or extension function that is immutable or stable (they do not change the database; the SQL-running
+ *   `*_to_xml` functions excepted: they would read with pgmesh's rights), and the volatile built-ins defaults need
+ *   (now(), clock_timestamp(), nextval(), random(), gen_random_uuid(), ...): other volatile ones act with their
+ *   caller's rights (dblink_exec, pg_read_file, lo_export, set_config);
  * - operators by their functions; triggers and rules only if they do not fire in replica mode (pgmesh's own).
  * Anything else (a function of an application role, a trigger it enabled ALWAYS) makes the DDL that brings it fail
  * (an event trigger on every node, whatever pgmesh.ddl_capture says; replayed DDL is checked after it runs), and a
@@ -24,7 +25,12 @@ export const OWNER_CODE_MIGRATION = `
 -- Whether pgmesh vouches for running function fn with its own rights (see src/cluster/owner-code-sql.ts).
 CREATE FUNCTION pgmesh.vouched_function(fn oid) RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
-  SELECT coalesce((SELECT CASE WHEN p.oid >= 16384 THEN r.rolsuper
+  -- A superuser's own function (not an extension's) is vouched for by that superuser. A built-in or an extension's
+  -- function may act with its caller's rights (dblink_exec, pg_read_file, lo_export, set_config): only those that
+  -- cannot change anything (immutable, stable; not the SQL-running *_to_xml) and the volatile ones defaults use.
+  SELECT coalesce((SELECT r.rolsuper AND
+                          CASE WHEN p.oid >= 16384 AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_proc'::regclass
+                                                                    AND e.objid = p.oid AND e.deptype = 'e') THEN true
                                ELSE (p.provolatile <> 'v' AND p.proname !~ 'to_xml')
                                     OR p.proname = ANY (ARRAY['now', 'clock_timestamp', 'statement_timestamp', 'transaction_timestamp',
                                                               'timeofday', 'nextval', 'random', 'gen_random_uuid', 'uuidv4', 'uuidv7'])
@@ -59,6 +65,26 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
          OR (d.classid = 'pg_type'::regclass AND d.objid IN (SELECT t FROM types))
          OR (d.classid = 'pg_class'::regclass
              AND (d.objid IN (SELECT t FROM tables) OR d.objid IN (SELECT i.indexrelid FROM pg_index i WHERE i.indrelid IN (SELECT t FROM tables)))))
+  ), called AS (
+    -- Built-in functions are pinned and have no pg_depend rows (PostgreSQL 15+): the stored expressions name every
+    -- function and operator function they call (:funcid, :opfuncid).
+    SELECT e.what, m[1]::oid AS fn
+      FROM (SELECT format('default or generation expression of %s.%s', ad.adrelid::regclass, a.attname) AS what, ad.adbin::text AS tree
+              FROM pg_attrdef ad JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum
+             WHERE ad.adrelid IN (SELECT t FROM tables)
+            UNION ALL
+            SELECT format('constraint %s', c.conname), c.conbin::text FROM pg_constraint c
+             WHERE c.conbin IS NOT NULL AND (c.conrelid IN (SELECT t FROM tables) OR c.contypid IN (SELECT t FROM types))
+            UNION ALL
+            SELECT format('index %s', i.indexrelid::regclass), coalesce(i.indexprs::text, '') || coalesce(i.indpred::text, '') FROM pg_index i
+             WHERE i.indrelid IN (SELECT t FROM tables) AND (i.indexprs IS NOT NULL OR i.indpred IS NOT NULL)
+            UNION ALL
+            SELECT format('partition key of %s', k.partrelid::regclass), k.partexprs::text FROM pg_partitioned_table k
+             WHERE k.partrelid IN (SELECT t FROM tables) AND k.partexprs IS NOT NULL
+            UNION ALL
+            SELECT format('default of type %s', y.oid::regtype), y.typdefaultbin::text FROM pg_type y
+             WHERE y.oid IN (SELECT t FROM types) AND y.typdefaultbin IS NOT NULL) e
+     CROSS JOIN LATERAL regexp_matches(e.tree, ':(?:funcid|opfuncid) ([0-9]+)', 'g') m
   ), problems AS (
     SELECT 1 AS rank, format('trigger %s on %s is enabled %s: it fires in pgmesh''s sessions', g.tgname, g.tgrelid::regclass,
                              CASE g.tgenabled WHEN 'A' THEN 'ALWAYS' ELSE 'REPLICA' END) AS problem
@@ -73,6 +99,10 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
       FROM used u
       JOIN pg_proc f ON f.oid = CASE WHEN u.refclassid = 'pg_operator'::regclass
                                      THEN (SELECT o.oprcode::oid FROM pg_operator o WHERE o.oid = u.refobjid) ELSE u.refobjid END
+     WHERE NOT pgmesh.vouched_function(f.oid)
+    UNION ALL
+    SELECT 3, format('%s calls %s, owned by %s', c.what, f.oid::regprocedure, f.proowner::regrole)
+      FROM called c JOIN pg_proc f ON f.oid = c.fn
      WHERE NOT pgmesh.vouched_function(f.oid)
     UNION ALL
     SELECT 4, format('%s, owned by %s, is a cast that pgmesh''s statements apply to %s', pg_describe_object('pg_cast'::regclass, c.oid, 0),

@@ -89,6 +89,10 @@ test('code of an application role that pgmesh sessions would run is refused at t
     assert.equal(await asApp(cluster, 'n2', `${local}ALTER TABLE app.items ADD CHECK (app.f(id) > 0)`), 'PM011');
     assert.equal(await asApp(cluster, 'n2', `${local}CREATE INDEX ON app.items (app.f(id))`), 'PM011');
     assert.equal(await asApp(cluster, 'n2', `${local}CREATE CAST (text AS app.mood) WITH FUNCTION app.mood_in(text)`), 'PM011');
+    // A built-in that acts with its caller's rights, in a CHECK evaluated by every applied row (in replica mode only).
+    assert.equal(await asApp(cluster, 'n2', `${local}ALTER TABLE app.items ADD CHECK (current_setting('session_replication_role') <> 'replica' OR set_config('role', 'postgres', false) IS NOT NULL)`), 'PM011');
+    // What pgmesh vouches for is not refused: a default of now() (it fills n2's extra column when n1's rows arrive).
+    assert.equal(await asApp(cluster, 'n2', `${local}ALTER TABLE app.items ADD COLUMN at timestamptz DEFAULT now()`), undefined);
     assert.equal(
       await asApp(cluster, 'n2', `${local}CREATE DOMAIN app.num AS integer DEFAULT app.f(1); ALTER TABLE app.items ADD COLUMN n app.num`),
       'PM011',
