@@ -152,11 +152,9 @@ export class Applier {
       // Asynchronous commit, as native apply: what is acknowledged to the peer is only what is flushed.
       // A lock wait ends after lock_timeout, and the transaction is retried (apply-retry.ts): a local session left
       // idle in a transaction cannot hold the stream up without a sign.
-      // Every statement of the session reaches rows by a key (replicated tables by their primary key, pgmesh's by
-      // theirs), and its plans are generic and kept: a plan made while a table was empty or its statistics stale
-      // would scan the grown table per row or per batch (a bulk load slowed down as its table grew). With
-      // sequential scans off the planner takes the index whatever the statistics say; it still scans a table
-      // that has no index for the access (none of the apply statements' tables).
+      // Every statement reaches rows by a key, with generic plans kept for the session: sequential scans off, so a
+      // plan made while a table was empty (or its statistics stale) takes the index, not a scan of the grown table
+      // per row or per batch (docs/design.md, "Apply cost does not grow with the tables").
       parameters: {
         session_replication_role: 'replica',
         synchronous_commit: 'off',
