@@ -173,7 +173,7 @@ export function connectionError(error: unknown, node: string, dsn: string, secre
   if (code === SQLSTATE.invalidPassword || code === SQLSTATE.invalidAuthorization || /SASL|password/i.test(raw)) {
     return new PgmeshError(
       'AUTH_FAILED',
-      `cannot log in to node ${node} (${endpoint}): ${raw}; check the user and the password (its connection string, PGMESH_DSN_${node.toUpperCase()}, its service, PGPASSWORD or the password file ~/.pgpass)`,
+      `cannot log in to node ${node} (${endpoint}): ${raw}; check the user and password in its connection string (or in PGMESH_DSN_${node.toUpperCase()}, its service, PGPASSWORD, or the password file ~/.pgpass)`,
       { context, cause: error },
     );
   }
@@ -191,10 +191,17 @@ export function connectionError(error: unknown, node: string, dsn: string, secre
       { context, cause: error },
     );
   }
-  if (errno === 'ECONNREFUSED' || errno === 'ENOENT') {
+  if (errno === 'ECONNREFUSED') {
     return new PgmeshError(
       'CONNECTION_FAILED',
-      `cannot reach node ${node} at ${endpoint}: ${errno === 'ENOENT' ? 'no server socket there' : 'connection refused'}; is the server running, and does listen_addresses/port (or unix_socket_directories) match?`,
+      `cannot reach node ${node} at ${endpoint}: connection refused; is the server running, and does listen_addresses/port match?`,
+      { context, cause: error },
+    );
+  }
+  if (errno === 'ENOENT') {
+    return new PgmeshError(
+      'CONNECTION_FAILED',
+      `cannot reach node ${node} at ${endpoint}: no server socket in that folder; is the server running, and do unix_socket_directories and the port match?`,
       { context, cause: error },
     );
   }

@@ -181,7 +181,7 @@ test('a wrong password: the message names the node and says to check the passwor
     });
     const missing = await pgmesh(['check'], { config: bare });
     assert.equal(missing.code, 1, missing.output);
-    assert.match(missing.stdout, /^n1: cannot log in to node n1 .*check the user and the password \(its connection string, PGMESH_DSN_N1, its service, PGPASSWORD or the password file ~\/\.pgpass\)$/m);
+    assert.match(missing.stdout, /^n1: cannot log in to node n1 .*check the user and password in its connection string \(or in PGMESH_DSN_N1, its service, PGPASSWORD, or the password file ~\/\.pgpass\)$/m);
     assertNoSecret(missing.output, secrets, 'check without a password');
     // Both places the message names work.
     const viaEnv = await Promise.all([
