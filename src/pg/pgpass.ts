@@ -10,8 +10,14 @@ import { Writable } from 'node:stream';
 import helper from 'pgpass/lib/helper.js';
 import { defaultSocketDirectory, isSocketDirectory, type ConnectionParameters } from './dsn.ts';
 
-// pgpass writes its warnings (a file that cannot be read) to stderr; pgmesh checks the file itself and says so.
-helper.warnTo(new Writable({ write: (_chunk, _encoding, done) => done() }));
+let quieted = false;
+
+/** pgpass writes its warnings (a file that cannot be read) to stderr; pgmesh checks the file itself and says so. */
+function quietPgpass(): void {
+  if (quieted) return;
+  quieted = true;
+  helper.warnTo(new Writable({ write: (_chunk, _encoding, done) => done() }));
+}
 
 export type PasswordFileLookup =
   | { readonly kind: 'found'; readonly password: string }
@@ -19,6 +25,7 @@ export type PasswordFileLookup =
   | { readonly kind: 'ignored'; readonly why: string };
 
 export async function passwordFromFile(params: ConnectionParameters): Promise<PasswordFileLookup> {
+  quietPgpass();
   const file = params.passfile;
   let info;
   try {
