@@ -10,11 +10,12 @@ export interface GlobalOptions {
   readonly logLevel?: string;
 }
 
-export function configFrom(options: GlobalOptions): ClusterConfig {
+/** `joining`: the node that `node add` adds, whose PGMESH_DSN_<NODE> is honoured before the file lists it. */
+export function configFrom(options: GlobalOptions, joining?: string): ClusterConfig {
   if (!options.config && !process.env.PGMESH_CONFIG) {
     throw new PgmeshError('CONFIG_INVALID', 'no configuration: pass --config <file.json> or set PGMESH_CONFIG (see README, "Configuration")');
   }
-  return loadConfig({ file: options.config, env: process.env, flags: { logLevel: options.logLevel } });
+  return loadConfig({ file: options.config, env: process.env, flags: { logLevel: options.logLevel }, joining });
 }
 
 export function loggerFor(config: ClusterConfig, bindings: Record<string, unknown> = {}): Logger {
