@@ -9,8 +9,8 @@
  *   origin made over the whole string, since no statement left out fires the trigger.
  * - Which DDL statement of the string fired the trigger is counted in pgmesh.ddl_statement_counter, a table only
  *   pgmesh writes, instead of a setting any session could change.
- * - Turning capture off (pgmesh.ddl_capture = off) is refused to roles that cannot use the pgmesh catalog: any role
- *   can set the setting, and DDL left on one node is silent schema drift.
+ * - Turning capture off (pgmesh.ddl_capture = off) is refused to roles that may not change pgmesh.ddl_settings: any
+ *   role can set the setting, and DDL left on one node is silent schema drift.
  */
 import { MESSAGE_AUTH_MIGRATION } from './message-auth-sql.ts';
 
@@ -135,16 +135,19 @@ REVOKE ALL ON pgmesh.ddl_statement_counter FROM PUBLIC;
 `;
 
 const CAPTURE_GUARD = `
--- Refuses DDL run with capture off by a role that cannot use the pgmesh catalog (USAGE on schema pgmesh: superusers,
--- the catalog owner, which pgmesh's own functions run as, agent roles, and roles the operator grants it). Not
--- SECURITY DEFINER: current_user is the role that runs the DDL, also inside functions it calls.
+-- Refuses DDL run with capture off by a role that may not turn capture off for the whole node (UPDATE on
+-- pgmesh.ddl_settings: superusers, the catalog owner, which pgmesh's own functions run as, and roles the operator
+-- grants it). Not SECURITY DEFINER: current_user is the role that runs the DDL, also inside functions it calls. The
+-- table is found by OID: its name would need USAGE on schema pgmesh, which the role lacks.
 CREATE FUNCTION pgmesh.ddl_capture_guard() RETURNS event_trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 BEGIN
-  IF current_setting('pgmesh.ddl_capture', true) = 'off' AND NOT has_schema_privilege('pgmesh', 'USAGE') THEN
+  IF current_setting('pgmesh.ddl_capture', true) = 'off'
+     AND NOT coalesce((SELECT has_table_privilege(c.oid, 'UPDATE') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                        WHERE n.nspname = 'pgmesh' AND c.relname = 'ddl_settings'), false) THEN
     RAISE EXCEPTION 'pgmesh: role % may not keep DDL on this node only (pgmesh.ddl_capture is off)', current_user
       USING ERRCODE = '42501',
-            DETAIL = 'DDL that is not replicated makes this node''s schema differ from its peers''; only roles that may use the pgmesh catalog may turn capture off.',
+            DETAIL = 'DDL that is not replicated makes this node''s schema differ from its peers''; only roles that may change pgmesh.ddl_settings may turn capture off.',
             HINT = 'RESET pgmesh.ddl_capture and run the statement again: it replicates to every node. To change one node only, ask the operator.';
   END IF;
 END
