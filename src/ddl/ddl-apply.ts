@@ -9,6 +9,7 @@
  * stream goes on: any role can write a message into the WAL, and one bad message must not stop a node's stream.
  */
 import { errorMessage } from '../core/errors.ts';
+import { SQLSTATE } from '../core/sqlstate.ts';
 import { quoteLiteral } from '../pg/quote.ts';
 import { DDL_MESSAGE_PREFIX } from './capture-sql.ts';
 import { decodeDdlMessage, type DdlMessage } from './ddl-message.ts';
@@ -38,7 +39,7 @@ export interface DdlApplyStatement {
 const KEPT_CONTENT = 4096;
 
 /** SQLSTATE of a refused message in pgmesh.exception. */
-export const REFUSED_MESSAGE_SQLSTATE = 'PM009';
+export const REFUSED_MESSAGE_SQLSTATE = SQLSTATE.refusedMessage;
 
 /** Whether a logical message is pgmesh's (checked and acted on) rather than an application's (ignored). */
 export function isPgmeshMessage(prefix: string): boolean {
@@ -83,6 +84,3 @@ function refused(prefix: string, content: Buffer, problem: string, ctx: DdlApply
 function jsonText(value: unknown): string {
   return JSON.stringify(value).replaceAll('\\u0000', '\\ufffd');
 }
-
-/** Whether a logical message is a DDL message of pgmesh. */
-export { DDL_MESSAGE_PREFIX } from './capture-sql.ts';

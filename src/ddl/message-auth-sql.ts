@@ -58,7 +58,7 @@ DECLARE
 BEGIN
   IF k IS NULL THEN
     RAISE EXCEPTION 'pgmesh: this node has no cluster key, so its peers would refuse its messages'
-      USING ERRCODE = 'PM009', HINT = 'Run "pgmesh cluster create" again (it gives every node the cluster''s key), or "pgmesh node add" for a new node.';
+      USING ERRCODE = '55000', HINT = 'Run "pgmesh cluster create" again (it gives every node the cluster''s key), or "pgmesh node add" for a new node.';
   END IF;
   RETURN convert_to('pgmesh1:' || encode(pgmesh.hmac_sha256(k,
            convert_to('pgmesh1' || E'\\n' || octet_length(p) || ':', 'UTF8') || p
