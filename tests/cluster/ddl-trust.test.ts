@@ -98,6 +98,9 @@ test('messages forged by a LOGIN-only role are refused and recorded, never appli
 
 test('a signed but malformed message is recorded, and the stream goes on', { timeout: 180_000 }, async () => {
   await withCluster({ nodes: 2, schema: SCHEMA }, async (cluster) => {
+    // cluster create gave both nodes one key (each node's catalog made its own first).
+    const keys = await Promise.all(cluster.nodes.map(async (n) => (await n.sql.unsafe<{ k: string }[]>(`SELECT encode(key, 'hex') AS k FROM pgmesh.cluster_key`))[0]?.k));
+    assert.equal(new Set(keys).size, 1);
     await cluster.startAgents();
     // Only pgmesh's own roles can sign (here the superuser, with the catalog's function): a message of another version.
     await cluster.node('n1').sql.unsafe(`SELECT pg_logical_emit_message(true, 'pgmesh.ddl', pgmesh.signed_message('pgmesh.ddl', '{"version":2}'))`);
