@@ -4,6 +4,7 @@
  */
 
 import { DDL_CAPTURE_MIGRATION } from '../ddl/capture-sql.ts';
+import { CAPTURE_TRUST_MIGRATION } from '../ddl/capture-trust-sql.ts';
 import { DDL_LOCK_MIGRATION, DDL_LOG_MIGRATION, SEQUENCE_GUARD_MIGRATION } from '../ddl/ddl-lock-sql.ts';
 import { TRUNCATE_LOCK_MIGRATION, TRUNCATE_MIGRATION } from './truncate-sql.ts';
 import { VERSION_HORIZON_MIGRATION } from './version-horizon-sql.ts';
@@ -843,6 +844,8 @@ CREATE TABLE pgmesh.membership_table (
 );
 `,
   /* 22: origins of nodes that left keep their ids, read as those nodes (src/cluster/retired-origins-sql.ts) */ RETIRED_ORIGINS_MIGRATION,
+  /* 23: authenticated messages (cluster key, signed DDL messages and markers), only DDL statements shipped, a statement
+     counter and a capture switch users cannot set, only tables a replayed statement created join (src/ddl/capture-trust-sql.ts) */ CAPTURE_TRUST_MIGRATION,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

@@ -2,6 +2,7 @@
  * Operations over every node of a configuration: create the cluster (init each node, choose the tables, link every
  * ordered pair) and read its status. The CLI commands `cluster create` and `status` are thin shells over these.
  */
+import { shareClusterKey } from '../ddl/message-auth.ts';
 import { PgmeshError, errorMessage } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
 import { isoTimestampSql } from '../core/pg-time.ts';
@@ -107,6 +108,10 @@ export async function createCluster(config: ClusterConfig, logger: Logger, optio
     for (const [index, node] of config.nodes.entries()) {
       inits.set(node.name, (await initNode(conns.get(node.name) as Sql, initOptions(index, node))).created);
     }
+    // One cluster key on every node: the first node's (docs/security.md, "Authenticated messages"). Also how an
+    // existing cluster gets one on upgrade: each node's catalog upgrade made its own.
+    const [first, ...others] = config.nodes;
+    if (first) await shareClusterKey(conns.get(first.name) as Sql, others.map((n) => ({ name: n.name, sql: conns.get(n.name) as Sql })));
     const tables = await addTablesEverywhere(conns, options.tables);
     for (const node of config.nodes) {
       nodes.push({ name: node.name, created: inits.get(node.name) ?? false, tables: tables.get(node.name) as AddTablesResult });

@@ -25,7 +25,7 @@ import { connectionError, openSql, type Sql } from '../pg/connect.ts';
 import { quoteIdent } from '../pg/quote.ts';
 import { firesDdlTrigger, loadParser, splitStatements, type RawStatement } from './statements.ts';
 
-/** Prefix of the markers the lock writes into each node's WAL (ignored by the apply side, like every other prefix). */
+/** Prefix of the markers the lock writes into each node's WAL (signed like every pgmesh message; nothing to apply). */
 const LOCK_MARKER_PREFIX = 'pgmesh.ddl_lock';
 const POLL_MS = 100;
 
@@ -215,7 +215,7 @@ async function fence(h: Held, targets: LockTargets, timeoutMs: number): Promise<
 
 async function marker(h: Held, what: string): Promise<Lsn> {
   const rows = await h.session
-    .unsafe<{ lsn: string }[]>(`SELECT pg_catalog.pg_logical_emit_message(true, $1, $2)::text AS lsn`, [LOCK_MARKER_PREFIX, what])
+    .unsafe<{ lsn: string }[]>(`SELECT pgmesh.emit_message($1, $2)::text AS lsn`, [LOCK_MARKER_PREFIX, what])
     .catch((error: unknown) => {
       throw lockError(error, 'the lock was released', h.node);
     });

@@ -16,6 +16,7 @@
  * Run again after any failure (the process killed, a server gone): it undoes what the last attempt left and starts
  * over. Until step 6 has finished the new node is 'joining' and its agent refuses to start.
  */
+import { shareClusterKey } from '../ddl/message-auth.ts';
 import { PgmeshError, errorMessage } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
 import { formatLsn, parseLsn, type Lsn } from '../core/lsn.ts';
@@ -196,6 +197,8 @@ async function join(
 
   // 2. The joining node: catalog, 'joining', and nothing left of an earlier attempt.
   await initNode(conns.joining, initOptions);
+  // The cluster's key, so that its peers accept the messages it writes and it accepts theirs (docs/security.md).
+  await shareClusterKey(memberSql(conns, source.name), [{ name, sql: conns.joining }]);
   // A catalog installed earlier (pgmesh init) may carry another slot number: the one chosen here is free.
   await conns.joining.unsafe(`UPDATE pgmesh.local_node SET node_slot = $1::text::int, max_nodes = greatest(max_nodes, $1::text::int)`, [String(nodeSlot)]);
   await setMembership(conns.joining, { state: plan.state, source: source.name, phase: 'preparing', tablesTotal: tables.length });
@@ -238,7 +241,7 @@ async function join(
     if (node.name === source.name) continue;
     const sql = memberSql(conns, node.name);
     await ensureSlotFor(sql, name);
-    const rows = await sql.unsafe<{ lsn: string }[]>(`SELECT pg_catalog.pg_logical_emit_message(true, $1, $2)::text AS lsn`, [JOIN_MARKER_PREFIX, name]);
+    const rows = await sql.unsafe<{ lsn: string }[]>(`SELECT pgmesh.emit_message($1, $2)::text AS lsn`, [JOIN_MARKER_PREFIX, name]);
     markers.set(node.name, parseLsn(rows[0]?.lsn ?? '0/0'));
   }
   await waitForSourceCatchUp(sourceSql, source.name, markers, options.catchUpTimeoutMs ?? DEFAULT_CATCH_UP_MS);
