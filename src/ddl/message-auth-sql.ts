@@ -28,7 +28,7 @@ SELECT pg_catalog.sha256(pg_catalog.convert_to(gen_random_uuid()::text || gen_ra
 
 -- HMAC-SHA256 (RFC 2104) from the built-in sha256: 64-byte blocks, key padded with zeros, ipad 0x36, opad 0x5c.
 CREATE FUNCTION pgmesh.hmac_sha256(key bytea, message bytea) RETURNS bytea
-LANGUAGE plpgsql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $fn$
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
   k bytea := CASE WHEN octet_length(key) > 64 THEN sha256(key) ELSE key END;
   ipad bytea;
