@@ -2,6 +2,7 @@
 /** The pgmesh command: a thin shell over the library; one file per command. */
 import { Command } from 'commander';
 import { fail } from './common.ts';
+import { pgmeshVersion } from './self.ts';
 import { registerCheck } from './check.ts';
 import { registerCluster } from './cluster.ts';
 import { registerDdl } from './ddl.ts';
@@ -16,6 +17,7 @@ import { registerTables } from './tables.ts';
 
 const program = new Command('pgmesh')
   .description('active-active replication for unmodified PostgreSQL 16-18')
+  .version(pgmeshVersion(), '-V, --version', 'print the version')
   .option('-c, --config <file>', 'cluster configuration (JSON); or set PGMESH_CONFIG')
   .option('--log-level <level>', 'debug, info, warn, error or silent')
   .showHelpAfterError()
