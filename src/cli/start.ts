@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { Agent } from '../agent/agent.ts';
 import { errorMessage } from '../core/errors.ts';
-import { configFrom, loggerFor, type GlobalOptions } from './common.ts';
+import { agentLoggerFor, configFrom, type GlobalOptions } from './common.ts';
 
 export function registerStart(program: Command): void {
   program
@@ -10,7 +10,7 @@ export function registerStart(program: Command): void {
     .requiredOption('--node <name>', 'the node this agent serves')
     .action(async (options: { node: string }, command: Command) => {
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
-      const logger = loggerFor(config);
+      const logger = agentLoggerFor(config);
       const agent = await Agent.start(config, options.node, logger);
       // Listening until the agent has stopped: a second signal (a wrapper such as npm or tsx passes one on) must
       // not end the process halfway through stopping.
