@@ -3,11 +3,12 @@
  * Topology: one server where pgmesh was never installed; then 2 servers, created by the CLI with a table that has no
  * key, linked, first without agents and then with both running.
  * Scenario: commands on the uninitialized node, bad option values, --json errors, cluster create's partial success,
- * status --check before and after the agents stream, status --watch into a pipe.
+ * status --check before and after the agents stream, status --watch into a pipe, node add's output.
  * Without the code under test: `relation "pgmesh.conflict" does not exist` instead of "not initialized"; `ddl 'select
  * 1'` says it ran and replicates (exit 0) on a node without pgmesh; errors are prose even with --json; `conflicts
  * --type bogus` and `demo --rate -1` are accepted; cluster create exits 1 under a "linked" success line; status exits 0
- * with no link streaming (and has no --check); --watch writes clear-screen codes into a pipe, without timestamps.
+ * with no link streaming (and has no --check); --watch writes clear-screen codes into a pipe, without timestamps;
+ * node add's info-level JSON log lines come out between its progress lines.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -110,5 +111,12 @@ test('cluster create with a table left out, status --check, and status --watch i
       await watch.exited;
     }
     assert.doesNotMatch(seen, /\x1b/, 'no escape codes into a pipe');
+
+    // node add runs agent steps in-process: their log lines stay out of what it prints (stdout one JSON document).
+    const n3 = await cluster.startServer('n3', schema);
+    const added = await pgmesh(['node', 'add', 'n3', '--dsn', n3.server.dsn, '--from', 'n1', '--json'], { config: cluster.configPath, timeoutMs: 120_000 });
+    assert.equal(added.code, 0, added.output);
+    assert.equal((JSON.parse(added.stdout) as { name?: string }).name ?? 'n3', 'n3');
+    assert.doesNotMatch(added.stderr, /"level":\s*30/, `no info-level log lines:\n${added.stderr}`);
   });
 });
