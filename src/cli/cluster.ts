@@ -30,7 +30,7 @@ export function registerCluster(program: Command): void {
       process.stdout.write(`linked ${config.nodes.length} nodes (${result.slotsCreated} new slots)\n`);
       if (refused.length > 0) {
         process.stdout.write(`INCOMPLETE: ${refused.length} table(s) do not replicate: ${refused.join(', ')}\n`);
-        process.stderr.write(`pgmesh: cluster created in part: ${refused.join(', ')} not replicated; fix what is said above for each, then run "pgmesh tables add"\n`);
+        process.stderr.write(`pgmesh: not replicated: ${refused.join(', ')}; fix what is said above for each, then run "pgmesh tables add"\n`);
       } else {
         process.stdout.write('cluster created; start an agent per node: pgmesh start --node <name>\n');
       }
