@@ -35,11 +35,25 @@ test('a node without pgmesh: every command says "not initialized", in text and i
     const second = new URL(server.dsn);
     second.pathname = '/second';
     writeFileSync(config, JSON.stringify({ nodes: [{ name: 'n1', dsn: server.dsn }, { name: 'n2', dsn: second.href }] }));
-    const runs: string[][] = [['conflicts', '--node', 'n1'], ['exceptions', 'list', '--node', 'n1'], ['resume', '--node', 'n1', '--peer', 'n2'], ['ddl', 'select 1', '--node', 'n1']];
+    await sql.unsafe('CREATE TABLE t (id int PRIMARY KEY)');
+    const runs: string[][] = [
+      ['conflicts', '--node', 'n1'],
+      ['conflicts', 'restore', '1', '--node', 'n1'],
+      ['exceptions', 'list', '--node', 'n1'],
+      ['exceptions', 'replay', '1', '--node', 'n1'],
+      ['exceptions', 'discard', '1', '--node', 'n1'],
+      ['resume', '--node', 'n1', '--peer', 'n2'],
+      ['ddl', 'select 1', '--node', 'n1'],
+      ['tables', 'add', 'public.t'],
+      ['tables', 'remove', 'public.t'],
+      ['tables', 'policy', 'public.t', '--conflicts', 'keep_local'],
+      ['tables', 'delta', 'public.t', 'id'],
+    ];
     for (const args of runs) {
       const text = await pgmesh(args, { config });
       assert.equal(text.code, 1, `pgmesh ${args.join(' ')} fails:\n${text.output}`);
-      assert.match(text.stderr, /not initialized/, `pgmesh ${args.join(' ')}`);
+      // The wording of the commands that always checked (tables, start) or the one added for the others.
+      assert.match(text.stderr, /not initialized|has no pgmesh catalog; run "pgmesh init"/, `pgmesh ${args.join(' ')}`);
       assert.doesNotMatch(text.output, /does not exist|replicates/, `pgmesh ${args.join(' ')}`);
       assert.equal(text.stdout, '', `pgmesh ${args.join(' ')}: nothing on stdout`);
 
