@@ -181,7 +181,7 @@ export function registerStatus(program: Command): void {
         } else {
           const lines = [formatStatus(status)];
           if (health) lines.push('', health.healthy ? 'check: ok' : `check: ${health.problems.length} problem(s)\n${health.problems.map((p) => `  ${p.message}`).join('\n')}`);
-          const header = options.watch === undefined ? '' : redraw ? '\x1b[2J\x1b[H' : `--- ${status.at}\n`;
+          const header = options.watch === undefined ? '' : `${redraw ? '\x1b[2J\x1b[H' : ''}--- ${status.at}\n`;
           process.stdout.write(`${header}${lines.join('\n')}\n${options.watch !== undefined && !redraw ? '\n' : ''}`);
         }
         return failing;
