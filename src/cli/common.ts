@@ -107,9 +107,13 @@ export function answer(json: boolean | undefined, value: unknown, text: string):
   else process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
 }
 
-/** Refuses a node where pgmesh was never installed, before a command reads or changes its catalog. */
+/**
+ * Refuses a node where pgmesh was never installed, before a command reads or changes its catalog. Read from the
+ * system catalogs: to_regclass fails with "permission denied for schema pgmesh" for a role without USAGE on it.
+ */
 export async function requireInitialized(sql: { unsafe: (query: string) => PromiseLike<readonly { initialized?: boolean }[]> }, node: string): Promise<void> {
-  const rows = await sql.unsafe(`SELECT pg_catalog.to_regclass('pgmesh.local_node') IS NOT NULL AS initialized`);
+  const rows = await sql.unsafe(`SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                       WHERE n.nspname = 'pgmesh' AND c.relname = 'local_node') AS initialized`);
   if (rows[0]?.initialized !== true) {
     throw new PgmeshError('NOT_INITIALIZED', `node ${node} is not initialized (no pgmesh catalog): run "pgmesh init --node ${node}" or "pgmesh cluster create" first`, {
       context: { node },

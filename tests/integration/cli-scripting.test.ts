@@ -3,7 +3,8 @@
  * Topology: one server where pgmesh was never installed; then 2 servers, created by the CLI with a table that has no
  * key, linked, first without agents and then with both running.
  * Scenario: commands on the uninitialized node, bad option values, --json errors, cluster create's partial success,
- * status --check before and after the agents stream, status --watch into a pipe, node add's output.
+ * status --check before and after the agents stream, status --watch into a pipe, ddl as a LOGIN-only role, node
+ * add's output.
  * Without the code under test: `relation "pgmesh.conflict" does not exist` instead of "not initialized"; `ddl 'select
  * 1'` says it ran and replicates (exit 0) on a node without pgmesh; errors are prose even with --json; `conflicts
  * --type bogus` and `demo --rate -1` are accepted; cluster create exits 1 under a "linked" success line; status exits 0
@@ -16,6 +17,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pgmesh, spawnPgmesh } from '../support/cli.ts';
 import { eventually, withCluster, withServer } from '../support/cluster.ts';
+import { dsnAs } from '../support/roles.ts';
 
 interface JsonError {
   readonly error: { readonly code: string; readonly message: string };
@@ -125,6 +127,13 @@ test('cluster create with a table left out, status --check, and status --watch i
       await watch.exited;
     }
     assert.doesNotMatch(seen, /\x1b/, 'no escape codes into a pipe');
+
+    // A LOGIN-only role (no right in schema pgmesh, as an application's) runs ddl: the check that the node has pgmesh
+    // reads the system catalogs, which it may (to_regclass('pgmesh.local_node') fails: permission denied for schema).
+    await cluster.node('n1').sql.unsafe(`CREATE ROLE app LOGIN PASSWORD 'app-pw'`);
+    const asApp = await pgmesh(['ddl', 'select 1', '--node', 'n1'], { config: cluster.configPath, env: { PGMESH_DSN_N1: dsnAs(cluster.node('n1'), 'app', 'app-pw') } });
+    assert.equal(asApp.code, 0, asApp.output);
+    assert.match(asApp.stdout, /^ran on n1; it replicates to n2/);
 
     // node add runs agent steps in-process: their log lines stay out of what it prints (stdout one JSON document).
     const n3 = await cluster.startServer('n3', schema);
