@@ -12,6 +12,8 @@ export function registerDemo(program: Command): void {
     .option('--pg <major>', 'PostgreSQL major: 16, 17 or 18 (default: $PGMESH_PG_MAJOR or 17)')
     .option('--dir <path>', 'where the servers live (wiped at start)', '.pgmesh/demo')
     .option('--duration <seconds>', 'stop by itself after this long (0 = until Ctrl-C)', seconds(0, 86_400), 0)
+    // The live view is for people; --json makes an error that ends the demo JSON on stdout, as for every command.
+    .option('--json', 'an error that ends the demo as JSON on stdout')
     .option('--rate <writes/s>', 'writes per second, spread over the nodes (0.2-100)', decimal(0.2, 100, 'a number of writes per second'), 5)
     .action(async (options: { nodes: number; pg?: string; dir: string; duration: number; rate: number }) => {
       const nodes = options.nodes;
