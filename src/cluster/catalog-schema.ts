@@ -9,6 +9,7 @@ import { DDL_LOCK_MIGRATION, DDL_LOG_MIGRATION, SEQUENCE_GUARD_MIGRATION } from 
 import { TRUNCATE_LOCK_MIGRATION, TRUNCATE_MIGRATION } from './truncate-sql.ts';
 import { VERSION_HORIZON_MIGRATION } from './version-horizon-sql.ts';
 import { RETIRED_ORIGINS_MIGRATION } from './retired-origins-sql.ts';
+import { SEQUENCE_STATUS_MIGRATION } from './sequence-status-sql.ts';
 
 export const CATALOG_SCHEMA = 'pgmesh';
 export const PUBLICATION = 'pgmesh';
@@ -846,6 +847,7 @@ CREATE TABLE pgmesh.membership_table (
   /* 22: origins of nodes that left keep their ids, read as those nodes (src/cluster/retired-origins-sql.ts) */ RETIRED_ORIGINS_MIGRATION,
   /* 23: authenticated messages (cluster key, signed DDL messages and markers), only DDL statements shipped, a statement
      counter and a capture switch users cannot set, only tables a replayed statement created join (src/ddl/capture-trust-sql.ts) */ CAPTURE_TRUST_MIGRATION,
+  /* 24: sequence_status.values_left without bigint overflow on a sequence never called yet (src/cluster/sequence-status-sql.ts) */ SEQUENCE_STATUS_MIGRATION,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

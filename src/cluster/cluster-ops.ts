@@ -246,6 +246,8 @@ export interface LinkStatus {
   /** A walsender is streaming the slot (the subscriber's agent is connected). */
   readonly streaming: boolean;
   readonly slotStatus: string;
+  /** The share (0-1) of max_slot_wal_keep_size the slot's retained WAL takes; null when there is no limit. */
+  readonly walLimitUsed: number | null;
   /** WAL the publisher has written that the subscriber has not confirmed durable. */
   readonly lagBytes: number | null;
   readonly appliedXacts: number | null;
@@ -353,7 +355,7 @@ export interface ClusterStatus {
 
 interface NodeFacts {
   status: NodeStatus;
-  slots: Map<string, { active: boolean; walStatus: string | null; lagBytes: number | null }>;
+  slots: Map<string, { active: boolean; walStatus: string | null; lagBytes: number | null; walLimitUsed: number | null }>;
   progress: Map<string, PeerProgress>;
   /** For the membership assessment; undefined when the node could not be read. */
   member: MemberFacts | undefined;
@@ -402,12 +404,17 @@ async function readNode(node: NodeConfig, logger: Logger, opened: Map<string, Sq
     );
     const initialized = info[0]?.initialized === true;
     reached = { version: info[0]?.version ?? null, initialized };
-    const slots = new Map<string, { active: boolean; walStatus: string | null; lagBytes: number | null }>();
-    for (const row of await sql.unsafe<{ slot_name: string; active: boolean; wal_status: string | null; lag: string | null }[]>(
-      `SELECT slot_name, active, wal_status, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint::text AS lag
+    const slots = new Map<string, { active: boolean; walStatus: string | null; lagBytes: number | null; walLimitUsed: number | null }>();
+    // safe_wal_size: how much more WAL the slot may hold before max_slot_wal_keep_size invalidates it (NULL: no limit).
+    for (const row of await sql.unsafe<{ slot_name: string; active: boolean; wal_status: string | null; lag: string | null; retained: string | null; safe: string | null }[]>(
+      `SELECT slot_name, active, wal_status, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint::text AS lag,
+              pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint::text AS retained, safe_wal_size::text AS safe
          FROM pg_catalog.pg_replication_slots WHERE slot_name LIKE 'pgmesh\\_%'`,
     )) {
-      slots.set(row.slot_name, { active: row.active, walStatus: row.wal_status, lagBytes: row.lag === null ? null : Number(row.lag) });
+      const retained = row.retained === null ? null : Number(row.retained);
+      const safe = row.safe === null ? null : Math.max(0, Number(row.safe));
+      const walLimitUsed = retained === null || safe === null ? null : retained + safe === 0 ? 1 : retained / (retained + safe);
+      slots.set(row.slot_name, { active: row.active, walStatus: row.wal_status, lagBytes: row.lag === null ? null : Number(row.lag), walLimitUsed });
     }
     const slotHealth: SlotHealth[] = await readSlotHealth(sql);
     const membership = initialized ? ((await readMembership(sql)) ?? null) : null;
@@ -588,6 +595,7 @@ async function readCluster(config: ClusterConfig, logger: Logger, opened: Map<st
         to: to.status.name,
         streaming: slot?.active ?? false,
         slotStatus: !from.status.reachable ? 'unknown' : slot ? (slot.walStatus ?? 'ok') : 'missing',
+        walLimitUsed: slot?.walLimitUsed ?? null,
         lagBytes: slot?.lagBytes ?? null,
         appliedXacts: progress?.appliedXacts ?? null,
         lastAppliedAt: progress?.appliedAt ?? null,

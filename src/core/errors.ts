@@ -4,6 +4,8 @@
  * Messages say what to do, and never carry a password.
  */
 export type PgmeshErrorCode =
+  /** The command line itself: an unknown command or option, a missing or malformed value (exit code 2). */
+  | 'USAGE'
   | 'CONFIG_INVALID'
   | 'SERVER_SETTINGS'
   | 'CONNECTION_FAILED'
