@@ -137,7 +137,12 @@ test('cluster create with a table left out, status --check, and status --watch i
 
     // node add runs agent steps in-process: their log lines stay out of what it prints (stdout one JSON document).
     const n3 = await cluster.startServer('n3', schema);
-    const added = await pgmesh(['node', 'add', 'n3', '--dsn', n3.server.dsn, '--from', 'n1', '--json'], { config: cluster.configPath, timeoutMs: 120_000 });
+    // Its password in PGMESH_DSN_N3, not on the command line (where pgmesh refuses it).
+    const added = await pgmesh(['node', 'add', 'n3', '--from', 'n1', '--json'], {
+      config: cluster.configPath,
+      env: { PGMESH_DSN_N3: n3.server.dsn },
+      timeoutMs: 120_000,
+    });
     assert.equal(added.code, 0, added.output);
     assert.equal((JSON.parse(added.stdout) as { name?: string }).name ?? 'n3', 'n3');
     assert.doesNotMatch(added.stderr, /"level":\s*30/, `no info-level log lines:\n${added.stderr}`);
