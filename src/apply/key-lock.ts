@@ -119,12 +119,12 @@ export function buildKeyLock(shape: StatementShape, mode: KeyLockMode, rowLocks:
     const param = (position: number): string => asColumnType(b, position, `$${++next}::text`);
     const keyValues = b.keyPositions.map(param);
     const locks = [
-      { a: int4(b.local.oid), sql: `pg_catalog.pg_advisory_xact_lock(${int4(b.local.oid)}, pg_catalog.hashtext(jsonb_build_array(${keyValues.join(', ')})::text))` },
+      { a: int4(b.local.oid), sql: `pg_catalog.pg_advisory_xact_lock(${int4(b.local.oid)}, pg_catalog.hashtext(pg_catalog.jsonb_build_array(${keyValues.join(', ')})::text))` },
       ...layout.indexes.map((x) => {
         const values = x.values.map((v) => param(v.position));
         return {
           a: int4(x.oid),
-          sql: `CASE WHEN ${values.map((v) => `${v} IS NULL`).join(' OR ')} THEN NULL ELSE pg_catalog.pg_advisory_xact_lock(${int4(x.oid)}, pg_catalog.hashtext(jsonb_build_array(${values.join(', ')})::text)) END`,
+          sql: `CASE WHEN ${values.map((v) => `${v} IS NULL`).join(' OR ')} THEN NULL ELSE pg_catalog.pg_advisory_xact_lock(${int4(x.oid)}, pg_catalog.hashtext(pg_catalog.jsonb_build_array(${values.join(', ')})::text)) END`,
         };
       }),
     ].sort((x, y) => x.a - y.a);
@@ -132,10 +132,10 @@ export function buildKeyLock(shape: StatementShape, mode: KeyLockMode, rowLocks:
   }
   // The lock keys: the key as tombstones spell it, each unique value as claims spell it (NULLs never collide).
   const hashes = [
-    `SELECT ${int4(b.local.oid)} AS a, pg_catalog.hashtext(jsonb_build_array(${keyAliases.map((k) => `u.${k}`).join(', ')})::text) AS h FROM u`,
+    `SELECT ${int4(b.local.oid)} AS a, pg_catalog.hashtext(pg_catalog.jsonb_build_array(${keyAliases.map((k) => `u.${k}`).join(', ')})::text) AS h FROM u`,
     ...layout.indexes.map((x, i) => {
       const values = x.values.map((_, j) => `u.q${i}_${j}`);
-      return `SELECT ${int4(x.oid)}, pg_catalog.hashtext(jsonb_build_array(${values.join(', ')})::text) FROM u WHERE ${values.map((v) => `${v} IS NOT NULL`).join(' AND ')}`;
+      return `SELECT ${int4(x.oid)}, pg_catalog.hashtext(pg_catalog.jsonb_build_array(${values.join(', ')})::text) FROM u WHERE ${values.map((v) => `${v} IS NOT NULL`).join(' AND ')}`;
     }),
   ];
   const text =

@@ -118,6 +118,8 @@ class Held {
       applicationName: 'pgmesh ddl --lock',
       logger,
       max: 1,
+      // It runs the operator's statements, whose names resolve as in psql; its own statements are qualified.
+      userSearchPath: true,
       connectTimeoutS: Math.max(1, Math.ceil(timeoutMs / 1000)),
       parameters: { lock_timeout: String(timeoutMs) },
       onClose: () => {
@@ -198,7 +200,7 @@ async function fence(h: Held, targets: LockTargets, timeoutMs: number): Promise<
     ? `SELECT pg_catalog.pg_advisory_lock(pgmesh.ddl_lock_key(0))`
     : // Only the tables that exist and replicate here (one created by the same statements has nothing to fence yet).
       `SELECT count(pg_catalog.pg_advisory_lock(pgmesh.ddl_lock_key(pr.prrelid)))
-         FROM jsonb_array_elements_text($1::text::jsonb) t(name)
+         FROM pg_catalog.jsonb_array_elements_text($1::pg_catalog.text::pg_catalog.jsonb) t(name)
          JOIN pg_catalog.pg_publication_rel pr ON pr.prrelid = pg_catalog.to_regclass(t.name)
          JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid AND p.pubname = 'pgmesh'`;
   await h.session.unsafe(query, targets.all ? [] : [JSON.stringify(targets.tables)]).catch((error: unknown) => {
@@ -231,7 +233,7 @@ async function waitApplied(held: readonly Held[], markers: readonly { from: stri
       for (const m of markers) {
         const key = `${h.node.name}\u0000${m.from}`;
         if (!behind.has(key)) continue;
-        const rows = await h.session.unsafe<{ end_lsn: string }[]>(`SELECT end_lsn::text FROM pgmesh.progress WHERE peer = $1`, [m.from]).catch((error: unknown) => {
+        const rows = await h.session.unsafe<{ end_lsn: string }[]>(`SELECT end_lsn::pg_catalog.text FROM pgmesh.progress WHERE peer = $1`, [m.from]).catch((error: unknown) => {
           throw lockError(error, `${state}; the lock was released`, h.node);
         });
         const at = rows[0] ? parseLsn(rows[0].end_lsn) : undefined;

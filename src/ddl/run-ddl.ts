@@ -29,7 +29,7 @@ export async function runDdl(config: ClusterConfig, logger: Logger, statements: 
     await runLockedDdl(config, logger, statements, node, { timeoutMs: options.lockTimeoutMs ?? DEFAULT_LOCK_TIMEOUT_MS });
     return { node: node.name };
   }
-  const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh ddl', logger, max: 1 });
+  const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh ddl', logger, max: 1, userSearchPath: true });
   try {
     await sql.unsafe(statements).catch((error: unknown) => {
       if (sqlState(error) === undefined) throw connectionError(error, node.name, node.dsn);
