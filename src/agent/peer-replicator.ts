@@ -17,6 +17,7 @@ import { Applier, durableProgress } from '../apply/applier.ts';
 import { originName, slotName, PUBLICATION } from '../cluster/catalog-schema.ts';
 import type { Sql } from '../pg/connect.ts';
 import { ReplicationConnection } from '../pg/replication-connection.ts';
+import { verifyPeerIdentity } from '../cluster/peer-identity.ts';
 import { PeerStream } from '../stream/peer-stream.ts';
 import { ackFloor } from '../membership/slot-health.ts';
 import type { AgentTuning } from '../config/config.ts';
@@ -228,6 +229,14 @@ export class PeerReplicator {
         return;
       }
       this.connecting = connection;
+      // Whom it reached, before anything else: a connection string pointed elsewhere streams nothing.
+      try {
+        const node = await connection.pgmeshNode();
+        await verifyPeerIdentity(this.options.catalog, localNode, peer, { ...connection.system, ...node }, logger);
+      } catch (error) {
+        await connection.close();
+        throw error;
+      }
       const slot = slotName(localNode);
       const state = await connection.slotState(slot).catch(async (error) => {
         await connection.close();

@@ -122,7 +122,7 @@ export async function loadLocalRelation(sql: Sql, schema: string, name: string):
             json_agg(a.attname ORDER BY k.n)::text AS columns
        FROM pg_catalog.pg_index i
        JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid
-       JOIN LATERAL pg_catalog.unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) ON k.n <= i.indnkeyatts
+       JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) ON k.n <= i.indnkeyatts
        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
       WHERE i.indrelid = $1::text::oid AND i.indisunique AND NOT i.indisprimary
         AND i.indexprs IS NULL AND i.indpred IS NULL

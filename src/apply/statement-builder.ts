@@ -98,7 +98,7 @@ export function asColumnType(b: RelationBinding, p: number, expr: string): strin
 export function source(aliases: readonly string[], multiRow: boolean): string {
   const params = aliases.map((_, i) => `$${i + 1}::text${multiRow ? '[]' : ''}`);
   return multiRow
-    ? `pg_catalog.unnest(${params.join(', ')}) WITH ORDINALITY AS s(${[...aliases, 'ord'].join(', ')})`
+    ? `unnest(${params.join(', ')}) WITH ORDINALITY AS s(${[...aliases, 'ord'].join(', ')})`
     : `(VALUES (${[...params, '1::bigint'].join(', ')})) AS s(${[...aliases, 'ord'].join(', ')})`;
 }
 
@@ -345,7 +345,7 @@ export function buildDeferredUniqueCheck(binding: RelationBinding, index: Deferr
   const detail = `pg_catalog.format('Key (%s)=(%s) already exists.', ${quoteLiteral(index.columns.map(quoteIdentIfNeeded).join(', '))}, pg_catalog.concat_ws(', ', ${index.columns.map((c) => `x.${quoteIdent(c)}::text`).join(', ')}))`;
   return (
     `SELECT pgmesh.raise_unique_violation(${quoteLiteral(index.name)}, ${quoteLiteral(local.schema)}, ${quoteLiteral(local.name)}, ${detail}) ` +
-    `FROM pg_catalog.unnest(${keys.map((_, i) => `$${i + 1}::text[]`).join(', ')}) AS k(${sourceColumns.join(', ')}) JOIN ${table} x ON ${join} ` +
+    `FROM unnest(${keys.map((_, i) => `$${i + 1}::text[]`).join(', ')}) AS k(${sourceColumns.join(', ')}) JOIN ${table} x ON ${join} ` +
     `WHERE ${existsProbe(`${table} y`, `${same} AND NOT (${other})`)} LIMIT 1`
   );
 }

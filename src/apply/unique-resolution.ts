@@ -283,7 +283,7 @@ export function buildUniqueClaimCheck(binding: RelationBinding, ctx: StatementCo
     .join(' OR ');
   return (
     `SELECT pgmesh.raise_error('PM004', 'pgmesh: fast path miss', ${quoteLiteral(String(local.oid))}) ` +
-    `FROM pg_catalog.unnest(${keys.map((_, i) => `$${i + 1}::text[]`).join(', ')}) AS k(${keys.map((_, i) => `k${i}`).join(', ')}) ` +
+    `FROM unnest(${keys.map((_, i) => `$${i + 1}::text[]`).join(', ')}) AS k(${keys.map((_, i) => `k${i}`).join(', ')}) ` +
     `JOIN ${local.qualified} x ON ${keys.map((k, i) => `x.${quoteIdent(k)} = k.k${i}::${keyType(k)}`).join(' AND ')} ` +
     `JOIN pgmesh.unique_claim c ON c.relid = ${rel} AND (${values}) AND c.pkey <> pg_catalog.jsonb_build_array(${keys.map((k) => `x.${quoteIdent(k)}`).join(', ')})::text ` +
     `CROSS JOIN LATERAL pgmesh.claim_version(c.xmin, c.ts, c.node, ${quoteLiteral(ctx.localNode)}) cv ` +

@@ -8,6 +8,7 @@ import { DDL_LOCK_MIGRATION, DDL_LOG_MIGRATION, SEQUENCE_GUARD_MIGRATION } from 
 import { TRUNCATE_LOCK_MIGRATION, TRUNCATE_MIGRATION } from './truncate-sql.ts';
 import { VERSION_HORIZON_MIGRATION } from './version-horizon-sql.ts';
 import { RETIRED_ORIGINS_MIGRATION } from './retired-origins-sql.ts';
+import { PEER_IDENTITY_MIGRATION } from './peer-identity.ts';
 
 export const CATALOG_SCHEMA = 'pgmesh';
 export const PUBLICATION = 'pgmesh';
@@ -843,6 +844,7 @@ CREATE TABLE pgmesh.membership_table (
 );
 `,
   /* 22: origins of nodes that left keep their ids, read as those nodes (src/cluster/retired-origins-sql.ts) */ RETIRED_ORIGINS_MIGRATION,
+  /* 23: the cluster id, and each peer's identity recorded at link time (src/cluster/peer-identity.ts) */ PEER_IDENTITY_MIGRATION,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

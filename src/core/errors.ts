@@ -19,6 +19,8 @@ export type PgmeshErrorCode =
   | 'PROTOCOL'
   | 'APPLY_FAILED'
   | 'BUSY'
+  /** A peer's connection string reaches another node than the one linked (src/cluster/peer-identity.ts). */
+  | 'PEER_MISMATCH'
   | 'INTERNAL';
 
 export type ErrorContext = Readonly<Record<string, string | number | bigint | boolean | undefined>>;
