@@ -146,7 +146,9 @@ export class PeerReplicator {
         // The row's values, which the message leaves out (personal data), only when asked for.
         const values = serverValues(error);
         if (values) log.debug({ peer: this.options.peer, ...values }, 'the server\'s own words about that failure');
-        if (sqlstate === SQLSTATE.conflictPause || sqlstate === SQLSTATE.exceptionPause) {
+        // A connection string that reaches another node: paused in the catalog (status shows why), not retried until
+        // the operator has fixed it and resumed.
+        if (sqlstate === SQLSTATE.conflictPause || sqlstate === SQLSTATE.exceptionPause || code === 'PEER_MISMATCH') {
           await this.pause(errorMessage(error));
           continue;
         }

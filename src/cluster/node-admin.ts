@@ -401,7 +401,8 @@ export async function ensurePeer(sql: Sql, peer: PeerLink): Promise<void> {
     // Linking (again) records who the peer is now: the operator's command, with every node's connection at hand.
     await tx.unsafe(
       `INSERT INTO pgmesh.peer (node_name, node_slot, endpoint, system_identifier, database_name, cluster_id, identity_recorded_at, identity_source)
-       VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.text::pg_catalog.uuid, CASE WHEN $4 IS NOT NULL THEN pg_catalog.now() END, CASE WHEN $4 IS NOT NULL THEN 'link' END)
+       VALUES ($1, $2, $3, $4::pg_catalog.text, $5::pg_catalog.text, $6::pg_catalog.text::pg_catalog.uuid,
+               CASE WHEN $4::pg_catalog.text IS NOT NULL THEN pg_catalog.now() END, CASE WHEN $4::pg_catalog.text IS NOT NULL THEN 'link' END)
        ON CONFLICT (node_name) DO UPDATE SET node_slot = EXCLUDED.node_slot, endpoint = EXCLUDED.endpoint,
          system_identifier = EXCLUDED.system_identifier, database_name = EXCLUDED.database_name, cluster_id = EXCLUDED.cluster_id,
          identity_recorded_at = EXCLUDED.identity_recorded_at, identity_source = EXCLUDED.identity_source`,
