@@ -4,8 +4,8 @@
  */
 
 import { DDL_CAPTURE_MIGRATION } from '../ddl/capture-sql.ts';
-import { DDL_LOCK_MIGRATION, DDL_LOG_MIGRATION, SEQUENCE_GUARD_MIGRATION } from '../ddl/ddl-lock-sql.ts';
-import { TRUNCATE_LOCK_MIGRATION, TRUNCATE_MIGRATION } from './truncate-sql.ts';
+import { DDL_LOCK_MIGRATION, DDL_LOG_MIGRATION, SEQUENCE_GUARD_MIGRATION, DDL_FENCE_HOLDER_MIGRATION } from '../ddl/ddl-lock-sql.ts';
+import { APPLY_LOCK_MIGRATION, TRUNCATE_LOCK_MIGRATION, TRUNCATE_MIGRATION } from './truncate-sql.ts';
 import { VERSION_HORIZON_MIGRATION } from './version-horizon-sql.ts';
 import { RETIRED_ORIGINS_MIGRATION } from './retired-origins-sql.ts';
 import { PEER_IDENTITY_MIGRATION } from './peer-identity.ts';
@@ -845,6 +845,8 @@ CREATE TABLE pgmesh.membership_table (
 `,
   /* 22: origins of nodes that left keep their ids, read as those nodes (src/cluster/retired-origins-sql.ts) */ RETIRED_ORIGINS_MIGRATION,
   /* 23: the cluster id, and each peer's identity recorded at link time (src/cluster/peer-identity.ts) */ PEER_IDENTITY_MIGRATION,
+  /* 24: the apply sessions' key and table locks as rows of pgmesh.apply_lock (src/cluster/truncate-sql.ts) */ APPLY_LOCK_MIGRATION,
+  /* 25: the DDL fence counts only keys held by recorded "pgmesh ddl --lock" sessions (src/ddl/ddl-lock-sql.ts) */ DDL_FENCE_HOLDER_MIGRATION,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;
