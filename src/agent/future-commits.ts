@@ -57,7 +57,7 @@ export class FutureCommitGuard {
   async calibrate(catalog: Queryable): Promise<void> {
     if (this.options.now) return;
     const t0 = Date.now();
-    const rows = await catalog.unsafe<{ ms: string }[]>(`SELECT (pg_catalog.extract(epoch FROM pg_catalog.clock_timestamp()) * 1000)::pg_catalog.text AS ms`);
+    const rows = await catalog.unsafe<{ ms: string }[]>(`SELECT (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) * 1000)::pg_catalog.text AS ms`);
     const t1 = Date.now();
     const server = Number(rows[0]?.ms);
     if (Number.isFinite(server)) this.offsetMs = server - (t0 + t1) / 2;
