@@ -54,6 +54,8 @@ export class ReplicationConnection {
 
   /** The pgmesh node of the database reached (its name and cluster id), or nulls where it has no pgmesh catalog. */
   async pgmeshNode(): Promise<{ nodeName: string | null; clusterId: string | null }> {
+    const installed = await this.sql.unsafe<{ ok: boolean }[]>(`SELECT pg_catalog.to_regclass('pgmesh.local_node') IS NOT NULL AS ok`);
+    if (!installed[0]?.ok) return { nodeName: null, clusterId: null };
     const rows = await this.sql.unsafe<{ node_name: string | null; cluster_id: string | null }[]>(
       `SELECT n.node_name, n.cluster_id::pg_catalog.text AS cluster_id FROM pgmesh.local_node n`,
     );
