@@ -33,6 +33,7 @@ import { readMembership, type Membership } from '../membership/membership-state.
 import { assessMembership, type LeftoverSlot, type MemberFacts, type ResyncReason } from '../membership/membership-status.ts';
 import { ackFloor, readSlotHealth, type SlotHealth } from '../membership/slot-health.ts';
 import { formatLsn } from '../core/lsn.ts';
+import { ensureClusterId, readPeerIdentity, type PeerIdentity } from './peer-identity.ts';
 
 export interface CreateClusterResult {
   readonly nodes: readonly { readonly name: string; readonly created: boolean; readonly tables: AddTablesResult }[];
@@ -117,11 +118,21 @@ export async function createCluster(config: ClusterConfig, logger: Logger, optio
       nodes.push({ name: node.name, created: inits.get(node.name) ?? false, tables: tables.get(node.name) as AddTablesResult });
     }
     let slotsCreated = 0;
+    // One cluster id on every node (refused when they already have different ones), then each link records who its
+    // peer is, read on the peer's own connection.
+    await ensureClusterId(conns);
+    const identities = new Map<string, PeerIdentity>();
+    for (const node of config.nodes) identities.set(node.name, await readPeerIdentity(conns.get(node.name) as Sql));
     for (const [i, publisher] of config.nodes.entries()) {
       for (const [j, subscriber] of config.nodes.entries()) {
         if (i === j) continue;
         // The origin and progress row on the subscriber exist before the slot, so nothing streamed is unaccounted.
-        await ensurePeer(conns.get(subscriber.name) as Sql, { name: publisher.name, nodeSlot: i + 1, endpoint: describeEndpoint(publisher.dsn) });
+        await ensurePeer(conns.get(subscriber.name) as Sql, {
+          name: publisher.name,
+          nodeSlot: i + 1,
+          endpoint: describeEndpoint(publisher.dsn),
+          identity: identities.get(publisher.name) as PeerIdentity,
+        });
         if ((await ensureSlotFor(conns.get(publisher.name) as Sql, subscriber.name)) === 'created') slotsCreated++;
       }
     }

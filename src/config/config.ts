@@ -48,6 +48,13 @@ export interface AgentTuning {
   readonly conflictWindowMs: number;
   /** Clock difference to a peer above which status and logs warn (last-update-wins trusts clocks). */
   readonly clockSkewWarnMs: number;
+  /**
+   * A peer's transaction whose commit timestamp is more than this ahead of the local clock is held until the clock
+   * catches up (src/agent/future-commits.ts); as the clock-skew warning, by default.
+   */
+  readonly futureCommitHoldMs: number;
+  /** Past this far ahead, the link is paused for the operator instead (a clock set wrong by more than a moment). */
+  readonly futureCommitPauseMs: number;
   /** How long a peer's table or columns that this node lacks are waited for (their DDL may be on another stream). */
   readonly schemaWaitMs: number;
   /** How often tombstones that every peer is past are removed. */
@@ -94,6 +101,8 @@ export const DEFAULT_TUNING: AgentTuning = {
   applyRetries: 10,
   conflictWindowMs: 10_000,
   clockSkewWarnMs: 500,
+  futureCommitHoldMs: 500,
+  futureCommitPauseMs: 300_000,
   schemaWaitMs: 10_000,
   tombstoneGcIntervalMs: 60_000,
   tombstoneMarginMs: 60_000,
@@ -116,6 +125,8 @@ const TUNING_LIMITS: Record<NumericTuningKey, readonly [number, number]> = {
   applyRetries: [0, 1_000],
   conflictWindowMs: [0, 86_400_000],
   clockSkewWarnMs: [1, 3_600_000],
+  futureCommitHoldMs: [0, 3_600_000],
+  futureCommitPauseMs: [0, 31_536_000_000],
   schemaWaitMs: [0, 3_600_000],
   tombstoneGcIntervalMs: [100, 86_400_000],
   tombstoneMarginMs: [0, 86_400_000],

@@ -21,6 +21,10 @@ export type PgmeshErrorCode =
   | 'PROTOCOL'
   | 'APPLY_FAILED'
   | 'BUSY'
+  /** A peer's connection string reaches another node than the one linked (src/cluster/peer-identity.ts). */
+  | 'PEER_MISMATCH'
+  /** A peer's commit timestamp too far ahead of the local clock (src/agent/future-commits.ts). */
+  | 'CLOCK_AHEAD'
   | 'INTERNAL';
 
 export type ErrorContext = Readonly<Record<string, string | number | bigint | boolean | undefined>>;

@@ -29,7 +29,7 @@ export async function runDdl(config: ClusterConfig, logger: Logger, statements: 
     await runLockedDdl(config, logger, statements, node, { timeoutMs: options.lockTimeoutMs ?? DEFAULT_LOCK_TIMEOUT_MS });
     return { node: node.name };
   }
-  const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh ddl', logger, max: 1 });
+  const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh ddl', logger, max: 1, userSearchPath: true });
   try {
     // Without pgmesh's catalog nothing captures the change: it would run on this node alone, not replicate. Read
     // from the system catalogs: an application role running its migrations has no USAGE on schema pgmesh.

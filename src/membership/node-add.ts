@@ -48,6 +48,7 @@ import { copyTombstones, copyUniqueClaims } from './table-copy.ts';
 import { copyParallelism, copyTables, relationName, type TableJob } from './copy-tables.ts';
 import { alignReplicaIdentity, diffTableShapes, readTableShapes, type TableShape } from './table-shapes.ts';
 import { interleaveSequences } from '../cluster/sequences.ts';
+import { ensureClusterId, readPeerIdentity } from '../cluster/peer-identity.ts';
 
 export interface AddNodeOptions {
   readonly name: string;
@@ -229,8 +230,17 @@ async function join(
   // Its links from every existing node (progress set at step 6), and its own slots before anything is copied, so
   // that whatever is written on it from now on reaches the others.
   const slots = await readNodeSlots(conns, existing);
+  // The cluster's id, copied to the new node (made now for a cluster created before ids were), before any link
+  // records it.
+  const clusterId = await ensureClusterId(conns.existing);
+  await conns.joining.unsafe(`UPDATE pgmesh.local_node SET cluster_id = $1::pg_catalog.text::pg_catalog.uuid`, [clusterId]);
   for (const node of existing) {
-    await ensurePeer(conns.joining, { name: node.name, nodeSlot: slots.get(node.name) ?? 0, endpoint: describeEndpoint(node.dsn) });
+    await ensurePeer(conns.joining, {
+      name: node.name,
+      nodeSlot: slots.get(node.name) ?? 0,
+      endpoint: describeEndpoint(node.dsn),
+      identity: await readPeerIdentity(memberSql(conns, node.name)),
+    });
     await ensureSlotFor(conns.joining, node.name);
   }
 
@@ -255,8 +265,9 @@ async function join(
   await interleaveSequences(new Map([...conns.existing, [name, conns.joining]]), tables);
 
   // 6. Every existing node streams from the new one; the new node is a member.
+  const identity = await readPeerIdentity(conns.joining);
   for (const node of existing) {
-    await ensurePeer(memberSql(conns, node.name), { name, nodeSlot, endpoint: describeEndpoint(options.dsn) });
+    await ensurePeer(memberSql(conns, node.name), { name, nodeSlot, endpoint: describeEndpoint(options.dsn), identity });
   }
   await setMembership(conns.joining, { state: 'member', phase: 'done', finished: true });
   log.info({ source: source.name, rows: copied.rows, bytes: copied.bytes }, 'node add: done');

@@ -40,6 +40,12 @@ export interface OpenOptions {
   readonly onClose?: () => void;
   /** The environment the PG* variables and PGMESH_ALLOW_CLEARTEXT_PASSWORD are read from (tests); process.env. */
   readonly env?: Env;
+  /**
+   * Leave search_path as the server sets it (the role's, the database's): only for a session that runs the
+   * operator's own statements (`pgmesh ddl`), whose names resolve as in psql. pgmesh's own statements there are
+   * qualified. Every other session pins it (below).
+   */
+  readonly userSearchPath?: boolean;
 }
 
 /**
@@ -100,6 +106,9 @@ export function openSql(dsn: string, options: OpenOptions): Sql {
       IntervalStyle: 'postgres',
       extra_float_digits: '3',
       TimeZone: 'UTC',
+      // From the first statement, and again after a reconnect: nothing a role can create (a function or operator in
+      // public, in its own schema) stands in for a built-in that pgmesh's statements call unqualified.
+      ...(options.userSearchPath ? {} : { search_path: 'pg_catalog, pg_temp' }),
       ...(options.replication ? { replication: 'database' } : {}),
       ...options.parameters,
     },
