@@ -25,8 +25,13 @@
  * 10 ms poll adds a little, which the native rows show on their own, since there it is all this process does),
  * and the CPU of every process of the subscriber and publisher servers from /proc. 100% = one core busy.
  *
+ * A cost that grows with the table shows as a rate that falls during the run. For the insert workloads (each
+ * transaction writes the next keys) the bench samples the subscriber's highest key every 250 ms (an index probe) and
+ * reports the rate over the first and over the last fifth of the rows; `--preload N` first puts N rows in the table on
+ * both nodes (keys below the workload's), so the same workloads run against a large table.
+ *
  * Usage: npm run bench -- [--scale 0.1] [--runs 3] [--json] [--only insert-1row,bulk-1000] [--system pgmesh|native]
- *        [--stream-large-transactions]
+ *        [--preload 2000000] [--stream-large-transactions]
  * Never part of `npm test`.
  */
 import { execFileSync } from 'node:child_process';
@@ -40,6 +45,7 @@ import { client, createPair, killLiveServers, type ServerPair, type Sql, type Sy
 import { MARKER_TABLE, TABLE, workloads, type Workload } from './support/workloads.ts';
 
 const POLL_INTERVAL_MS = 10;
+const PROGRESS_SAMPLE_MS = 250;
 /** --stream-large-transactions: pgmesh's tuning.streamLargeTransactions on (native keeps streaming off). */
 let streamLargeTransactions = false;
 const pgmeshTuning = (): Record<string, unknown> => (streamLargeTransactions ? { streamLargeTransactions: true } : {});
@@ -69,6 +75,9 @@ interface RunResult {
    */
   readonly nodeSyscallsPerTxn: SyscallCount | undefined;
   readonly generateSeconds: number;
+  /** Rows/s over the first and the last fifth of the rows (workloads with progressByKey). */
+  readonly startRowsPerS: number | undefined;
+  readonly endRowsPerS: number | undefined;
 }
 
 interface BusyProcess {
@@ -85,6 +94,8 @@ interface SystemSummary {
   readonly subscriberBusiestCpuPct: number;
   readonly publisherCpuPct: number;
   readonly otherCpuPct: number;
+  readonly startRowsPerS: number | undefined;
+  readonly endRowsPerS: number | undefined;
   readonly runs: readonly RunResult[];
 }
 
@@ -142,12 +153,32 @@ async function generate(pair: ServerPair, workload: Workload): Promise<number> {
   return seconds;
 }
 
-async function waitForMarker(pair: ServerPair): Promise<void> {
+/** When the subscriber held `rows` of the workload's rows (ms since the consumer started). */
+interface ProgressSample {
+  readonly ms: number;
+  readonly rows: number;
+}
+
+/**
+ * Waits until the subscriber has the marker; for a workload with progressByKey, samples how many of its rows it
+ * holds on the way (its highest key).
+ */
+async function waitForMarker(pair: ServerPair, workload: Workload, t0: number): Promise<ProgressSample[]> {
   const deadline = Date.now() + CATCH_UP_TIMEOUT_MS;
   let nextFailureCheck = Date.now() + FAILURE_CHECK_INTERVAL_MS;
+  const samples: ProgressSample[] = [{ ms: 0, rows: 0 }];
+  let nextSample = performance.now() + PROGRESS_SAMPLE_MS;
   for (;;) {
     const rows = await pair.sub.unsafe<{ done: boolean }[]>(`SELECT EXISTS (SELECT 1 FROM ${MARKER_TABLE} WHERE id = 1) AS done`);
-    if (rows[0]?.done) return;
+    if (rows[0]?.done) {
+      samples.push({ ms: performance.now() - t0, rows: workload.txns * workload.rowsPerTxn });
+      return samples;
+    }
+    if (workload.progressByKey && performance.now() >= nextSample) {
+      const top = await pair.sub.unsafe<{ top: number }[]>(`SELECT coalesce(max(aid), 0) AS top FROM ${TABLE}`);
+      samples.push({ ms: performance.now() - t0, rows: Math.max(0, top[0]?.top ?? 0) });
+      nextSample = performance.now() + PROGRESS_SAMPLE_MS;
+    }
     if (Date.now() >= nextFailureCheck) {
       const failure = await pair.consumer.failure();
       if (failure) throw new Error(`${pair.system} apply failed: ${failure}\n--- subscriber log ---\n${pair.subscriber.logTail(20)}`);
@@ -193,8 +224,8 @@ function syscallsSince(before: SyscallCount | undefined): SyscallCount | undefin
   return before && after ? { reads: after.reads - before.reads, writes: after.writes - before.writes } : undefined;
 }
 
-async function runOnce(system: System, workload: Workload, major: PgMajor, profileDir: string | undefined): Promise<RunResult> {
-  const pair = await createPair({ system, major, preloadRows: workload.preloadRows, pgmeshTuning: pgmeshTuning() });
+async function runOnce(system: System, workload: Workload, major: PgMajor, profileDir: string | undefined, preload: number): Promise<RunResult> {
+  const pair = await createPair({ system, major, preloadRows: workload.preloadRows, largeTableRows: preload, pgmeshTuning: pgmeshTuning() });
   try {
     const generateSeconds = await generate(pair, workload);
     const subPid = postmasterPid(pair.subscriber.dataDir);
@@ -207,7 +238,7 @@ async function runOnce(system: System, workload: Workload, major: PgMajor, profi
     const machine0 = machineBusyMs();
     const t0 = performance.now();
     await pair.consumer.start();
-    await waitForMarker(pair);
+    const samples = await waitForMarker(pair, workload, t0);
     const seconds = (performance.now() - t0) / 1000;
     const node = process.cpuUsage(node0);
     const machineMs = machineBusyMs() - machine0;
@@ -241,10 +272,39 @@ async function runOnce(system: System, workload: Workload, major: PgMajor, profi
       publisherBusiest,
       nodeSyscallsPerTxn: perTxn(nodeIo, workload.txns),
       generateSeconds,
+      ...(workload.progressByKey ? fifthRates(samples, rows) : { startRowsPerS: undefined, endRowsPerS: undefined }),
     };
   } finally {
     await pair.destroy();
   }
+}
+
+/**
+ * Rows/s over the first fifth of the rows (from the consumer's start) and over the last fifth (to the marker), the
+ * times at which the fifths were reached interpolated between samples. Undefined when the samples cannot place them
+ * (a run too short for the 250 ms samples, or one transaction that commits at once).
+ */
+function fifthRates(samples: readonly ProgressSample[], rows: number): { startRowsPerS: number | undefined; endRowsPerS: number | undefined } {
+  const timeAt = (target: number): number | undefined => {
+    for (let i = 1; i < samples.length; i++) {
+      const a = samples[i - 1] as ProgressSample;
+      const b = samples[i] as ProgressSample;
+      if (b.rows >= target && b.rows > a.rows) return a.ms + ((target - a.rows) / (b.rows - a.rows)) * (b.ms - a.ms);
+    }
+    return undefined;
+  };
+  // A fifth must span a few samples, or the figure is the sampling's.
+  const enough = samples.filter((s) => s.rows > 0 && s.rows < rows).length >= 8;
+  const first = timeAt(rows / 5);
+  const fourFifths = timeAt((rows * 4) / 5);
+  const end = samples[samples.length - 1]?.ms;
+  if (!enough || first === undefined || fourFifths === undefined || end === undefined) return { startRowsPerS: undefined, endRowsPerS: undefined };
+  return { startRowsPerS: rows / 5 / (first / 1000), endRowsPerS: rows / 5 / ((end - fourFifths) / 1000) };
+}
+
+function medianOf(values: readonly (number | undefined)[]): number | undefined {
+  const known = values.filter((v): v is number => v !== undefined);
+  return known.length > 0 ? median(known) : undefined;
 }
 
 function summarize(runs: readonly RunResult[]): SystemSummary | undefined {
@@ -258,6 +318,8 @@ function summarize(runs: readonly RunResult[]): SystemSummary | undefined {
     subscriberBusiestCpuPct: median(runs.map((r) => r.subscriberBusiest?.cpuPct ?? 0)),
     publisherCpuPct: median(runs.map((r) => r.publisherCpuPct)),
     otherCpuPct: median(runs.map((r) => r.otherCpuPct)),
+    startRowsPerS: medianOf(runs.map((r) => r.startRowsPerS)),
+    endRowsPerS: medianOf(runs.map((r) => r.endRowsPerS)),
     runs,
   };
 }
@@ -279,10 +341,12 @@ function table(header: readonly string[], rows: readonly (readonly string[])[]):
   return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
 }
 
-function printTables(results: readonly WorkloadResult[], context: { major: PgMajor; scale: number; runs: number; revision: string }): void {
+function printTables(results: readonly WorkloadResult[], context: { major: PgMajor; scale: number; runs: number; revision: string; preload: number }): void {
   const out: string[] = [];
+  const ratio = (end: number | undefined, start: number | undefined): string => (end !== undefined && start ? fmt(end / start, 2) : '-');
   out.push(
-    `apply throughput, pgmesh ${context.revision}, PostgreSQL ${context.major}, scale ${context.scale}, median of ${context.runs} run(s), ${cpus().length} CPUs${streamLargeTransactions ? ', pgmesh streaming large transactions' : ''}`,
+    `apply throughput, pgmesh ${context.revision}, PostgreSQL ${context.major}, scale ${context.scale}, median of ${context.runs} run(s), ${cpus().length} CPUs` +
+      `${context.preload > 0 ? `, table preloaded with ${fmt(context.preload)} rows` : ''}${streamLargeTransactions ? ', pgmesh streaming large transactions' : ''}`,
     '',
     table(
       ['workload', 'rows', 'txns', 'pgmesh rows/s', 'native rows/s', 'ratio', 'pgmesh txn/s', 'native txn/s', 'agent CPU %', 'server CPU %'],
@@ -298,6 +362,22 @@ function printTables(results: readonly WorkloadResult[], context: { major: PgMaj
         fmt(r.pgmesh?.nodeCpuPct),
         fmt(r.pgmesh?.subscriberCpuPct),
       ]),
+    ),
+    '',
+    'rate during the run (rows/s over the first and the last fifth of the rows; a cost that grows with the table makes "end/start" fall):',
+    table(
+      ['workload', 'pgmesh start', 'pgmesh end', 'end/start', 'native start', 'native end', 'end/start'],
+      results
+        .filter((r) => r.pgmesh?.startRowsPerS !== undefined || r.native?.startRowsPerS !== undefined)
+        .map((r) => [
+          r.workload,
+          fmt(r.pgmesh?.startRowsPerS),
+          fmt(r.pgmesh?.endRowsPerS),
+          ratio(r.pgmesh?.endRowsPerS, r.pgmesh?.startRowsPerS),
+          fmt(r.native?.startRowsPerS),
+          fmt(r.native?.endRowsPerS),
+          ratio(r.native?.endRowsPerS, r.native?.startRowsPerS),
+        ]),
     ),
     '',
     'where the time goes (medians; CPU % of one core over the apply window; "sub busiest" = the subscriber process that used most',
@@ -347,6 +427,7 @@ async function main(): Promise<void> {
       system: { type: 'string', default: 'both' },
       'cpu-profile': { type: 'string' },
       'stream-large-transactions': { type: 'boolean', default: false },
+      preload: { type: 'string', default: '0' },
     },
     strict: true,
   });
@@ -355,6 +436,8 @@ async function main(): Promise<void> {
   const runs = Number(values.runs);
   if (!(scale > 0)) throw new Error(`--scale ${values.scale} must be a positive number`);
   if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs ${values.runs} must be a whole number >= 1`);
+  const preload = Number(values.preload);
+  if (!Number.isInteger(preload) || preload < 0 || preload > 2_000_000_000) throw new Error(`--preload ${values.preload} must be a whole number of rows, 0 to 2000000000`);
   const systems: System[] =
     values.system === 'both' ? ['pgmesh', 'native'] : values.system === 'pgmesh' || values.system === 'native' ? [values.system] : [];
   if (systems.length === 0) throw new Error(`--system ${values.system} must be pgmesh, native or both`);
@@ -367,14 +450,14 @@ async function main(): Promise<void> {
 
   const started = performance.now();
   const revision = sourceRevision();
-  log(`pgmesh ${revision}, PostgreSQL ${major}, scale ${scale}, ${runs} run(s), load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
+  log(`pgmesh ${revision}, PostgreSQL ${major}, scale ${scale}, preload ${preload} rows, ${runs} run(s), load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
   const results: WorkloadResult[] = [];
   for (const workload of chosen) {
     const bySystem = new Map<System, RunResult[]>(systems.map((s) => [s, []]));
     // Interleaved (pgmesh, native, pgmesh, ...) so that drift of the machine affects both alike.
     for (let run = 1; run <= runs; run++) {
       for (const system of systems) {
-        const result = await runOnce(system, workload, major, values['cpu-profile']);
+        const result = await runOnce(system, workload, major, values['cpu-profile'], preload);
         bySystem.get(system)?.push(result);
         log(
           `[${workload.name}] run ${run}/${runs} ${system.padEnd(6)}: ${fmt(result.seconds, 2)} s, ${fmt(result.rowsPerS)} rows/s, ` +
@@ -397,12 +480,12 @@ async function main(): Promise<void> {
     };
     results.push(result);
     if (values.json) {
-      const line = { ...result, pgMajor: major, scale, cpus: cpus().length, revision };
+      const line = { ...result, pgMajor: major, scale, preload, cpus: cpus().length, revision };
       // Three decimals are more than the measurement holds.
       process.stdout.write(`${JSON.stringify(line, (_, v: unknown) => (typeof v === 'number' ? Math.round(v * 1000) / 1000 : v))}\n`);
     }
   }
-  if (!values.json) printTables(results, { major, scale, runs, revision });
+  if (!values.json) printTables(results, { major, scale, runs, revision, preload });
   log(`bench finished in ${fmt((performance.now() - started) / 1000, 0)} s`);
 }
 

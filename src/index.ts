@@ -3,6 +3,8 @@ export { loadConfig, findNode, DEFAULT_TUNING } from './config/config.ts';
 export type { ClusterConfig, NodeConfig, AgentTuning, LogLevel } from './config/config.ts';
 export { createCluster, clusterStatus, addClusterTables, removeClusterTables } from './cluster/cluster-ops.ts';
 export type { ClusterStatus, LinkStatus, NodeStatus, CreateClusterResult, CreateClusterOptions } from './cluster/cluster-ops.ts';
+export { clusterHealth } from './cluster/health.ts';
+export type { ClusterHealth, HealthProblem, HealthProblemKind } from './cluster/health.ts';
 export { initNode, addTables, removeTables, listReplicatedTables, readLocalNode } from './cluster/node-admin.ts';
 export type { AddTablesResult, RemoveTablesResult, TableRef, TableRefusal } from './cluster/node-admin.ts';
 export { grantAgentPrivileges, missingAgentPrivileges } from './cluster/agent-privileges.ts';

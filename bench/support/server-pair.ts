@@ -18,7 +18,7 @@ import type { Logger } from '../../src/core/logger.ts';
 import { EmbeddedServer } from '../../src/embedded/embedded-server.ts';
 import type { PgMajor } from '../../src/embedded/postgres-binaries.ts';
 import { quoteLiteral } from '../../src/pg/quote.ts';
-import { MARKER_TABLE, SCHEMA, TABLE, preloadSql } from './workloads.ts';
+import { MARKER_TABLE, SCHEMA, TABLE, largeTableSql, preloadSql } from './workloads.ts';
 import { makeServerTempDir } from '../../src/embedded/server-user.ts';
 
 export type Sql = postgres.Sql<Record<string, never>>;
@@ -80,7 +80,14 @@ class RecordingLogger implements Logger {
   }
 }
 
-export async function createPair(options: { system: System; major: PgMajor; preloadRows: number; pgmeshTuning?: Record<string, unknown> }): Promise<ServerPair> {
+export async function createPair(options: {
+  system: System;
+  major: PgMajor;
+  preloadRows: number;
+  /** Rows of `--preload` (largeTableSql), besides the workload's own. */
+  largeTableRows: number;
+  pgmeshTuning?: Record<string, unknown>;
+}): Promise<ServerPair> {
   const baseDir = makeServerTempDir(`pgmesh-bench-${options.system}-`);
   liveDirs.add(baseDir);
   const password = `pw-${Math.random().toString(36).slice(2, 10)}`;
@@ -112,10 +119,11 @@ export async function createPair(options: { system: System; major: PgMajor; prel
     const sub = client(subscriber);
     pools.push(pub, sub);
     for (const sql of [pub, sub]) await sql.unsafe(SCHEMA).simple();
-    if (options.preloadRows > 0) await preload(pub, options.preloadRows);
+    const loads = [options.preloadRows > 0 ? preloadSql(options.preloadRows) : '', options.largeTableRows > 0 ? largeTableSql(options.largeTableRows) : ''].filter(Boolean);
+    if (loads.length > 0) await preload(pub, loads);
     const link = options.system === 'native' ? await linkNative(pub, sub, publisher) : await linkPgmesh(publisher, subscriber, baseDir, options.pgmeshTuning);
     consumer = link.consumer;
-    if (options.preloadRows > 0) await preload(sub, options.preloadRows, link.origin, subscriber);
+    if (loads.length > 0) await preload(sub, loads, link.origin, subscriber);
     return { system: options.system, publisher, subscriber, pub, sub, consumer, destroy };
   } catch (error) {
     await destroy();
@@ -130,18 +138,18 @@ export async function createPair(options: { system: System; major: PgMajor; prel
  * conflict and log it, and PostgreSQL 18's native apply would log the same conflict: a different benchmark.)
  * The origin's progress does not move: only pg_replication_origin_xact_setup would set it.
  */
-async function preload(sql: Sql, rows: number, origin?: string, server?: EmbeddedServer): Promise<void> {
+async function preload(sql: Sql, loads: readonly string[], origin?: string, server?: EmbeddedServer): Promise<void> {
   if (origin && server) {
     // Its own connection: the origin stays busy in a session until that session ends, and the consumer needs it.
     const session = client(server);
     try {
       await session.unsafe(`SELECT pg_catalog.pg_replication_origin_session_setup(${quoteLiteral(origin)})`);
-      await session.unsafe(preloadSql(rows));
+      for (const load of loads) await session.unsafe(load);
     } finally {
       await session.end({ timeout: 1 });
     }
   } else {
-    await sql.unsafe(preloadSql(rows));
+    for (const load of loads) await sql.unsafe(load);
   }
   // Hint bits and the visibility map set now, not by the first statements of the measured apply.
   await sql.unsafe(`VACUUM (ANALYZE) ${TABLE}`);

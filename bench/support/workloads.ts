@@ -15,6 +15,11 @@ export interface Workload {
   readonly rowsPerTxn: number;
   /** Rows present on both nodes before the subscription or cluster exists (the update workload needs them). */
   readonly preloadRows: number;
+  /**
+   * Transaction t writes keys t * rowsPerTxn + 1 .. (t + 1) * rowsPerTxn, and nothing else: the highest key on the
+   * subscriber tells how far its apply has come (an index probe), so the bench can sample the rate during the run.
+   */
+  readonly progressByKey: boolean;
   /** Runs on the publisher, in a session with synchronous_commit=off. */
   readonly generate: string;
 }
@@ -52,6 +57,14 @@ export function preloadSql(rows: number): string {
   return `INSERT INTO ${TABLE} (aid, bid, abalance, filler) SELECT g, 1 + g / 100000, 0, '' FROM generate_series(1, ${rows}) g`;
 }
 
+/**
+ * `--preload`: rows that make the table large before the workload runs, below every key a workload writes (keys
+ * -rows .. -1), so that every workload runs unchanged against a table that already holds them.
+ */
+export function largeTableSql(rows: number): string {
+  return `INSERT INTO ${TABLE} (aid, bid, abalance, filler) SELECT -g, 0, 0, '' FROM generate_series(1, ${rows}) g`;
+}
+
 /** The workloads at a scale (1 = default: the full bench takes about 15 minutes on 2 cores). */
 export function workloads(scale: number): Workload[] {
   const count = (n: number): number => Math.max(1, Math.round(n * scale));
@@ -68,6 +81,7 @@ export function workloads(scale: number): Workload[] {
       txns: smallTxns,
       rowsPerTxn: 1,
       preloadRows: 0,
+      progressByKey: true,
       generate: `CALL bench_insert_txns(${smallTxns}, 1)`,
     },
     {
@@ -76,6 +90,7 @@ export function workloads(scale: number): Workload[] {
       txns: updateTxns,
       rowsPerTxn: 1,
       preloadRows: updateTxns,
+      progressByKey: false,
       generate: `CALL bench_update_txns(${updateTxns}, ${updateTxns})`,
     },
     {
@@ -84,6 +99,7 @@ export function workloads(scale: number): Workload[] {
       txns: bulkTxns,
       rowsPerTxn: 1000,
       preloadRows: 0,
+      progressByKey: true,
       generate: `CALL bench_insert_txns(${bulkTxns}, 1000)`,
     },
     {
@@ -92,6 +108,7 @@ export function workloads(scale: number): Workload[] {
       txns: 1,
       rowsPerTxn: bigRows,
       preloadRows: 0,
+      progressByKey: true,
       generate: `CALL bench_insert_txns(1, ${bigRows})`,
     },
   ];

@@ -36,6 +36,8 @@ export class Agent {
     private config: ClusterConfig,
   ) {}
 
+  private now: (() => number) | undefined;
+
   private startMaintenance(intervalMs: number, marginMs: number): void {
     this.gcTimer = setInterval(() => {
       this.catalog
@@ -58,7 +60,8 @@ export class Agent {
     this.horizon.start();
   }
 
-  static async start(config: ClusterConfig, nodeName: string, logger: Logger): Promise<Agent> {
+  /** `options.now`: the local clock peers' commit timestamps are judged against (future-commits.ts); tests fake it. */
+  static async start(config: ClusterConfig, nodeName: string, logger: Logger, options: { now?: () => number } = {}): Promise<Agent> {
     const self = findNode(config, nodeName);
     const peers = config.nodes.filter((n) => n.name !== nodeName);
     if (peers.length === 0) {
@@ -126,6 +129,7 @@ export class Agent {
       throw error;
     }
     const agent = new Agent(nodeName, catalog, new Map(), new Map(), log, config);
+    agent.now = options.now;
     for (const peer of peers) agent.startPeer(peer);
     agent.startMaintenance(config.tuning.tombstoneGcIntervalMs, config.tuning.tombstoneMarginMs);
     log.info({ peers: peers.map((p) => p.name) }, 'agent started');
@@ -141,6 +145,7 @@ export class Agent {
       catalog: this.catalog,
       tuning: this.config.tuning,
       logger: this.logger,
+      ...(this.now ? { now: this.now } : {}),
     });
     const clock = new ClockMonitor({
       peer: peer.name,

@@ -17,6 +17,8 @@ import { Applier, durableProgress } from '../apply/applier.ts';
 import { originName, slotName, PUBLICATION } from '../cluster/catalog-schema.ts';
 import type { Sql } from '../pg/connect.ts';
 import { ReplicationConnection } from '../pg/replication-connection.ts';
+import { verifyPeerIdentity } from '../cluster/peer-identity.ts';
+import { FutureCommitGuard, type FutureHold } from './future-commits.ts';
 import { PeerStream } from '../stream/peer-stream.ts';
 import { ackFloor } from '../membership/slot-health.ts';
 import type { AgentTuning } from '../config/config.ts';
@@ -46,6 +48,10 @@ export interface PeerStatus {
   readonly conflicts: Readonly<Record<string, number>>;
   readonly conflictsByTable: Readonly<Record<string, number>>;
   readonly pausedReason: string | null;
+  /** A transaction held because its commit timestamp is ahead of the local clock (future-commits.ts), if any. */
+  readonly futureHold: FutureHold | null;
+  /** Transactions held so far for that reason. */
+  readonly futureHolds: number;
   readonly lastError: { readonly code: string; readonly message: string; readonly at: string } | null;
 }
 
@@ -57,6 +63,8 @@ export interface PeerReplicatorOptions {
   readonly catalog: Sql;
   readonly tuning: AgentTuning;
   readonly logger: Logger;
+  /** The local clock (ms since the epoch) against which peers' commit timestamps are judged; tests fake it. */
+  readonly now?: () => number;
 }
 
 /** How often the stream is tried again while a peer's table or columns are waited for (tuning.schemaWaitMs). */
@@ -84,10 +92,22 @@ export class PeerReplicator {
   private loop: Promise<void> | undefined;
   /** Aborted by stop(): gives up what the session in progress is opening. */
   private readonly stopping = new AbortController();
+  /** Holds transactions whose commit timestamps are ahead of the local clock (future-commits.ts). */
+  private readonly future: FutureCommitGuard;
   /** The session's replication connection before its stream has started (stop() closes it). */
   private connecting: ReplicationConnection | undefined;
 
-  constructor(private readonly options: PeerReplicatorOptions) {}
+  constructor(private readonly options: PeerReplicatorOptions) {
+    this.future = new FutureCommitGuard({
+      peer: options.peer,
+      localNode: options.localNode,
+      holdMs: options.tuning.futureCommitHoldMs,
+      pauseMs: options.tuning.futureCommitPauseMs,
+      logger: options.logger,
+      signal: this.stopping.signal,
+      ...(options.now ? { now: options.now } : {}),
+    });
+  }
 
   start(): void {
     this.loop = this.run();
@@ -145,7 +165,9 @@ export class PeerReplicator {
         // The row's values, which the message leaves out (personal data), only when asked for.
         const values = serverValues(error);
         if (values) log.debug({ peer: this.options.peer, ...values }, 'the server\'s own words about that failure');
-        if (sqlstate === SQLSTATE.conflictPause || sqlstate === SQLSTATE.exceptionPause) {
+        // A connection string that reaches another node: paused in the catalog (status shows why), not retried until
+        // the operator has fixed it and resumed.
+        if (sqlstate === SQLSTATE.conflictPause || sqlstate === SQLSTATE.exceptionPause || code === 'PEER_MISMATCH' || code === 'CLOCK_AHEAD') {
           await this.pause(errorMessage(error));
           continue;
         }
@@ -228,6 +250,14 @@ export class PeerReplicator {
         return;
       }
       this.connecting = connection;
+      // Whom it reached, before anything else: a connection string pointed elsewhere streams nothing.
+      try {
+        const node = await connection.pgmeshNode();
+        await verifyPeerIdentity(this.options.catalog, localNode, peer, { ...connection.system, ...node }, logger);
+      } catch (error) {
+        await connection.close();
+        throw error;
+      }
       const slot = slotName(localNode);
       const state = await connection.slotState(slot).catch(async (error) => {
         await connection.close();
@@ -333,7 +363,8 @@ export class PeerReplicator {
         }
       }, tuning.progressPollMs);
       poll.unref();
-      await applier.run(stream);
+      await this.future.calibrate(this.options.catalog);
+      await applier.run(this.future.wrap(stream));
     } finally {
       this.connecting = undefined;
       if (poll) clearInterval(poll);
@@ -390,6 +421,8 @@ export class PeerReplicator {
       conflicts: sumCounts(this.conflicts, a?.conflicts),
       conflictsByTable: sumCounts(this.conflictsByTable, a?.conflictsByTable),
       pausedReason: this.pausedReason,
+      futureHold: this.future.held,
+      futureHolds: this.future.holds,
       lastError: this.lastError,
     };
   }

@@ -29,7 +29,8 @@ import { openSql, type Sql } from '../pg/connect.ts';
 import { quoteLiteral } from '../pg/quote.ts';
 import { textArrayLiteral } from '../pg/text-array.ts';
 import type { RemoteChange, StreamEvent } from '../stream/remote-transaction.ts';
-import { DDL_MESSAGE_PREFIX, ddlApplyStatement } from '../ddl/ddl-apply.ts';
+import { isPgmeshMessage, pgmeshMessageStatement, type DdlApplyStatement } from '../ddl/ddl-apply.ts';
+import { MessageKeys } from '../ddl/message-auth.ts';
 import { droppedValues, driftExceptionSql, reduceChange } from '../ddl/schema-drift.ts';
 import { readProgress, type Progress } from './apply-progress.ts';
 import { ApplyRetries } from './apply-retry.ts';
@@ -80,6 +81,8 @@ export class Applier {
   private readonly batcher: Batcher;
   private readonly replay = new ReplayBuffer();
   private readonly careful: CarefulApply;
+  /** The cluster key, to check the peer's pgmesh messages (src/ddl/message-auth.ts). */
+  private readonly keys: MessageKeys;
   private readonly retries: ApplyRetries;
   /** The last statement of every applied transaction that does not finish in its only statement (see buildFinish). */
   private readonly finishText: string;
@@ -113,6 +116,7 @@ export class Applier {
     const policyFor = (binding: RelationBinding, txn: OpenTransaction): ConflictPolicy => this.policyFor(binding, txn);
     this.batcher = new Batcher(this.session, this.statements, options.maxBatchRows, policyFor);
     this.retries = new ApplyRetries({ peer: options.peer, catalog, limit: options.applyRetries, logger: options.logger });
+    this.keys = new MessageKeys(catalog);
     this.careful = new CarefulApply(
       {
         session: this.session,
@@ -127,6 +131,7 @@ export class Applier {
         driftContext: (txn) => this.driftContext(txn),
         truncateSql: (change, txn) => this.truncateSql(change, txn),
         forgetRelations: () => this.forgetRelations(),
+        pgmeshMessageStatement: (txn, change) => this.pgmeshMessageStatement(txn, change),
         committed: (record) => {
           this.issuedEnd = record.endLsn;
           this.committed(record);
@@ -152,11 +157,9 @@ export class Applier {
       // Asynchronous commit, as native apply: what is acknowledged to the peer is only what is flushed.
       // A lock wait ends after lock_timeout, and the transaction is retried (apply-retry.ts): a local session left
       // idle in a transaction cannot hold the stream up without a sign.
-      // Every statement of the session reaches rows by a key (replicated tables by their primary key, pgmesh's by
-      // theirs), and its plans are generic and kept: a plan made while a table was empty or its statistics stale
-      // would scan the grown table per row or per batch (a bulk load slowed down as its table grew). With
-      // sequential scans off the planner takes the index whatever the statistics say; it still scans a table
-      // that has no index for the access (none of the apply statements' tables).
+      // Every statement reaches rows by a key, with generic plans kept for the session: sequential scans off, so a
+      // plan made while a table was empty (or its statistics stale) takes the index, not a scan of the grown table
+      // per row or per batch (docs/design.md, "Apply cost does not grow with the tables").
       parameters: {
         session_replication_role: 'replica',
         synchronous_commit: 'off',
@@ -393,6 +396,7 @@ export class Applier {
         const mode = this.modeOf(event.finalLsn);
         if (mode !== 'skip' && this.resume.kind === 'pending') this.resume = { kind: 'applying', resolution: this.resume.resolution, finalLsn: event.finalLsn };
         const txn: OpenTransaction = {
+          xid: event.xid,
           finalLsn: event.finalLsn,
           commitTime: event.commitTime,
           commitTimeText: formatPgTimestamp(event.commitTime),
@@ -440,7 +444,7 @@ export class Applier {
       case 'truncate':
         return this.truncate(txn, change);
       case 'message':
-        if (change.prefix === DDL_MESSAGE_PREFIX) return this.ddl(txn, change);
+        if (isPgmeshMessage(change.prefix)) return this.pgmeshMessage(txn, change);
         this.options.logger.debug({ peer: this.options.peer, prefix: change.prefix }, 'logical message ignored');
         return undefined;
     }
@@ -451,19 +455,38 @@ export class Applier {
   }
 
   /**
-   * A DDL statement of the peer (src/ddl): runs at its place among the transaction's row changes. Later changes of
-   * the transaction may need what it created or changed, which only this session sees before the commit: so what
-   * is built is sent, the replies awaited, and the transaction's relations are read again, in the session.
+   * What a pgmesh message of the peer asks for, once its signature is checked (src/ddl/ddl-apply.ts): the DDL to run,
+   * the exception of a refused message, or nothing (a marker). Shared with careful mode.
    */
-  private async ddl(txn: OpenTransaction, change: Extract<RemoteChange, { kind: 'message' }>): Promise<void> {
-    const ddl = await ddlApplyStatement(change.content, { peer: this.options.peer, remoteTs: txn.commitTimeText, remoteLsn: formatLsn(txn.finalLsn) });
-    if (ddl.problem !== undefined) this.options.logger.warn({ peer: this.options.peer, problem: ddl.problem }, 'DDL message cannot be applied; kept in pgmesh.exception');
+  async pgmeshMessageStatement(txn: OpenTransaction, change: Extract<RemoteChange, { kind: 'message' }>): Promise<DdlApplyStatement | undefined> {
+    const ctx = { peer: this.options.peer, xid: txn.xid, remoteTs: txn.commitTimeText, remoteLsn: formatLsn(txn.finalLsn) };
+    const apply = await pgmeshMessageStatement(change.prefix, change.content, ctx, this.keys);
+    if (apply?.refused) {
+      // Never the content: what it says is the sender's, and the exception keeps it.
+      this.options.logger.warn({ peer: this.options.peer, prefix: change.prefix, transaction: formatLsn(txn.finalLsn), problem: apply.problem }, 'pgmesh message refused, not applied; kept in pgmesh.exception');
+      this.stats.exceptions++;
+    } else if (apply?.problem !== undefined) {
+      this.options.logger.warn({ peer: this.options.peer, problem: apply.problem }, 'DDL message cannot be applied; kept in pgmesh.exception');
+    }
+    return apply;
+  }
+
+  /**
+   * A pgmesh message of the peer: a DDL statement (src/ddl) runs at its place among the transaction's row changes.
+   * Later changes of the transaction may need what it created or changed, which only this session sees before the
+   * commit: so what is built is sent, the replies awaited, and the transaction's relations are read again, in the
+   * session. A refused message's exception is recorded at the same place.
+   */
+  private async pgmeshMessage(txn: OpenTransaction, change: Extract<RemoteChange, { kind: 'message' }>): Promise<void> {
+    const apply = await this.pgmeshMessageStatement(txn, change);
+    if (apply === undefined) return;
     const wait = this.batcher.flush(txn);
     if (wait) await wait;
-    this.session.append(ddl.sql);
+    this.session.append(apply.sql);
+    if (apply.refused) return;
     txn.ddl = true;
     this.forgetRelations();
-    const sent = this.session.flushMessage(`the DDL of the transaction at ${formatLsn(txn.finalLsn)} (${ddl.statement ?? ddl.problem})`);
+    const sent = this.session.flushMessage(`the DDL of the transaction at ${formatLsn(txn.finalLsn)} (${apply.statement ?? apply.problem})`);
     if (sent) await sent;
     await this.session.drain();
   }

@@ -73,7 +73,7 @@ export class ApplyRetries {
     else logger.info(fields, 'transaction failed; applying it again in place');
     this.marked = true;
     this.write(
-      `UPDATE pgmesh.apply_progress SET apply_retries = apply_retries + 1, retry_since = coalesce(retry_since, now()), retry_sqlstate = $2
+      `UPDATE pgmesh.apply_progress SET apply_retries = apply_retries + 1, retry_since = coalesce(retry_since, pg_catalog.now()), retry_sqlstate = $2
         WHERE peer = $1`,
       [peer, code],
     );

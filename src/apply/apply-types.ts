@@ -69,6 +69,8 @@ export interface Batch {
 }
 
 export interface OpenTransaction {
+  /** The peer's xid of the transaction (its BEGIN's): pgmesh's messages are signed for it. */
+  readonly xid: number;
   readonly finalLsn: Lsn;
   readonly commitTime: PgTimestamp;
   /** commitTime as statements take it (formatted once: every batch and the finish use it). */

@@ -14,7 +14,7 @@ import type { Sql } from '../pg/connect.ts';
 import { textArrayLiteral } from '../pg/text-array.ts';
 import type { RelationMessage } from '../protocol/messages.ts';
 import type { RemoteChange } from '../stream/remote-transaction.ts';
-import { DDL_MESSAGE_PREFIX, ddlApplyStatement } from '../ddl/ddl-apply.ts';
+import { isPgmeshMessage, type DdlApplyStatement } from '../ddl/ddl-apply.ts';
 import { driftExceptionSql, droppedValues, reduceChange, type Reduction } from '../ddl/schema-drift.ts';
 import type { ApplySession } from './apply-session.ts';
 import { countConflicts, rememberKeys, type ApplyStats, type CommitRecord, type OpenTransaction } from './apply-types.ts';
@@ -43,6 +43,8 @@ export interface CarefulHost {
   driftContext(txn: OpenTransaction): { peer: string; node: string; remoteTs: string; remoteLsn: string };
   truncateSql(change: Extract<RemoteChange, { kind: 'truncate' }>, txn: OpenTransaction): Promise<string>;
   forgetRelations(): void;
+  /** What a pgmesh message asks for, its signature checked (see Applier.pgmeshMessageStatement). */
+  pgmeshMessageStatement(txn: OpenTransaction, change: Extract<RemoteChange, { kind: 'message' }>): Promise<DdlApplyStatement | undefined>;
   committed(record: CommitRecord): void;
 }
 
@@ -84,12 +86,14 @@ export class CarefulApply {
     txn.seen.push({ change, binding });
     await this.sql.unsafe('SAVEPOINT pgmesh_change');
     try {
-      if (change.kind === 'message' && change.prefix === DDL_MESSAGE_PREFIX) {
-        // pgmesh.apply_ddl keeps a failing statement in the exception table itself.
-        const ddl = await ddlApplyStatement(change.content, { peer: this.options.peer, remoteTs: txn.commitTimeText, remoteLsn: formatLsn(txn.finalLsn) });
-        await this.sql.unsafe(ddl.sql);
-        txn.ddl = true;
-        this.host.forgetRelations();
+      if (change.kind === 'message' && isPgmeshMessage(change.prefix)) {
+        // pgmesh.apply_ddl keeps a failing statement in the exception table itself; a refused message is only recorded.
+        const apply = await this.host.pgmeshMessageStatement(txn, change);
+        if (apply) await this.sql.unsafe(apply.sql);
+        if (apply && !apply.refused) {
+          txn.ddl = true;
+          this.host.forgetRelations();
+        }
       } else if (change.kind === 'truncate') {
         await this.sql.unsafe(await this.host.truncateSql(change, txn));
       } else if (binding && change.kind !== 'message') {

@@ -8,22 +8,24 @@
  * inserting that key each ran on a snapshot without the other's uncommitted write, both committed, and the node kept
  * a row that every node which saw the two in one order or the other had decided differently.
  *
- * So before a batch reads anything, a statement of its own takes transaction-scoped advisory locks: the table's
- * lock shared, then one per key (the table's OID and the hash of the key as tombstones spell it) and one per value
- * of a unique index the batch sends (the index's OID and the hash of the value as claims spell it), in a fixed
- * order. The apply statement that follows takes a new snapshot, so it sees whatever a session holding one of these
- * locks committed before it. A peer's TRUNCATE takes the table's lock exclusively (pgmesh.apply_truncate).
+ * So before a batch reads anything, a statement of its own locks rows of pgmesh.apply_lock: its table's row shared
+ * (FOR KEY SHARE), then one row per key (the slot that the table's OID and the key as tombstones spell it hash to)
+ * and one per value of a unique index the batch sends (the index's OID and the value as claims spell it)
+ * exclusively, in slot order. The apply statement that follows takes a new snapshot, so it sees whatever a session
+ * holding one of these rows committed before it. A peer's TRUNCATE locks its tables' rows exclusively
+ * (pgmesh.apply_truncate). Two keys that hash to one slot only wait for each other.
  *
- * Each advisory lock is an entry of the server's shared lock table (max_locks_per_transaction x max_connections):
- * a transaction that has written more than KEY_LOCKS_PER_TRANSACTION rows takes the table's lock exclusively for its
- * further batches instead of a lock per key (the bulk transactions of one peer then wait for each other's tables).
+ * Why rows of a pgmesh table and not advisory locks (as before): an advisory lock needs no privilege, so any role
+ * could hold a key's or a table's lock and stop the apply of that table for good (docs/security.md). Locking a row
+ * of pgmesh.apply_lock needs UPDATE on it, which only the installing role and the agent roles have; a role without
+ * USAGE on schema pgmesh cannot even name it. A row lock is a write of the row's header (no new row version): the
+ * slots never bloat, and one transaction's locks cost a few page writes.
  *
- * Locks taken: `pg_advisory_xact_lock(int4, int4)` (relation or index OID, hash) and
- * `pg_advisory_xact_lock(int8)` with APPLY_TABLE_LOCK_SPACE in its high half for a table. An application's own
- * advisory locks with the same numbers only make either side wait.
+ * A transaction that has written more than KEY_LOCKS_PER_TRANSACTION rows locks its table's row exclusively for its
+ * further batches instead of a row per key (the bulk transactions of one peer then wait for each other's tables).
  */
 import { quoteIdent } from '../pg/quote.ts';
-import { tableLockKey } from '../cluster/truncate-sql.ts';
+import { APPLY_LOCK_SLOTS, tableLockSlot } from '../cluster/truncate-sql.ts';
 import type { LocalColumn, RelationBinding } from './local-relation.ts';
 import { asColumnType, source, type StatementShape } from './statement-builder.ts';
 
@@ -47,9 +49,14 @@ function col(b: RelationBinding, position: number): LocalColumn {
   return b.columns[position] as LocalColumn;
 }
 
-/** An OID as the signed 32-bit number that pg_advisory_xact_lock(int4, int4) takes. */
-function int4(oid: number): number {
-  return oid | 0;
+/** The slot of pgmesh.apply_lock of a key or unique value (`text`, as tombstones or claims spell it) of relation `oid`. */
+function keySlot(oid: number, text: string): string {
+  return `(${APPLY_LOCK_SLOTS} + (pg_catalog.hashtextextended(${text}, ${oid >>> 0}) & ${APPLY_LOCK_SLOTS - 1}))::int4`;
+}
+
+/** Locks rows of pgmesh.apply_lock: the slots of `where` (a condition on l.slot), in slot order. */
+function lockSlots(where: string, mode: 'FOR KEY SHARE' | 'FOR UPDATE'): string {
+  return `SELECT 1 FROM pgmesh.apply_lock l WHERE ${where} ORDER BY l.slot ${mode}`;
 }
 
 /** A value among a shape's value parameters: its parameter index and its column's remote position. */
@@ -88,21 +95,22 @@ function parameterLayout(shape: StatementShape): { keys: number[]; indexes: { oi
 export function buildKeyLock(shape: StatementShape, mode: KeyLockMode, rowLocks: boolean): KeyLock {
   const b = shape.binding;
   const layout = parameterLayout(shape);
-  const tableKey = tableLockKey(b.local.oid);
+  const tableSlot = tableLockSlot(b.local.oid);
   const keyAliases = b.keyPositions.map((_, i) => `k${i}`);
   const keyTyped = b.keyPositions.map((p, i) => `${asColumnType(b, p, `s.k${i}`)} AS k${i}`);
   const byKey = b.keyPositions.map((p, i) => `x.${quoteIdent(col(b, p).name)} = u.k${i}`).join(' AND ');
-  // Rows after the advisory locks (`after`, an init plan evaluated before the first row is locked), in key order, as
+  // Rows after the slots (`after`, an init plan evaluated before the first row is locked), in key order, as
   // local transactions that lock several rows usually do: fewer deadlocks with them.
   const rowLock = (after: string): string =>
     `SELECT 1 FROM ${b.local.qualified} x JOIN u ON ${byKey} WHERE (SELECT count(*) FROM ${after}) >= 0 ` +
     `ORDER BY ${keyAliases.map((a) => `u.${a}`).join(', ')} FOR UPDATE OF x`;
 
   if (mode === 'table') {
-    if (!rowLocks) return { text: `SELECT pg_catalog.pg_advisory_xact_lock(${tableKey})`, parameters: [] };
+    const table = lockSlots(`l.slot = ${tableSlot}`, 'FOR UPDATE');
+    if (!rowLocks) return { text: `WITH t AS MATERIALIZED (${table}) SELECT (SELECT count(*) FROM t)::int AS tables`, parameters: [] };
     const text =
       `WITH u AS MATERIALIZED (SELECT ${keyTyped.join(', ')} FROM ${source(keyAliases, shape.multiRow)}), ` +
-      `t AS MATERIALIZED (SELECT pg_catalog.pg_advisory_xact_lock(${tableKey})), ` +
+      `t AS MATERIALIZED (${table}), ` +
       `l AS MATERIALIZED (${rowLock('t')}) ` +
       // In this order (a target list is evaluated in order), whatever the plan does with the gating filter above.
       `SELECT (SELECT count(*) FROM t)::int AS tables, (SELECT count(*) FROM l)::int AS locked`;
@@ -112,38 +120,37 @@ export function buildKeyLock(shape: StatementShape, mode: KeyLockMode, rowLocks:
   const valueAliases = layout.indexes.flatMap((x, i) => x.values.map((_, j) => `q${i}_${j}`));
   const valueTyped = layout.indexes.flatMap((x, i) => x.values.map((v, j) => `${asColumnType(b, v.position, `s.q${i}_${j}`)} AS q${i}_${j}`));
   const parameters = [...layout.keys, ...layout.indexes.flatMap((x) => x.values.map((v) => v.param))];
+  const table = `t AS MATERIALIZED (${lockSlots(`l.slot = ${tableSlot}`, 'FOR KEY SHARE')})`;
+  // Each key's slot, after the table's (the gate: an init plan, evaluated before the first slot is locked).
+  const keys = (slots: string): string => `k AS MATERIALIZED (${lockSlots(`l.slot = ANY (${slots}) AND (SELECT count(*) FROM t) = 1`, 'FOR UPDATE')})`;
   if (!shape.multiRow && !rowLocks) {
-    // One row, the fast path's insert (most one-row transactions): the locks in one target list, evaluated in order
-    // (the order of the statement for many rows: by OID), with no CTEs to start and run.
+    // One row, the fast path's insert (most one-row transactions): its slots as one array.
     let next = 0;
     const param = (position: number): string => asColumnType(b, position, `$${++next}::text`);
     const keyValues = b.keyPositions.map(param);
-    const locks = [
-      { a: int4(b.local.oid), sql: `pg_catalog.pg_advisory_xact_lock(${int4(b.local.oid)}, pg_catalog.hashtext(jsonb_build_array(${keyValues.join(', ')})::text))` },
+    const slots = [
+      keySlot(b.local.oid, `pg_catalog.jsonb_build_array(${keyValues.join(', ')})::text`),
       ...layout.indexes.map((x) => {
         const values = x.values.map((v) => param(v.position));
-        return {
-          a: int4(x.oid),
-          sql: `CASE WHEN ${values.map((v) => `${v} IS NULL`).join(' OR ')} THEN NULL ELSE pg_catalog.pg_advisory_xact_lock(${int4(x.oid)}, pg_catalog.hashtext(jsonb_build_array(${values.join(', ')})::text)) END`,
-        };
+        // NULLs never collide: no slot (a NULL element matches no row).
+        return `CASE WHEN ${values.map((v) => `${v} IS NULL`).join(' OR ')} THEN NULL ELSE ${keySlot(x.oid, `pg_catalog.jsonb_build_array(${values.join(', ')})::text`)} END`;
       }),
-    ].sort((x, y) => x.a - y.a);
-    return { text: `SELECT pg_catalog.pg_advisory_xact_lock_shared(${tableKey})${locks.map((l) => `, ${l.sql}`).join('')}`, parameters };
+    ];
+    const text = `WITH ${table}, ${keys(`ARRAY[${slots.join(', ')}]`)} SELECT (SELECT count(*) FROM t)::int AS tables, (SELECT count(*) FROM k)::int AS keys`;
+    return { text, parameters };
   }
-  // The lock keys: the key as tombstones spell it, each unique value as claims spell it (NULLs never collide).
+  // The slots: of the key as tombstones spell it, of each unique value as claims spell it (NULLs never collide).
   const hashes = [
-    `SELECT ${int4(b.local.oid)} AS a, pg_catalog.hashtext(jsonb_build_array(${keyAliases.map((k) => `u.${k}`).join(', ')})::text) AS h FROM u`,
+    `SELECT ${keySlot(b.local.oid, `pg_catalog.jsonb_build_array(${keyAliases.map((k) => `u.${k}`).join(', ')})::text`)} AS slot FROM u`,
     ...layout.indexes.map((x, i) => {
       const values = x.values.map((_, j) => `u.q${i}_${j}`);
-      return `SELECT ${int4(x.oid)}, pg_catalog.hashtext(jsonb_build_array(${values.join(', ')})::text) FROM u WHERE ${values.map((v) => `${v} IS NOT NULL`).join(' AND ')}`;
+      return `SELECT ${keySlot(x.oid, `pg_catalog.jsonb_build_array(${values.join(', ')})::text`)} FROM u WHERE ${values.map((v) => `${v} IS NOT NULL`).join(' AND ')}`;
     }),
   ];
   const text =
     `WITH u AS MATERIALIZED (SELECT ${[...keyTyped, ...valueTyped].join(', ')} FROM ${source([...keyAliases, ...valueAliases], shape.multiRow)}), ` +
-    `t AS MATERIALIZED (SELECT pg_catalog.pg_advisory_xact_lock_shared(${tableKey})), ` +
-    // Sorted, so that two sessions locking overlapping batches take them in the same order; after the table's.
-    `k AS MATERIALIZED (SELECT pg_catalog.pg_advisory_xact_lock(z.a, z.h) FROM (SELECT DISTINCT y.a, y.h FROM (${hashes.join(' UNION ALL ')}) y ` +
-    `WHERE (SELECT count(*) FROM t) = 1 ORDER BY y.a, y.h) z)` +
+    `${table}, ` +
+    `${keys(`ARRAY(${hashes.join(' UNION ALL ')})`)}` +
     (rowLocks ? `, l AS MATERIALIZED (${rowLock('k')}) ` : ' ') +
     // In this order (a target list is evaluated in order), whatever the plan does with the gating filters above.
     `SELECT (SELECT count(*) FROM t)::int AS tables, (SELECT count(*) FROM k)::int AS keys${rowLocks ? ', (SELECT count(*) FROM l)::int AS locked' : ''}`;

@@ -81,7 +81,7 @@ export class RelationBindings {
     // DDL applied in this transaction is seen by the apply session only.
     const rows = await (inSession ? this.session : this.catalog).unsafe<{ n: number }[]>(
       `SELECT count(*)::int AS n FROM pgmesh.ddl_log
-        WHERE schema_name = $1 AND table_name = $2 AND column_name IN (SELECT jsonb_array_elements_text($3::text::jsonb))`,
+        WHERE schema_name = $1 AND table_name = $2 AND column_name IN (SELECT pg_catalog.jsonb_array_elements_text($3::text::jsonb))`,
       [relation.schema, relation.name, JSON.stringify(names)],
     );
     return rows[0]?.n === names.length;

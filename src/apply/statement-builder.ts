@@ -141,11 +141,11 @@ function prelude(g: Gen, aliases: readonly string[], typed: readonly string[], m
   // On tables with unique indexes, rows that the unique-key resolution before this statement decided (they lost)
   // are left out, and its marks removed (buildUniqueResolution).
   const unique = g.b.local.uniqueIndexes.length > 0;
-  const leaveOut = unique ? ` WHERE NOT EXISTS (SELECT 1 FROM pgmesh.resolved_change r WHERE r.relid = ${g.rel} AND r.pkey = jsonb_build_array(${keys.join(', ')})::text)` : '';
+  const leaveOut = unique ? ` WHERE NOT EXISTS (SELECT 1 FROM pgmesh.resolved_change r WHERE r.relid = ${g.rel} AND r.pkey = pg_catalog.jsonb_build_array(${keys.join(', ')})::text)` : '';
   const unmark = unique ? `rc AS (DELETE FROM pgmesh.resolved_change r WHERE r.relid = ${g.rel}), ` : '';
   return (
     `WITH u0 AS (SELECT s.ord, ${typed.join(', ')} FROM ${source(aliases, multiRow)}), ` +
-    `u AS MATERIALIZED (SELECT u0.*, jsonb_build_array(${keys.join(', ')})::text AS pkey FROM u0${leaveOut}), ${unmark}` +
+    `u AS MATERIALIZED (SELECT u0.*, pg_catalog.jsonb_build_array(${keys.join(', ')})::text AS pkey FROM u0${leaveOut}), ${unmark}` +
     `cur AS MATERIALIZED (SELECT u.ord, v.ts AS lts, v.node AS lnode FROM u JOIN ${g.table} x ON ${keyMatch(g, 'x')} ` +
     `CROSS JOIN LATERAL ${versionOf(g, 'x', 'u.pkey')} v), ` +
     // The tombstone probe runs only when the table has tombstones at all (an init plan evaluated once).
@@ -174,7 +174,7 @@ function applyRule(policy: ConflictPolicy): string {
 function epilogue(g: Gen, policy: ConflictPolicy, remoteRow: string, resolution: string): string {
   // Every summary row names its table: the rows of several statements of one message come back together.
   const rel = quoteLiteral(`${g.b.local.schema}.${g.b.local.name}`);
-  const localRow = `(SELECT to_jsonb(x) FROM ${g.table} x WHERE ${keyMatch(g, 'x')})`;
+  const localRow = `(SELECT pg_catalog.to_jsonb(x) FROM ${g.table} x WHERE ${keyMatch(g, 'x')})`;
   const log =
     `l AS (INSERT INTO pgmesh.conflict (peer, relation, pkey, conflict_type, resolution, local_ts, local_node, local_row, ` +
     `remote_ts, remote_node, remote_row, remote_commit_lsn) ` +
@@ -197,7 +197,7 @@ function remoteRowOf(g: Gen, positions: readonly number[], aliasOf: (i: number) 
   const pairs = positions.flatMap((p, i) => [quoteLiteral(col(g.b, p).name), `u.${aliasOf(i)}`]);
   // jsonb_build_object takes at most 100 arguments: build wide rows from several objects.
   const chunks: string[] = [];
-  for (let i = 0; i < pairs.length; i += 100) chunks.push(`jsonb_build_object(${pairs.slice(i, i + 100).join(', ')})`);
+  for (let i = 0; i < pairs.length; i += 100) chunks.push(`pg_catalog.jsonb_build_object(${pairs.slice(i, i + 100).join(', ')})`);
   return chunks.length === 0 ? `'{}'::jsonb` : chunks.join(' || ');
 }
 
@@ -234,7 +234,7 @@ export function buildStatement(shape: StatementShape, ctx: StatementContext, pol
         unchanged.has(c) ? `${c} = ${keepIfSame(`x.${c}`, `EXCLUDED.${c}`, `EXCLUDED.${c}::text`)}` : `${c} = EXCLUDED.${c}`,
       );
       const conflictTarget = b.local.primaryKey.map(quoteIdent).join(', ');
-      const onConflictCheck = policy === 'last_update_wins' ? ` WHERE (SELECT ${remoteNewer('rv.ts', 'rv.node', g)} FROM ${versionOf(g, 'x', `jsonb_build_array(${b.keyPositions.map((p) => `x.${quoteIdent(col(b, p).name)}`).join(', ')})::text`)} rv)` : '';
+      const onConflictCheck = policy === 'last_update_wins' ? ` WHERE (SELECT ${remoteNewer('rv.ts', 'rv.node', g)} FROM ${versionOf(g, 'x', `pg_catalog.jsonb_build_array(${b.keyPositions.map((p) => `x.${quoteIdent(col(b, p).name)}`).join(', ')})::text`)} rv)` : '';
       return (
         prelude(g, aliases, typed, shape.multiRow) +
         `, d AS MATERIALIZED (SELECT u.ord, cur.ord IS NOT NULL AS found, cur.lts, cur.lnode, tomb.tts, tomb.tnode, ` +
@@ -342,7 +342,7 @@ export function buildDeferredUniqueCheck(binding: RelationBinding, index: Deferr
   const join = keys.map((k, i) => `x.${quoteIdent(k)} = k.k${i}::${keyType(k)}`).join(' AND ');
   const same = index.columns.map((c) => `y.${quoteIdent(c)} = x.${quoteIdent(c)}`).join(' AND ');
   const other = keys.map((k) => `y.${quoteIdent(k)} = x.${quoteIdent(k)}`).join(' AND ');
-  const detail = `format('Key (%s)=(%s) already exists.', ${quoteLiteral(index.columns.map(quoteIdentIfNeeded).join(', '))}, concat_ws(', ', ${index.columns.map((c) => `x.${quoteIdent(c)}::text`).join(', ')}))`;
+  const detail = `pg_catalog.format('Key (%s)=(%s) already exists.', ${quoteLiteral(index.columns.map(quoteIdentIfNeeded).join(', '))}, pg_catalog.concat_ws(', ', ${index.columns.map((c) => `x.${quoteIdent(c)}::text`).join(', ')}))`;
   return (
     `SELECT pgmesh.raise_unique_violation(${quoteLiteral(index.name)}, ${quoteLiteral(local.schema)}, ${quoteLiteral(local.name)}, ${detail}) ` +
     `FROM unnest(${keys.map((_, i) => `$${i + 1}::text[]`).join(', ')}) AS k(${sourceColumns.join(', ')}) JOIN ${table} x ON ${join} ` +
@@ -441,11 +441,11 @@ export function buildFastStatement(
         const claimed = b.local.uniqueIndexes.flatMap((index) => {
           const positions = index.columns.map((c) => shape.valuePositions.findIndex((p) => col(b, p).name === c));
           if (positions.some((i) => i < 0)) return [];
-          return [`(c.indexid = ${index.oid}::oid AND c.value = jsonb_build_array(${positions.map((i) => values[i]).join(', ')})::text)`];
+          return [`(c.indexid = ${index.oid}::oid AND c.value = pg_catalog.jsonb_build_array(${positions.map((i) => values[i]).join(', ')})::text)`];
         });
         const tombstone =
           `(${hasRowsOf('tombstone', rel)} AND ` +
-          `${existsProbe('pgmesh.tombstone t', `t.relid = ${rel} AND t.pkey IN (jsonb_build_array(${keys.join(', ')})::text, '${TRUNCATE_TOMBSTONE_KEY}')`)})` +
+          `${existsProbe('pgmesh.tombstone t', `t.relid = ${rel} AND t.pkey IN (pg_catalog.jsonb_build_array(${keys.join(', ')})::text, '${TRUNCATE_TOMBSTONE_KEY}')`)})` +
           (claimed.length > 0
             ? ` OR (${hasRowsOf('unique_claim', rel)} AND ${existsProbe('pgmesh.unique_claim c', `c.relid = ${rel} AND (${claimed.join(' OR ')})`)})`
             : '');
@@ -517,12 +517,12 @@ export function buildFastStatement(
       if (delta) return undefined;
       const g = { ts, remote: quoteLiteral(ctx.peer) } as Gen;
       const unique = b.local.uniqueIndexes.length > 0;
-      const returning = unique ? `, x.xmin AS row_xmin, to_jsonb(x) AS row` : '';
+      const returning = unique ? `, x.xmin AS row_xmin, pg_catalog.to_jsonb(x) AS row` : '';
       const removed = shape.multiRow
         ? `WITH u AS (SELECT ${keyTyped.join(', ')} FROM ${source(keyAliases, shape.multiRow)}), ` +
-          `w AS (DELETE FROM ${table} AS x USING u WHERE ${match} AND ${older} RETURNING jsonb_build_array(${keyAliases.map((k) => `u.${k}`).join(', ')})::text AS pkey${returning}), `
+          `w AS (DELETE FROM ${table} AS x USING u WHERE ${match} AND ${older} RETURNING pg_catalog.jsonb_build_array(${keyAliases.map((k) => `u.${k}`).join(', ')})::text AS pkey${returning}), `
         : `WITH w AS (DELETE FROM ${table} AS x WHERE ${keyMatchParams((i) => i)} AND ${older} ` +
-          `RETURNING jsonb_build_array(${b.keyPositions.map((p) => `x.${quoteIdent(col(b, p).name)}`).join(', ')})::text AS pkey${returning}), `;
+          `RETURNING pg_catalog.jsonb_build_array(${b.keyPositions.map((p) => `x.${quoteIdent(col(b, p).name)}`).join(', ')})::text AS pkey${returning}), `;
       // The deleted row's unique values are claimed with its version (this transaction's for a row it wrote).
       const local = quoteLiteral(ctx.localNode);
       const mine = `w.row_xmin = pg_catalog.xid(pg_catalog.pg_current_xact_id_if_assigned())`;
@@ -578,7 +578,7 @@ function finishCtes(
     check:
       `pgmesh_o AS (SELECT CASE WHEN pg_catalog.current_setting('pgmesh.applied_end', true)::pg_lsn = ${prev} ` +
       `THEN pg_catalog.set_config('pgmesh.applied_end', ${end}::text, false) ` +
-      `ELSE pgmesh.raise_error('PM001', format('pgmesh: progress of peer %s is not at %s; the previous transaction did not commit', ${peer}, ${prev}), NULL) END AS checked, ` +
+      `ELSE pgmesh.raise_error('PM001', pg_catalog.format('pgmesh: progress of peer %s is not at %s; the previous transaction did not commit', ${peer}, ${prev}), NULL) END AS checked, ` +
       (gate
         ? `CASE WHEN ${gate.ok} THEN pg_catalog.pg_replication_origin_xact_setup(${end}, ${ts})::text ELSE ${gate.raise} END AS origin)`
         : `pg_catalog.pg_replication_origin_xact_setup(${end}, ${ts}) AS origin)`),

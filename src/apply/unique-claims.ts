@@ -12,7 +12,7 @@ import type { UniqueIndex } from './local-relation.ts';
  */
 export function indexValueOf(row: string, index: UniqueIndex): string {
   const fields = index.columns.map((c) => `${row} -> ${quoteLiteral(c)}`);
-  return `CASE WHEN ${fields.map((f) => `${f} = 'null'::jsonb`).join(' OR ')} THEN NULL ELSE jsonb_build_array(${fields.join(', ')})::text END`;
+  return `CASE WHEN ${fields.map((f) => `${f} = 'null'::jsonb`).join(' OR ')} THEN NULL ELSE pg_catalog.jsonb_build_array(${fields.join(', ')})::text END`;
 }
 
 /** `INSERT ... ON CONFLICT` of claims from `rows` (indexid, value, pkey, ts, node): the newest version of each value wins. */

@@ -73,7 +73,7 @@ export async function findUniqueConflict(
   const ownKeys = [keyValue(newTuple), keyValue(oldTuple)].filter((k) => k.every((v) => v !== undefined && v.value !== null));
   const version =
     binding.deltaPositions.length > 0
-      ? `pgmesh.row_version_keyed(${binding.local.oid}::oid, jsonb_build_array(${keyColumns.map((c) => `x.${quoteIdent(c)}`).join(', ')})::text, x.xmin, $1)`
+      ? `pgmesh.row_version_keyed(${binding.local.oid}::oid, pg_catalog.jsonb_build_array(${keyColumns.map((c) => `x.${quoteIdent(c)}`).join(', ')})::text, x.xmin, $1)`
       : `pgmesh.row_version(x.xmin, $1)`;
   const indexes: string[] = [];
   const localRows = new Map<string, { row: unknown; ts: string | null; node: string | null }>();
@@ -91,7 +91,7 @@ export async function findUniqueConflict(
       (key) => `NOT (${keyColumns.map((c, i) => `x.${quoteIdent(c)} = ${param(key[i]?.value ?? null, key[i]?.position ?? 0)}`).join(' AND ')})`,
     );
     const rows = await sql.unsafe<{ row: string; ts: string | null; node: string | null }[]>(
-      `SELECT to_jsonb(x)::text AS row, v.ts::text AS ts, v.node FROM ${table} x CROSS JOIN LATERAL ${version} v
+      `SELECT pg_catalog.to_jsonb(x)::text AS row, v.ts::text AS ts, v.node FROM ${table} x CROSS JOIN LATERAL ${version} v
         WHERE ${[...match, ...notSelf].join(' AND ')} LIMIT 1`,
       params as string[],
     );
@@ -108,13 +108,13 @@ export async function findUniqueConflict(
   const params = sent.map((s) => s.value);
   const pairs = sent.map((s, i) => `${quoteLiteral(s.name)}, $${i + 1}::text::${s.type}`);
   const chunks: string[] = [];
-  for (let i = 0; i < pairs.length; i += 50) chunks.push(`jsonb_build_object(${pairs.slice(i, i + 50).join(', ')})`);
+  for (let i = 0; i < pairs.length; i += 50) chunks.push(`pg_catalog.jsonb_build_object(${pairs.slice(i, i + 50).join(', ')})`);
   const keyRefs = binding.keyPositions.map((p) => {
     const i = sent.findIndex((s) => s.position === p);
     return i >= 0 ? `$${i + 1}::text::${sent[i]?.type}` : 'NULL';
   });
   const typed = await sql.unsafe<{ row: string; pkey: string }[]>(
-    `SELECT (${chunks.length > 0 ? chunks.join(' || ') : `'{}'::jsonb`})::text AS row, jsonb_build_array(${keyRefs.join(', ')})::text AS pkey`,
+    `SELECT (${chunks.length > 0 ? chunks.join(' || ') : `'{}'::jsonb`})::text AS row, pg_catalog.jsonb_build_array(${keyRefs.join(', ')})::text AS pkey`,
     params as string[],
   );
   const type: UniqueConflictType = indexes.length > 1 ? 'multiple_unique_conflicts' : kind === 'insert' ? 'insert_exists' : 'update_exists';

@@ -121,7 +121,7 @@ export function buildUniqueResolution(shape: StatementShape, ctx: StatementConte
   const indexes = sentIndexes(shape, rows);
   const keyNames = b.keyPositions.map((p) => quoteIdent(col(b, p).name));
   const keyMatch = (alias: string, other: string) => keyNames.map((k, j) => `${alias}.${k} = ${other}.k${j}`).join(' AND ');
-  const pkeyOf = (alias: string) => `jsonb_build_array(${keyNames.map((k) => `${alias}.${k}`).join(', ')})::text`;
+  const pkeyOf = (alias: string) => `pg_catalog.jsonb_build_array(${keyNames.map((k) => `${alias}.${k}`).join(', ')})::text`;
   const mine = (alias: string) => `${alias}.xmin = pg_catalog.xid(pg_catalog.pg_current_xact_id_if_assigned())`;
   const versionOf = (xmin: string, pkey: string) =>
     b.deltaPositions.length > 0 ? `pgmesh.row_version_keyed(${rel}, ${pkey}, ${xmin}, ${local})` : `pgmesh.row_version(${xmin}, ${local})`;
@@ -133,15 +133,15 @@ export function buildUniqueResolution(shape: StatementShape, ctx: StatementConte
   // this transaction: this transaction's).
   const prelude =
     `WITH u0 AS (SELECT s.ord, ${rows.typed.join(', ')} FROM ${source(rows.aliases, shape.multiRow)}), ` +
-    `u AS MATERIALIZED (SELECT u0.*, jsonb_build_array(${b.keyPositions.map((_, j) => `u0.k${j}`).join(', ')})::text AS pkey` +
+    `u AS MATERIALIZED (SELECT u0.*, pg_catalog.jsonb_build_array(${b.keyPositions.map((_, j) => `u0.k${j}`).join(', ')})::text AS pkey` +
     indexes
       .map(
         (x, i) =>
-          `, CASE WHEN ${x.aliases.map((a) => `u0.${a} IS NULL`).join(' OR ')} THEN NULL ELSE jsonb_build_array(${x.aliases.map((a) => `u0.${a}`).join(', ')})::text END AS q${i}`,
+          `, CASE WHEN ${x.aliases.map((a) => `u0.${a} IS NULL`).join(' OR ')} THEN NULL ELSE pg_catalog.jsonb_build_array(${x.aliases.map((a) => `u0.${a}`).join(', ')})::text END AS q${i}`,
       )
       .join('') +
     ` FROM u0), ` +
-    `cur AS MATERIALIZED (SELECT u.ord, v.ts AS lts, v.node AS lnode, to_jsonb(y) AS lrow, ` +
+    `cur AS MATERIALIZED (SELECT u.ord, v.ts AS lts, v.node AS lnode, pg_catalog.to_jsonb(y) AS lrow, ` +
     `CASE WHEN ${mine('y')} THEN ${ts} ELSE v.ts END AS cts, CASE WHEN ${mine('y')} THEN ${remote} ELSE v.node END AS cnode ` +
     `FROM u JOIN ${table} y ON ${keyMatch('y', 'u')} CROSS JOIN LATERAL ${versionOf('y.xmin', 'u.pkey')} v)`;
   const curClaims = b.local.uniqueIndexes.map(
@@ -170,7 +170,7 @@ export function buildUniqueResolution(shape: StatementShape, ctx: StatementConte
     `WHERE u.q${i} IS NOT NULL AND NOT (${keyMatch('y', 'u')}) AND NOT EXISTS (SELECT 1 FROM u u2 WHERE ${keyMatch('y', 'u2')})`;
   const holders = indexes.map(
     (x, i) =>
-      `h${i} AS MATERIALIZED (SELECT u.ord, ${i} AS idx, ${keyNames.map((k, j) => `y.${k} AS hk${j}`).join(', ')}, ${pkeyOf('y')} AS hpkey, to_jsonb(y) AS hrow, ` +
+      `h${i} AS MATERIALIZED (SELECT u.ord, ${i} AS idx, ${keyNames.map((k, j) => `y.${k} AS hk${j}`).join(', ')}, ${pkeyOf('y')} AS hpkey, pg_catalog.to_jsonb(y) AS hrow, ` +
       `y.xmin AS hxmin, ${mine('y')} AS hmine ${holderJoin(x, i)} FOR UPDATE OF y), ` +
       // The same rows as the statement's snapshot has them, without waiting for locks (see "moved").
       `s${i} AS MATERIALIZED (SELECT ${pkeyOf('y')} AS hpkey, y.xmin AS hxmin ${holderJoin(x, i)})`,
@@ -261,7 +261,7 @@ export function buildUniqueResolution(shape: StatementShape, ctx: StatementConte
 function jsonRow(pairs: readonly (readonly [string, string])[]): string {
   const args = pairs.flatMap(([name, value]) => [quoteLiteral(name), value]);
   const chunks: string[] = [];
-  for (let i = 0; i < args.length; i += 100) chunks.push(`jsonb_build_object(${args.slice(i, i + 100).join(', ')})`);
+  for (let i = 0; i < args.length; i += 100) chunks.push(`pg_catalog.jsonb_build_object(${args.slice(i, i + 100).join(', ')})`);
   return chunks.length === 0 ? `'{}'::jsonb` : chunks.join(' || ');
 }
 
@@ -279,13 +279,13 @@ export function buildUniqueClaimCheck(binding: RelationBinding, ctx: StatementCo
   const rel = `${local.oid}::oid`;
   const ts = `$${keys.length + 1}::timestamptz`;
   const values = local.uniqueIndexes
-    .map((index) => `(c.indexid = ${index.oid}::oid AND c.value = jsonb_build_array(${index.columns.map((c) => `x.${quoteIdent(c)}`).join(', ')})::text)`)
+    .map((index) => `(c.indexid = ${index.oid}::oid AND c.value = pg_catalog.jsonb_build_array(${index.columns.map((c) => `x.${quoteIdent(c)}`).join(', ')})::text)`)
     .join(' OR ');
   return (
     `SELECT pgmesh.raise_error('PM004', 'pgmesh: fast path miss', ${quoteLiteral(String(local.oid))}) ` +
     `FROM unnest(${keys.map((_, i) => `$${i + 1}::text[]`).join(', ')}) AS k(${keys.map((_, i) => `k${i}`).join(', ')}) ` +
     `JOIN ${local.qualified} x ON ${keys.map((k, i) => `x.${quoteIdent(k)} = k.k${i}::${keyType(k)}`).join(' AND ')} ` +
-    `JOIN pgmesh.unique_claim c ON c.relid = ${rel} AND (${values}) AND c.pkey <> jsonb_build_array(${keys.map((k) => `x.${quoteIdent(k)}`).join(', ')})::text ` +
+    `JOIN pgmesh.unique_claim c ON c.relid = ${rel} AND (${values}) AND c.pkey <> pg_catalog.jsonb_build_array(${keys.map((k) => `x.${quoteIdent(k)}`).join(', ')})::text ` +
     `CROSS JOIN LATERAL pgmesh.claim_version(c.xmin, c.ts, c.node, ${quoteLiteral(ctx.localNode)}) cv ` +
     // Only rows this transaction wrote, and only when the table has claims at all (an init plan, evaluated once).
     `WHERE ${hasRowsOf('unique_claim', rel)} AND x.xmin = pg_catalog.xid(pg_catalog.pg_current_xact_id_if_assigned()) ` +

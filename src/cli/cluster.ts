@@ -16,19 +16,23 @@ export function registerCluster(program: Command): void {
       const tables = options.tables ? options.tables.split(',').map((t) => parseTableName(t.trim())) : 'all';
       const result = await createCluster(config, loggerFor(config), { tables, agentRole: options.agentRole });
       // A table left out is a failure (exit 1), named or not: the nodes are linked, but its rows do not replicate.
-      const refused = new Set(result.nodes.flatMap((n) => n.tables.refused.map((t) => `${t.schema}.${t.name}`)));
-      if (refused.size > 0) process.exitCode = 1;
+      const refused = [...new Set(result.nodes.flatMap((n) => n.tables.refused.map((t) => `${t.schema}.${t.name}`)))];
+      if (refused.length > 0) process.exitCode = 1;
       if (options.json) {
-        printJson(result);
+        // complete: false with the tables left out, as the exit code 1 says.
+        printJson({ ...result, complete: refused.length === 0, notReplicated: refused });
         return;
       }
       for (const node of result.nodes) {
         process.stdout.write(`node ${node.name}: ${node.created ? 'initialized' : 'already initialized'}\n`);
       }
       printClusterTables(Object.fromEntries(result.nodes.map((n) => [n.name, n.tables])));
-      process.stdout.write(`linked ${config.nodes.length} nodes (${result.slotsCreated} new slots); start an agent per node: pgmesh start --node <name>\n`);
-      if (refused.size > 0) {
-        process.stderr.write(`pgmesh: not replicated: ${[...refused].join(', ')}; fix what is said above for each, then run "pgmesh tables add"\n`);
+      process.stdout.write(`linked ${config.nodes.length} nodes (${result.slotsCreated} new slots)\n`);
+      if (refused.length > 0) {
+        process.stdout.write(`INCOMPLETE: ${refused.length} table(s) do not replicate: ${refused.join(', ')}\n`);
+        process.stderr.write(`pgmesh: not replicated: ${refused.join(', ')}; fix what is said above for each, then run "pgmesh tables add"\n`);
+      } else {
+        process.stdout.write('cluster created; start an agent per node: pgmesh start --node <name>\n');
       }
     });
 }

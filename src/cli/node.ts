@@ -1,7 +1,8 @@
 import type { Command } from 'commander';
 import { PgmeshError } from '../core/errors.ts';
 import { addNodeToConfigFile, removeNodeFromConfigFile } from '../config/config-file.ts';
-import { dsnProblem } from '../pg/dsn.ts';
+import { dsnVariable, joiningDsn } from '../config/config.ts';
+import { dsnProblem, hasPassword, withoutPassword } from '../pg/dsn.ts';
 import { addNode } from '../membership/node-add.ts';
 import { removeNode } from '../membership/node-remove.ts';
 import { resyncNode } from '../membership/node-resync.ts';
@@ -17,14 +18,25 @@ function copyProgressOnStderr(): ReturnType<typeof progressReporter> {
   return progressReporter({ isTTY: process.stderr.isTTY === true, columns: process.stderr.columns, write: (text) => process.stderr.write(text) });
 }
 
-/** The node's connection string (flag, or its configuration entry) and the catch-up timeout, checked. */
+/**
+ * The node's connection string and the catch-up timeout, checked. The string comes from --dsn, else
+ * PGMESH_DSN_<NODE> (also for a node the file does not list yet), else the node's entry in the configuration. A
+ * password on the command line is refused: every user of the machine can read it (ps, /proc).
+ */
 function joinInput(
   nodes: readonly { readonly name: string; readonly dsn: string }[],
   name: string,
   options: { readonly dsn?: string; readonly catchUpTimeout: string },
 ): { dsn: string; timeout: number } {
-  const dsn = options.dsn ?? nodes.find((n) => n.name === name)?.dsn;
-  if (!dsn) throw new PgmeshError('CONFIG_INVALID', `node ${name} is not in the configuration: give its connection string with --dsn postgres://...`);
+  const variable = dsnVariable(name);
+  if (options.dsn !== undefined && hasPassword(options.dsn)) {
+    throw new PgmeshError(
+      'CONFIG_INVALID',
+      `--dsn carries a password, which every user of this machine can read on a command line; give the connection string in ${variable} instead, or the password in PGPASSWORD, the password file (~/.pgpass) or a service file, and --dsn without it`,
+    );
+  }
+  const dsn = options.dsn ?? joiningDsn(process.env, name) ?? nodes.find((n) => n.name === name)?.dsn;
+  if (!dsn) throw new PgmeshError('CONFIG_INVALID', `node ${name} is not in the configuration: give its connection string with --dsn postgres://... or in ${variable}`);
   const problem = dsnProblem(dsn);
   if (problem) throw new PgmeshError('CONFIG_INVALID', `the connection string of node ${name} ${problem}`);
   const timeout = Number(options.catchUpTimeout);
@@ -38,13 +50,13 @@ export function registerNode(program: Command): void {
     .command('add')
     .description('add a node to the running cluster: copy the replicated tables from a member, online, then link it with every node')
     .argument('<name>', 'the new node (1-40 of a-z, 0-9, _)')
-    .option('--dsn <url>', 'its connection string (default: its entry in the configuration)')
+    .option('--dsn <string>', 'its connection string, without a password (default: PGMESH_DSN_<NAME>, or its entry in the configuration)')
     .option('--from <node>', 'the member whose data is copied (default: the first node of the configuration)')
     .option('--catch-up-timeout <seconds>', 'how long the source may take to apply the other nodes\' changes', '300')
     .option('--json', 'print the result as JSON')
     .action(async (name: string, options: { dsn?: string; from?: string; catchUpTimeout: string; json?: boolean }, command: Command) => {
       const globals = command.optsWithGlobals<GlobalOptions>();
-      const config = configFrom(globals);
+      const config = configFrom(globals, name);
       const { dsn, timeout } = joinInput(config.nodes, name, options);
       const progress = copyProgressOnStderr();
       const result = await addNode(config, loggerFor(config), {
@@ -55,7 +67,7 @@ export function registerNode(program: Command): void {
         onProgress: progress.onProgress,
       }).finally(progress.finish);
       const file = globals.config ?? process.env.PGMESH_CONFIG;
-      const listed = file ? addNodeToConfigFile(file, { name, dsn: options.dsn ?? dsn }) : false;
+      const listed = file ? addNodeToConfigFile(file, { name, dsn: withoutPassword(dsn) }) : false;
       if (options.json) {
         printJson({ ...result, configUpdated: listed });
         return;
@@ -76,14 +88,14 @@ export function registerNode(program: Command): void {
     .command('resync')
     .description("copy a node anew from a member, as a join does: for a node whose slot on a peer was invalidated, that was restored from an old backup, or that was removed")
     .argument('<name>', 'the node to bring back to the cluster\'s state')
-    .option('--dsn <url>', 'its connection string (default: its entry in the configuration)')
+    .option('--dsn <string>', 'its connection string, without a password (default: PGMESH_DSN_<NAME>, or its entry in the configuration)')
     .option('--from <node>', 'the member whose data is copied (default: the first other node of the configuration)')
     .option('--force', 'resync although what it wrote could not be drained to every other node (those changes are lost)')
     .option('--catch-up-timeout <seconds>', 'how long the source may take to apply the other nodes\' changes', '300')
     .option('--json', 'print the result as JSON')
     .action(async (name: string, options: { dsn?: string; from?: string; force?: boolean; catchUpTimeout: string; json?: boolean }, command: Command) => {
       const globals = command.optsWithGlobals<GlobalOptions>();
-      const config = configFrom(globals);
+      const config = configFrom(globals, name);
       const { dsn, timeout } = joinInput(config.nodes, name, options);
       const progress = copyProgressOnStderr();
       const result = await resyncNode(config, loggerFor(config), {
@@ -95,7 +107,7 @@ export function registerNode(program: Command): void {
         onProgress: progress.onProgress,
       }).finally(progress.finish);
       const file = globals.config ?? process.env.PGMESH_CONFIG;
-      const listed = file ? addNodeToConfigFile(file, { name, dsn: options.dsn ?? dsn }) : false;
+      const listed = file ? addNodeToConfigFile(file, { name, dsn: withoutPassword(dsn) }) : false;
       if (options.json) {
         printJson({ ...result, configUpdated: listed });
         return;

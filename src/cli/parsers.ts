@@ -33,3 +33,12 @@ export function seconds(min: number, max: number): (text: string) => number {
     return n;
   };
 }
+
+/** A number (decimal, with an optional fraction) from min to max, e.g. a rate; `what` names it in the message. */
+export function decimal(min: number, max: number, what: string): (text: string) => number {
+  return (text) => {
+    const n = /^[0-9]+(\.[0-9]+)?$/.test(text) ? Number(text) : Number.NaN;
+    if (!Number.isFinite(n) || n < min || n > max) throw new InvalidArgumentError(`Give ${what} from ${min} to ${max}.`);
+    return n;
+  };
+}

@@ -2,6 +2,7 @@ import { Option, type Command } from 'commander';
 import { PgmeshError } from '../core/errors.ts';
 import {
   CONFLICT_POLICIES,
+  CONFLICT_TYPES,
   EXCEPTION_POLICIES,
   discardException,
   listConflicts,
@@ -17,7 +18,7 @@ import type { ConflictPolicy, ExceptionPolicy } from '../apply/local-relation.ts
 import type { ClusterConfig, NodeConfig } from '../config/config.ts';
 import { findNode } from '../config/config.ts';
 import { connectionError, openSql, type Sql } from '../pg/connect.ts';
-import { configFrom, loggerFor, printJson, type GlobalOptions } from './common.ts';
+import { answer, configFrom, loggerFor, printJson, requireInitialized, type GlobalOptions } from './common.ts';
 import { parseId, wholeNumber } from './parsers.ts';
 import { renderTable } from './status.ts';
 import { parseTableName } from './tables.ts';
@@ -28,6 +29,7 @@ async function onNode<T>(config: ClusterConfig, node: NodeConfig, fn: (sql: Sql)
     await sql.unsafe('SELECT 1').catch((error) => {
       throw connectionError(error, node.name, node.dsn);
     });
+    await requireInitialized(sql, node.name);
     return await fn(sql);
   } finally {
     await sql.end({ timeout: 2 });
@@ -58,7 +60,7 @@ export function registerRepair(program: Command): void {
     // Not a required option: commander checks those before it hands over to "conflicts restore", which has it too.
     .option('--node <name>', 'the node whose conflict log to read (required)')
     .option('--table <schema.table>', 'only this table')
-    .option('--type <type>', 'only this conflict type (insert_exists, update_origin_differs, ...)')
+    .addOption(new Option('--type <type>', 'only this conflict type').choices(CONFLICT_TYPES))
     .option('--limit <n>', 'at most this many (1-100000)', wholeNumber(1, 100_000), 50)
     .option('--json', 'print as JSON (with the whole rows)')
     .action(async (options: { node?: string; table?: string; type?: string; limit: number; json?: boolean }, command: Command) => {
@@ -79,12 +81,13 @@ export function registerRepair(program: Command): void {
     .description('write the row that lost a conflict back as a new change on the node; it replicates like any other write')
     .argument('<id>', 'conflict id (from "pgmesh conflicts")', parseId)
     .option('--set <column=value>', 'give a column another value in the row written back (repeatable), e.g. a free unique value', collectAssignment, {})
-    .action(async (id: bigint, options: { set: Record<string, string> }, command: Command) => {
+    .option('--json', 'print the result as JSON')
+    .action(async (id: bigint, options: { set: Record<string, string>; json?: boolean }, command: Command) => {
       const all = command.optsWithGlobals<GlobalOptions & { node?: string }>();
       const config = configFrom(all);
       const node = findNode(config, requireNode(all.node, 'conflicts restore'));
       const result = await onNode(config, node, (sql) => restoreConflict(sql, id, { set: options.set }));
-      process.stdout.write(`conflict ${id}: ${result.rows.length} row(s) of ${result.relation} written back on ${node.name}\n`);
+      answer(options.json, { conflict: id, node: node.name, ...result }, `conflict ${id}: ${result.rows.length} row(s) of ${result.relation} written back on ${node.name}`);
     });
 
   const exceptions = program.command('exceptions').description('changes that could not be applied: list, replay after a fix, or discard');
@@ -106,11 +109,13 @@ export function registerRepair(program: Command): void {
     .description('apply an exception\'s change again (after fixing its cause), with its original version')
     .argument('<id>', 'exception id', parseId)
     .requiredOption('--node <name>', 'the node the exception is on')
-    .action(async (id: bigint, options: { node: string }, command: Command) => {
+    .option('--json', 'print the result as JSON')
+    .action(async (id: bigint, options: { node: string; json?: boolean }, command: Command) => {
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
       const node = findNode(config, options.node);
+      await onNode(config, node, async () => undefined);
       await replayException(node.dsn, node.name, id, loggerFor(config));
-      process.stdout.write(`exception ${id} replayed on ${node.name}\n`);
+      answer(options.json, { exception: id, node: node.name, replayed: true }, `exception ${id} replayed on ${node.name}`);
     });
   exceptions
     .command('discard')
@@ -118,10 +123,11 @@ export function registerRepair(program: Command): void {
     .argument('<id>', 'exception id', parseId)
     .requiredOption('--node <name>', 'the node the exception is on')
     .option('--note <text>', 'why', 'discarded by operator')
-    .action(async (id: bigint, options: { node: string; note: string }, command: Command) => {
+    .option('--json', 'print the result as JSON')
+    .action(async (id: bigint, options: { node: string; note: string; json?: boolean }, command: Command) => {
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
       await onNode(config, findNode(config, options.node), (sql) => discardException(sql, id, options.note));
-      process.stdout.write(`exception ${id} discarded on ${options.node}\n`);
+      answer(options.json, { exception: id, node: options.node, discarded: true }, `exception ${id} discarded on ${options.node}`);
     });
 
   const tables = program.commands.find((c) => c.name() === 'tables');
@@ -130,9 +136,10 @@ export function registerRepair(program: Command): void {
     .command('policy')
     .description('set how a table resolves conflicts and what happens to changes that cannot be applied (on every node)')
     .argument('<table>', 'schema.table')
-    .option('--conflicts <policy>', CONFLICT_POLICIES.join(' | '))
-    .option('--exceptions <policy>', EXCEPTION_POLICIES.join(' | '))
-    .action(async (table: string, options: { conflicts?: string; exceptions?: string }, command: Command) => {
+    .addOption(new Option('--conflicts <policy>', 'how conflicts are resolved').choices(CONFLICT_POLICIES))
+    .addOption(new Option('--exceptions <policy>', 'what happens to a change that cannot be applied').choices(EXCEPTION_POLICIES))
+    .option('--json', 'print the result as JSON')
+    .action(async (table: string, options: { conflicts?: string; exceptions?: string; json?: boolean }, command: Command) => {
       if (!options.conflicts && !options.exceptions) throw new PgmeshError('CONFIG_INVALID', 'give --conflicts and/or --exceptions');
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
       const ref = parseTableName(table);
@@ -141,18 +148,21 @@ export function registerRepair(program: Command): void {
           setTablePolicy(sql, ref, { conflictPolicy: options.conflicts as ConflictPolicy | undefined, exceptionPolicy: options.exceptions as ExceptionPolicy | undefined }),
         );
       }
-      process.stdout.write(`${table}: policy set on ${config.nodes.map((n) => n.name).join(', ')}\n`);
+      const nodes = config.nodes.map((n) => n.name);
+      answer(options.json, { table, conflictPolicy: options.conflicts ?? null, exceptionPolicy: options.exceptions ?? null, nodes }, `${table}: policy set on ${nodes.join(', ')}`);
     });
   tables
     .command('delta')
     .description('declare numeric columns whose concurrent changes add up (local + (new - old)); sets REPLICA IDENTITY FULL (on every node)')
     .argument('<table>', 'schema.table')
     .argument('<columns...>', 'column names')
-    .action(async (table: string, columns: string[], _options: unknown, command: Command) => {
+    .option('--json', 'print the result as JSON')
+    .action(async (table: string, columns: string[], options: { json?: boolean }, command: Command) => {
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
       const ref = parseTableName(table);
       for (const node of config.nodes) await onNode(config, node, (sql) => setDeltaColumns(sql, ref, columns));
-      process.stdout.write(`${table}: delta columns ${columns.join(', ')} on ${config.nodes.map((n) => n.name).join(', ')}\n`);
+      const nodes = config.nodes.map((n) => n.name);
+      answer(options.json, { table, deltaColumns: columns, nodes }, `${table}: delta columns ${columns.join(', ')} on ${nodes.join(', ')}`);
     });
 
   program
@@ -165,7 +175,8 @@ export function registerRepair(program: Command): void {
         .choices(['last_update_wins', 'keep_local', 'apply_remote'])
         .default('last_update_wins'),
     )
-    .action(async (options: { node: string; peer: string; resolution: ResumeResolution }, command: Command) => {
+    .option('--json', 'print the result as JSON')
+    .action(async (options: { node: string; peer: string; resolution: ResumeResolution; json?: boolean }, command: Command) => {
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
       const node = findNode(config, options.node);
       const peers = config.nodes.filter((n) => n !== node).map((n) => n.name);
@@ -176,6 +187,10 @@ export function registerRepair(program: Command): void {
         throw new PgmeshError('UNKNOWN_NODE', `--peer ${options.peer}: there is no node ${options.peer} in the configuration (peers of ${node.name}: ${peers.join(', ') || 'none'})`);
       }
       const resumed = await onNode(config, node, (sql) => resumePeer(sql, options.peer, { resolution: options.resolution }));
-      process.stdout.write(resumed ? `${options.node} resumes streaming from ${options.peer}\n` : `${options.peer} was not paused on ${options.node}\n`);
+      answer(
+        options.json,
+        { node: options.node, peer: options.peer, resumed },
+        resumed ? `${options.node} resumes streaming from ${options.peer}` : `${options.peer} was not paused on ${options.node}`,
+      );
     });
 }

@@ -1,16 +1,18 @@
 import type { Command } from 'commander';
 import { Agent } from '../agent/agent.ts';
 import { errorMessage } from '../core/errors.ts';
-import { configFrom, loggerFor, type GlobalOptions } from './common.ts';
+import { agentLoggerFor, configFrom, type GlobalOptions } from './common.ts';
 
 export function registerStart(program: Command): void {
   program
     .command('start')
     .description('run the agent of one node (streams from every peer and applies); stops cleanly on SIGINT/SIGTERM; SIGHUP reloads the configuration (nodes added or removed)')
     .requiredOption('--node <name>', 'the node this agent serves')
-    .action(async (options: { node: string }, command: Command) => {
+    // The agent's output is its log (JSON lines on stderr); --json makes a refusal to start JSON on stdout too.
+    .option('--json', 'an error that stops the agent from starting as JSON on stdout')
+    .action(async (options: { node: string; json?: boolean }, command: Command) => {
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
-      const logger = loggerFor(config);
+      const logger = agentLoggerFor(config);
       const agent = await Agent.start(config, options.node, logger);
       // Listening until the agent has stopped: a second signal (a wrapper such as npm or tsx passes one on) must
       // not end the process halfway through stopping.

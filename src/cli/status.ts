@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { clusterStatus, type ClusterStatus, type LockWait, type NodeStatus } from '../cluster/cluster-ops.ts';
-import { configFrom, loggerFor, printJson, type GlobalOptions } from './common.ts';
+import { clusterHealth } from '../cluster/health.ts';
+import { asPgmeshError, configFrom, loggerFor, printJson, type GlobalOptions } from './common.ts';
 import { seconds } from './parsers.ts';
 
 function bytes(n: number | null): string {
@@ -151,29 +152,59 @@ function describeLockWait(wait: LockWait): string {
   );
 }
 
+/** Exit code 1 for the problems status has always flagged (a node down, in error or needing a resync). */
+function nodesFailing(status: ClusterStatus): boolean {
+  return status.nodes.some((n) => !n.reachable || n.error || n.needsResync.length > 0);
+}
+
 export function registerStatus(program: Command): void {
   program
     .command('status')
     .description('show every node and every replication link: streaming, lag, applied transactions')
     .option('--json', 'print as JSON')
+    .option('--check', 'health check: exit 1 unless every node is initialized and reachable, every link streams, no peer is paused, no exception is open and no slot is near its WAL limit; says which')
     .option('--watch <seconds>', 'refresh every N seconds (0.5-3600) until Ctrl-C', seconds(0.5, 3600))
-    .action(async (options: { json?: boolean; watch?: number }, command: Command) => {
+    .action(async (options: { json?: boolean; check?: boolean; watch?: number }, command: Command) => {
       const config = configFrom(command.optsWithGlobals<GlobalOptions>());
       const logger = loggerFor(config);
-      const show = async () => {
+      // On a terminal --watch redraws the screen; into a pipe or a file each refresh is appended, with its time.
+      const redraw = options.watch !== undefined && process.stdout.isTTY === true;
+      const show = async (): Promise<boolean> => {
         const status = await clusterStatus(config, logger);
-        if (options.json) printJson(status);
-        else process.stdout.write(`${options.watch ? '\x1b[2J\x1b[H' : ''}${formatStatus(status)}\n`);
-        return status;
+        const health = options.check ? clusterHealth(status) : undefined;
+        const failing = health ? !health.healthy || nodesFailing(status) : nodesFailing(status);
+        if (options.json) {
+          const value = health ? { ...status, healthy: health.healthy, problems: health.problems } : status;
+          // One line per refresh when watching (a stream of JSON documents), indented otherwise.
+          if (options.watch !== undefined) process.stdout.write(`${JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))}\n`);
+          else printJson(value);
+        } else {
+          const lines = [formatStatus(status)];
+          if (health) lines.push('', health.healthy ? 'check: ok' : `check: ${health.problems.length} problem(s)\n${health.problems.map((p) => `  ${p.message}`).join('\n')}`);
+          const header = options.watch === undefined ? '' : `${redraw ? '\x1b[2J\x1b[H' : ''}--- ${status.at}\n`;
+          process.stdout.write(`${header}${lines.join('\n')}\n${options.watch !== undefined && !redraw ? '\n' : ''}`);
+        }
+        return failing;
       };
-      const status = await show();
-      if (!options.watch) {
-        if (status.nodes.some((n) => !n.reachable || n.error || n.needsResync.length > 0)) process.exitCode = 1;
+      const failing = await show();
+      if (options.watch === undefined) {
+        if (failing) process.exitCode = 1;
         return;
       }
-      const everyMs = options.watch * 1000;
-      const timer = setInterval(() => void show().catch(() => undefined), everyMs);
-      await new Promise<void>((resolve) => process.once('SIGINT', () => resolve()));
+      // A refresh that fails says so (a stale screen must not look current); the next one tries again.
+      const refresh = () =>
+        show().catch((error: unknown) => {
+          const failure = asPgmeshError(error);
+          const at = new Date().toISOString();
+          if (options.json) process.stdout.write(`${JSON.stringify({ at, error: { code: failure.code, message: failure.message } })}\n`);
+          else process.stdout.write(`--- ${at}\n! refresh failed: ${failure.message}\n\n`);
+          return true;
+        });
+      const timer = setInterval(() => void refresh(), options.watch * 1000);
+      await new Promise<void>((resolve) => {
+        process.once('SIGINT', () => resolve());
+        process.once('SIGTERM', () => resolve());
+      });
       clearInterval(timer);
     });
 }

@@ -49,6 +49,10 @@ export const AGENT_CATALOG_WRITES: Readonly<Record<string, readonly string[]>> =
   version_horizon: ['INSERT', 'UPDATE'],
   version_checkpoint: ['INSERT', 'DELETE'],
   peer_ack: ['INSERT', 'UPDATE'],
+  // Row locks (FOR UPDATE, FOR KEY SHARE) of the apply sessions' key and table slots (src/apply/key-lock.ts).
+  apply_lock: ['UPDATE'],
+  // "pgmesh ddl --lock" run with the agent's connection string records its sessions (src/ddl/ddl-lock-sql.ts).
+  ddl_fence_session: ['INSERT', 'DELETE'],
 };
 
 /** Applying a peer's changes inserts, updates, deletes (after reading) and truncates. */

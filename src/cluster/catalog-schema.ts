@@ -4,10 +4,13 @@
  */
 
 import { DDL_CAPTURE_MIGRATION } from '../ddl/capture-sql.ts';
-import { DDL_LOCK_MIGRATION, DDL_LOG_MIGRATION, SEQUENCE_GUARD_MIGRATION } from '../ddl/ddl-lock-sql.ts';
-import { TRUNCATE_LOCK_MIGRATION, TRUNCATE_MIGRATION } from './truncate-sql.ts';
+import { CAPTURE_TRUST_MIGRATION } from '../ddl/capture-trust-sql.ts';
+import { DDL_LOCK_MIGRATION, DDL_LOG_MIGRATION, SEQUENCE_GUARD_MIGRATION, DDL_FENCE_HOLDER_MIGRATION } from '../ddl/ddl-lock-sql.ts';
+import { APPLY_LOCK_MIGRATION, TRUNCATE_LOCK_MIGRATION, TRUNCATE_MIGRATION } from './truncate-sql.ts';
 import { VERSION_HORIZON_MIGRATION } from './version-horizon-sql.ts';
 import { RETIRED_ORIGINS_MIGRATION } from './retired-origins-sql.ts';
+import { SEQUENCE_STATUS_MIGRATION } from './sequence-status-sql.ts';
+import { PEER_IDENTITY_MIGRATION } from './peer-identity.ts';
 import { DDL_AS_OWNER_MIGRATION } from '../ddl/ddl-as-owner-sql.ts';
 import { KEY_JSON_MIGRATION } from './key-json-sql.ts';
 import { OWNER_CODE_MIGRATION } from './owner-code-sql.ts';
@@ -846,9 +849,15 @@ CREATE TABLE pgmesh.membership_table (
 );
 `,
   /* 22: origins of nodes that left keep their ids, read as those nodes (src/cluster/retired-origins-sql.ts) */ RETIRED_ORIGINS_MIGRATION,
-  /* 23: replayed DDL runs as its role with role changes impossible (src/ddl/ddl-as-owner-sql.ts) */ DDL_AS_OWNER_MIGRATION,
-  /* 24: the definer triggers spell keys without calling casts that roles created (src/cluster/key-json-sql.ts) */ KEY_JSON_MIGRATION,
-  /* 25: code of a table's owner that pgmesh's sessions would run with their rights is refused (src/cluster/owner-code-sql.ts) */ OWNER_CODE_MIGRATION,
+  /* 23: authenticated messages (cluster key, signed DDL messages and markers), only DDL statements shipped, a statement
+     counter and a capture switch users cannot set, only tables a replayed statement created join (src/ddl/capture-trust-sql.ts) */ CAPTURE_TRUST_MIGRATION,
+  /* 24: sequence_status.values_left without bigint overflow on a sequence never called yet (src/cluster/sequence-status-sql.ts) */ SEQUENCE_STATUS_MIGRATION,
+  /* 25: the cluster id, and each peer's identity recorded at link time (src/cluster/peer-identity.ts) */ PEER_IDENTITY_MIGRATION,
+  /* 26: the apply sessions' key and table locks as rows of pgmesh.apply_lock (src/cluster/truncate-sql.ts) */ APPLY_LOCK_MIGRATION,
+  /* 27: the DDL fence counts only keys held by recorded "pgmesh ddl --lock" sessions (src/ddl/ddl-lock-sql.ts) */ DDL_FENCE_HOLDER_MIGRATION,
+  /* 28: replayed DDL runs as its role with role changes impossible (src/ddl/ddl-as-owner-sql.ts) */ DDL_AS_OWNER_MIGRATION,
+  /* 29: the definer triggers spell keys without calling casts that roles created (src/cluster/key-json-sql.ts) */ KEY_JSON_MIGRATION,
+  /* 30: code of a table's owner that pgmesh's sessions would run with their rights is refused (src/cluster/owner-code-sql.ts) */ OWNER_CODE_MIGRATION,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

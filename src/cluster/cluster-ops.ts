@@ -2,6 +2,7 @@
  * Operations over every node of a configuration: create the cluster (init each node, choose the tables, link every
  * ordered pair) and read its status. The CLI commands `cluster create` and `status` are thin shells over these.
  */
+import { shareClusterKey } from '../ddl/message-auth.ts';
 import { PgmeshError, errorMessage } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
 import { isoTimestampSql } from '../core/pg-time.ts';
@@ -32,6 +33,7 @@ import { readMembership, type Membership } from '../membership/membership-state.
 import { assessMembership, type LeftoverSlot, type MemberFacts, type ResyncReason } from '../membership/membership-status.ts';
 import { ackFloor, readSlotHealth, type SlotHealth } from '../membership/slot-health.ts';
 import { formatLsn } from '../core/lsn.ts';
+import { ensureClusterId, readPeerIdentity, type PeerIdentity } from './peer-identity.ts';
 
 export interface CreateClusterResult {
   readonly nodes: readonly { readonly name: string; readonly created: boolean; readonly tables: AddTablesResult }[];
@@ -107,16 +109,30 @@ export async function createCluster(config: ClusterConfig, logger: Logger, optio
     for (const [index, node] of config.nodes.entries()) {
       inits.set(node.name, (await initNode(conns.get(node.name) as Sql, initOptions(index, node))).created);
     }
+    // One cluster key on every node: the first node's (docs/security.md, "Authenticated messages"). Also how an
+    // existing cluster gets one on upgrade: each node's catalog upgrade made its own.
+    const [first, ...others] = config.nodes;
+    if (first) await shareClusterKey(conns.get(first.name) as Sql, others.map((n) => ({ name: n.name, sql: conns.get(n.name) as Sql })));
     const tables = await addTablesEverywhere(conns, options.tables);
     for (const node of config.nodes) {
       nodes.push({ name: node.name, created: inits.get(node.name) ?? false, tables: tables.get(node.name) as AddTablesResult });
     }
     let slotsCreated = 0;
+    // One cluster id on every node (refused when they already have different ones), then each link records who its
+    // peer is, read on the peer's own connection.
+    await ensureClusterId(conns);
+    const identities = new Map<string, PeerIdentity>();
+    for (const node of config.nodes) identities.set(node.name, await readPeerIdentity(conns.get(node.name) as Sql));
     for (const [i, publisher] of config.nodes.entries()) {
       for (const [j, subscriber] of config.nodes.entries()) {
         if (i === j) continue;
         // The origin and progress row on the subscriber exist before the slot, so nothing streamed is unaccounted.
-        await ensurePeer(conns.get(subscriber.name) as Sql, { name: publisher.name, nodeSlot: i + 1, endpoint: describeEndpoint(publisher.dsn) });
+        await ensurePeer(conns.get(subscriber.name) as Sql, {
+          name: publisher.name,
+          nodeSlot: i + 1,
+          endpoint: describeEndpoint(publisher.dsn),
+          identity: identities.get(publisher.name) as PeerIdentity,
+        });
         if ((await ensureSlotFor(conns.get(publisher.name) as Sql, subscriber.name)) === 'created') slotsCreated++;
       }
     }
@@ -241,6 +257,8 @@ export interface LinkStatus {
   /** A walsender is streaming the slot (the subscriber's agent is connected). */
   readonly streaming: boolean;
   readonly slotStatus: string;
+  /** The share (0-1) of max_slot_wal_keep_size the slot's retained WAL takes; null when there is no limit. */
+  readonly walLimitUsed: number | null;
   /** WAL the publisher has written that the subscriber has not confirmed durable. */
   readonly lagBytes: number | null;
   readonly appliedXacts: number | null;
@@ -348,7 +366,7 @@ export interface ClusterStatus {
 
 interface NodeFacts {
   status: NodeStatus;
-  slots: Map<string, { active: boolean; walStatus: string | null; lagBytes: number | null }>;
+  slots: Map<string, { active: boolean; walStatus: string | null; lagBytes: number | null; walLimitUsed: number | null }>;
   progress: Map<string, PeerProgress>;
   /** For the membership assessment; undefined when the node could not be read. */
   member: MemberFacts | undefined;
@@ -397,12 +415,17 @@ async function readNode(node: NodeConfig, logger: Logger, opened: Map<string, Sq
     );
     const initialized = info[0]?.initialized === true;
     reached = { version: info[0]?.version ?? null, initialized };
-    const slots = new Map<string, { active: boolean; walStatus: string | null; lagBytes: number | null }>();
-    for (const row of await sql.unsafe<{ slot_name: string; active: boolean; wal_status: string | null; lag: string | null }[]>(
-      `SELECT slot_name, active, wal_status, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint::text AS lag
+    const slots = new Map<string, { active: boolean; walStatus: string | null; lagBytes: number | null; walLimitUsed: number | null }>();
+    // safe_wal_size: how much more WAL the slot may hold before max_slot_wal_keep_size invalidates it (NULL: no limit).
+    for (const row of await sql.unsafe<{ slot_name: string; active: boolean; wal_status: string | null; lag: string | null; retained: string | null; safe: string | null }[]>(
+      `SELECT slot_name, active, wal_status, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint::text AS lag,
+              pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint::text AS retained, safe_wal_size::text AS safe
          FROM pg_catalog.pg_replication_slots WHERE slot_name LIKE 'pgmesh\\_%'`,
     )) {
-      slots.set(row.slot_name, { active: row.active, walStatus: row.wal_status, lagBytes: row.lag === null ? null : Number(row.lag) });
+      const retained = row.retained === null ? null : Number(row.retained);
+      const safe = row.safe === null ? null : Math.max(0, Number(row.safe));
+      const walLimitUsed = retained === null || safe === null ? null : retained + safe === 0 ? 1 : retained / (retained + safe);
+      slots.set(row.slot_name, { active: row.active, walStatus: row.wal_status, lagBytes: row.lag === null ? null : Number(row.lag), walLimitUsed });
     }
     const slotHealth: SlotHealth[] = await readSlotHealth(sql);
     const membership = initialized ? ((await readMembership(sql)) ?? null) : null;
@@ -583,6 +606,7 @@ async function readCluster(config: ClusterConfig, logger: Logger, opened: Map<st
         to: to.status.name,
         streaming: slot?.active ?? false,
         slotStatus: !from.status.reachable ? 'unknown' : slot ? (slot.walStatus ?? 'ok') : 'missing',
+        walLimitUsed: slot?.walLimitUsed ?? null,
         lagBytes: slot?.lagBytes ?? null,
         appliedXacts: progress?.appliedXacts ?? null,
         lastAppliedAt: progress?.appliedAt ?? null,

@@ -20,6 +20,7 @@ import {
 import { memberProblems, type SequenceResult } from './sequences.ts';
 import { DDL_CAPTURE_SETTING } from '../ddl/capture-sql.ts';
 import { checkServerFacts, formatProblems, readServerFacts } from './server-checks.ts';
+import type { PeerIdentity } from './peer-identity.ts';
 
 export interface LocalNode {
   readonly nodeName: string;
@@ -374,6 +375,12 @@ export interface PeerLink {
   readonly name: string;
   readonly nodeSlot: number;
   readonly endpoint: string;
+  /**
+   * Who the peer is, read on its own connection (readPeerIdentity): the agent streams only from that node. Every
+   * command that links nodes gives it; without it (a bench's or test's loop-back link), the agent's first connect
+   * records it.
+   */
+  readonly identity?: PeerIdentity;
 }
 
 /**
@@ -382,11 +389,24 @@ export interface PeerLink {
  */
 export async function ensurePeer(sql: Sql, peer: PeerLink): Promise<void> {
   validateNodeName(peer.name);
+  const identity = peer.identity;
+  if (identity && identity.nodeName !== peer.name) {
+    throw new PgmeshError(
+      'PEER_MISMATCH',
+      `the connection string of ${peer.name} (${peer.endpoint}) reaches ${identity.nodeName === null ? 'a database without a pgmesh node' : `node ${identity.nodeName}`}; fix it in the configuration`,
+      { context: { peer: peer.name } },
+    );
+  }
   await sql.begin(async (tx) => {
+    // Linking (again) records who the peer is now: the operator's command, with every node's connection at hand.
     await tx.unsafe(
-      `INSERT INTO pgmesh.peer (node_name, node_slot, endpoint) VALUES ($1, $2, $3)
-       ON CONFLICT (node_name) DO UPDATE SET node_slot = EXCLUDED.node_slot, endpoint = EXCLUDED.endpoint`,
-      [peer.name, peer.nodeSlot, peer.endpoint],
+      `INSERT INTO pgmesh.peer (node_name, node_slot, endpoint, system_identifier, database_name, cluster_id, identity_recorded_at, identity_source)
+       VALUES ($1, $2, $3, $4::pg_catalog.text, $5::pg_catalog.text, $6::pg_catalog.text::pg_catalog.uuid,
+               CASE WHEN $4::pg_catalog.text IS NOT NULL THEN pg_catalog.now() END, CASE WHEN $4::pg_catalog.text IS NOT NULL THEN 'link' END)
+       ON CONFLICT (node_name) DO UPDATE SET node_slot = EXCLUDED.node_slot, endpoint = EXCLUDED.endpoint,
+         system_identifier = EXCLUDED.system_identifier, database_name = EXCLUDED.database_name, cluster_id = EXCLUDED.cluster_id,
+         identity_recorded_at = EXCLUDED.identity_recorded_at, identity_source = EXCLUDED.identity_source`,
+      [peer.name, peer.nodeSlot, peer.endpoint, identity?.systemIdentifier ?? null, identity?.database ?? null, identity?.clusterId ?? null],
     );
     await tx.unsafe(`INSERT INTO pgmesh.apply_progress (peer) VALUES ($1) ON CONFLICT DO NOTHING`, [peer.name]);
     // The link starts at the beginning of the peer's slot: a seed row of the progress log, not an applied transaction.

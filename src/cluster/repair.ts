@@ -20,6 +20,16 @@ import { replayOriginName } from './catalog-schema.ts';
 import type { TableRef } from './node-admin.ts';
 
 export const CONFLICT_POLICIES: readonly ConflictPolicy[] = ['last_update_wins', 'keep_local', 'apply_remote', 'pause'];
+/** The conflict types pgmesh records (the CHECK of pgmesh.conflict.conflict_type). */
+export const CONFLICT_TYPES = [
+  'insert_exists',
+  'update_origin_differs',
+  'update_exists',
+  'update_missing',
+  'delete_origin_differs',
+  'delete_missing',
+  'multiple_unique_conflicts',
+] as const;
 export const EXCEPTION_POLICIES: readonly ExceptionPolicy[] = ['skip_change', 'skip_transaction', 'pause'];
 
 export interface ConflictRecord {

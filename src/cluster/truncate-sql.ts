@@ -15,14 +15,21 @@
 export const TRUNCATE_TOMBSTONE_KEY = '*';
 
 /**
- * The high half of the advisory lock (pg_advisory_xact_lock(int8)) of a whole table among apply sessions ('pmsh'):
- * the low half is the table's OID. Key lockers take it shared (src/apply/key-lock.ts), a peer's TRUNCATE exclusively.
+ * The high half of the advisory lock (pg_advisory_xact_lock(int8)) of a whole table among apply sessions ('pmsh'), as
+ * TRUNCATE_LOCK_MIGRATION took it; APPLY_LOCK_MIGRATION replaced it by rows of pgmesh.apply_lock.
  */
 export const APPLY_TABLE_LOCK_SPACE = 0x706d7368;
 
-/** The table lock's key for a table OID, as an int8 literal. */
-export function tableLockKey(oid: number): string {
-  return `${(BigInt(APPLY_TABLE_LOCK_SPACE) << 32n) | BigInt(oid >>> 0)}::int8`;
+/**
+ * Rows of pgmesh.apply_lock per kind: slots 0 .. APPLY_LOCK_SLOTS - 1 are tables' (by OID), the next as many are
+ * keys' and unique values' (src/apply/key-lock.ts). Every table slot comes before every key slot, so sessions that
+ * lock a table's row first and then keys in slot order lock in one global order.
+ */
+export const APPLY_LOCK_SLOTS = 8192;
+
+/** The slot of pgmesh.apply_lock that stands for a table among apply sessions. */
+export function tableLockSlot(oid: number): number {
+  return (oid >>> 0) & (APPLY_LOCK_SLOTS - 1);
 }
 
 export const TRUNCATE_MIGRATION = `
@@ -147,4 +154,19 @@ BEGIN
   RETURN true;
 END
 $fn$;
+`;
+
+const ADVISORY_TABLE_LOCKS = `  PERFORM pg_advisory_xact_lock((${APPLY_TABLE_LOCK_SPACE}::int8 << 32) | r::int8) FROM (SELECT DISTINCT r FROM unnest(rels) r ORDER BY r) z;`;
+const SLOT_TABLE_LOCKS = `  PERFORM 1 FROM pgmesh.apply_lock l WHERE l.slot IN (SELECT (r::int8 & ${APPLY_LOCK_SLOTS - 1})::int4 FROM unnest(rels) r) ORDER BY l.slot FOR UPDATE;`;
+if (!TRUNCATE_LOCK_MIGRATION.includes(ADVISORY_TABLE_LOCKS)) throw new Error('truncate-sql.ts: the table lock line of apply_truncate moved');
+
+/**
+ * The apply sessions' locks as rows of a pgmesh table instead of advisory locks, which any role could hold
+ * (src/apply/key-lock.ts, docs/security.md): the slots, and apply_truncate locking its tables' rows. The agent roles
+ * get UPDATE on it (agent-privileges.ts), which row locks need.
+ */
+export const APPLY_LOCK_MIGRATION = `
+CREATE TABLE pgmesh.apply_lock (slot integer PRIMARY KEY);
+INSERT INTO pgmesh.apply_lock SELECT g FROM generate_series(0, ${2 * APPLY_LOCK_SLOTS - 1}) g;
+${TRUNCATE_LOCK_MIGRATION.replace(ADVISORY_TABLE_LOCKS, SLOT_TABLE_LOCKS)}
 `;

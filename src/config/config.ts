@@ -4,7 +4,8 @@
  *
  * File:   { "maxNodes": 16, "logLevel": "info", "nodes": [{ "name": "n1", "dsn": "postgres://..." }], "tuning": { ... } }
  * Env:    PGMESH_CONFIG (file path), PGMESH_LOG_LEVEL, PGMESH_MAX_NODES, PGMESH_DSN_<NODE> (a node's connection string,
- *         so that passwords can stay out of the file).
+ *         so that passwords can stay out of the file), and libpq's PG* variables, which connection strings are
+ *         resolved against (src/pg/dsn.ts).
  */
 import { closeSync, openSync, readSync } from 'node:fs';
 import { PgmeshError } from '../core/errors.ts';
@@ -47,6 +48,13 @@ export interface AgentTuning {
   readonly conflictWindowMs: number;
   /** Clock difference to a peer above which status and logs warn (last-update-wins trusts clocks). */
   readonly clockSkewWarnMs: number;
+  /**
+   * A peer's transaction whose commit timestamp is more than this ahead of the local clock is held until the clock
+   * catches up (src/agent/future-commits.ts); as the clock-skew warning, by default.
+   */
+  readonly futureCommitHoldMs: number;
+  /** Past this far ahead, the link is paused for the operator instead (a clock set wrong by more than a moment). */
+  readonly futureCommitPauseMs: number;
   /** How long a peer's table or columns that this node lacks are waited for (their DDL may be on another stream). */
   readonly schemaWaitMs: number;
   /** How often tombstones that every peer is past are removed. */
@@ -93,6 +101,8 @@ export const DEFAULT_TUNING: AgentTuning = {
   applyRetries: 10,
   conflictWindowMs: 10_000,
   clockSkewWarnMs: 500,
+  futureCommitHoldMs: 500,
+  futureCommitPauseMs: 300_000,
   schemaWaitMs: 10_000,
   tombstoneGcIntervalMs: 60_000,
   tombstoneMarginMs: 60_000,
@@ -115,6 +125,8 @@ const TUNING_LIMITS: Record<NumericTuningKey, readonly [number, number]> = {
   applyRetries: [0, 1_000],
   conflictWindowMs: [0, 86_400_000],
   clockSkewWarnMs: [1, 3_600_000],
+  futureCommitHoldMs: [0, 3_600_000],
+  futureCommitPauseMs: [0, 31_536_000_000],
   schemaWaitMs: [0, 3_600_000],
   tombstoneGcIntervalMs: [100, 86_400_000],
   tombstoneMarginMs: [0, 86_400_000],
@@ -132,6 +144,21 @@ export interface ConfigSources {
   readonly file?: string | undefined;
   readonly env?: Readonly<Record<string, string | undefined>>;
   readonly flags?: { readonly logLevel?: string | undefined; readonly maxNodes?: string | undefined };
+  /**
+   * A node that `node add` is adding: its PGMESH_DSN_<NODE> is honoured (joiningDsn) though the file does not list
+   * it yet, rather than refused as a variable for an unknown node.
+   */
+  readonly joining?: string | undefined;
+}
+
+/** The environment variable that holds a node's connection string. */
+export function dsnVariable(node: string): string {
+  return `PGMESH_DSN_${node.toUpperCase()}`;
+}
+
+/** The connection string of a node being added, from PGMESH_DSN_<NODE>; undefined when the variable is unset. */
+export function joiningDsn(env: Readonly<Record<string, string | undefined>>, node: string): string | undefined {
+  return env[dsnVariable(node)] || undefined;
 }
 
 /** Reads and validates; throws one PgmeshError('CONFIG_INVALID') listing every problem. */
@@ -149,7 +176,7 @@ export function loadConfig(sources: ConfigSources): ClusterConfig {
     }
   }
   const config = parseConfig(raw, problems, path ?? '(no file)');
-  const merged = applyOverrides(config, env, sources.flags ?? {}, problems);
+  const merged = applyOverrides(config, env, sources.flags ?? {}, problems, sources.joining);
   if (problems.length > 0) {
     throw new PgmeshError('CONFIG_INVALID', `the configuration has ${problems.length} problem(s):\n- ${problems.join('\n- ')}`);
   }
@@ -271,6 +298,7 @@ function applyOverrides(
   env: Readonly<Record<string, string | undefined>>,
   flags: NonNullable<ConfigSources['flags']>,
   problems: string[],
+  joining: string | undefined,
 ): ClusterConfig {
   let { maxNodes, logLevel } = config;
   const levelText = flags.logLevel ?? env.PGMESH_LOG_LEVEL;
@@ -286,14 +314,14 @@ function applyOverrides(
   }
   const dsnSources: string[] = [];
   const nodes = config.nodes.map((node, i) => {
-    const variable = `PGMESH_DSN_${node.name.toUpperCase()}`;
+    const variable = dsnVariable(node.name);
     const override = env[variable];
     dsnSources.push(override ? variable : `nodes[${i}].dsn`);
     return override ? { ...node, dsn: override } : node;
   });
   // A connection string for a node the configuration does not have is a typo (or a stale variable): say so, since
   // the node it was meant for would silently keep its other connection string.
-  const known = new Set(config.nodes.map((n) => `PGMESH_DSN_${n.name.toUpperCase()}`));
+  const known = new Set([...config.nodes.map((n) => dsnVariable(n.name)), ...(joining ? [dsnVariable(joining)] : [])]);
   for (const variable of Object.keys(env).sort()) {
     // Environment variables are case-sensitive: PGMESH_DSN_n1 is not PGMESH_DSN_N1, and would be ignored.
     if (!variable.toUpperCase().startsWith('PGMESH_DSN_') || !env[variable] || known.has(variable)) continue;
@@ -305,12 +333,12 @@ function applyOverrides(
       problems.push(`${variable} is set, but the configuration has no node ${meant.slice('PGMESH_DSN_'.length).toLowerCase()} (nodes: ${names}); fix its name or unset it`);
     }
   }
-  validate({ ...config, nodes, maxNodes, logLevel }, dsnSources, problems);
+  validate({ ...config, nodes, maxNodes, logLevel }, dsnSources, problems, env);
   return { ...config, nodes, maxNodes, logLevel };
 }
 
 /** @param dsnSources where each node's connection string came from, to point at the right place */
-function validate(config: ClusterConfig, dsnSources: readonly string[], problems: string[]): void {
+function validate(config: ClusterConfig, dsnSources: readonly string[], problems: string[], env: Readonly<Record<string, string | undefined>>): void {
   const seen = new Set<string>();
   const endpoints = new Map<string, string>();
   config.nodes.forEach((node, i) => {
@@ -319,10 +347,11 @@ function validate(config: ClusterConfig, dsnSources: readonly string[], problems
     }
     if (seen.has(node.name)) problems.push(`nodes[${i}].name "${node.name}" appears twice`);
     seen.add(node.name);
-    const dsn = dsnProblem(node.dsn);
+    // Resolved as a connection would be: with its service file and the PG* variables of this environment.
+    const dsn = dsnProblem(node.dsn, env);
     if (dsn) problems.push(`${dsnSources[i]}: the connection string of node ${node.name} ${dsn}`);
     // Two nodes in one database would replicate into themselves; each node is a database of its own.
-    const endpoint = dsn ? undefined : sameDatabaseKey(describeEndpoint(node.dsn));
+    const endpoint = dsn ? undefined : sameDatabaseKey(describeEndpoint(node.dsn, env));
     const first = endpoint === undefined ? undefined : endpoints.get(endpoint);
     if (first !== undefined) {
       problems.push(`${dsnSources[i]}: node ${node.name} has the same server and database as node ${first} (${endpoint}); each node must be a database of its own`);

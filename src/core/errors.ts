@@ -4,6 +4,8 @@
  * Messages say what to do, and never carry a password.
  */
 export type PgmeshErrorCode =
+  /** The command line itself: an unknown command or option, a missing or malformed value (exit code 2). */
+  | 'USAGE'
   | 'CONFIG_INVALID'
   | 'SERVER_SETTINGS'
   | 'CONNECTION_FAILED'
@@ -19,6 +21,10 @@ export type PgmeshErrorCode =
   | 'PROTOCOL'
   | 'APPLY_FAILED'
   | 'BUSY'
+  /** A peer's connection string reaches another node than the one linked (src/cluster/peer-identity.ts). */
+  | 'PEER_MISMATCH'
+  /** A peer's commit timestamp too far ahead of the local clock (src/agent/future-commits.ts). */
+  | 'CLOCK_AHEAD'
   | 'INTERNAL';
 
 export type ErrorContext = Readonly<Record<string, string | number | bigint | boolean | undefined>>;

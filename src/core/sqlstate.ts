@@ -40,6 +40,8 @@ export const SQLSTATE = {
    * another node): its transaction is applied again with the full statements. Not an error anyone sees.
    */
   fastPathMiss: 'PM004',
+  /** A pgmesh logical message refused (not signed under the cluster key, or unreadable): kept in pgmesh.exception. */
+  refusedMessage: 'PM009',
 } as const;
 
 /** Errors after which the same work may succeed if tried again later (server restarting, connection lost). */

@@ -14,7 +14,8 @@ export const DDL_MESSAGE_PREFIX = 'pgmesh.ddl';
 
 /**
  * Local setting that turns capture off for the rest of a transaction (SET LOCAL) or a session: pgmesh's own
- * administration, and operators who want a change on one node only.
+ * administration, and operators who want a change on one node only. Honoured only for roles that may change
+ * pgmesh.ddl_settings; DDL of any other role with it off is refused (pgmesh.ddl_capture_guard, capture-trust-sql.ts).
  */
 export const DDL_CAPTURE_SETTING = 'pgmesh.ddl_capture';
 

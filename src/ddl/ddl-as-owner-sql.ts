@@ -91,8 +91,9 @@ $body$, role_name));
 END
 $fn$;
 
--- apply_ddl as in src/ddl/ddl-lock-sql.ts (DDL_LOG_MIGRATION), but the statement runs through run_ddl_as instead of
--- under SET LOCAL ROLE in this session (the only lines changed: the first three of the inner block).
+-- apply_ddl as in src/ddl/capture-trust-sql.ts (CAPTURE_TRUST_MIGRATION), but the statement runs through run_ddl_as
+-- instead of under SET LOCAL ROLE in this session (the five execution lines of the inner block became one call), and a
+-- table the statement created joins only if pgmesh vouches for its code (owner_code_problem, migration 30).
 CREATE OR REPLACE FUNCTION pgmesh.apply_ddl(peer text, remote_ts timestamptz, remote_lsn pg_lsn, statement text, problem text, message jsonb)
 RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -101,6 +102,9 @@ DECLARE
   error text := problem;
   detail text;
   sequences_before oid[] := ARRAY(SELECT c.oid FROM pg_class c WHERE c.relkind = 'S');
+  -- Tables there are before the statement: only one it creates may join replication (see below).
+  tables_before oid[] := ARRAY(SELECT c.oid FROM pg_class c WHERE c.relkind IN ('r', 'p'));
+  rel regclass;
   names_before jsonb := CASE WHEN message ->> 'tag' LIKE 'ALTER %' OR message ->> 'tag' LIKE 'DROP %' THEN pgmesh.ddl_names_before() END;
 BEGIN
   IF statement IS NOT NULL THEN
@@ -114,12 +118,26 @@ BEGIN
   IF code IS NOT NULL THEN
     INSERT INTO pgmesh.exception (peer, relation, change_kind, change, remote_ts, remote_commit_lsn, sqlstate, error)
     VALUES (peer, NULL, 'ddl', jsonb_build_object('statement', statement, 'search_path', message -> 'search_path',
-                                                  'role', message -> 'role', 'tag', message -> 'tag', 'query', message -> 'query'),
+                                                  'role', message -> 'role', 'tag', message -> 'tag', 'statements', message -> 'statements'),
             remote_ts, remote_lsn, code, error);
   END IF;
+  -- The tables the origin joined join here only if this statement created them here: a table that merely has the
+  -- name (the statement failed, or IF NOT EXISTS found one) is this node's own, and publishing it would send its rows
+  -- to every peer. It is kept as an exception instead, for the operator to add ("pgmesh tables add") if it is the same.
   FOR identity IN SELECT jsonb_array_elements_text(message -> 'joined') LOOP
-    IF to_regclass(identity) IS NOT NULL THEN
-      PERFORM pgmesh.join_table(identity::regclass);
+    rel := to_regclass(identity);
+    IF code IS NULL AND rel IS NOT NULL AND rel::oid <> ALL (tables_before) AND pgmesh.owner_code_problem(rel) IS NOT NULL THEN
+      -- Code of its owner that pgmesh's sessions would run with their rights (src/cluster/owner-code-sql.ts).
+      INSERT INTO pgmesh.exception (peer, relation, change_kind, change, remote_ts, remote_commit_lsn, sqlstate, error)
+      VALUES (peer, identity, 'ddl', jsonb_build_object('statement', statement, 'role', message -> 'role', 'tag', message -> 'tag', 'joined', identity),
+              remote_ts, remote_lsn, 'PM011', format('table %s does not join replication here: %s', identity, pgmesh.owner_code_problem(rel)));
+    ELSIF code IS NULL AND rel IS NOT NULL AND rel::oid <> ALL (tables_before) THEN
+      PERFORM pgmesh.join_table(rel);
+    ELSIF code IS NULL THEN
+      INSERT INTO pgmesh.exception (peer, relation, change_kind, change, remote_ts, remote_commit_lsn, sqlstate, error)
+      VALUES (peer, identity, 'ddl', jsonb_build_object('statement', statement, 'role', message -> 'role', 'tag', message -> 'tag', 'joined', identity),
+              remote_ts, remote_lsn, 'PM008',
+              format('table %s was not created by the replayed statement here, so it does not join replication here', identity));
     END IF;
   END LOOP;
   PERFORM pgmesh.interleave_new_sequences(ARRAY(SELECT c.oid FROM pg_class c WHERE c.relkind = 'S' AND c.oid <> ALL (sequences_before)));

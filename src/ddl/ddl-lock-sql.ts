@@ -360,3 +360,54 @@ $fn$;
 CREATE EVENT TRIGGER pgmesh_ddl_check_sequences_start ON ddl_command_start EXECUTE FUNCTION pgmesh.ddl_sequence_guard();
 CREATE EVENT TRIGGER pgmesh_ddl_check_sequences ON ddl_command_end EXECUTE FUNCTION pgmesh.ddl_sequence_guard();
 `;
+
+/**
+ * The fence without a secret (docs/security.md, "Lock spaces"): an advisory lock needs no privilege, so any role that
+ * held a fence key (ddl_lock_key is fixed and public) made every local write to the replicated tables fail with
+ * 55P03. A write now fails only when a session of "pgmesh ddl --lock" holds or awaits the key: each one records its
+ * process (pid and start time, so a reused pid is not mistaken for it) in pgmesh.ddl_fence_session, which only
+ * pgmesh's roles can write. A key held by anyone else is ignored by writers. Checked only when the key is not free
+ * (the try-lock fails): a write outside a schema change costs what it did.
+ * Someone else's lock can still make "pgmesh ddl --lock" itself wait (and time out, naming that process): it cannot
+ * stop the node's writes.
+ */
+export const DDL_FENCE_HOLDER_MIGRATION = `
+CREATE TABLE pgmesh.ddl_fence_session (
+  pid integer PRIMARY KEY,
+  backend_start timestamptz NOT NULL
+);
+
+-- Whether a recorded "pgmesh ddl --lock" session holds or waits for the fence key of rel (0: every table).
+CREATE FUNCTION pgmesh.ddl_fence_held(rel oid) RETURNS boolean
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+  SELECT EXISTS (
+    SELECT 1 FROM pg_locks l
+      JOIN pgmesh.ddl_fence_session s ON s.pid = l.pid
+      JOIN pg_stat_activity a ON a.pid = l.pid AND a.backend_start = s.backend_start
+     WHERE l.locktype = 'advisory' AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+       AND l.classid = (pgmesh.ddl_lock_key(rel) >> 32)::oid AND l.objid = rel AND l.objsubid = 1 AND l.mode = 'ExclusiveLock')
+$fn$;
+REVOKE ALL ON FUNCTION pgmesh.ddl_fence_held(oid) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION pgmesh.ddl_fence() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+  fenced boolean := false;
+BEGIN
+  -- Both keys are tried (a failed try takes nothing); a key that is not free fences only if pgmesh holds it.
+  IF NOT pg_try_advisory_xact_lock_shared(pgmesh.ddl_lock_key(0)) THEN
+    fenced := pgmesh.ddl_fence_held(0);
+  END IF;
+  IF NOT fenced AND NOT pg_try_advisory_xact_lock_shared(pgmesh.ddl_lock_key(TG_RELID)) THEN
+    fenced := pgmesh.ddl_fence_held(TG_RELID);
+  END IF;
+  IF fenced THEN
+    RAISE EXCEPTION 'pgmesh: %.% is locked for a cluster-wide schema change', TG_TABLE_SCHEMA, TG_TABLE_NAME
+      USING ERRCODE = '55P03',
+            DETAIL = '"pgmesh ddl --lock" refuses writes to the tables it changes, on every node, until the change has reached every node.',
+            HINT = 'Retry the transaction in a moment.';
+  END IF;
+  RETURN NULL;
+END
+$fn$;
+`;

@@ -25,7 +25,7 @@ import { connectionError, openSql, type Sql } from '../pg/connect.ts';
 import { quoteIdent } from '../pg/quote.ts';
 import { firesDdlTrigger, loadParser, splitStatements, type RawStatement } from './statements.ts';
 
-/** Prefix of the markers the lock writes into each node's WAL (ignored by the apply side, like every other prefix). */
+/** Prefix of the markers the lock writes into each node's WAL (signed like every pgmesh message; nothing to apply). */
 const LOCK_MARKER_PREFIX = 'pgmesh.ddl_lock';
 const POLL_MS = 100;
 
@@ -118,6 +118,8 @@ class Held {
       applicationName: 'pgmesh ddl --lock',
       logger,
       max: 1,
+      // It runs the operator's statements, whose names resolve as in psql; its own statements are qualified.
+      userSearchPath: true,
       connectTimeoutS: Math.max(1, Math.ceil(timeoutMs / 1000)),
       parameters: { lock_timeout: String(timeoutMs) },
       onClose: () => {
@@ -175,7 +177,10 @@ export async function runLockedDdl(config: ClusterConfig, logger: Logger, statem
     // 6. Released everywhere, whatever happened; a session that cannot be told ends, and its locks with it.
     await Promise.all(
       held.map(async (h) => {
-        if (!h.lost) await h.session.unsafe(`SELECT pg_catalog.pg_advisory_unlock_all()`).catch(() => undefined);
+        if (!h.lost) {
+          await h.session.unsafe(`SELECT pg_catalog.pg_advisory_unlock_all()`).catch(() => undefined);
+          await h.session.unsafe(`DELETE FROM pgmesh.ddl_fence_session WHERE pid = pg_catalog.pg_backend_pid()`).catch(() => undefined);
+        }
         await h.session.end({ timeout: 2 }).catch(() => undefined);
       }),
     );
@@ -186,6 +191,16 @@ async function openSession(node: NodeConfig, logger: Logger, timeoutMs: number):
   const held = new Held(node, logger, timeoutMs);
   try {
     await held.session.unsafe(`SELECT 1`);
+    // Writers count only fence keys that a recorded session holds (src/ddl/ddl-lock-sql.ts): this one, from now on.
+    // Rows of sessions that are gone go first (a pid reused since: its start time differs, and it is replaced here).
+    await held.session.unsafe(
+      `DELETE FROM pgmesh.ddl_fence_session s
+        WHERE s.pid = pg_catalog.pg_backend_pid() OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = s.pid)`,
+    );
+    await held.session.unsafe(
+      `INSERT INTO pgmesh.ddl_fence_session (pid, backend_start)
+       SELECT a.pid, a.backend_start FROM pg_catalog.pg_stat_activity a WHERE a.pid = pg_catalog.pg_backend_pid()`,
+    );
   } catch (error) {
     await held.session.end({ timeout: 1 }).catch(() => undefined);
     throw connectionError(error, node.name, node.dsn);
@@ -197,12 +212,20 @@ async function fence(h: Held, targets: LockTargets, timeoutMs: number): Promise<
   const query = targets.all
     ? `SELECT pg_catalog.pg_advisory_lock(pgmesh.ddl_lock_key(0))`
     : // Only the tables that exist and replicate here (one created by the same statements has nothing to fence yet).
-      `SELECT count(pg_catalog.pg_advisory_lock(pgmesh.ddl_lock_key(pr.prrelid)))
-         FROM jsonb_array_elements_text($1::text::jsonb) t(name)
+      `SELECT pg_catalog.count(pg_catalog.pg_advisory_lock(pgmesh.ddl_lock_key(pr.prrelid)))
+         FROM pg_catalog.jsonb_array_elements_text($1::pg_catalog.text::pg_catalog.jsonb) t(name)
          JOIN pg_catalog.pg_publication_rel pr ON pr.prrelid = pg_catalog.to_regclass(t.name)
          JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid AND p.pubname = 'pgmesh'`;
-  await h.session.unsafe(query, targets.all ? [] : [JSON.stringify(targets.tables)]).catch((error: unknown) => {
+  await h.session.unsafe(query, targets.all ? [] : [JSON.stringify(targets.tables)]).catch(async (error: unknown) => {
     if (sqlState(error) === '55P03') {
+      const others = await otherHolders(h);
+      if (others) {
+        throw new PgmeshError(
+          'BUSY',
+          `on ${h.node.name}, ${others} holds an advisory lock on pgmesh's fence keys (it is not a "pgmesh ddl --lock"; local writes go on regardless); end it (SELECT pg_terminate_backend(pid)) and try again; nothing was changed, and the lock was released`,
+          { context: { node: h.node.name }, cause: error },
+        );
+      }
       throw new PgmeshError(
         'BUSY',
         `on ${h.node.name}, a transaction has been writing the tables to lock for more than ${Math.round(timeoutMs / 1000)} s; end it (pg_stat_activity shows it) or give a longer --lock-timeout; nothing was changed, and the lock was released`,
@@ -213,9 +236,22 @@ async function fence(h: Held, targets: LockTargets, timeoutMs: number): Promise<
   });
 }
 
+/** Sessions that are not recorded "pgmesh ddl --lock" sessions and hold a fence key, as "process 123 (role x)". */
+async function otherHolders(h: Held): Promise<string | undefined> {
+  const rows = await h.session
+    .unsafe<{ who: string }[]>(
+      `SELECT pg_catalog.string_agg(pg_catalog.format('process %s (role %s)', l.pid, a.usename), ', ') AS who
+         FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+        WHERE l.locktype = 'advisory' AND l.granted AND l.classid = (pgmesh.ddl_lock_key(0) >> 32)::pg_catalog.oid AND l.objsubid = 1
+          AND l.pid NOT IN (SELECT s.pid FROM pgmesh.ddl_fence_session s)`,
+    )
+    .catch(() => []);
+  return rows[0]?.who ?? undefined;
+}
+
 async function marker(h: Held, what: string): Promise<Lsn> {
   const rows = await h.session
-    .unsafe<{ lsn: string }[]>(`SELECT pg_catalog.pg_logical_emit_message(true, $1, $2)::text AS lsn`, [LOCK_MARKER_PREFIX, what])
+    .unsafe<{ lsn: string }[]>(`SELECT pgmesh.emit_message($1, $2)::text AS lsn`, [LOCK_MARKER_PREFIX, what])
     .catch((error: unknown) => {
       throw lockError(error, 'the lock was released', h.node);
     });
@@ -231,7 +267,7 @@ async function waitApplied(held: readonly Held[], markers: readonly { from: stri
       for (const m of markers) {
         const key = `${h.node.name}\u0000${m.from}`;
         if (!behind.has(key)) continue;
-        const rows = await h.session.unsafe<{ end_lsn: string }[]>(`SELECT end_lsn::text FROM pgmesh.progress WHERE peer = $1`, [m.from]).catch((error: unknown) => {
+        const rows = await h.session.unsafe<{ end_lsn: string }[]>(`SELECT end_lsn::pg_catalog.text FROM pgmesh.progress WHERE peer = $1`, [m.from]).catch((error: unknown) => {
           throw lockError(error, `${state}; the lock was released`, h.node);
         });
         const at = rows[0] ? parseLsn(rows[0].end_lsn) : undefined;

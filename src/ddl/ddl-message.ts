@@ -1,12 +1,15 @@
 /**
- * The content of a 'pgmesh.ddl' logical message, as pgmesh.ddl_command_end writes it (src/ddl/capture-sql.ts):
- * one JSON object per DDL statement run by a local session on the origin.
+ * The body of a 'pgmesh.ddl' logical message, as pgmesh.ddl_command_end writes it (src/ddl/capture-trust-sql.ts):
+ * one JSON object per DDL statement run by a local session on the origin, after the signature that
+ * src/ddl/message-auth.ts checks. Version 2: the statements of the query string that may be DDL, not the string.
  */
 import { PgmeshError } from '../core/errors.ts';
 
 export interface DdlMessage {
-  readonly version: 1;
-  /** The whole query string the client sent: it may hold several statements, DML included. */
+  readonly version: 2;
+  /** The statements of the client's query string that may be DDL (statements that cannot are left out at the origin). */
+  readonly statements: readonly string[];
+  /** The statements as one text, for the parser. */
   readonly query: string;
   /** Which DDL statement of the query string fired the trigger, from 1. */
   readonly ordinal: number;
@@ -34,8 +37,8 @@ export function decodeDdlMessage(content: Buffer): DdlMessage {
   }
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new PgmeshError('PROTOCOL', 'a pgmesh.ddl message is not a JSON object');
   const o = raw as Record<string, unknown>;
-  if (o.version !== 1) {
-    throw new PgmeshError('PROTOCOL', `a pgmesh.ddl message has version ${String(o.version)}; this pgmesh reads version 1: upgrade the agent`);
+  if (o.version !== 2) {
+    throw new PgmeshError('PROTOCOL', `a pgmesh.ddl message has version ${String(o.version)}; this pgmesh reads version 2: upgrade pgmesh on every node`);
   }
   const text = (key: string): string => {
     const value = o[key];
@@ -64,9 +67,15 @@ export function decodeDdlMessage(content: Buffer): DdlMessage {
     if (typeof j !== 'string') throw new PgmeshError('PROTOCOL', 'a pgmesh.ddl message names a joined table that is not text');
     return j;
   });
+  const statements = list('statements').map((t) => {
+    if (typeof t !== 'string') throw new PgmeshError('PROTOCOL', 'a pgmesh.ddl message has a statement that is not text');
+    return t;
+  });
   return {
-    version: 1,
-    query: text('query'),
+    version: 2,
+    statements,
+    // A newline first: a statement may end in a line comment.
+    query: statements.join('\n;\n'),
     ordinal: int('ordinal'),
     tag: text('tag'),
     searchPath: text('search_path'),

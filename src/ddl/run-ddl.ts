@@ -29,8 +29,19 @@ export async function runDdl(config: ClusterConfig, logger: Logger, statements: 
     await runLockedDdl(config, logger, statements, node, { timeoutMs: options.lockTimeoutMs ?? DEFAULT_LOCK_TIMEOUT_MS });
     return { node: node.name };
   }
-  const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh ddl', logger, max: 1 });
+  const sql = openSql(node.dsn, { node: node.name, applicationName: 'pgmesh ddl', logger, max: 1, userSearchPath: true });
   try {
+    // Without pgmesh's catalog nothing captures the change: it would run on this node alone, not replicate. Read
+    // from the system catalogs: an application role running its migrations has no USAGE on schema pgmesh.
+    const ready = await sql.unsafe<{ initialized: boolean }[]>(`SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                       WHERE n.nspname = 'pgmesh' AND c.relname = 'local_node') AS initialized`).catch((error: unknown) => {
+      throw connectionError(error, node.name, node.dsn);
+    });
+    if (ready[0]?.initialized !== true) {
+      throw new PgmeshError('NOT_INITIALIZED', `node ${node.name} is not initialized (no pgmesh catalog), so the change would not replicate; nothing was run. Run "pgmesh init --node ${node.name}" or "pgmesh cluster create" first`, {
+        context: { node: node.name },
+      });
+    }
     await sql.unsafe(statements).catch((error: unknown) => {
       if (sqlState(error) === undefined) throw connectionError(error, node.name, node.dsn);
       const server = error as { hint?: string };

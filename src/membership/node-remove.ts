@@ -130,7 +130,7 @@ export async function drain(
   options: { readonly timeoutMs: number; readonly marker: string; readonly otherwise?: string },
 ): Promise<void> {
   const timeoutMs = options.timeoutMs;
-  const rows = await leaving.unsafe<{ lsn: string }[]>(`SELECT pg_catalog.pg_logical_emit_message(true, $2, $1)::text AS lsn`, [name, options.marker]);
+  const rows = await leaving.unsafe<{ lsn: string }[]>(`SELECT pgmesh.emit_message($2, $1)::text AS lsn`, [name, options.marker]);
   const marker: Lsn = parseLsn(rows[0]?.lsn ?? '0/0');
   const deadline = Date.now() + timeoutMs;
   const behind = new Set(others.map((o) => o.name));

@@ -19,10 +19,18 @@ export interface SlotState {
   readonly confirmedFlush: string | null;
 }
 
+/** What IDENTIFY_SYSTEM says of the server a replication connection reached. */
+export interface SystemIdentity {
+  readonly systemIdentifier: string;
+  readonly database: string;
+}
+
 export class ReplicationConnection {
   private constructor(
     private readonly sql: Sql,
     readonly node: string,
+    /** Kept from the connect: the agent checks it against the peer's identity recorded at link time. */
+    readonly system: SystemIdentity,
   ) {}
 
   /** `signal` gives up the connection attempt (a peer that does not answer) when it aborts. */
@@ -31,15 +39,27 @@ export class ReplicationConnection {
     const sql = openSql(dsn, { node, applicationName, logger, replication: true, max: 1 });
     const abort = () => void sql.end({ timeout: 0 }).catch(() => undefined);
     signal?.addEventListener('abort', abort, { once: true });
+    let system: SystemIdentity;
     try {
-      await sql.unsafe('IDENTIFY_SYSTEM');
+      const rows = await sql.unsafe<{ systemid: string; dbname: string | null }[]>('IDENTIFY_SYSTEM');
+      system = { systemIdentifier: String(rows[0]?.systemid ?? ''), database: rows[0]?.dbname ?? '' };
     } catch (error) {
       await sql.end({ timeout: 1 }).catch(() => undefined);
       throw connectionError(error, node, dsn);
     } finally {
       signal?.removeEventListener('abort', abort);
     }
-    return new ReplicationConnection(sql, node);
+    return new ReplicationConnection(sql, node, system);
+  }
+
+  /** The pgmesh node of the database reached (its name and cluster id), or nulls where it has no pgmesh catalog. */
+  async pgmeshNode(): Promise<{ nodeName: string | null; clusterId: string | null }> {
+    const installed = await this.sql.unsafe<{ ok: boolean }[]>(`SELECT pg_catalog.to_regclass('pgmesh.local_node') IS NOT NULL AS ok`);
+    if (!installed[0]?.ok) return { nodeName: null, clusterId: null };
+    const rows = await this.sql.unsafe<{ node_name: string | null; cluster_id: string | null }[]>(
+      `SELECT n.node_name, n.cluster_id::pg_catalog.text AS cluster_id FROM pgmesh.local_node n`,
+    );
+    return { nodeName: rows[0]?.node_name ?? null, clusterId: rows[0]?.cluster_id ?? null };
   }
 
   async slotState(slot: string): Promise<SlotState> {

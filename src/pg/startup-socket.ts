@@ -17,10 +17,23 @@
  * Anything else, or the peer closing the connection before either end, fails the socket with a GuardError.
  * A close after TLS has started is not seen here (the driver reads TLS records itself); the TLS layer reports a
  * close during its own handshake as an error, which ends the attempt too.
+ *
+ * The guard also keeps two of libpq's promises that the driver does not: with sslmode=require or stronger, an 'N'
+ * to the SSLRequest ends the attempt (the driver would start TLS anyway and fail obscurely); and on a connection
+ * without TLS, an AuthenticationCleartextPassword request ('R', code 3) ends it before the driver answers with the
+ * password, unless the operator allowed it. The guard's listener is attached before the driver's, so it sees the
+ * request first and destroys the socket: the driver's answer is then written to a destroyed socket, which sends
+ * nothing.
  */
 import { connect as netConnect, type Socket } from 'node:net';
 
-export type StartupFailure = 'NOT_POSTGRES' | 'CLOSED_AT_STARTUP';
+export type StartupFailure = 'NOT_POSTGRES' | 'CLOSED_AT_STARTUP' | 'NO_TLS' | 'CLEARTEXT_PASSWORD';
+
+const FAILURE_TEXT: Record<Exclude<StartupFailure, 'NOT_POSTGRES'>, string> = {
+  CLOSED_AT_STARTUP: 'the server closed the connection during start-up',
+  NO_TLS: 'the server does not offer TLS',
+  CLEARTEXT_PASSWORD: 'the server asked for the password in clear on a connection without TLS',
+};
 
 /** A connection that the guard ended; `code` is what connectionError matches, `answer` what the server sent first. */
 export class StartupError extends Error {
@@ -28,7 +41,7 @@ export class StartupError extends Error {
     readonly code: StartupFailure,
     readonly answer: string,
   ) {
-    super(code === 'NOT_POSTGRES' ? `the server answered ${JSON.stringify(answer)}, which is not PostgreSQL's protocol` : 'the server closed the connection during start-up');
+    super(code === 'NOT_POSTGRES' ? `the server answered ${JSON.stringify(answer)}, which is not PostgreSQL's protocol` : FAILURE_TEXT[code]);
     this.name = 'StartupError';
   }
 }
@@ -51,6 +64,17 @@ const STARTUP_MESSAGE = new Set([0x52 /* R */, 0x53 /* S */, 0x4b /* K */, 0x4e 
 const SSL_ANSWER = new Set([0x53 /* S */, 0x4e /* N */, 0x45 /* E */]);
 /** No start-up message is this long; a longer length is text read as a length. */
 const MAX_STARTUP_MESSAGE = 1 << 20;
+/** AuthenticationCleartextPassword's code in an 'R' message. */
+const AUTH_CLEARTEXT = 3;
+
+export interface GuardOptions {
+  /** An SSLRequest goes first (sslmode other than disable). */
+  readonly sslRequestFirst: boolean;
+  /** sslmode=require or stronger: an 'N' answer ends the attempt. */
+  readonly tlsRequired?: boolean;
+  /** The operator allowed a password in clear (PGMESH_ALLOW_CLEARTEXT_PASSWORD). */
+  readonly allowCleartextPassword?: boolean;
+}
 
 /** The first bytes a server sent, as printable text for a message (it is not PostgreSQL's, so not a secret of ours). */
 function printable(bytes: Buffer): string {
@@ -70,9 +94,14 @@ export class StartupGuard {
   private header = Buffer.alloc(4);
   private headerBytes = 0;
   private remaining = 0;
+  /** The first bytes of an Authentication message's body: its code. */
+  private authCode = Buffer.alloc(4);
+  private authBytes = 0;
+  private readonly options: GuardOptions;
 
-  constructor(sslRequestFirst: boolean) {
-    this.expect = sslRequestFirst ? 'ssl' : 'type';
+  constructor(options: GuardOptions | boolean) {
+    this.options = typeof options === 'boolean' ? { sslRequestFirst: options } : options;
+    this.expect = this.options.sslRequestFirst ? 'ssl' : 'type';
   }
 
   get done(): boolean {
@@ -88,6 +117,7 @@ export class StartupGuard {
       switch (this.expect) {
         case 'ssl':
           if (!SSL_ANSWER.has(byte)) return wrong();
+          if (byte === 0x4e && this.options.tlsRequired) return new StartupError('NO_TLS', 'N');
           // 'S': TLS from here on, which the driver reads. 'N', 'E': plain messages follow.
           if (byte === 0x53) this.expect = 'done';
           else if (byte === 0x45) {
@@ -117,12 +147,21 @@ export class StartupGuard {
           if (this.type === 0x5a || this.type === 0x45) this.expect = 'done';
           else {
             this.remaining = length - 4;
+            this.authBytes = 0;
             this.expect = this.remaining > 0 ? 'body' : 'type';
           }
           break;
         }
         case 'body': {
           const take = Math.min(this.remaining, chunk.length - i);
+          if (this.type === 0x52 /* R */ && this.authBytes < 4) {
+            const codeBytes = Math.min(take, 4 - this.authBytes);
+            chunk.copy(this.authCode, this.authBytes, i, i + codeBytes);
+            this.authBytes += codeBytes;
+            if (this.authBytes === 4 && this.authCode.readUInt32BE(0) === AUTH_CLEARTEXT && !this.options.allowCleartextPassword) {
+              return new StartupError('CLEARTEXT_PASSWORD', '');
+            }
+          }
           this.remaining -= take;
           i += take;
           if (this.remaining === 0) this.expect = 'type';
@@ -140,7 +179,10 @@ export class StartupGuard {
  * The socket is handed over at once rather than after 'connect': a factory that waited and rejected left the
  * driver's connection stuck in "connecting", and every later query on it waited forever.
  */
-export function startupSocket(target: SocketTarget, options: { noDelay: boolean }): (driver: DriverOptions) => Socket {
+export function startupSocket(
+  target: SocketTarget,
+  options: { readonly noDelay: boolean; readonly tlsRequired?: boolean; readonly allowCleartextPassword?: boolean },
+): (driver: DriverOptions) => Socket {
   return (driver) => {
     const socket = target.path ? netConnect({ path: target.path }) : netConnect({ host: target.host, port: target.port });
     if (options.noDelay) socket.setNoDelay(true);
@@ -149,7 +191,11 @@ export function startupSocket(target: SocketTarget, options: { noDelay: boolean 
     Object.assign(socket, { host: target.host, port: target.port });
     // sslnegotiation=direct starts with TLS at once: nothing of PostgreSQL's to read before it.
     if (driver.sslnegotiation === 'direct') return socket;
-    const guard = new StartupGuard(Boolean(driver.ssl));
+    const guard = new StartupGuard({
+      sslRequestFirst: Boolean(driver.ssl),
+      tlsRequired: options.tlsRequired === true,
+      allowCleartextPassword: options.allowCleartextPassword === true,
+    });
     let answer: Buffer | undefined;
     const onData = (chunk: Buffer) => {
       answer ??= chunk;

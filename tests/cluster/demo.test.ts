@@ -4,6 +4,9 @@
  * one npm passes on): it must still stop its agents and servers before it exits.
  * Without the code under test (signal handlers kept until everything is stopped), the second SIGINT kills the demo
  * halfway through stopping and leaves PostgreSQL servers running.
+ * It runs from a folder outside the checkout, as `npx pgmesh demo` elsewhere does: without src/cli/self.ts (agents
+ * started with `node --import tsx`, tsx looked up from the current folder) every agent dies with "Cannot find
+ * package 'tsx'" and no link ever streams.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -15,6 +18,8 @@ import { eventually } from '../support/cluster.ts';
 import { makeServerTempDir } from '../../src/embedded/server-user.ts';
 
 const CLI = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
+// The demo itself is loaded through this checkout's tsx (by path): only the agents it starts are under test.
+const TSX = import.meta.resolve('tsx/esm');
 
 function running(pid: number): boolean {
   try {
@@ -28,7 +33,8 @@ function running(pid: number): boolean {
 test('the demo replicates, and two SIGINTs stop its agents and servers before it exits', { timeout: 180_000 }, async () => {
   const base = makeServerTempDir('pgmesh-demo-test-');
   const dir = join(base, 'demo');
-  const child = spawn(process.execPath, ['--import', 'tsx', CLI, 'demo', '--nodes', '2', '--dir', dir, '--rate', '10'], {
+  const child = spawn(process.execPath, ['--import', TSX, CLI, 'demo', '--nodes', '2', '--dir', dir, '--rate', '10'], {
+    cwd: base,
     stdio: ['ignore', 'pipe', 'pipe'],
     // Its own process group, with the agents it starts: a failed run is cleaned up whole (see finally).
     detached: true,

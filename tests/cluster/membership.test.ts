@@ -107,7 +107,8 @@ test('node add: the add process killed mid-copy leaves n3 joining (its agent ref
     const load = startMixedLoad(cluster.nodes);
     await load.progress(50);
     const n3 = await cluster.startServer('n3', `${MIXED_DDL}${BULK_DDL}`);
-    const add = spawnPgmesh(['node', 'add', 'n3', '--dsn', n3.server.dsn, '--from', 'n1'], { config: cluster.configPath });
+    // Its password in PGMESH_DSN_N3, not on the command line (where pgmesh refuses it).
+    const add = spawnPgmesh(['node', 'add', 'n3', '--from', 'n1'], { config: cluster.configPath, env: { PGMESH_DSN_N3: n3.server.dsn } });
     const exitedEarly = () => (add.child.exitCode !== null ? `node add exited with ${add.child.exitCode}` : undefined);
     // In the middle of the large table.
     await eventually(async () => ((await membership(n3))?.rows ?? 0) > 20_000, { timeoutMs: 120_000, what: 'the copy to n3 to be under way', abort: exitedEarly });

@@ -81,7 +81,7 @@ test('bad input, one row each: exit code 2 (or 1 for a failure), a message that 
         code: 2,
         says: /nodes\[0\]\.dsn: the connection string of node n1 has a % in its password that is not followed by two hexadecimal digits; write a % itself as %25/,
       },
-      { args: ['check'], config: withN1(`${n1.server.dsn}?sslmode=bogus`), code: 2, says: /node n1 has sslmode=bogus, which is not an sslmode; use one of disable, allow, prefer, require, verify-ca, verify-full/ },
+      { args: ['check'], config: withN1(`${n1.server.dsn}?sslmode=bogus`), code: 2, says: /node n1 has sslmode=bogus, which pgmesh does not support; use one of disable, allow, prefer, require, verify-ca, verify-full/ },
       { args: ['check'], config: withN1(`${n1.server.dsn}?password=${pw}`), code: 2, says: /node n1 gives a password twice, after the user name and as \?password=; keep one/ },
       { args: ['check'], config: withN1(`postgres://postgres:${pw}@127.0.0.1:${port},127.0.0.1:1/postgres`), code: 2, says: /node n1 names several hosts \(a list with ","\); a node is one server: give one host:port/ },
       // What must work: an IPv6 host, the password as ?password= (as libpq takes it; and a wrong one is a login failure).

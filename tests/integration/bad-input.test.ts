@@ -181,7 +181,7 @@ test('a wrong password: the message names the node and says to check the passwor
     });
     const missing = await pgmesh(['check'], { config: bare });
     assert.equal(missing.code, 1, missing.output);
-    assert.match(missing.stdout, /^n1: cannot log in to node n1 .*check the user and password in its connection string \(or in PGMESH_DSN_N1, or PGPASSWORD\)$/m);
+    assert.match(missing.stdout, /^n1: cannot log in to node n1 .*check the user and password in its connection string \(or in PGMESH_DSN_N1, its service, PGPASSWORD, or the password file ~\/\.pgpass\)$/m);
     assertNoSecret(missing.output, secrets, 'check without a password');
     // Both places the message names work.
     const viaEnv = await Promise.all([
@@ -452,7 +452,7 @@ test('malformed configuration: exit code 2, every problem listed, no password', 
         config: file('unknown.json', JSON.stringify({ nodes: [{ name: 'n1', dsn: `postgres://u:${secret}@127.0.0.1:1/db`, pasword: secret }], tuning: { retryMS: 1 } })),
       }),
       pgmesh(['check'], { config: file('invalid.json', `{"nodes": [{"name": "n1", "dsn": "postgres://u:${secret}@h/db"},]}`) }),
-      pgmesh(['cluster', 'create'], { config: file('keyvalue.json', JSON.stringify({ nodes: [{ name: 'n1', dsn: `host=h password=${secret}` }, { name: 'N2', dsn: 'postgres://h/db' }] })) }),
+      pgmesh(['cluster', 'create'], { config: file('keyvalue.json', JSON.stringify({ nodes: [{ name: 'n1', dsn: `host=h password=${secret} sslcrl=/etc/crl.pem` }, { name: 'N2', dsn: 'postgres://h/db' }] })) }),
       pgmesh(['status']),
     ]);
     assert.equal(unknownKeys.code, 2, unknownKeys.output);
@@ -460,7 +460,7 @@ test('malformed configuration: exit code 2, every problem listed, no password', 
     assert.equal(invalidJson.code, 2, invalidJson.output);
     assert.match(invalidJson.stderr, /is not valid JSON: Unexpected token '\]'\n/);
     assert.equal(keyValue.code, 2, keyValue.output);
-    assert.match(keyValue.stderr, /nodes\[0\]\.dsn: the connection string of node n1 is in key=value form/);
+    assert.match(keyValue.stderr, /nodes\[0\]\.dsn: the connection string of node n1 sets sslcrl: pgmesh does not support certificate revocation lists/);
     assert.match(keyValue.stderr, /nodes\[1\]\.name "N2": use 1-40 lowercase letters/);
     assert.equal(none.code, 2, none.output);
     assert.match(none.stderr, /no configuration: pass --config <file\.json> or set PGMESH_CONFIG/);

@@ -1,7 +1,7 @@
 /**
  * One server, pgmesh installed. Scenario: DDL run by local sessions, read back from a test_decoding slot: each DDL
  * statement of a query string is one transactional 'pgmesh.ddl' message at its place among the row changes, with
- * which DDL statement of the string it is; node-local DDL emits nothing; DDL that cannot be replayed faithfully is
+ * which DDL statement of the string it is (the string's statements that may be DDL travel, signed); node-local DDL emits nothing; DDL that cannot be replayed faithfully is
  * refused with an error that says what to do instead.
  * Without the code under test: no message at all, or the same query string sent once per statement without saying
  * which, and DDL hidden in a DO block replicated as nothing.
@@ -10,24 +10,34 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { initNode } from '../../src/cluster/node-admin.ts';
 import { decodeDdlMessage } from '../../src/ddl/ddl-message.ts';
+import { readClusterKey, verifyMessage } from '../../src/ddl/message-auth.ts';
 import { withServer, type Sql } from '../support/cluster.ts';
 
 async function withCapture(body: (sql: Sql, captured: () => Promise<string[]>) => Promise<void>): Promise<void> {
   await withServer('capture', async (_server, sql) => {
     await initNode(sql, { nodeName: 'n1', nodeSlot: 1, maxNodes: 4, expectedPeers: 0 });
     await sql.unsafe(`SELECT pg_create_logical_replication_slot('capture', 'test_decoding')`);
-    // Messages as "tag #ordinal as role: query", row changes of user tables as test_decoding prints them.
+    // Messages as "tag #ordinal as role: statements", row changes of user tables as test_decoding prints them. Each
+    // message's signature is checked as a peer checks it, with the transaction's xid (test_decoding's BEGIN).
     const captured = async () => {
+      const key = await readClusterKey(sql);
       const rows = await sql.unsafe<{ data: string }[]>(`SELECT data FROM pg_logical_slot_get_changes('capture', NULL, NULL)`);
-      return rows
-        .map((r) => r.data)
-        .filter((d) => !d.startsWith('BEGIN') && !d.startsWith('COMMIT') && !d.startsWith('table pgmesh.'))
-        .map((d) => {
-          const at = d.indexOf('content:');
-          if (!d.startsWith('message:') || at < 0) return d.replace(/^table /, '');
-          const m = decodeDdlMessage(Buffer.from(d.slice(at + 'content:'.length)));
-          return `${m.tag} #${m.ordinal} as ${m.role}: ${m.query}`;
-        });
+      let xid = 0;
+      const out: string[] = [];
+      for (const d of rows.map((r) => r.data)) {
+        if (d.startsWith('BEGIN')) xid = Number(d.slice('BEGIN '.length));
+        if (d.startsWith('BEGIN') || d.startsWith('COMMIT') || d.startsWith('table pgmesh.')) continue;
+        const at = d.indexOf('content:');
+        if (!d.startsWith('message:') || at < 0) {
+          out.push(d.replace(/^table /, ''));
+          continue;
+        }
+        const verified = verifyMessage(key, 'pgmesh.ddl', 'n1', xid, Buffer.from(d.slice(at + 'content:'.length)));
+        assert.ok(verified.ok, verified.ok ? '' : verified.problem);
+        const m = decodeDdlMessage(verified.body);
+        out.push(`${m.tag} #${m.ordinal} as ${m.role}: ${m.statements.map((t) => t.trim()).join('; ')}`);
+      }
+      return out;
     };
     await body(sql, captured);
   });
@@ -46,10 +56,12 @@ test('each DDL statement of a query string is one message, in place among the ro
   await withCapture(async (sql, captured) => {
     const script = `CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1); ALTER TABLE t ADD COLUMN v text; INSERT INTO t VALUES (2, 'x')`;
     await sql.unsafe(script);
+    // Only the statements that may be DDL travel, not the rows of the string.
+    const ddl = 'CREATE TABLE t (id int PRIMARY KEY); ALTER TABLE t ADD COLUMN v text';
     assert.deepEqual(await captured(), [
-      `CREATE TABLE #1 as postgres: ${script}`,
+      `CREATE TABLE #1 as postgres: ${ddl}`,
       'public.t: INSERT: id[integer]:1',
-      `ALTER TABLE #2 as postgres: ${script}`,
+      `ALTER TABLE #2 as postgres: ${ddl}`,
       "public.t: INSERT: id[integer]:2 v[text]:'x'",
     ]);
   });

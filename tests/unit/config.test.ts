@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DEFAULT_TUNING, findNode, loadConfig, type ConfigSources } from '../../src/config/config.ts';
+import { DEFAULT_TUNING, findNode, joiningDsn, loadConfig, type ConfigSources } from '../../src/config/config.ts';
 import { PgmeshError } from '../../src/core/errors.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'pgmesh-config-test-'));
@@ -59,7 +59,7 @@ test('every problem is reported at once, in one error', () => {
       nodes: [
         { name: 'N1', dsn: DSN1, password: SECRET },
         { name: 'n2', dsn: DSN2 },
-        { name: 'n2', dsn: `host=db3 password=${SECRET}` },
+        { name: 'n2', dsn: `host=db3 password=${SECRET} sslcrl=/etc/crl.pem` },
         { name: 'n4' },
       ],
       tuning: { retryBaseMS: 100, feedbackIntervalMs: 1, maxBatchRows: 'many', streamLargeTransactions: 'yes' },
@@ -76,7 +76,7 @@ test('every problem is reported at once, in one error', () => {
     /tuning\.streamLargeTransactions must be true or false/,
     /nodes\[0\]\.name "N1": use 1-40 lowercase letters, digits or "_", starting with a letter/,
     /nodes\[2\]\.name "n2" appears twice/,
-    /nodes\[2\]\.dsn: the connection string of node n2 is in key=value form.*postgres:\/\/user:password@host:port\/dbname/,
+    /nodes\[2\]\.dsn: the connection string of node n2 sets sslcrl: pgmesh does not support certificate revocation lists/,
     /tuning\.feedbackIntervalMs = 1 must be between 50 and 60000/,
   ];
   for (const pattern of expected) assert.match(message, pattern);
@@ -126,6 +126,24 @@ test('a PGMESH_DSN_ variable for a node that is not configured is an error, not 
   assert.ok(!message.includes(SECRET), 'the variable\'s value is not shown');
   // Empty means not set.
   assert.equal(loadConfig({ file: path, env: { PGMESH_DSN_N3: '' } }).nodes.length, 2);
+});
+
+test('node add: the joining node\'s PGMESH_DSN_<NODE> is honoured before the file lists it', () => {
+  const path = file({ nodes: [{ name: 'n1', dsn: DSN1 }, { name: 'n2', dsn: DSN2 }] });
+  const env = { PGMESH_DSN_N3: `host=db3 password=${SECRET}` };
+  assert.equal(loadConfig({ file: path, env, joining: 'n3' }).nodes.length, 2);
+  assert.equal(joiningDsn(env, 'n3'), env.PGMESH_DSN_N3);
+  // Only for that node.
+  assert.match(problemsOf({ file: path, env, joining: 'n4' }), /PGMESH_DSN_N3 is set, but the configuration has no node n3/);
+});
+
+test('connection strings are checked with the PG* variables and service files of the environment', () => {
+  const path = file({ nodes: [{ name: 'n1', dsn: 'service=east' }, { name: 'n2', dsn: DSN2 }] });
+  assert.match(problemsOf({ file: path, env: { PGSERVICEFILE: join(dir, 'none.conf'), PGSYSCONFDIR: dir } }), /nodes\[0\]\.dsn: the connection string of node n1 names service east, which is not defined/);
+  const services = join(dir, 'services.conf');
+  writeFileSync(services, `[east]\nhost=db2.example\ndbname=app\nuser=app\npassword=${SECRET}\n`);
+  // The service points where n2 is: the same database twice.
+  assert.match(problemsOf({ file: path, env: { PGSERVICEFILE: services } }), /node n2 has the same server and database as node n1 \(db2\.example:5432\/app\)/);
 });
 
 test('retryMaxMs below retryBaseMs is refused', () => {

@@ -9,7 +9,7 @@ import type { DdlMessage } from '../../src/ddl/ddl-message.ts';
 import { chooseDdlStatement, firesDdlTrigger, loadParser, splitStatements, withoutConcurrently } from '../../src/ddl/statements.ts';
 
 function message(query: string, ordinal: number, tag: string, serverVersionNum = 170000): DdlMessage {
-  return { version: 1, query, ordinal, tag, searchPath: 'public', role: 'app', serverVersionNum, commands: [], joined: [], raw: {} };
+  return { version: 2, statements: [query], query, ordinal, tag, searchPath: 'public', role: 'app', serverVersionNum, commands: [], joined: [], raw: {} };
 }
 
 test('the statements that fire event triggers are told from the others, as PostgreSQL does', async () => {

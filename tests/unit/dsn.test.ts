@@ -6,7 +6,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { describeEndpoint, dsnPassword, dsnProblem, dsnTarget, redactDsn, scrubSecrets, splitQueryPassword } from '../../src/pg/dsn.ts';
+import { defaultSocketDirectory, describeEndpoint, dsnPassword, dsnProblem, dsnTarget, redactDsn, resolveConnection, scrubSecrets, withoutPassword } from '../../src/pg/dsn.ts';
+
+/** No PG* variable of the machine running the tests. */
+const NO_ENV = { HOME: '/nonexistent' };
 
 const SECRET = 'S3cr3t-pw';
 
@@ -39,14 +42,16 @@ test('redactDsn hides the password of a URL that does not parse', () => {
 });
 
 test('describeEndpoint names host, port and database, never the user information', () => {
-  assert.equal(describeEndpoint(`postgres://app:${SECRET}@db1.example:6432/sales`), 'db1.example:6432/sales');
-  assert.equal(describeEndpoint('postgres://db1'), 'db1:5432/postgres');
-  assert.equal(describeEndpoint(`postgresql://u:${SECRET}@[::1]:6543/db`), '[::1]:6543/db');
-  // postgres.js accepts several hosts; show them all.
-  assert.equal(describeEndpoint(`postgres://u:${SECRET}@h1:5432,h2:5433/db`), 'h1:5432,h2:5433/db');
-  assert.equal(describeEndpoint(`host=db2 port=5433 dbname=app password=${SECRET}`), 'db2:5433/app');
-  assert.equal(describeEndpoint('user=app'), 'localhost:5432/postgres');
-  const broken = describeEndpoint(`postgres://u:${SECRET}@db1:notaport/app`);
+  assert.equal(describeEndpoint(`postgres://app:${SECRET}@db1.example:6432/sales`, NO_ENV), 'db1.example:6432/sales');
+  // libpq's default database is the user's name.
+  assert.equal(describeEndpoint('postgres://app@db1', NO_ENV), 'db1:5432/app');
+  assert.equal(describeEndpoint(`postgresql://u:${SECRET}@[::1]:6543/db`, NO_ENV), '[::1]:6543/db');
+  // Several hosts are refused (a node is one server): shown as given, marked invalid.
+  assert.equal(describeEndpoint(`postgres://u:${SECRET}@h1:5432,h2:5433/db`, NO_ENV), 'h1:5432,h2:5433 (invalid connection string)');
+  assert.equal(describeEndpoint(`host=db2 port=5433 dbname=app password=${SECRET}`, NO_ENV), 'db2:5433/app');
+  // No host: the Unix socket, as libpq.
+  assert.equal(describeEndpoint('user=app', NO_ENV), `${defaultSocketDirectory(5432)}:5432/app`);
+  const broken = describeEndpoint(`postgres://u:${SECRET}@db1:notaport/app`, NO_ENV);
   assert.equal(broken, 'db1:notaport (invalid connection string)');
 });
 
@@ -67,47 +72,73 @@ test('dsnProblem accepts what pgmesh can use and explains the rest without repea
     `postgresql://app:${encodeURIComponent('p@ss:/?#% w')}@db1/app?sslmode=require`,
     'postgres://db1',
     'postgres://app@[::1]:5432/app',
-    `postgres://app@db1/app?password=${SECRET}&sslmode=verify-full`,
+    `postgres://app@db1/app?password=${SECRET}&sslmode=verify-full&sslrootcert=/etc/ca.pem`,
+    `host=db1 port=5432 dbname=app user=app password='${SECRET} x'`,
+    'postgres:///app?host=/var/run/postgresql&port=5433',
   ]) {
-    assert.equal(dsnProblem(ok), undefined, ok);
+    assert.equal(dsnProblem(ok, NO_ENV), undefined, ok);
   }
   const cases: [string, RegExp][] = [
-    [`host=db1 password=${SECRET}`, /key=value form.*postgres:\/\/user:password@host:port\/dbname/],
-    [`db1.example:5432`, /not a connection string.*postgres:\/\//],
+    [`db1.example:5432`, /not a connection string.*key=value.*postgres:\/\//],
     [`postgres://app:${SECRET}@db1:notaport/app`, /not a valid URL; percent-encode.*port is a number/],
     [`postgres://app:pa/${SECRET}@db1/app`, /not a valid URL/],
     [`postgres://app:${SECRET}@h1:5432,h2:5433/app`, /^names several hosts \(a list with ","\); a node is one server: give one host:port$/],
+    [`host=h1,h2 password=${SECRET}`, /^names several servers in host/],
     [`postgres://app:${SECRET}%ZZ@db1/app`, /^has a % in its password that is not followed by two hexadecimal digits; write a % itself as %25$/],
-    [`postgres://app:${SECRET}@db1/app?sslmode=bogus`, /^has sslmode=bogus, which is not an sslmode; use one of disable, allow, prefer, require, verify-ca, verify-full$/],
+    [`postgres://app:${SECRET}@db1/app?sslmode=bogus`, /^has sslmode=bogus, which pgmesh does not support; use one of disable, allow, prefer, require, verify-ca, verify-full$/],
     [`postgres://app:${SECRET}@db1/app?password=${SECRET}`, /^gives a password twice/],
-    [`postgres://app:${SECRET}@db1/app?DateStyle=German`, /^sets DateStyle in its query, which pgmesh sets itself/],
+    // Run-time settings are not connection keywords: libpq refuses them, and so does pgmesh (the driver sent them).
+    [`postgres://app:${SECRET}@db1/app?DateStyle=German`, /^has the unknown keyword "DateStyle"; libpq's keywords that pgmesh honours are host, /],
+    [`host=db1 password=${SECRET} bogus=1`, /^has the unknown keyword "bogus"/],
+    [`postgres://app@db1/app?sslcrl=/etc/crl.pem`, /^sets sslcrl: pgmesh does not support certificate revocation lists/],
     [`postgres://app@db1/app?password=${SECRET}%ZZ`, /^has a % in its query \(\?password=\) that is not followed by two hexadecimal digits/],
+    [`host=db1 password='${SECRET}`, /^has an unterminated quoted value for password/],
+    [`host=db1 ${SECRET}`, /without "=" after it/],
+    [`host=db1 port=99999`, /^has port 99999/],
   ];
   for (const [dsn, expected] of cases) {
-    const problem = dsnProblem(dsn);
+    const problem = dsnProblem(dsn, NO_ENV);
     assert.match(problem ?? '(accepted)', expected, dsn);
     assert.ok(!problem?.includes(SECRET), problem);
   }
 });
 
 test('dsnTarget: the host as written (an IPv6 address without brackets), the port, or a Unix socket', () => {
-  assert.deepEqual(dsnTarget('postgres://app@[::1]:6543/app'), { host: '::1', port: 6543 });
-  assert.deepEqual(dsnTarget('postgres://app@db1/app'), { host: 'db1', port: 5432 });
-  assert.deepEqual(dsnTarget('postgres://app@%2Fvar%2Frun%2Fpostgresql:5433/app'), {
+  const target = (dsn: string) => dsnTarget(resolveConnection(dsn, NO_ENV));
+  assert.deepEqual(target('postgres://app@[::1]:6543/app'), { host: '::1', port: 6543 });
+  assert.deepEqual(target('postgres://app@db1/app'), { host: 'db1', port: 5432 });
+  assert.deepEqual(target('postgres://app@%2Fvar%2Frun%2Fpostgresql:5433/app'), {
     host: '/var/run/postgresql',
     port: 5433,
     path: '/var/run/postgresql/.s.PGSQL.5433',
   });
+  assert.deepEqual(target('host=/srv/pg port=5434 dbname=app'), { host: '/srv/pg', port: 5434, path: '/srv/pg/.s.PGSQL.5434' });
+  assert.deepEqual(target('postgres://app@db1/app?host=db2&port=6000'), { host: 'db2', port: 6000 });
+  assert.deepEqual(target('host=db1.example hostaddr=10.0.0.5'), { host: '10.0.0.5', port: 5432 });
 });
 
-test('a password given as ?password= is taken out of the URL the driver sees (which would send it as a setting)', () => {
-  assert.deepEqual(splitQueryPassword(`postgres://app@db1/app?sslmode=require&password=${encodeURIComponent('a&b c')}`), {
-    dsn: 'postgres://app@db1/app?sslmode=require',
-    password: 'a&b c',
-  });
-  assert.deepEqual(splitQueryPassword('postgres://app@db1/app'), { dsn: 'postgres://app@db1/app', password: undefined });
-  // As libpq reads it: percent-escapes only, a "+" is a "+".
-  assert.deepEqual(splitQueryPassword('postgres://app@db1/app?password=a+b&application_name=x'), { dsn: 'postgres://app@db1/app?application_name=x', password: 'a+b' });
+test('libpq\'s precedence: the string, then the environment, then the defaults; passwords decoded as libpq does', () => {
+  const env = { HOME: '/nonexistent', PGHOST: 'envhost', PGPORT: '6001', PGUSER: 'envuser', PGDATABASE: 'envdb', PGPASSWORD: 'envpw', PGSSLMODE: 'require', PGCONNECT_TIMEOUT: '7' };
+  const fromEnv = resolveConnection('', env);
+  assert.deepEqual(
+    [fromEnv.host, fromEnv.port, fromEnv.user, fromEnv.dbname, fromEnv.password, fromEnv.sslmode, fromEnv.connectTimeoutS],
+    ['envhost', 6001, 'envuser', 'envdb', 'envpw', 'require', 7],
+  );
+  const given = resolveConnection('postgres://app:p%2Bw@db1:5432/app?sslmode=disable', env);
+  assert.deepEqual([given.host, given.port, given.user, given.dbname, given.password, given.sslmode], ['db1', 5432, 'app', 'app', 'p+w', 'disable']);
+  // As libpq reads a query: percent-escapes only, a "+" is a "+".
+  assert.equal(resolveConnection('postgres://app@db1/app?password=a+b%26c', NO_ENV).password, 'a+b&c');
+  assert.equal(resolveConnection("host=db1 password='a \\'b c'", NO_ENV).password, "a 'b c");
+  assert.equal(resolveConnection('host=db1', NO_ENV).sslmode, 'prefer');
+  assert.match(dsnProblem('host=db1', { ...NO_ENV, PGSSLMODE: 'bogus' }) ?? '', /sslmode=bogus/);
+  assert.match(dsnProblem('host=db1', { ...NO_ENV, PGREQUIREAUTH: 'scram-sha-256' }) ?? '', /PGREQUIREAUTH set in the environment.*unset it/);
+});
+
+test('withoutPassword keeps everything but the password, in both forms', () => {
+  assert.equal(withoutPassword(`postgres://app:${SECRET}@db1:5432/app?sslmode=require`), 'postgres://app@db1:5432/app?sslmode=require');
+  assert.equal(withoutPassword(`postgres://app@db1/app?password=${SECRET}&sslmode=require`), 'postgres://app@db1/app?sslmode=require');
+  assert.equal(withoutPassword(`postgres://:${SECRET}@db1/app`), 'postgres://db1/app');
+  assert.equal(withoutPassword(`host=db1 password='${SECRET} x' dbname='my db'`), "host=db1 dbname='my db'");
 });
 
 test('scrubSecrets removes given secrets and passwords inside URLs', () => {
@@ -127,7 +158,7 @@ test('property: a URL password never survives redactDsn or describeEndpoint', ()
       const visible = `postgres://app:*****@${host}/app ${host}:5432/app`;
       fc.pre(!visible.includes(password) && !visible.includes(encoded));
       const dsn = `postgres://app:${encoded}@${host}/app`;
-      for (const out of [redactDsn(dsn), describeEndpoint(dsn)]) {
+      for (const out of [redactDsn(dsn), describeEndpoint(dsn, NO_ENV), withoutPassword(dsn)]) {
         assert.ok(!out.includes(encoded) && !out.includes(password), `${out} shows ${password}`);
       }
       assert.equal(dsnPassword(dsn), password);

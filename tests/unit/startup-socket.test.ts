@@ -75,3 +75,20 @@ test('an answer that is not PostgreSQL fails at once, and says what was sent', (
   // Unprintable bytes are shown as "?".
   assert.equal(feed(new StartupGuard(false), [Buffer.from([0x16, 0x03, 0x01, 0x41])]).failure?.answer, '???A');
 });
+
+test('a request for the password in clear ends the attempt before the driver answers, however it is cut, unless allowed', () => {
+  const cleartext = Buffer.concat([message('R', int32(3)), message('Z', Buffer.from('I', 'latin1'))]);
+  for (let cut = 0; cut <= cleartext.length; cut++) {
+    const chunks = [cleartext.subarray(0, cut), cleartext.subarray(cut)];
+    assert.equal(feed(new StartupGuard({ sslRequestFirst: false }), chunks).failure?.code, 'CLEARTEXT_PASSWORD', `cut at ${cut}`);
+    assert.equal(feed(new StartupGuard({ sslRequestFirst: true }), [Buffer.from('N'), ...chunks]).failure?.code, 'CLEARTEXT_PASSWORD', `cut at ${cut}`);
+    assert.deepEqual(feed(new StartupGuard({ sslRequestFirst: false, allowCleartextPassword: true }), chunks), { failure: undefined, done: true });
+  }
+  // MD5 and SCRAM never show the password: not refused.
+  assert.equal(feed(new StartupGuard({ sslRequestFirst: false }), [message('R', Buffer.concat([int32(5), int32(1)])), STARTUP_ANSWER]).failure, undefined);
+});
+
+test('sslmode=require or stronger: a server without TLS ends the attempt at its "N"', () => {
+  assert.equal(feed(new StartupGuard({ sslRequestFirst: true, tlsRequired: true }), [Buffer.from('N')]).failure?.code, 'NO_TLS');
+  assert.deepEqual(feed(new StartupGuard({ sslRequestFirst: true, tlsRequired: true }), [Buffer.from('S')]), { failure: undefined, done: true });
+});
