@@ -5,7 +5,7 @@
  * pgmesh's sessions, where it would run with their rights: a trigger enabled ALWAYS (it fires in the apply session's
  * replica mode) that makes `app` a superuser; a column default, a CHECK, an index expression calling its function; a
  * cast from text to its enum (pgmesh's statements cast every value from text). pgmesh refuses each at the DDL, on the
- * node where it runs (even with pgmesh.ddl_capture off), and refuses a replayed statement that brings it (kept as an
+ * node where it runs, and refuses a replayed statement that brings it (kept as an
  * exception); rows inserted afterwards replicate, and `app` is no superuser anywhere.
  * An agent does not start on a node where a replicated table has such code (its guard was disabled).
  * Without the code under test (pgmesh.owner_code_guard and the check in run_ddl_as): `ALTER TABLE ... ENABLE ALWAYS
@@ -77,8 +77,9 @@ async function replicates(cluster: TestCluster, id: number): Promise<void> {
 test('code of an application role that pgmesh sessions would run is refused at the DDL, locally and when replayed', { timeout: 180_000 }, async () => {
   await withCluster({ nodes: 2, schema: SCHEMA }, async (cluster) => {
     await cluster.startAgents();
-    // On n2 alone (capture off, as a role may set it): the trigger would fire when n2 applies n1's rows.
-    const local = 'SET pgmesh.ddl_capture = off; ';
+    // On n2: the trigger would fire when n2 applies n1's rows. (The statements would replicate; each is refused
+    // where it runs, before it is captured.)
+    const local = '';
     const always = await asApp(cluster, 'n2', `${local}ALTER TABLE app.items ENABLE ALWAYS TRIGGER trap`);
     await replicates(cluster, 100);
     assert.equal(await isSuperuser(cluster, 'n2'), false, 'app became superuser on n2');
@@ -124,7 +125,7 @@ test('with the least-privilege agent: an ENABLE ALWAYS trigger is refused too, a
     assert.equal(create.code, 0, create.output);
     const env = Object.fromEntries(cluster.nodes.map((n) => [`PGMESH_DSN_${n.name.toUpperCase()}`, dsnAs(n, 'pgmesh_agent', 'agent-pw')]));
     for (const node of cluster.nodes) cluster.startAgentProcess(node.name, env);
-    const refused = await asApp(cluster, 'n2', `SET pgmesh.ddl_capture = off; ALTER TABLE app.items ENABLE ALWAYS TRIGGER trap`);
+    const refused = await asApp(cluster, 'n2', `ALTER TABLE app.items ENABLE ALWAYS TRIGGER trap`);
     await replicates(cluster, 1);
     assert.deepEqual(await fired(cluster, 'n2'), [], 'the trap fired in the agent role\'s apply session on n2');
     assert.equal(refused, 'PM011');

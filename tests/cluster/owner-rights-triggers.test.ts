@@ -32,10 +32,9 @@ INSERT INTO app.pairs VALUES ('{happy,sad}');
 RESET ROLE;
 `;
 
-// Created by app on n1 only, with its DDL kept local (a role may set pgmesh.ddl_capture): the attack is on n1's
-// triggers, and n2's apply statements must spell the same keys without any cast.
+// Created by app on n1 (whose guard is disabled): the attack is on n1's triggers. The statements replicate; n2's guard
+// refuses the casts there (exceptions), and n2's apply statements must spell the same keys without any cast.
 const CASTS = `
-SET LOCAL pgmesh.ddl_capture = off;
 CREATE FUNCTION app.evil(v app.mood) RETURNS json LANGUAGE plpgsql AS $fn$
 BEGIN
   IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
