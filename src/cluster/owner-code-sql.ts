@@ -145,47 +145,4 @@ $fn$;
 
 CREATE EVENT TRIGGER pgmesh_owner_code_guard ON ddl_command_end EXECUTE FUNCTION pgmesh.owner_code_guard();
 
--- run_ddl_as as in src/ddl/ddl-as-owner-sql.ts, and replayed DDL is checked like local DDL (event triggers do not
--- fire in the apply session): a statement that fails the check fails, and is kept as an exception.
-CREATE OR REPLACE FUNCTION pgmesh.run_ddl_as(role_name text, statement text, path text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
-DECLARE
-  settings jsonb := pgmesh.session_settings();
-BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = role_name) THEN
-    RAISE EXCEPTION 'pgmesh: role % of a replicated DDL statement does not exist on this node', role_name
-      USING ERRCODE = '42704', HINT = 'Create the role here as on the origin, then run the statement here yourself.';
-  END IF;
-  -- As the role: it owns the function (an agent may be allowed to SET ROLE without inheriting the role's rights).
-  EXECUTE format('SET LOCAL ROLE %I', role_name);
-  DROP FUNCTION IF EXISTS pg_temp.pgmesh_ddl_as_owner(text, text);
-  EXECUTE format($def$
-CREATE FUNCTION pg_temp.pgmesh_ddl_as_owner(statement text, path text) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L$def$, format($body$
-DECLARE
-  expected text := %L;
-BEGIN
-  IF current_user::text <> expected THEN
-    RAISE EXCEPTION 'pgmesh: replayed DDL would run as %%, not as %%, the role that ran it', current_user, expected
-      USING ERRCODE = '42501';
-  END IF;
-  BEGIN
-    PERFORM pg_catalog.set_config('role', 'none', true);
-    RAISE EXCEPTION 'pgmesh: replayed DDL would run where its code can change role' USING ERRCODE = 'PM012';
-  EXCEPTION WHEN insufficient_privilege THEN
-    NULL;
-  END;
-  PERFORM pg_catalog.set_config('search_path', path, true);
-  EXECUTE statement;
-END
-$body$, role_name));
-  SET LOCAL ROLE NONE;
-  PERFORM pg_temp.pgmesh_ddl_as_owner(statement, path);
-  PERFORM pgmesh.restore_session_settings(settings);
-  EXECUTE format('SET LOCAL ROLE %I', role_name);
-  DROP FUNCTION IF EXISTS pg_temp.pgmesh_ddl_as_owner(text, text);
-  SET LOCAL ROLE NONE;
-  PERFORM pgmesh.check_owner_code();
-END
-$fn$;
 `;

@@ -49,7 +49,11 @@ BEGIN
 END
 $fn$;
 
--- Runs one DDL statement as role_name, with role changes impossible (see src/ddl/ddl-as-owner-sql.ts).
+-- Runs one DDL statement as role_name, with role changes impossible (see src/ddl/ddl-as-owner-sql.ts). Then the
+-- statement is checked as local DDL is (event triggers do not fire in the apply session): code it gave a replicated
+-- table that pgmesh's sessions would run with their rights fails it, and it is kept as an exception
+-- (pgmesh.check_owner_code, src/cluster/owner-code-sql.ts: a later migration of the same catalog upgrade, so there by
+-- the time this runs).
 CREATE FUNCTION pgmesh.run_ddl_as(role_name text, statement text, path text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
@@ -88,6 +92,7 @@ $body$, role_name));
   EXECUTE format('SET LOCAL ROLE %I', role_name);
   DROP FUNCTION IF EXISTS pg_temp.pgmesh_ddl_as_owner(text, text);
   SET LOCAL ROLE NONE;
+  PERFORM pgmesh.check_owner_code();
 END
 $fn$;
 

@@ -9,7 +9,7 @@
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
-import { mkdirSync, writeFileSync, appendFileSync, chownSync, openSync, closeSync, readFileSync, readdirSync, existsSync, rmSync } from 'node:fs';
+import { mkdirSync, writeFileSync, appendFileSync, chownSync, openSync, closeSync, fstatSync, readFileSync, readSync, readdirSync, existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import postgres from 'postgres';
 import { PgmeshError } from '../core/errors.ts';
@@ -27,6 +27,9 @@ export interface EmbeddedServerOptions {
   /** Extra postgresql.conf settings; they override the defaults below. */
   readonly settings?: Readonly<Record<string, string | number | boolean>>;
 }
+
+/** How much of the end of a server log logTail reads. */
+const LOG_TAIL_BYTES = 256 * 1024;
 
 /** What pgmesh needs, sized for several servers on a small machine. */
 export const DEFAULT_SERVER_SETTINGS: Readonly<Record<string, string | number | boolean>> = {
@@ -236,8 +239,18 @@ export class EmbeddedServer {
 
   logTail(lines = 40): string {
     if (!existsSync(this.logFile)) return '(no log)';
-    const text = readFileSync(this.logFile, 'utf8').trimEnd().split('\n');
-    return text.slice(-lines).join('\n');
+    // Only the end of the file: a server that logs every statement (auto_explain in a test) can write gigabytes.
+    const fd = openSync(this.logFile, 'r');
+    try {
+      const size = fstatSync(fd).size;
+      const length = Math.min(size, LOG_TAIL_BYTES);
+      const buffer = Buffer.alloc(length);
+      readSync(fd, buffer, 0, length, size - length);
+      const text = buffer.toString('utf8').trimEnd().split('\n');
+      return text.slice(-lines).join('\n');
+    } finally {
+      closeSync(fd);
+    }
   }
 }
 
