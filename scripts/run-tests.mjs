@@ -25,7 +25,10 @@ if (files.length === 0) {
 const concurrency = process.env.PGMESH_TEST_CONCURRENCY ?? '2';
 const result = spawnSync(
   process.execPath,
-  ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, '--test-timeout=600000', ...files],
+  // --test-timeout bounds a whole file here (node runs each file as one test of the root): every cluster test bounds
+  // itself with its own timeout, and a file of several node add and kill scenarios takes more than 10 minutes on 2
+  // busy cores, so the file's bound only catches a hang.
+  ['--import', 'tsx', '--test', `--test-concurrency=${concurrency}`, '--test-timeout=1800000', ...files],
   { stdio: 'inherit' },
 );
 process.exit(result.status ?? 1);
