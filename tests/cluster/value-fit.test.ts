@@ -36,7 +36,7 @@ test('a string longer than the local varchar goes to the exception table instead
     await linkBarrier(cluster, { from: 'n1', to: 'n2' });
     const e = await waitException(n2);
     assert.equal(e.sqlstate, '22001');
-    assert.match(e.error, /does not fit column code \(character varying\(3\)\) of item/);
+    assert.match(e.error, /does not fit column code \(character varying\(3\)\) of public\.item/);
     assert.deepEqual((e.change.new as Record<string, unknown>).code, 'abcdef', 'the whole change is kept');
     assert.deepEqual(await items(n2), [
       { id: 2, code: 'abc', amount: '2.000' },
@@ -57,7 +57,7 @@ test('a number with more decimals than the local numeric scale goes to the excep
     await linkBarrier(cluster, { from: 'n1', to: 'n2' });
     const e = await waitException(n2);
     assert.equal(e.sqlstate, '22003');
-    assert.match(e.error, /does not fit column amount \(numeric\(10,1\)\) of item/);
+    assert.match(e.error, /does not fit column amount \(numeric\(10,1\)\) of public\.item/);
     assert.deepEqual(await items(n2), [{ id: 1, code: 'a', amount: '1.5' }], 'the row keeps its value; nothing is rounded');
   });
 });
