@@ -43,6 +43,15 @@ $fn$;
 CREATE FUNCTION app.f(integer) RETURNS integer LANGUAGE sql IMMUTABLE AS $fn$ SELECT $1 $fn$;
 CREATE FUNCTION app.mood_in(text) RETURNS app.mood LANGUAGE sql AS $fn$ SELECT $1::regtype::text::app.mood $fn$;
 CREATE TRIGGER trap BEFORE INSERT OR UPDATE ON app.items FOR EACH ROW EXECUTE FUNCTION app.trap();
+-- Code that reaches a replicated table from elsewhere: a partition's own default; the row type of a view, used by a
+-- replicated column.
+CREATE TABLE app.parts (id integer PRIMARY KEY, v text) PARTITION BY RANGE (id);
+CREATE TABLE app.parts_1 PARTITION OF app.parts FOR VALUES FROM (0) TO (100);
+CREATE VIEW app.shape AS SELECT 1 AS a;
+CREATE TABLE app.nested (id integer PRIMARY KEY, s app.shape);
+CREATE TYPE app.hue AS ENUM ('red', 'blue');
+CREATE FUNCTION app.hue_in(text) RETURNS app.hue LANGUAGE sql AS $fn$ SELECT $1::regtype::text::app.hue $fn$;
+CREATE CAST (text AS app.hue) WITH FUNCTION app.hue_in(text);
 RESET ROLE;
 `;
 
@@ -98,6 +107,17 @@ test('code of an application role that pgmesh sessions would run is refused at t
       await asApp(cluster, 'n2', `${local}CREATE DOMAIN app.num AS integer DEFAULT app.f(1); ALTER TABLE app.items ADD COLUMN n app.num`),
       'PM011',
     );
+    // The guard checks the replicated tables a command reaches, not only those it names (it would be too slow to
+    // check every table on every statement): a new partition's default, a view's row type in a replicated column,
+    // a superuser giving a function that a default calls to app.
+    // (The partition as a superuser: app may not create one, it would need EXECUTE on pgmesh's row triggers, which
+    // PostgreSQL clones to a new partition.)
+    const n2 = cluster.node('n2').sql;
+    await assert.rejects(n2.unsafe(`CREATE TABLE app.parts_2 PARTITION OF app.parts (v DEFAULT app.f(1)::text) FOR VALUES FROM (100) TO (200)`), /PM011|app\.parts_2\.v calls app\.f\(integer\), owned by app/);
+    assert.equal(await asApp(cluster, 'n2', `CREATE OR REPLACE VIEW app.shape AS SELECT 1 AS a, 'red'::app.hue AS h`), 'PM011');
+    await n2.unsafe(`SET pgmesh.ddl_capture = off; CREATE FUNCTION public.g(integer) RETURNS integer LANGUAGE sql IMMUTABLE AS 'SELECT $1'; ALTER TABLE app.items ADD COLUMN g integer DEFAULT public.g(1)`);
+    await assert.rejects(n2.unsafe(`ALTER FUNCTION public.g(integer) OWNER TO app`), /PM011|default or generation expression of app\.items\.g calls public\.g\(integer\), owned by app/);
+    await n2.unsafe(`SET pgmesh.ddl_capture = off; ALTER TABLE app.items DROP COLUMN g; RESET pgmesh.ddl_capture`);
     await replicates(cluster, 1);
     assert.equal(await isSuperuser(cluster, 'n2'), false, 'app became superuser on n2');
 
