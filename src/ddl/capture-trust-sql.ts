@@ -156,7 +156,9 @@ $fn$;
 CREATE EVENT TRIGGER pgmesh_ddl_capture_guard ON ddl_command_end EXECUTE FUNCTION pgmesh.ddl_capture_guard();
 `;
 
-const CAPTURE_AND_APPLY = `
+const CAPTURE = `
+-- ddl_command_end as before (src/ddl/capture-sql.ts), shipping the DDL candidates of the query string with their count
+-- from pgmesh.ddl_statement_counter, signed (see the top of src/ddl/capture-trust-sql.ts).
 CREATE OR REPLACE FUNCTION pgmesh.ddl_command_end() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $fn$
 DECLARE
@@ -281,61 +283,6 @@ BEGIN
   PERFORM set_config('search_path', user_path, true);
 END
 $fn$;
-
-
--- apply_ddl as before (src/ddl/ddl-lock-sql.ts), with what it accepts and records changed (src/ddl/capture-trust-sql.ts):
--- the statements shipped are recorded with a failure (no query string any more), and only tables the statement
--- created here join replication. How the statement runs is unchanged.
-CREATE OR REPLACE FUNCTION pgmesh.apply_ddl(peer text, remote_ts timestamptz, remote_lsn pg_lsn, statement text, problem text, message jsonb)
-RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
-DECLARE
-  identity text;
-  code text := CASE WHEN problem IS NOT NULL THEN 'PM008' END;
-  error text := problem;
-  detail text;
-  sequences_before oid[] := ARRAY(SELECT c.oid FROM pg_class c WHERE c.relkind = 'S');
-  -- Tables there are before the statement: only one it creates may join replication (see below).
-  tables_before oid[] := ARRAY(SELECT c.oid FROM pg_class c WHERE c.relkind IN ('r', 'p'));
-  rel regclass;
-  names_before jsonb := CASE WHEN message ->> 'tag' LIKE 'ALTER %' OR message ->> 'tag' LIKE 'DROP %' THEN pgmesh.ddl_names_before() END;
-BEGIN
-  IF statement IS NOT NULL THEN
-    BEGIN
-      PERFORM set_config('search_path', message ->> 'search_path', true);
-      EXECUTE format('SET LOCAL ROLE %I', message ->> 'role');
-      EXECUTE statement;
-      SET LOCAL ROLE NONE;
-      PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
-    EXCEPTION WHEN OTHERS THEN
-      GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, error = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
-      error := error || CASE WHEN coalesce(detail, '') <> '' THEN ' (' || detail || ')' ELSE '' END;
-    END;
-  END IF;
-  IF code IS NOT NULL THEN
-    INSERT INTO pgmesh.exception (peer, relation, change_kind, change, remote_ts, remote_commit_lsn, sqlstate, error)
-    VALUES (peer, NULL, 'ddl', jsonb_build_object('statement', statement, 'search_path', message -> 'search_path',
-                                                  'role', message -> 'role', 'tag', message -> 'tag', 'statements', message -> 'statements'),
-            remote_ts, remote_lsn, code, error);
-  END IF;
-  -- The tables the origin joined join here only if this statement created them here: a table that merely has the
-  -- name (the statement failed, or IF NOT EXISTS found one) is this node's own, and publishing it would send its rows
-  -- to every peer. It is kept as an exception instead, for the operator to add ("pgmesh tables add") if it is the same.
-  FOR identity IN SELECT jsonb_array_elements_text(message -> 'joined') LOOP
-    rel := to_regclass(identity);
-    IF code IS NULL AND rel IS NOT NULL AND rel::oid <> ALL (tables_before) THEN
-      PERFORM pgmesh.join_table(rel);
-    ELSIF code IS NULL THEN
-      INSERT INTO pgmesh.exception (peer, relation, change_kind, change, remote_ts, remote_commit_lsn, sqlstate, error)
-      VALUES (peer, identity, 'ddl', jsonb_build_object('statement', statement, 'role', message -> 'role', 'tag', message -> 'tag', 'joined', identity),
-              remote_ts, remote_lsn, 'PM008',
-              format('table %s was not created by the replayed statement here, so it does not join replication here', identity));
-    END IF;
-  END LOOP;
-  PERFORM pgmesh.interleave_new_sequences(ARRAY(SELECT c.oid FROM pg_class c WHERE c.relkind = 'S' AND c.oid <> ALL (sequences_before)));
-  PERFORM pgmesh.ddl_note(CASE WHEN code IS NULL THEN names_before END, pgmesh.ddl_tables(message -> 'commands'));
-  RETURN code IS NULL;
-END
-$fn$;
 `;
 
-export const CAPTURE_TRUST_MIGRATION = MESSAGE_AUTH_MIGRATION + CANDIDATES + CAPTURE_GUARD + CAPTURE_AND_APPLY;
+export const CAPTURE_TRUST_MIGRATION = MESSAGE_AUTH_MIGRATION + CANDIDATES + CAPTURE_GUARD + CAPTURE;

@@ -96,9 +96,11 @@ $body$, role_name));
 END
 $fn$;
 
--- apply_ddl as in src/ddl/capture-trust-sql.ts (CAPTURE_TRUST_MIGRATION), but the statement runs through run_ddl_as
--- instead of under SET LOCAL ROLE in this session (the five execution lines of the inner block became one call), and a
--- table the statement created joins only if pgmesh vouches for its code (owner_code_problem, migration 30).
+-- apply_ddl as before (src/ddl/ddl-lock-sql.ts), changed twice in one release: what it accepts and records (the
+-- statements shipped are recorded with a failure, no query string any more, and only tables the statement created
+-- here join replication: src/ddl/capture-trust-sql.ts), and how the statement runs (through run_ddl_as, not under SET
+-- LOCAL ROLE in this session; a table it created joins only if pgmesh vouches for its code: owner_code_problem,
+-- migration 30).
 CREATE OR REPLACE FUNCTION pgmesh.apply_ddl(peer text, remote_ts timestamptz, remote_lsn pg_lsn, statement text, problem text, message jsonb)
 RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $fn$
 DECLARE
