@@ -14,7 +14,9 @@
  *   plus-finish       + the finish statement (progress log row, origin LSN and timestamp): a real applied transaction
  *   combined          the same as plus-finish in one statement (finish as CTEs of the insert)
  *   fast-path         the fast-path insert pgmesh sends instead of the plain one, + finish
- *   fast-path-locked  the same after the key's advisory lock (key-lock.ts): what pgmesh does today
+ *   fast-path-locked  the same after the key lock (key-lock.ts: rows of pgmesh.apply_lock): what pgmesh does today
+ *   fast-path-keyslot the same with only the key's row of pgmesh.apply_lock locked (not its table's row too)
+ *   fast-path-advisory the same with the key's advisory lock instead (what pgmesh did before apply_lock)
  *   execute-update    a prepared plain UPDATE of one row + finish
  *   fast-update       the fast-path update pgmesh sends (version check, counted) + finish
  *   full-statement    the full conflict-detecting statement (key and row locks + CTE) + finish: what a conflict costs
@@ -28,6 +30,7 @@ import postgres from 'postgres';
 import { bindRelation, loadLocalRelation } from '../src/apply/local-relation.ts';
 import { buildFastStatement, buildFinish, buildStatement } from '../src/apply/statement-builder.ts';
 import { buildKeyLock } from '../src/apply/key-lock.ts';
+import { APPLY_LOCK_SLOTS } from '../src/cluster/truncate-sql.ts';
 import { addTables, ensurePeer, initNode } from '../src/cluster/node-admin.ts';
 import { formatLsn } from '../src/core/lsn.ts';
 import type { Logger } from '../src/core/logger.ts';
@@ -88,19 +91,21 @@ try {
   await admin.unsafe(`CREATE TABLE second (end_lsn pg_lsn PRIMARY KEY, ts timestamptz)`);
   const pid = Number((await session.unsafe<{ pid: number }[]>(`SELECT pg_backend_pid() AS pid`))[0]?.pid);
   await session.unsafe(
-    `PREPARE plain_insert AS INSERT INTO t (id, n, payload) VALUES ($1::text::bigint, $2::text::int, $3::text); ` +
+    `PREPARE plain_insert AS INSERT INTO public.t (id, n, payload) VALUES ($1::text::bigint, $2::text::int, $3::text); ` +
       `PREPARE fast_insert AS ${fast}; PREPARE fast_update AS ${fastUpdate}; ` +
-      `PREPARE plain_update AS UPDATE t SET n = $2::text::int, payload = $3::text WHERE id = $1::text::bigint; ` +
+      `PREPARE plain_update AS UPDATE public.t SET n = $2::text::int, payload = $3::text WHERE id = $1::text::bigint; ` +
       `PREPARE lock_row AS ${buildKeyLock(shape, 'keys', true).text}; PREPARE lock_key AS ${buildKeyLock(shape, 'keys', false).text}; ` +
+      `PREPARE lock_keyslot AS SELECT 1 FROM pgmesh.apply_lock l WHERE l.slot = (${APPLY_LOCK_SLOTS} + (pg_catalog.hashtextextended(pg_catalog.jsonb_build_array($1::text::bigint)::text, ${local.oid}) & ${APPLY_LOCK_SLOTS - 1}))::int4 FOR UPDATE; ` +
+      `PREPARE lock_advisory AS SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended(pg_catalog.jsonb_build_array($1::text::bigint)::text, ${local.oid})); ` +
       `PREPARE full_upsert AS ${buildStatement(shape, ctx, 'last_update_wins')}; PREPARE finish AS ${buildFinish(ctx)}; ` +
       `PREPARE origin_only AS SELECT pg_catalog.pg_replication_origin_xact_setup($3::text::pg_lsn, $4::text::timestamptz), $1::text, $2::text; ` +
       `` +
-      `PREPARE second_insert AS INSERT INTO second SELECT $3::text::pg_lsn, $4::text::timestamptz WHERE $1::text || $2::text IS NOT NULL; ` +
+      `PREPARE second_insert AS INSERT INTO public.second SELECT $3::text::pg_lsn, $4::text::timestamptz WHERE $1::text || $2::text IS NOT NULL; ` +
       `PREPARE combined AS WITH o AS (SELECT CASE WHEN pg_catalog.current_setting('pgmesh.applied_end', true) = $5::text ` +
       `THEN pg_catalog.set_config('pgmesh.applied_end', $6::text, false) ELSE pgmesh.raise_error('PM001', 'x', NULL) END AS checked, ` +
       `pg_catalog.pg_replication_origin_xact_setup($6::text::pg_lsn, $7::text::timestamptz) AS origin), ` +
       `f AS (INSERT INTO pgmesh.applied_xact (peer, end_lsn, remote_commit_ts) SELECT $4::text, $6::text::pg_lsn, $7::text::timestamptz FROM o) ` +
-      `INSERT INTO t (id, n, payload) VALUES ($1::text::bigint, $2::text::int, $3::text); ` +
+      `INSERT INTO public.t (id, n, payload) VALUES ($1::text::bigint, $2::text::int, $3::text); ` +
       `PREPARE progress_only AS UPDATE pgmesh.apply_progress SET applied_xacts = applied_xacts + 1 WHERE peer = $1::text AND $2::text || $3::text || $4::text IS NOT NULL`,
   );
 
@@ -137,7 +142,7 @@ try {
   };
   const args = (values: readonly string[]): string => values.map(quoteLiteral).join(', ');
   const variants: Record<string, () => string> = {
-    'literal-insert': () => `INSERT INTO t (id, n, payload) VALUES (${args(row())})`,
+    'literal-insert': () => `INSERT INTO public.t (id, n, payload) VALUES (${args(row())})`,
     'execute-insert': () => `EXECUTE plain_insert(${args(row())})`,
     'plus-finish': () => `EXECUTE plain_insert(${args(row())}); ${finish()}`,
     'origin-only': () => `EXECUTE plain_insert(${args(row())}); EXECUTE origin_only('n1', '0/0', '${formatLsn(end + 1n)}', '${ts}')`,
@@ -155,6 +160,14 @@ try {
     'fast-path-locked': () => {
       const r = row();
       return `EXECUTE lock_key(${quoteLiteral(r[0])}); EXECUTE fast_insert(${args([...r, 'i'])}); ${finish()}`;
+    },
+    'fast-path-keyslot': () => {
+      const r = row();
+      return `EXECUTE lock_keyslot(${quoteLiteral(r[0])}); EXECUTE fast_insert(${args([...r, 'i'])}); ${finish()}`;
+    },
+    'fast-path-advisory': () => {
+      const r = row();
+      return `EXECUTE lock_advisory(${quoteLiteral(r[0])}); EXECUTE fast_insert(${args([...r, 'i'])}); ${finish()}`;
     },
     'execute-update': () => `EXECUTE plain_update(${args(updated())}); ${finish()}`,
     'fast-update': () => `EXECUTE fast_update(${args([...updated(), 'u', nextTs()])}); ${finish()}`,
@@ -191,10 +204,10 @@ try {
   const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0;
   console.log(`statement costs of one-row transactions, PostgreSQL ${server.major}, ${N} transactions per variant, median of ${ROUNDS} rounds`);
   console.log('');
-  console.log(`${'variant'.padEnd(16)} ${'backend µs/txn'.padStart(15)} ${'agent µs/txn'.padStart(13)} ${'txn/s'.padStart(9)}`);
+  console.log(`${'variant'.padEnd(18)} ${'backend µs/txn'.padStart(15)} ${'agent µs/txn'.padStart(13)} ${'txn/s'.padStart(9)}`);
   for (const [name, r] of results) {
     console.log(
-      `${name.padEnd(16)} ${median(r.backendUs).toFixed(0).padStart(15)} ${median(r.agentUs).toFixed(0).padStart(13)} ${Math.round(median(r.tps)).toLocaleString('en-US').padStart(9)}`,
+      `${name.padEnd(18)} ${median(r.backendUs).toFixed(0).padStart(15)} ${median(r.agentUs).toFixed(0).padStart(13)} ${Math.round(median(r.tps)).toLocaleString('en-US').padStart(9)}`,
     );
   }
   console.log('');
