@@ -30,7 +30,7 @@ import postgres from 'postgres';
 import { bindRelation, loadLocalRelation } from '../src/apply/local-relation.ts';
 import { buildFastStatement, buildFinish, buildStatement } from '../src/apply/statement-builder.ts';
 import { buildKeyLock } from '../src/apply/key-lock.ts';
-import { APPLY_LOCK_SLOTS } from '../src/cluster/truncate-sql.ts';
+import { APPLY_LOCK_SLOTS } from '../src/apply/lock-space.ts';
 import { addTables, ensurePeer, initNode } from '../src/cluster/node-admin.ts';
 import { formatLsn } from '../src/core/lsn.ts';
 import type { Logger } from '../src/core/logger.ts';

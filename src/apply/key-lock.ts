@@ -25,7 +25,7 @@
  * further batches instead of a row per key (the bulk transactions of one peer then wait for each other's tables).
  */
 import { quoteIdent } from '../pg/quote.ts';
-import { APPLY_LOCK_SLOTS, tableLockSlot } from '../cluster/truncate-sql.ts';
+import { APPLY_LOCK_SLOTS, tableLockSlot } from './lock-space.ts';
 import type { LocalColumn, RelationBinding } from './local-relation.ts';
 import { asColumnType, source, type StatementShape } from './statement-builder.ts';
 

@@ -20,7 +20,7 @@
  */
 import { quoteIdent, quoteLiteral } from '../pg/quote.ts';
 import type { ConflictPolicy, DeferredUnique, LocalColumn, RelationBinding } from './local-relation.ts';
-import { TRUNCATE_TOMBSTONE_KEY } from '../cluster/truncate-sql.ts';
+import { TRUNCATE_TOMBSTONE_KEY } from './lock-space.ts';
 import { claimsInsert, indexValueOf } from './unique-claims.ts';
 import { existsProbe, hasRowsOf } from './sql-probes.ts';
 

@@ -31,7 +31,7 @@ import type { ConflictPolicy, LocalColumn, RelationBinding, UniqueIndex } from '
 import { source, valueParameterCount, type StatementContext, type StatementShape } from './statement-builder.ts';
 import { claimsInsert, indexValueOf } from './unique-claims.ts';
 import { hasRowsOf } from './sql-probes.ts';
-import { TRUNCATE_TOMBSTONE_KEY } from '../cluster/truncate-sql.ts';
+import { TRUNCATE_TOMBSTONE_KEY } from './lock-space.ts';
 
 /** A unique index whose every column a shape sends, with the aliases of those values in the statement. */
 interface SentIndex {

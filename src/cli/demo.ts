@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { runDemo } from '../demo/demo.ts';
+import { runDemo } from './demo-cluster.ts';
 import { parseMajor } from '../embedded/postgres-binaries.ts';
 import { createLogger } from '../core/pino-logger.ts';
 import { decimal, seconds, wholeNumber } from './parsers.ts';

@@ -21,6 +21,7 @@ import { memberProblems, type SequenceResult } from './sequences.ts';
 import { DDL_CAPTURE_SETTING } from '../ddl/capture-sql.ts';
 import { checkServerFacts, formatProblems, readServerFacts } from './server-checks.ts';
 import type { PeerIdentity } from './peer-identity.ts';
+import type { TableRef, TableRefusal } from './table-ref.ts';
 
 export interface LocalNode {
   readonly nodeName: string;
@@ -28,16 +29,7 @@ export interface LocalNode {
   readonly maxNodes: number;
 }
 
-export interface TableRef {
-  readonly schema: string;
-  readonly name: string;
-}
-
-export interface TableRefusal extends TableRef {
-  readonly problem: 'missing' | 'not_a_table' | 'not_logged' | 'no_primary_key' | 'refused_elsewhere' | 'sequence';
-  /** What is wrong and what to do, for the user. */
-  readonly reason: string;
-}
+export type { TableRef, TableRefusal };
 
 export interface AddTablesResult {
   readonly added: readonly TableRef[];

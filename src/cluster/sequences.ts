@@ -20,7 +20,7 @@ import { SQLSTATE, sqlState } from '../core/sqlstate.ts';
 import type { Sql } from '../pg/connect.ts';
 import { qualifiedName, quoteIdent } from '../pg/quote.ts';
 import { textArrayLiteral } from '../pg/text-array.ts';
-import type { TableRef, TableRefusal } from './node-admin.ts';
+import type { TableRef, TableRefusal } from './table-ref.ts';
 import { DDL_CAPTURE_SETTING } from '../ddl/capture-sql.ts';
 
 type Queryable = Pick<Sql, 'unsafe'>;

@@ -12,25 +12,13 @@
  * - The apply statements treat the table's tombstone like a tombstone of every key (statement-builder.ts), and
  *   tombstone collection removes it like any other once every peer is past it.
  */
-export const TRUNCATE_TOMBSTONE_KEY = '*';
+import { APPLY_LOCK_SLOTS, TRUNCATE_TOMBSTONE_KEY } from '../apply/lock-space.ts';
 
 /**
  * The high half of the advisory lock (pg_advisory_xact_lock(int8)) of a whole table among apply sessions ('pmsh'), as
  * TRUNCATE_LOCK_MIGRATION took it; APPLY_LOCK_MIGRATION replaced it by rows of pgmesh.apply_lock.
  */
 export const APPLY_TABLE_LOCK_SPACE = 0x706d7368;
-
-/**
- * Rows of pgmesh.apply_lock per kind: slots 0 .. APPLY_LOCK_SLOTS - 1 are tables' (by OID), the next as many are
- * keys' and unique values' (src/apply/key-lock.ts). Every table slot comes before every key slot, so sessions that
- * lock a table's row first and then keys in slot order lock in one global order.
- */
-export const APPLY_LOCK_SLOTS = 8192;
-
-/** The slot of pgmesh.apply_lock that stands for a table among apply sessions. */
-export function tableLockSlot(oid: number): number {
-  return (oid >>> 0) & (APPLY_LOCK_SLOTS - 1);
-}
 
 export const TRUNCATE_MIGRATION = `
 CREATE FUNCTION pgmesh.record_truncate() RETURNS trigger

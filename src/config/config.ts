@@ -11,6 +11,7 @@ import { closeSync, openSync, readSync } from 'node:fs';
 import { PgmeshError } from '../core/errors.ts';
 import { describeEndpoint, dsnProblem } from '../pg/dsn.ts';
 import { NODE_NAME_PATTERN } from '../pg/quote.ts';
+import type { LogLevel } from '../core/logger.ts';
 
 export interface NodeConfig {
   readonly name: string;
@@ -80,7 +81,7 @@ export interface AgentTuning {
   readonly copyParallelism: number;
 }
 
-export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
+export type { LogLevel };
 
 export interface ClusterConfig {
   readonly nodes: readonly NodeConfig[];

@@ -1,3 +1,6 @@
+/** How much a logger writes (the configuration's logLevel, the CLI's --log-level). */
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
+
 /** The logger that library code receives; pino's logger satisfies it. Library code never writes to the console. */
 export interface Logger {
   debug(obj: object, msg?: string): void;

@@ -1,6 +1,6 @@
 import { pino, type DestinationStream, type Level, type Logger as Pino } from 'pino';
 import type { Logger } from './logger.ts';
-import type { LogLevel } from '../config/config.ts';
+import type { LogLevel } from './logger.ts';
 
 /** Keys pino writes on every line itself. */
 const PINO_KEYS = ['level', 'time', 'msg', 'pid', 'hostname'];

@@ -14,8 +14,8 @@ import { EmbeddedServer } from '../embedded/embedded-server.ts';
 import { canEnter, makeServerTempDir, serverUser } from '../embedded/server-user.ts';
 import type { PgMajor } from '../embedded/postgres-binaries.ts';
 import { openSql, type Sql } from '../pg/connect.ts';
-import { formatStatus, renderTable } from '../cli/status.ts';
-import { pgmeshCommand } from '../cli/self.ts';
+import { formatStatus, renderTable } from './status.ts';
+import { pgmeshCommand } from './self.ts';
 
 export interface DemoOptions {
   readonly nodes: number;
