@@ -269,7 +269,13 @@ async function join(
   // 6. Every existing node streams from the new one; the new node is a member.
   const identity = await readPeerIdentity(conns.joining);
   for (const node of existing) {
-    await ensurePeer(memberSql(conns, node.name), { name, nodeSlot, endpoint: describeEndpoint(options.dsn), identity });
+    await ensurePeer(memberSql(conns, node.name), {
+      name,
+      nodeSlot,
+      endpoint: describeEndpoint(options.dsn),
+      identity,
+      slot: await publisherSlotName(conns.joining, node.name),
+    });
   }
   await setMembership(conns.joining, { state: 'member', phase: 'done', finished: true });
   log.info({ source: source.name, rows: copied.rows, bytes: copied.bytes }, 'node add: done');
