@@ -93,9 +93,9 @@ export async function publisherSlotName(sql: Queryable, subscriber: string): Pro
   const fresh = slotNameFor(oid, subscriber);
   const rows = await sql.unsafe<{ slot_name: string }[]>(
     `SELECT s.slot_name::pg_catalog.text AS slot_name FROM pg_catalog.pg_replication_slots s
-      WHERE s.database = pg_catalog.current_database() AND s.slot_name::pg_catalog.text = ANY ($1::pg_catalog.text[])
-      ORDER BY s.slot_name::pg_catalog.text = $2 DESC`,
-    [[fresh, `pgmesh_${subscriber}`], fresh],
+      WHERE s.database = pg_catalog.current_database() AND s.slot_name::pg_catalog.text IN ($1::pg_catalog.text, $2::pg_catalog.text)
+      ORDER BY s.slot_name::pg_catalog.text = $1::pg_catalog.text DESC`,
+    [fresh, `pgmesh_${subscriber}`],
   );
   return rows[0]?.slot_name ?? fresh;
 }
