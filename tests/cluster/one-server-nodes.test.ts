@@ -8,6 +8,7 @@
  * slot of database app3; drop it (SELECT pg_drop_replication_slot(...))": that slot was the live n2 -> n1 link, and
  * dropping it as advised breaks the cluster. Had the slot names not collided, n3's origin for n1 would have been
  * n2's (pgmesh_n1), shared progress of two streams; and status counted another database's slot as a node's own.
+ * (Run against the code before: node add failed with exactly that message.)
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
