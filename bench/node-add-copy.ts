@@ -39,8 +39,7 @@ import { parseMajor } from '../src/embedded/postgres-binaries.ts';
 import { makeServerTempDir } from '../src/embedded/server-user.ts';
 import { openSql } from '../src/pg/connect.ts';
 import { addNode } from '../src/membership/node-add.ts';
-import { dropSlotIfExists, unlinkPeer } from '../src/membership/links.ts';
-import { slotName } from '../src/cluster/catalog-schema.ts';
+import { dropSlotIfExists, dropSlotsFor, unlinkPeer } from '../src/membership/links.ts';
 import { client, type Sql } from './support/server-pair.ts';
 
 const tableName = (i: number) => `bench_copy_${i}`;
@@ -176,7 +175,7 @@ async function pgmeshAdd(
 
 /** Leaves A as it was before the add: no slot, peer or origin of the joined node (the database on B is dropped). */
 async function forget(a: Sql, node: string, b: Sql, database: string): Promise<void> {
-  await dropSlotIfExists(a, slotName(node), { terminate: true, node: 'n1' });
+  await dropSlotsFor(a, node, { terminate: true, node: 'n1' });
   await unlinkPeer(a, node, 'n1');
   const slots = await b.unsafe<{ slot_name: string }[]>(`SELECT slot_name FROM pg_catalog.pg_replication_slots WHERE database = $1`, [database]);
   for (const s of slots) await dropSlotIfExists(b, s.slot_name, { terminate: true, node });

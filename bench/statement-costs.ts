@@ -72,7 +72,8 @@ try {
     ],
   };
   const binding = bindRelation(relation, local, { peer: 'n1', node: 'n2' });
-  const origins = await admin.unsafe<{ id: number }[]>(`SELECT roident::int AS id FROM pg_replication_origin WHERE roname = 'pgmesh_n1'`);
+  const origin = (await admin.unsafe<{ origin_name: string }[]>(`SELECT origin_name FROM pgmesh.peer WHERE node_name = 'n1'`))[0]?.origin_name ?? '';
+  const origins = await admin.unsafe<{ id: number }[]>(`SELECT roident::int AS id FROM pg_replication_origin WHERE roname = $1`, [origin]);
   const ctx = { peer: 'n1', localNode: 'n2', conflictWindowMs: 10_000, peerOriginId: origins[0]?.id ?? 0 };
   const shape = { kind: 'upsert' as const, binding, valuePositions: [0, 1, 2], multiRow: false };
   const fast = buildFastStatement(shape, ctx, 'i')?.text;
@@ -86,7 +87,7 @@ try {
     pipelined: true,
     parameters: { session_replication_role: 'replica', synchronous_commit: 'off', plan_cache_mode: 'force_generic_plan' },
   });
-  await session.unsafe(`SELECT pg_replication_origin_session_setup('pgmesh_n1')`);
+  await session.unsafe(`SELECT pg_replication_origin_session_setup($1)`, [origin]);
   await session.unsafe(`SELECT set_config('pgmesh.applied_end', '0/0', false)`);
   await admin.unsafe(`CREATE TABLE second (end_lsn pg_lsn PRIMARY KEY, ts timestamptz)`);
   const pid = Number((await session.unsafe<{ pid: number }[]>(`SELECT pg_backend_pid() AS pid`))[0]?.pid);

@@ -129,13 +129,15 @@ async function runOnce(major: PgMajor, identity: Identity, workload: Workload, p
     await pub.unsafe(preload(preloadRows)).simple();
     const loader = client(subscriber);
     try {
-      await loader.unsafe(`SELECT pg_catalog.pg_replication_origin_session_setup('pgmesh_n1')`);
+      const origin = await sub.unsafe<{ o: string }[]>(`SELECT origin_name AS o FROM pgmesh.peer WHERE node_name = 'n1'`);
+      await loader.unsafe(`SELECT pg_catalog.pg_replication_origin_session_setup($1)`, [origin[0]?.o ?? '']);
       await loader.unsafe(preload(preloadRows)).simple();
     } finally {
       await loader.end({ timeout: 1 });
     }
     // The preload is not streamed to n2 again: the slot moves past it (the rows are there already).
-    await pub.unsafe(`SELECT pg_replication_slot_advance('pgmesh_n2', pg_current_wal_lsn())`);
+    const slot = await sub.unsafe<{ s: string }[]>(`SELECT slot_name AS s FROM pgmesh.peer WHERE node_name = 'n1'`);
+    await pub.unsafe(`SELECT pg_replication_slot_advance($1, pg_current_wal_lsn())`, [slot[0]?.s ?? '']);
     for (const sql of [pub, sub]) for (const table of ['doc', 'narrow']) await sql.unsafe(`VACUUM (ANALYZE) ${table}`);
 
     // Both phases start right after a checkpoint, so each counts the full-page images of the pages it changes first.

@@ -11,7 +11,7 @@ import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import postgres from 'postgres';
 import { Agent } from '../../src/agent/agent.ts';
-import { originName } from '../../src/cluster/catalog-schema.ts';
+import { readLinkNames } from '../../src/cluster/link-names.ts';
 import { createCluster } from '../../src/cluster/cluster-ops.ts';
 import { loadConfig } from '../../src/config/config.ts';
 import type { Logger } from '../../src/core/logger.ts';
@@ -224,5 +224,8 @@ async function linkPgmesh(publisher: EmbeddedServer, subscriber: EmbeddedServer,
       agent = undefined;
     },
   };
-  return { consumer, origin: originName('n1') };
+  const subscriberSql = client(subscriber);
+  const origin = await readLinkNames(subscriberSql, 'n1').finally(() => subscriberSql.end({ timeout: 1 }));
+  if (!origin) throw new Error('createCluster made no link n1 -> n2');
+  return { consumer, origin: origin.origin };
 }

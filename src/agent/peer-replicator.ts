@@ -14,7 +14,8 @@ import { formatLsn, LSN_ZERO, parseLsn, type Lsn } from '../core/lsn.ts';
 import { formatPgTimestamp } from '../core/pg-time.ts';
 import { SQLSTATE, isApplyRetrySqlState, isDataSqlState } from '../core/sqlstate.ts';
 import { Applier, durableProgress } from '../apply/applier.ts';
-import { originName, slotName, PUBLICATION } from '../cluster/catalog-schema.ts';
+import { PUBLICATION } from '../cluster/catalog-schema.ts';
+import { readLinkNames } from '../cluster/link-names.ts';
 import type { Sql } from '../pg/connect.ts';
 import { ReplicationConnection } from '../pg/replication-connection.ts';
 import { verifyPeerIdentity } from '../cluster/peer-identity.ts';
@@ -226,10 +227,21 @@ export class PeerReplicator {
 
   private async session(onStreaming: () => void): Promise<void> {
     const { peer, localNode, tuning, logger } = this.options;
+    // The link's names, as recorded when it was made (src/cluster/link-names.ts: old links keep old names).
+    const names = await readLinkNames(this.options.catalog, peer);
+    if (!names?.slot) {
+      throw new PgmeshError(
+        'SLOT_MISSING',
+        `${localNode} has no link from ${peer}${names ? ' with a slot' : ''}, so it cannot receive ${peer}'s changes; run "pgmesh cluster create" (or "pgmesh node add") to link the nodes`,
+        { context: { peer } },
+      );
+    }
+    const slot = names.slot;
+    const origin = names.origin;
     const applier = await Applier.open(this.options.localDsn, this.options.catalog, {
       peer,
       localNode,
-      origin: originName(peer),
+      origin,
       maxBatchRows: tuning.maxBatchRows,
       maxInflightStatements: tuning.maxInflightStatements,
       conflictWindowMs: tuning.conflictWindowMs,
@@ -258,7 +270,6 @@ export class PeerReplicator {
         await connection.close();
         throw error;
       }
-      const slot = slotName(localNode);
       const state = await connection.slotState(slot).catch(async (error) => {
         await connection.close();
         throw error;
@@ -296,7 +307,7 @@ export class PeerReplicator {
       }
       // Flushes this node's WAL as far as the origin's progress and reads what is now on disk: the only position
       // the new stream may acknowledge before the applier reports more.
-      const durableAtStart = await durableProgress(this.options.catalog, peer, originName(peer)).catch(async (error) => {
+      const durableAtStart = await durableProgress(this.options.catalog, peer, origin).catch(async (error) => {
         await connection.close();
         throw error;
       });
@@ -345,7 +356,7 @@ export class PeerReplicator {
             .catch((error) => logger.debug({ peer, err: errorMessage(error) }, 'recording the acknowledged position failed'))
             .finally(() => (recording = false));
         }
-        durableProgress(this.options.catalog, peer, originName(peer))
+        durableProgress(this.options.catalog, peer, origin)
           .then((lsn) => {
             if (lsn !== undefined) stream.reportDurable(lsn);
           })

@@ -14,24 +14,12 @@ import { PEER_IDENTITY_MIGRATION } from './peer-identity.ts';
 import { DDL_AS_OWNER_MIGRATION } from '../ddl/ddl-as-owner-sql.ts';
 import { KEY_JSON_MIGRATION } from './key-json-sql.ts';
 import { OWNER_CODE_MIGRATION } from './owner-code-sql.ts';
+import { LINK_NAMES_MIGRATION } from './link-names.ts';
 
 export const CATALOG_SCHEMA = 'pgmesh';
 export const PUBLICATION = 'pgmesh';
 
-/** Slot on peer P that streams P's changes to subscriber L: `pgmesh_<L>`. */
-export function slotName(subscriber: string): string {
-  return `pgmesh_${subscriber}`;
-}
-
-/** Replication origin on L that tracks how far L has applied peer P's stream: `pgmesh_<P>`. */
-export function originName(peer: string): string {
-  return `pgmesh_${peer}`;
-}
-
-/** Origin used when an operator replays an exception of peer P: it keeps P's version and is not re-published. */
-export function replayOriginName(peer: string): string {
-  return `pgmeshr_${peer}`;
-}
+// Names of slots and origins: src/cluster/link-names.ts (unique per server: they carry the database's OID).
 
 /**
  * Catalog functions meant for applications (pgmesh.snowflake_id() in column defaults): executable by every role.
@@ -858,6 +846,8 @@ CREATE TABLE pgmesh.membership_table (
   /* 28: replayed DDL runs as its role with role changes impossible (src/ddl/ddl-as-owner-sql.ts) */ DDL_AS_OWNER_MIGRATION,
   /* 29: the definer triggers spell keys without calling casts that roles created (src/cluster/key-json-sql.ts) */ KEY_JSON_MIGRATION,
   /* 30: code of a table's owner that pgmesh's sessions would run with their rights is refused (src/cluster/owner-code-sql.ts) */ OWNER_CODE_MIGRATION,
+  /* 31: slot and origin names unique per server (the database's OID in them), recorded per link; links made before
+     keep their old names (src/cluster/link-names.ts) */ LINK_NAMES_MIGRATION,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

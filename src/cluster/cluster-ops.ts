@@ -10,7 +10,7 @@ import { APPLY_RETRY_REASONS, SQLSTATE, sqlState } from '../core/sqlstate.ts';
 import { connectionError, openSql, type Sql } from '../pg/connect.ts';
 import { describeEndpoint } from '../pg/dsn.ts';
 import type { ClusterConfig, NodeConfig } from '../config/config.ts';
-import { slotName } from './catalog-schema.ts';
+import { publisherSlotName, slotSubscriber } from './link-names.ts';
 import { diffSchemaDumps, readSchemaDump, schemaFingerprint as schemaFingerprintOf, type SchemaDifference, type SchemaDump } from './schema-dump.ts';
 import {
   addTables,
@@ -127,13 +127,15 @@ export async function createCluster(config: ClusterConfig, logger: Logger, optio
       for (const [j, subscriber] of config.nodes.entries()) {
         if (i === j) continue;
         // The origin and progress row on the subscriber exist before the slot, so nothing streamed is unaccounted.
+        const publisherSql = conns.get(publisher.name) as Sql;
         await ensurePeer(conns.get(subscriber.name) as Sql, {
           name: publisher.name,
           nodeSlot: i + 1,
           endpoint: describeEndpoint(publisher.dsn),
           identity: identities.get(publisher.name) as PeerIdentity,
+          slot: await publisherSlotName(publisherSql, subscriber.name),
         });
-        if ((await ensureSlotFor(conns.get(publisher.name) as Sql, subscriber.name)) === 'created') slotsCreated++;
+        if ((await ensureSlotFor(publisherSql, subscriber.name)).created) slotsCreated++;
       }
     }
     return { nodes, slotsCreated };
@@ -366,6 +368,7 @@ export interface ClusterStatus {
 
 interface NodeFacts {
   status: NodeStatus;
+  /** pgmesh's slots of the node's database, by the node each streams to. */
   slots: Map<string, { active: boolean; walStatus: string | null; lagBytes: number | null; walLimitUsed: number | null }>;
   progress: Map<string, PeerProgress>;
   /** For the membership assessment; undefined when the node could not be read. */
@@ -420,12 +423,15 @@ async function readNode(node: NodeConfig, logger: Logger, opened: Map<string, Sq
     for (const row of await sql.unsafe<{ slot_name: string; active: boolean; wal_status: string | null; lag: string | null; retained: string | null; safe: string | null }[]>(
       `SELECT slot_name, active, wal_status, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint::text AS lag,
               pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint::text AS retained, safe_wal_size::text AS safe
-         FROM pg_catalog.pg_replication_slots WHERE slot_name LIKE 'pgmesh\\_%'`,
+         FROM pg_catalog.pg_replication_slots WHERE slot_name LIKE 'pgmesh\\_%' AND database = current_database()`,
     )) {
+      // By subscriber: the slot's name depends on when its link was made (src/cluster/link-names.ts).
+      const subscriber = slotSubscriber(row.slot_name);
+      if (subscriber === null) continue;
       const retained = row.retained === null ? null : Number(row.retained);
       const safe = row.safe === null ? null : Math.max(0, Number(row.safe));
       const walLimitUsed = retained === null || safe === null ? null : retained + safe === 0 ? 1 : retained / (retained + safe);
-      slots.set(row.slot_name, { active: row.active, walStatus: row.wal_status, lagBytes: row.lag === null ? null : Number(row.lag), walLimitUsed });
+      slots.set(subscriber, { active: row.active, walStatus: row.wal_status, lagBytes: row.lag === null ? null : Number(row.lag), walLimitUsed });
     }
     const slotHealth: SlotHealth[] = await readSlotHealth(sql);
     const membership = initialized ? ((await readMembership(sql)) ?? null) : null;
@@ -599,7 +605,7 @@ async function readCluster(config: ClusterConfig, logger: Logger, opened: Map<st
   for (const from of facts) {
     for (const to of facts) {
       if (from === to) continue;
-      const slot = from.slots.get(slotName(to.status.name));
+      const slot = from.slots.get(to.status.name);
       const progress = to.progress.get(from.status.name);
       links.push({
         from: from.status.name,

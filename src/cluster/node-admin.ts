@@ -13,14 +13,12 @@ import {
   MIGRATIONS,
   PUBLICATION,
   PUBLIC_FUNCTIONS,
-  originName,
-  replayOriginName,
-  slotName,
 } from './catalog-schema.ts';
 import { memberProblems, type SequenceResult } from './sequences.ts';
 import { DDL_CAPTURE_SETTING } from '../ddl/capture-sql.ts';
 import { checkServerFacts, formatProblems, readServerFacts } from './server-checks.ts';
 import type { PeerIdentity } from './peer-identity.ts';
+import { databaseOid, originNameFor, publisherSlotName, replayOriginNameFor } from './link-names.ts';
 import type { TableRef, TableRefusal } from './table-ref.ts';
 
 export interface LocalNode {
@@ -373,6 +371,11 @@ export interface PeerLink {
    * records it.
    */
   readonly identity?: PeerIdentity;
+  /**
+   * The name of the slot on the peer that streams to this node (publisherSlotName on the peer's connection). Every
+   * command that links nodes gives it; without it a link keeps the one it has (none for a new one).
+   */
+  readonly slot?: string;
 }
 
 /**
@@ -389,16 +392,32 @@ export async function ensurePeer(sql: Sql, peer: PeerLink): Promise<void> {
       { context: { peer: peer.name } },
     );
   }
+  const oid = await databaseOid(sql);
   await sql.begin(async (tx) => {
     // Linking (again) records who the peer is now: the operator's command, with every node's connection at hand.
-    await tx.unsafe(
-      `INSERT INTO pgmesh.peer (node_name, node_slot, endpoint, system_identifier, database_name, cluster_id, identity_recorded_at, identity_source)
+    // A link made before keeps its origins' names (they hold its progress; slot_name is the one the peer has).
+    const names = await tx.unsafe<{ origin_name: string; replay_origin_name: string }[]>(
+      `INSERT INTO pgmesh.peer (node_name, node_slot, endpoint, system_identifier, database_name, cluster_id, identity_recorded_at, identity_source,
+                                slot_name, origin_name, replay_origin_name)
        VALUES ($1, $2, $3, $4::pg_catalog.text, $5::pg_catalog.text, $6::pg_catalog.text::pg_catalog.uuid,
-               CASE WHEN $4::pg_catalog.text IS NOT NULL THEN pg_catalog.now() END, CASE WHEN $4::pg_catalog.text IS NOT NULL THEN 'link' END)
+               CASE WHEN $4::pg_catalog.text IS NOT NULL THEN pg_catalog.now() END, CASE WHEN $4::pg_catalog.text IS NOT NULL THEN 'link' END,
+               $7::pg_catalog.text, $8, $9)
        ON CONFLICT (node_name) DO UPDATE SET node_slot = EXCLUDED.node_slot, endpoint = EXCLUDED.endpoint,
          system_identifier = EXCLUDED.system_identifier, database_name = EXCLUDED.database_name, cluster_id = EXCLUDED.cluster_id,
-         identity_recorded_at = EXCLUDED.identity_recorded_at, identity_source = EXCLUDED.identity_source`,
-      [peer.name, peer.nodeSlot, peer.endpoint, identity?.systemIdentifier ?? null, identity?.database ?? null, identity?.clusterId ?? null],
+         identity_recorded_at = EXCLUDED.identity_recorded_at, identity_source = EXCLUDED.identity_source,
+         slot_name = coalesce(EXCLUDED.slot_name, pgmesh.peer.slot_name)
+       RETURNING origin_name, replay_origin_name`,
+      [
+        peer.name,
+        peer.nodeSlot,
+        peer.endpoint,
+        identity?.systemIdentifier ?? null,
+        identity?.database ?? null,
+        identity?.clusterId ?? null,
+        peer.slot ?? null,
+        originNameFor(oid, peer.name),
+        replayOriginNameFor(oid, peer.name),
+      ],
     );
     await tx.unsafe(`INSERT INTO pgmesh.apply_progress (peer) VALUES ($1) ON CONFLICT DO NOTHING`, [peer.name]);
     // The link starts at the beginning of the peer's slot: a seed row of the progress log, not an applied transaction.
@@ -408,7 +427,9 @@ export async function ensurePeer(sql: Sql, peer: PeerLink): Promise<void> {
       [peer.name],
     );
     // The replay origin too (for "pgmesh exceptions replay"): creating origins is for the installing role only.
-    for (const origin of [originName(peer.name), replayOriginName(peer.name)]) {
+    const row = names[0];
+    if (!row) throw new PgmeshError('INTERNAL', `recording the link from ${peer.name} returned no row`);
+    for (const origin of [row.origin_name, row.replay_origin_name]) {
       await tx.unsafe(
         `SELECT pg_catalog.pg_replication_origin_create($1)
           WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1)`,
@@ -418,10 +439,13 @@ export async function ensurePeer(sql: Sql, peer: PeerLink): Promise<void> {
   });
 }
 
-/** Creates, on this (publishing) node, the logical slot that streams its changes to `subscriber`. */
-export async function ensureSlotFor(sql: Sql, subscriber: string): Promise<'created' | 'exists'> {
+/**
+ * Creates, on this (publishing) node, the logical slot that streams its changes to `subscriber`, unless its database
+ * has it already; returns its name (publisherSlotName).
+ */
+export async function ensureSlotFor(sql: Sql, subscriber: string): Promise<{ slot: string; created: boolean }> {
   validateNodeName(subscriber);
-  const slot = slotName(subscriber);
+  const slot = await publisherSlotName(sql, subscriber);
   const rows = await sql.unsafe<{ plugin: string | null; database: string | null; db: string }[]>(
     `SELECT plugin, database, current_database() AS db FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`,
     [slot],
@@ -429,13 +453,17 @@ export async function ensureSlotFor(sql: Sql, subscriber: string): Promise<'crea
   const existing = rows[0];
   if (existing) {
     if (existing.plugin !== 'pgoutput' || existing.database !== existing.db) {
+      // The name carries this database's OID, yet the slot is not of this database (or not a pgoutput slot): pgmesh
+      // did not make it as it is, so it is not pgmesh's to drop or to use.
+      const what = existing.database === null ? 'a physical slot' : existing.database !== existing.db ? `a slot of database ${existing.database}` : `a slot of plugin ${existing.plugin ?? '(none)'}`;
       throw new PgmeshError(
         'CONFIG_INVALID',
-        `slot ${slot} exists but is not a pgoutput slot of database ${existing.db}; drop it (SELECT pg_drop_replication_slot(${quoteLiteral(slot)})) and try again`,
+        `slot ${slot}, the name pgmesh gives the slot of database ${existing.db} for ${subscriber}, is taken on this server by ${what}, which pgmesh did not create for this link: pgmesh will neither use nor drop it. Find out what made it; ${subscriber} cannot be linked from database ${existing.db} while it exists`,
+        { context: { slot, subscriber } },
       );
     }
-    return 'exists';
+    return { slot, created: false };
   }
   await sql.unsafe(`SELECT pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')`, [slot]);
-  return 'created';
+  return { slot, created: true };
 }

@@ -16,7 +16,7 @@ import { openSql, type Sql } from '../pg/connect.ts';
 import { qualifiedName, quoteIdent, quoteLiteral } from '../pg/quote.ts';
 import { textArrayLiteral } from '../pg/text-array.ts';
 import type { RelationMessage, Tuple, TupleValue } from '../protocol/messages.ts';
-import { replayOriginName } from './catalog-schema.ts';
+import { databaseOid, readLinkNames, replayOriginNameFor } from './link-names.ts';
 import type { TableRef } from './node-admin.ts';
 
 export const CONFLICT_POLICIES: readonly ConflictPolicy[] = ['last_update_wins', 'keep_local', 'apply_remote', 'pause'];
@@ -297,7 +297,8 @@ export async function replayException(localDsn: string, localNode: string, id: E
         : change.kind === 'update'
           ? rowOps({ kind: 'update', relation, oldTuple, newTuple }, binding)
           : rowOps({ kind: 'delete', relation, oldTuple: oldTuple ?? newTuple }, binding);
-    const origin = replayOriginName(exception.peer);
+    // The link's replay origin; for a peer no longer linked, the one a link would have (this database's own name).
+    const origin = (await readLinkNames(sql, exception.peer))?.replayOrigin ?? replayOriginNameFor(await databaseOid(sql), exception.peer);
     // Linking creates the replay origin (cluster create); created here only for nodes linked before it did. Asked
     // first, because naming pg_replication_origin_create in a statement needs the right to execute it, which an
     // agent's role does not have.

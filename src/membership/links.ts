@@ -1,11 +1,13 @@
 /**
  * Undoing links: what `node add` removes before it starts again, and what `node remove` removes everywhere.
- * A link peer P -> local L is: the slot pgmesh_L on P, and on L the origin pgmesh_P, its catalog rows (peer,
- * apply_progress, applied_xact, peer_horizon, peer_clock).
+ * A link peer P -> local L is: the slot for L on P, and on L the origins that track P's stream (their names are
+ * recorded in L's pgmesh.peer row: src/cluster/link-names.ts), its catalog rows (peer, apply_progress,
+ * applied_xact, peer_horizon, peer_clock).
  */
 import { PgmeshError, errorMessage } from '../core/errors.ts';
 import type { Sql } from '../pg/connect.ts';
-import { originName, replayOriginName } from '../cluster/catalog-schema.ts';
+import { databaseOid, originNameFor, readLinkNames, replayOriginNameFor } from '../cluster/link-names.ts';
+import { readSlotHealth } from './slot-health.ts';
 
 const RELEASE_WAIT_MS = 15_000;
 
@@ -47,15 +49,30 @@ export async function dropSlotIfExists(sql: Sql, slot: string, options: { termin
   }
 }
 
+/**
+ * Drops this node's slots for `subscriber`: those of its own database whose name says so (either naming); never a
+ * slot of another database of the server, though its name may be the same.
+ */
+export async function dropSlotsFor(sql: Sql, subscriber: string, options: { terminate: boolean; node: string }): Promise<void> {
+  for (const slot of await readSlotHealth(sql, subscriber)) await dropSlotIfExists(sql, slot.slot, options);
+}
+
 /** Removes, on this node, everything of its link from `peer` (catalog rows and origins). */
 export async function unlinkPeer(sql: Sql, peer: string, node: string): Promise<void> {
+  // The link's recorded origins, and those a link from it made now would have (a link half made or half undone has
+  // them without a row): both names carry this database's OID or were recorded here, so they are this node's own.
+  // The old-form names of a link no longer recorded are left alone: another database of the server may use them.
+  const recorded = await readLinkNames(sql, peer);
+  const oid = await databaseOid(sql);
+  const origins = new Set([originNameFor(oid, peer), replayOriginNameFor(oid, peer)]);
+  if (recorded) origins.add(recorded.origin).add(recorded.replayOrigin);
   await sql.begin(async (tx) => {
     for (const table of ['applied_xact', 'apply_progress', 'peer_horizon', 'peer_clock', 'peer_ack']) {
       await tx.unsafe(`DELETE FROM pgmesh.${table} WHERE peer = $1`, [peer]);
     }
     await tx.unsafe(`DELETE FROM pgmesh.peer WHERE node_name = $1`, [peer]);
   });
-  for (const origin of [originName(peer), replayOriginName(peer)]) await retireOrigin(sql, origin, peer, node);
+  for (const origin of origins) await retireOrigin(sql, origin, peer, node);
 }
 
 /**

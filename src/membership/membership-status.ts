@@ -12,7 +12,6 @@
  * Nodes that are joining or resyncing are left out (their copy is under way or must be run again), and so are
  * links from such nodes.
  */
-import { NODE_NAME_PATTERN } from '../pg/quote.ts';
 import { parseLsn } from '../core/lsn.ts';
 import type { MembershipState } from './membership-state.ts';
 import type { SlotHealth } from './slot-health.ts';
@@ -58,8 +57,6 @@ export interface MembershipAssessment {
   readonly leftoverSlots: readonly LeftoverSlot[];
 }
 
-const SLOT_PREFIX = 'pgmesh_';
-
 /** `configured`: every node name of the configuration (reachable or not). */
 export function assessMembership(facts: readonly MemberFacts[], configured: readonly string[]): MembershipAssessment {
   const byName = new Map(facts.map((f) => [f.name, f]));
@@ -86,7 +83,7 @@ export function assessMembership(facts: readonly MemberFacts[], configured: read
     if (!settled(local)) continue;
     for (const [peer, acked] of local.acked) {
       const publisher = byName.get(peer);
-      const slot = publisher?.slots.find((s) => s.slot === `${SLOT_PREFIX}${local.name}`);
+      const slot = publisher?.slots.find((s) => s.subscriber === local.name);
       if (!publisher || !settled(publisher) || !acked.known || !slot?.confirmedFlush || slot.invalidated !== null) continue;
       if (parseLsn(slot.confirmedFlush) > parseLsn(acked.lsn)) {
         add(local.name, {
@@ -100,20 +97,20 @@ export function assessMembership(facts: readonly MemberFacts[], configured: read
   const restored = new Set(resync.keys());
   for (const publisher of facts) {
     if (!settled(publisher) || restored.has(publisher.name)) continue;
-    const slots = new Map(publisher.slots.map((s) => [s.slot, s]));
+    const slots = new Map(publisher.slots.map((s) => [s.subscriber, s]));
     // Every configured node, reachable or not: a node that is down is the usual one whose slot was invalidated.
     for (const name of configured) {
       if (name === publisher.name) continue;
       const local = byName.get(name);
       if (local && !settled(local)) continue;
-      const slot = slots.get(`${SLOT_PREFIX}${name}`);
+      const slot = slots.get(name);
       if (!slot) {
         // Missing counts only where the node says it streams from the publisher (unknown while it is down).
         if (!local?.progress.has(publisher.name)) continue;
         add(name, {
           kind: 'slot_missing',
           peer: publisher.name,
-          detail: `slot ${SLOT_PREFIX}${name} is missing on ${publisher.name}, so ${name} receives nothing more of ${publisher.name}'s changes`,
+          detail: `the slot for ${name} is missing on ${publisher.name}, so ${name} receives nothing more of ${publisher.name}'s changes`,
         });
       } else if (slot.invalidated !== null) {
         add(name, {
@@ -128,15 +125,14 @@ export function assessMembership(facts: readonly MemberFacts[], configured: read
   const leftoverSlots: LeftoverSlot[] = [];
   for (const node of facts) {
     for (const slot of node.slots) {
-      if (!slot.slot.startsWith(SLOT_PREFIX)) continue;
-      const forNode = slot.slot.slice(SLOT_PREFIX.length);
-      // Not a node's slot: node names start with a letter (the version horizon's slot is pgmesh__versions_<oid>).
-      if (!NODE_NAME_PATTERN.test(forNode)) continue;
+      // Not a node's slot: the version horizon's (pgmesh__versions_<oid>).
+      const forNode = slot.subscriber;
+      if (forNode === null) continue;
       const target = byName.get(forNode);
       const state = target?.membership;
       let detail: string | undefined;
       if (!configured.includes(forNode)) {
-        detail = `for ${forNode}, which is not in the configuration (left by a node add that failed, or one under way): run "pgmesh node add ${forNode}" again to finish it, or drop the slot (SELECT pg_drop_replication_slot('${slot.slot}') on ${node.name})`;
+        detail = `for ${forNode}, which is not in the configuration (left by a node add that failed, or one under way): run "pgmesh node add ${forNode}" again to finish it, or drop the slot, which pgmesh made in ${node.name}'s database (SELECT pg_drop_replication_slot('${slot.slot}') on ${node.name})`;
       } else if (state === 'joining' || state === 'resyncing') {
         const command = state === 'joining' ? 'add' : 'resync';
         detail = `for ${forNode}, which is still ${state} (a node ${command} under way, or one that failed: run "pgmesh node ${command} ${forNode}" again, or "pgmesh node remove ${forNode}")`;

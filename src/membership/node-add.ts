@@ -27,7 +27,7 @@ import { ReplicationConnection } from '../pg/replication-connection.ts';
 import { queryInSnapshot } from '../pg/copy-stream.ts';
 import { textArrayLiteral } from '../pg/text-array.ts';
 import type { ClusterConfig, NodeConfig } from '../config/config.ts';
-import { originName, replayOriginName, slotName } from '../cluster/catalog-schema.ts';
+import { databaseOid, publisherSlotName, readAllLinkNames, replayOriginNameFor, type LinkNames } from '../cluster/link-names.ts';
 import {
   addTables,
   ensurePeer,
@@ -41,7 +41,7 @@ import {
 } from '../cluster/node-admin.ts';
 import { checkServerFacts, formatProblems, readServerFacts } from '../cluster/server-checks.ts';
 import { NODE_NAME_PATTERN } from '../pg/quote.ts';
-import { dropSlotIfExists, unlinkPeer } from './links.ts';
+import { dropSlotIfExists, dropSlotsFor, unlinkPeer } from './links.ts';
 import { readMembership, resetCopyProgress, setMembership, writeCopyProgress, type JoinProgress } from './membership-state.ts';
 import { readSlotHealth } from './slot-health.ts';
 import { copyTombstones, copyUniqueClaims } from './table-copy.ts';
@@ -213,7 +213,7 @@ async function join(
   }
   for (const node of existing) {
     const sql = memberSql(conns, node.name);
-    await dropSlotIfExists(sql, slotName(name), { terminate: true, node: node.name });
+    await dropSlotsFor(sql, name, { terminate: true, node: node.name });
     await unlinkPeer(sql, name, node.name);
   }
   for (const peer of await conns.joining.unsafe<{ node_name: string }[]>(`SELECT node_name FROM pgmesh.peer`)) {
@@ -240,6 +240,8 @@ async function join(
       nodeSlot: slots.get(node.name) ?? 0,
       endpoint: describeEndpoint(node.dsn),
       identity: await readPeerIdentity(memberSql(conns, node.name)),
+      // The slot for it there is made at step 3 (the source's at step 4) under this name.
+      slot: await publisherSlotName(memberSql(conns, node.name), name),
     });
     await ensureSlotFor(conns.joining, node.name);
   }
@@ -267,7 +269,13 @@ async function join(
   // 6. Every existing node streams from the new one; the new node is a member.
   const identity = await readPeerIdentity(conns.joining);
   for (const node of existing) {
-    await ensurePeer(memberSql(conns, node.name), { name, nodeSlot, endpoint: describeEndpoint(options.dsn), identity });
+    await ensurePeer(memberSql(conns, node.name), {
+      name,
+      nodeSlot,
+      endpoint: describeEndpoint(options.dsn),
+      identity,
+      slot: await publisherSlotName(conns.joining, node.name),
+    });
   }
   await setMembership(conns.joining, { state: 'member', phase: 'done', finished: true });
   log.info({ source: source.name, rows: copied.rows, bytes: copied.bytes }, 'node add: done');
@@ -356,7 +364,7 @@ async function sourceStreamProblems(conns: Conns, existing: readonly NodeConfig[
   const problems: string[] = [];
   for (const node of existing) {
     if (node.name === source) continue;
-    const slots = await readSlotHealth(memberSql(conns, node.name), slotName(source));
+    const slots = await readSlotHealth(memberSql(conns, node.name), source);
     const lost = slots.find((s) => s.invalidated !== null);
     if (lost) {
       problems.push(
@@ -414,6 +422,15 @@ async function copyFromSnapshot(
   log: Logger,
 ): Promise<Copied> {
   const workers = copyParallelism(config.tuning.copyParallelism, shapes.length);
+  // The new node's links (made at step 2): the slot on the source that the copy's snapshot comes from, and the
+  // origins the copied rows' versions and each stream's start are recorded with.
+  const links = await readAllLinkNames(conns.joining);
+  const link = (peer: string): LinkNames => {
+    const found = links.get(peer);
+    if (!found?.slot) throw new PgmeshError('INTERNAL', `${name} has no link from ${peer} recorded before the copy`);
+    return found;
+  };
+  const joiningOid = await databaseOid(conns.joining);
   const replication = await ReplicationConnection.open(source.dsn, source.name, `pgmesh node add ${name}`, log);
   const openTarget = () =>
     openSql(options.dsn, {
@@ -429,7 +446,7 @@ async function copyFromSnapshot(
   const targetPools = [targetPool, ...Array.from({ length: workers - 1 }, openTarget)];
   let targetSession: ReservedSql | undefined;
   try {
-    const { consistentPoint, snapshotName } = await replication.createSlotExportingSnapshot(slotName(name));
+    const { consistentPoint, snapshotName } = await replication.createSlotExportingSnapshot(link(source.name).slot as string);
     // Every read of the source is in the snapshot, each on a connection of its own that is closed after it (no
     // session to the source outlives a query: the driver writes to the socket of a reserved connection that the
     // server closed, and throws where nothing can catch it).
@@ -478,7 +495,8 @@ async function copyFromSnapshot(
     const withOverrides = new Set(overrides.map((o) => qualifiedName(o.schema, o.name)));
 
     const members = new Set(existing.map((n) => n.name));
-    const originFor = (node: string) => (members.has(node) ? originName(node) : NODE_NAME_PATTERN.test(node) ? replayOriginName(node) : node);
+    const originFor = (node: string) =>
+      members.has(node) ? link(node).origin : NODE_NAME_PATTERN.test(node) ? replayOriginNameFor(joiningOid, node) : node;
     const target = targetSession;
     await target.unsafe(`DELETE FROM pgmesh.table_policy`);
     for (const p of policies) {
@@ -494,11 +512,11 @@ async function copyFromSnapshot(
     }
     log.info({ tables: shapes.length, parallel: sessions.length }, 'node add: copying tables');
     const base = { snapshot, withOverrides, sourceNode: source.name, horizon };
-    const sourceOrigins = [originName(source.name), replayOriginName(source.name)];
+    const sourceOrigins = [link(source.name).origin, link(source.name).replayOrigin];
     const copied = await copyTables(jobs, {
       sessions,
       base,
-      originFor: (worker) => (node) => (node === source.name ? (sourceOrigins[worker] ?? originName(node)) : originFor(node)),
+      originFor: (worker) => (node) => (node === source.name ? (sourceOrigins[worker] ?? link(node).origin) : originFor(node)),
       record: (tables, progress) => {
         options.onProgress?.(progress);
         writeCopyProgress(conns.joining, tables, progress).catch((error) => log.debug({ err: errorMessage(error) }, 'progress update failed'));
@@ -512,9 +530,9 @@ async function copyFromSnapshot(
 
     // Where each stream to the new node starts: after what the snapshot holds.
     for (const [peer, start] of starts) {
-      await target.unsafe(`SELECT pg_catalog.pg_replication_origin_advance($1, $2::text::pg_lsn)`, [originName(peer), formatLsn(start.lsn)]);
+      await target.unsafe(`SELECT pg_catalog.pg_replication_origin_advance($1, $2::text::pg_lsn)`, [link(peer).origin, formatLsn(start.lsn)]);
     }
-    await target.unsafe(`SELECT pg_catalog.pg_replication_origin_advance($1, $2::text::pg_lsn)`, [originName(source.name), formatLsn(consistentPoint)]);
+    await target.unsafe(`SELECT pg_catalog.pg_replication_origin_advance($1, $2::text::pg_lsn)`, [link(source.name).origin, formatLsn(consistentPoint)]);
     await target.unsafe(`BEGIN`);
     const seed = async (peer: string, lsn: Lsn, ts: string | null) => {
       await target.unsafe(`DELETE FROM pgmesh.applied_xact WHERE peer = $1`, [peer]);

@@ -10,9 +10,9 @@ import type { Logger } from '../core/logger.ts';
 import { formatLsn, parseLsn, type Lsn } from '../core/lsn.ts';
 import { connectionError, openSql, type Sql } from '../pg/connect.ts';
 import type { ClusterConfig } from '../config/config.ts';
-import { PUBLICATION, slotName } from '../cluster/catalog-schema.ts';
+import { PUBLICATION } from '../cluster/catalog-schema.ts';
 import { findNode } from '../config/config.ts';
-import { dropSlotIfExists, unlinkPeer } from './links.ts';
+import { dropSlotIfExists, dropSlotsFor, unlinkPeer } from './links.ts';
 import { readMembership, setMembership } from './membership-state.ts';
 
 export interface RemoveNodeOptions {
@@ -93,7 +93,7 @@ export async function removeNode(config: ClusterConfig, logger: Logger, options:
     }
     for (const node of others) {
       const sql = sqlOf(node.name);
-      await dropSlotIfExists(sql, slotName(leaving.name), { terminate: true, node: node.name });
+      await dropSlotsFor(sql, leaving.name, { terminate: true, node: node.name });
       await unlinkPeer(sql, leaving.name, node.name);
     }
     if (reachable) {

@@ -15,7 +15,6 @@ import { PgmeshError, errorMessage } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
 import { formatLsn, parseLsn } from '../core/lsn.ts';
 import type { ClusterConfig } from '../config/config.ts';
-import { slotName } from '../cluster/catalog-schema.ts';
 import { joinNode, type AddNodeOptions, type AddNodeResult, type JoinConnections } from './node-add.ts';
 import { drain } from './node-remove.ts';
 import { readMembership } from './membership-state.ts';
@@ -81,19 +80,19 @@ async function drainWrites(conns: JoinConnections, options: ResyncNodeOptions, l
     if (rows[0] && parseLsn(rows[0].end_lsn) > walLsn) ahead.push(`${peer} (at ${rows[0].end_lsn})`);
     // Or it acknowledged more of the peer's changes than it holds: restored, and its WAL may since have passed what
     // the peer applied from it, so what it wrote in between was skipped by the peer.
-    const [slot] = await readSlotHealth(sql, slotName(name));
+    const [slot] = await readSlotHealth(sql, name);
     const floor = await ackFloor(conns.joining, peer);
     if (floor.known && slot?.confirmedFlush && slot.invalidated === null && parseLsn(slot.confirmedFlush) > floor.lsn && !ahead.some((a) => a.startsWith(`${peer} `))) {
       ahead.push(`${peer} (which it had acknowledged up to ${slot.confirmedFlush})`);
     }
   }
   // Without its slot for a peer, nothing more of the node's reaches that peer: no drain can succeed.
-  const slots = new Map((await readSlotHealth(conns.joining)).map((s) => [s.slot, s]));
+  const slots = new Map((await readSlotHealth(conns.joining)).map((s) => [s.subscriber, s]));
   const unreachable: string[] = [];
   for (const peer of conns.existing.keys()) {
-    const slot = slots.get(slotName(peer));
-    if (!slot) unreachable.push(`${peer} (slot ${slotName(peer)} is missing on ${name})`);
-    else if (slot.invalidated !== null) unreachable.push(`${peer} (slot ${slotName(peer)} on ${name} was invalidated: ${slot.invalidated})`);
+    const slot = slots.get(peer);
+    if (!slot) unreachable.push(`${peer} (the slot for ${peer} is missing on ${name})`);
+    else if (slot.invalidated !== null) unreachable.push(`${peer} (slot ${slot.slot} on ${name} was invalidated: ${slot.invalidated})`);
   }
   let problem: string | undefined;
   let advice = `Make the other nodes' agents stream from ${name} and retry, or run with --force to resync anyway`;

@@ -6,9 +6,12 @@
  */
 import { LSN_ZERO, parseLsn, type Lsn } from '../core/lsn.ts';
 import type { Queryable, Sql } from '../pg/connect.ts';
+import { slotSubscriber } from '../cluster/link-names.ts';
 
 export interface SlotHealth {
   readonly slot: string;
+  /** The node the slot streams to (slotSubscriber); null for pgmesh's other slots (the version horizon's). */
+  readonly subscriber: string | null;
   readonly active: boolean;
   /** 'reserved' | 'extended' | 'unreserved' | 'lost' */
   readonly walStatus: string | null;
@@ -19,8 +22,11 @@ export interface SlotHealth {
   readonly retainedBytes: number | null;
 }
 
-/** Every pgmesh slot of this node's database, or only `slot`. */
-export async function readSlotHealth(sql: Sql, slot?: string): Promise<SlotHealth[]> {
+/**
+ * Every pgmesh slot of this node's database, or only its slot for `subscriber`. Slots of other databases of the
+ * server are never pgmesh's slots of this node, whatever their names.
+ */
+export async function readSlotHealth(sql: Sql, subscriber?: string): Promise<SlotHealth[]> {
   // to_jsonb(s): invalidation_reason exists from 17 on and conflicting from 16 on; one statement for every major.
   const rows = await sql.unsafe<
     { slot_name: string; active: boolean; wal_status: string | null; invalidated: string | null; confirmed: string | null; retained: string | null }[]
@@ -31,18 +37,19 @@ export async function readSlotHealth(sql: Sql, slot?: string): Promise<SlotHealt
                           WHEN (to_jsonb(s) ->> 'conflicting')::boolean THEN 'conflict with recovery' END) AS invalidated,
             pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), s.restart_lsn)::bigint::text AS retained
        FROM pg_catalog.pg_replication_slots s
-      WHERE s.slot_name LIKE 'pgmesh\\_%' AND s.database = current_database() AND ($1::text IS NULL OR s.slot_name = $1::text)
+      WHERE s.slot_name LIKE 'pgmesh\\_%' AND s.database = current_database()
       ORDER BY s.slot_name`,
-    [slot ?? null],
   );
-  return rows.map((r) => ({
+  const slots = rows.map((r) => ({
     slot: r.slot_name,
+    subscriber: slotSubscriber(r.slot_name),
     active: r.active,
     walStatus: r.wal_status,
     invalidated: r.invalidated,
     confirmedFlush: r.confirmed,
     retainedBytes: r.retained === null ? null : Number(r.retained),
   }));
+  return subscriber === undefined ? slots : slots.filter((s) => s.subscriber === subscriber);
 }
 
 /**

@@ -66,7 +66,10 @@ export class ReplicationConnection {
     const rows = await this.sql.unsafe<
       { active: boolean; active_pid: number | null; wal_status: string | null; confirmed_flush_lsn: string | null }[]
     >(
-      `SELECT active, active_pid, wal_status, confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = ${quoteLiteral(slot)}`,
+      // Only a slot of the database connected to: another database of the server may have one of the same name (slots
+      // are server-wide), which is not this node's and would stream another database's changes.
+      `SELECT active, active_pid, wal_status, confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots
+        WHERE slot_name = ${quoteLiteral(slot)} AND database = pg_catalog.current_database()`,
     );
     const row = rows[0];
     if (!row) return { exists: false, active: false, activePid: null, walStatus: null, confirmedFlush: null };

@@ -17,6 +17,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { BARRIER_TABLE, barrier } from '../support/barrier.ts';
 import { eventually, withCluster, type TestNode } from '../support/cluster.ts';
+import { linkNames } from '../support/slots.ts';
 
 const SCHEMA = `CREATE TABLE t (k integer PRIMARY KEY, v text); ${BARRIER_TABLE}`;
 const TRANSACTIONS = 50;
@@ -54,7 +55,7 @@ test('what a node acknowledged to a peer right after its agent restarted survive
       agent = cluster.startAgentProcess('n2');
       await eventually(
         async () =>
-          (await n1.sql.unsafe(`SELECT 1 FROM pg_replication_slots WHERE slot_name = 'pgmesh_n2' AND confirmed_flush_lsn >= $1::text::pg_lsn`, [end])).length > 0,
+          (await n1.sql.unsafe(`SELECT 1 FROM pg_replication_slots WHERE slot_name = $2 AND confirmed_flush_lsn >= $1::text::pg_lsn`, [end, (await linkNames(n2, 'n1')).slot])).length > 0,
         { what: "n2's new stream to acknowledge n1's transactions", abort: () => (agent.running ? undefined : "n2's agent exited") },
       );
       await agent.kill('SIGKILL');

@@ -11,7 +11,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { originName } from '../../src/cluster/catalog-schema.ts';
+import { linkNames } from '../support/slots.ts';
 import { BARRIER_TABLE, barrier } from '../support/barrier.ts';
 import { writtenAnHourAhead } from '../support/clock.ts';
 import { withCluster, type TestNode } from '../support/cluster.ts';
@@ -31,7 +31,7 @@ test('a peer whose clock stepped back still has its later changes applied everyw
     await cluster.stopAgent('n2');
     for (const [node, origin] of [
       [n1, 'pgmesh_test_unpublished'],
-      [n2, originName('n1')],
+      [n2, (await linkNames(n2, 'n1')).origin],
     ] as const) {
       await writtenAnHourAhead(node.sql, origin, async (tx) => {
         await tx.unsafe(`UPDATE t SET v = 'written an hour ahead' WHERE k = 1`);

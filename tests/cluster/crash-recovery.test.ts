@@ -44,6 +44,7 @@ import { join } from 'node:path';
 import { setDeltaColumns } from '../../src/cluster/repair.ts';
 import { BARRIER_TABLE, barrier } from '../support/barrier.ts';
 import { eventually, withCluster, type AgentProcess, type TestCluster, type TestNode } from '../support/cluster.ts';
+import { linkNames } from '../support/slots.ts';
 
 /** Reconnect quickly after a crash: the default backoff (up to 15 s) would only make the tests slow. */
 const FAST_RETRY = { retryBaseMs: 100, retryMaxMs: 1000 };
@@ -193,7 +194,8 @@ test('agent killed with SIGKILL while a streamed transaction is spooled: nothing
       }
       const tmp = join(cluster.baseDir, 'agent-tmp');
       mkdirSync(tmp, { recursive: true });
-      const spools = (): string[] => readdirSync(tmp).filter((name) => name.startsWith('pgmesh-spool-pgmesh_n2-'));
+      const prefix = `pgmesh-spool-${(await linkNames(n2, 'n1')).slot}-`;
+      const spools = (): string[] => readdirSync(tmp).filter((name) => name.startsWith(prefix));
 
       let agent = cluster.startAgentProcess('n2', { TMPDIR: tmp });
       await eventually(async () => spools().length > 0, { timeoutMs: 60_000, intervalMs: 5, what: "a spool file of n2's agent", abort: exitReason(agent) });

@@ -12,6 +12,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { eventually, withCluster, type AgentProcess, type TestNode } from '../support/cluster.ts';
+import { linkNames } from '../support/slots.ts';
 
 const ROWS = 1_000_000;
 
@@ -74,7 +75,7 @@ test('a 1,000,000-row transaction replicates while the agent memory stays flat',
     // Idle level: the agent is up and streams from n1 (its slot there is active); nothing to apply yet.
     await eventually(
       async () => {
-        const rows = await n1.sql.unsafe<{ active: boolean }[]>(`SELECT active FROM pg_replication_slots WHERE slot_name = 'pgmesh_n2'`);
+        const rows = await n1.sql.unsafe<{ active: boolean }[]>(`SELECT active FROM pg_replication_slots WHERE slot_name = $1`, [(await linkNames(n2, 'n1')).slot]);
         return rows[0]?.active === true;
       },
       { timeoutMs: 60_000, what: "n2's agent to stream from n1", abort: died(agent) },

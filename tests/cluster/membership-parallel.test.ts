@@ -13,6 +13,7 @@ import { silentLogger } from '../../src/core/logger.ts';
 import { addNode } from '../../src/membership/node-add.ts';
 import { BARRIER_TABLE, barrier } from '../support/barrier.ts';
 import { withCluster, type TestNode } from '../support/cluster.ts';
+import { linkNames } from '../support/slots.ts';
 
 const DDL = `CREATE TABLE a (id integer PRIMARY KEY, v text NOT NULL); CREATE TABLE b (id integer PRIMARY KEY, v text NOT NULL); ${BARRIER_TABLE}`;
 
@@ -47,7 +48,8 @@ test('node add: two tables copied at once, each worker marking the source\'s old
     const b = await copiedVersions(n3, 'b');
     assert.deepEqual(a.versions, ['-infinity n1']);
     assert.deepEqual(b.versions, ['-infinity n1']);
-    assert.deepEqual([...a.origins, ...b.origins].sort(), ['pgmesh_n1', 'pgmeshr_n1'], 'each table copied by its own worker, with its own origin of n1');
+    const fromN1 = await linkNames(n3, 'n1');
+    assert.deepEqual([...a.origins, ...b.origins].sort(), [fromN1.origin, fromN1.replayOrigin].sort(), 'each table copied by its own worker, with its own origin of n1');
 
     cluster.admit(n3);
     await cluster.reloadAgents();

@@ -155,11 +155,14 @@ test('node add: the source server killed with kill -9 mid-copy fails the add; af
   });
 });
 
-/** What is left of node `gone` on `node`: slots for it, its origins, its catalog rows. */
+/** What is left of node `gone` on `node`: slots for it, its origins, its catalog rows (both namings of each). */
 async function traces(node: TestNode, gone: string): Promise<string[]> {
   const rows = await node.sql.unsafe<{ t: string }[]>(
-    `SELECT 'slot ' || slot_name AS t FROM pg_replication_slots WHERE slot_name = 'pgmesh_' || $1::text
-     UNION ALL SELECT 'origin ' || roname FROM pg_replication_origin WHERE roname IN ('pgmesh_' || $1::text, 'pgmeshr_' || $1::text)
+    `WITH d AS (SELECT oid::text AS oid FROM pg_database WHERE datname = current_database())
+     SELECT 'slot ' || slot_name AS t FROM pg_replication_slots, d
+      WHERE database = current_database() AND slot_name IN ('pgmesh_' || $1::text, 'pgmesh_' || d.oid || '_' || $1::text)
+     UNION ALL SELECT 'origin ' || roname FROM pg_replication_origin, d
+      WHERE roname IN ('pgmesh_' || $1::text, 'pgmeshr_' || $1::text, 'pgmesh_' || d.oid || '_' || $1::text, 'pgmeshr_' || d.oid || '_' || $1::text)
      UNION ALL SELECT 'peer ' || node_name FROM pgmesh.peer WHERE node_name = $1::text
      UNION ALL SELECT 'progress ' || peer FROM pgmesh.apply_progress WHERE peer = $1::text
      UNION ALL SELECT 'progress log ' || peer FROM pgmesh.applied_xact WHERE peer = $1::text`,

@@ -30,7 +30,7 @@ import { resyncNode } from '../../src/membership/node-resync.ts';
 import { eventually, withCluster, type TestCluster, type TestNode } from '../support/cluster.ts';
 import { MIXED_DDL, MIXED_SCHEMA, assertMixedConverged, declareDeltaBalances, startMixedLoad, type MixedLoad } from '../support/mixed-load.ts';
 import { pgmesh } from '../support/cli.ts';
-import { invalidateSlot } from '../support/slots.ts';
+import { invalidateSlot, linkNames } from '../support/slots.ts';
 
 async function membershipState(node: TestNode): Promise<string | undefined> {
   const rows = await node.sql.unsafe<{ state: string }[]>(`SELECT state FROM pgmesh.membership`);
@@ -57,15 +57,16 @@ test('node resync: a slot invalidated by max_slot_wal_keep_size while n3 is down
     const load = startMixedLoad([n1, n2]);
     await load.progress(30);
     // n3's machine goes down; n1 and n2 go on writing.
+    const toN3 = (await linkNames(n3, 'n1')).slot;
     await cluster.stopAgent('n3');
     await n3.server.stop();
-    await invalidateSlot(n1, 'pgmesh_n3', ['pgmesh_n2']);
+    await invalidateSlot(n1, toN3, [(await linkNames(n2, 'n1')).slot]);
     await load.progress(30);
 
     const down = await clusterStatus(cluster.config, silentLogger);
     const reasons = down.nodes.find((n) => n.name === 'n3')?.needsResync ?? [];
     assert.deepEqual(reasons.map((r) => `${r.kind} ${r.peer}`), ['slot_invalidated n1'], `status while n3 is down: ${formatStatus(down)}`);
-    assert.match(formatStatus(down), /^! node n3 needs a resync: slot pgmesh_n3 on n1 was invalidated \(wal_removed: .*"pgmesh node resync n3"$/m);
+    assert.match(formatStatus(down), new RegExp(`^! node n3 needs a resync: slot ${toN3} on n1 was invalidated \\(wal_removed: .*"pgmesh node resync n3"$`, 'm'));
 
     await n3.server.start();
     await eventually(async () => (await n3.sql.unsafe(`SELECT 1`)).length === 1, { timeoutMs: 60_000, what: 'n3 to answer again' });
@@ -154,7 +155,7 @@ test('node resync: a node restored from an older backup is reported and copied a
     await n1.sql.unsafe(`INSERT INTO items (id, val) VALUES (3001, 'from n1 after the backup')`);
     const written = (await n1.sql.unsafe<{ lsn: string }[]>(`SELECT pg_current_wal_lsn()::text AS lsn`))[0]?.lsn ?? '0/0';
     await eventually(
-      async () => (await n1.sql.unsafe(`SELECT 1 FROM pg_replication_slots WHERE slot_name = 'pgmesh_n3' AND confirmed_flush_lsn >= $1::pg_lsn`, [written])).length === 1,
+      async () => (await n1.sql.unsafe(`SELECT 1 FROM pg_replication_slots WHERE slot_name = $2 AND confirmed_flush_lsn >= $1::pg_lsn`, [written, (await linkNames(n3, 'n1')).slot])).length === 1,
       { timeoutMs: 60_000, what: 'n3 to acknowledge n1\'s change' },
     );
     await cluster.stopAgent('n3');
@@ -196,12 +197,14 @@ test('status: a failed node add leaves n3 joining and slots holding WAL for it, 
     await assert.rejects(addNode(cluster.config, silentLogger, { name: 'n3', dsn: n3.server.dsn, from: 'n1', catchUpTimeoutMs: 2000 }), /has not applied the changes of n2/);
     // Not in the configuration (node add lists a node only once it joined): a slot for a node nobody knows.
     const unlisted = await clusterStatus(cluster.config, silentLogger);
-    assert.deepEqual(unlisted.leftoverSlots.map((l) => `${l.node} ${l.slot}`), ['n2 pgmesh_n3'], formatStatus(unlisted));
-    assert.match(formatStatus(unlisted), /^! slot pgmesh_n3 on n2 holds .* of WAL for n3, which is not in the configuration .*"pgmesh node add n3" again/m);
+    const toN3 = (await linkNames(n3, 'n2')).slot;
+    assert.match(toN3, /^pgmesh_[0-9]+_n3$/, "a slot made now carries its database's OID");
+    assert.deepEqual(unlisted.leftoverSlots.map((l) => `${l.node} ${l.slot}`), [`n2 ${toN3}`], formatStatus(unlisted));
+    assert.match(formatStatus(unlisted), new RegExp(`^! slot ${toN3} on n2 holds .* of WAL for n3, which is not in the configuration .*"pgmesh node add n3" again`, 'm'));
     // Listed: its state and the slot, with what to run.
     const listed = await clusterStatus({ ...cluster.config, nodes: [...cluster.config.nodes, { name: 'n3', dsn: n3.server.dsn }] }, silentLogger);
     assert.equal(listed.nodes.find((n) => n.name === 'n3')?.membership?.state, 'joining');
-    assert.deepEqual(listed.leftoverSlots.map((l) => `${l.node} ${l.slot}`), ['n2 pgmesh_n3'], formatStatus(listed));
+    assert.deepEqual(listed.leftoverSlots.map((l) => `${l.node} ${l.slot}`), [`n2 ${toN3}`], formatStatus(listed));
     assert.match(formatStatus(listed), /^! node n3 is joining from n1: waiting for the source to catch up.*"pgmesh node add n3"/m);
     assert.match(formatStatus(listed), /^n3 .* joining /m);
   });

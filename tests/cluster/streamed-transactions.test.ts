@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { BARRIER_TABLE, barrier } from '../support/barrier.ts';
 import postgres from 'postgres';
 import { PG_MAJOR, eventually, withCluster } from '../support/cluster.ts';
+import { linkNames } from '../support/slots.ts';
 
 const SCHEMA = `CREATE TABLE t (k integer PRIMARY KEY, v text NOT NULL, big text); ${BARRIER_TABLE}`;
 
@@ -89,7 +90,7 @@ test('large transactions streamed while in progress: savepoints, rollbacks and i
     let streamed = '';
     await eventually(
       async () => {
-        const slot = await n1.sql.unsafe<{ stream_txns: string }[]>(`SELECT stream_txns::text FROM pg_stat_replication_slots WHERE slot_name = 'pgmesh_n2'`);
+        const slot = await n1.sql.unsafe<{ stream_txns: string }[]>(`SELECT stream_txns::text FROM pg_stat_replication_slots WHERE slot_name = $1`, [(await linkNames(n2, 'n1')).slot]);
         streamed = slot[0]?.stream_txns ?? '';
         return Number(streamed) >= STREAMED;
       },

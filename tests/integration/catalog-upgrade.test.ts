@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { CATALOG_VERSION, MIGRATIONS } from '../../src/cluster/catalog-schema.ts';
-import { initNode } from '../../src/cluster/node-admin.ts';
+import { ensurePeer, initNode } from '../../src/cluster/node-admin.ts';
 import { withServer } from '../support/cluster.ts';
 
 test('init upgrades a version-2 catalog: every peer keeps its resume position, commit time and applied count', { timeout: 120_000 }, async () => {
@@ -85,5 +85,51 @@ test('init upgrades a version-3 catalog: tables already replicated get REPLICA I
     assert.deepEqual(await identities(), { doc: 'd', event: 'd', event_2026: 'd', local_only: 'd' });
     await initNode(sql, { nodeName: 'n1', nodeSlot: 1, maxNodes: 16, expectedPeers: 2 });
     assert.deepEqual(await identities(), { doc: 'f', event: 'f', event_2026: 'f', local_only: 'd' }, 'replicated tables log their whole old row; others are left alone');
+  });
+});
+
+/**
+ * One real server: catalog version 22 (the last release), whose slot and origin names did not carry the database's OID, with a link from
+ * n2 (its origins pgmesh_n2 and pgmeshr_n2, its slot on n2 pgmesh_n1). `init` upgrades it (migration 31).
+ * Without the code under test: the link would be looked up under the new names (pgmesh_<oid>_n2), which do not
+ * exist: n1 would stream from no slot and apply with no origin. And versions written through a new origin would read
+ * as '?<id>' or as the origin's name instead of their node.
+ */
+test('init upgrades a version-22 catalog: links made before keep their old slot and origin names, new links get the new ones', { timeout: 120_000 }, async () => {
+  await withServer('n1', async (_server, sql) => {
+    await sql.begin(async (tx) => {
+      for (const migration of MIGRATIONS.slice(0, 22)) await tx.unsafe(migration);
+      await tx.unsafe(`INSERT INTO pgmesh.catalog_version (version) VALUES (22)`);
+      await tx.unsafe(`INSERT INTO pgmesh.local_node (node_name, node_slot, max_nodes) VALUES ('n1', 1, 16)`);
+      await tx.unsafe(`INSERT INTO pgmesh.peer (node_name, node_slot, endpoint) VALUES ('n2', 2, 'n2.example')`);
+      await tx.unsafe(`SELECT pg_catalog.pg_replication_origin_create('pgmesh_n2'), pg_catalog.pg_replication_origin_create('pgmeshr_n2')`);
+    });
+    await initNode(sql, { nodeName: 'n1', nodeSlot: 1, maxNodes: 16, expectedPeers: 2 });
+    const oid = (await sql.unsafe<{ oid: string }[]>(`SELECT oid::text FROM pg_database WHERE datname = current_database()`))[0]?.oid;
+    const links = async () =>
+      (await sql.unsafe<{ node_name: string; slot_name: string | null; origin_name: string; replay_origin_name: string }[]>(
+        `SELECT node_name, slot_name, origin_name, replay_origin_name FROM pgmesh.peer ORDER BY node_name`,
+      )).map((r) => ({ ...r }));
+    const old = { node_name: 'n2', slot_name: 'pgmesh_n1', origin_name: 'pgmesh_n2', replay_origin_name: 'pgmeshr_n2' };
+    assert.deepEqual(await links(), [old], 'the link made before is recorded with the names it has');
+
+    // Linked again (cluster create run again), it keeps its origins; a new link (n3) gets names with the OID.
+    await ensurePeer(sql, { name: 'n2', nodeSlot: 2, endpoint: 'n2.example', slot: 'pgmesh_n1' });
+    await ensurePeer(sql, { name: 'n3', nodeSlot: 3, endpoint: 'n3.example', slot: 'pgmesh_16999_n1' });
+    assert.deepEqual(await links(), [old, { node_name: 'n3', slot_name: 'pgmesh_16999_n1', origin_name: `pgmesh_${oid}_n3`, replay_origin_name: `pgmeshr_${oid}_n3` }]);
+
+    // A version reads as its node through every kind of origin name, old and new.
+    await sql.unsafe(`CREATE TABLE t (k integer PRIMARY KEY)`);
+    const origins = ['pgmesh_n2', 'pgmeshr_n2', `pgmesh_${oid}_n3`, `pgmeshr_${oid}_n3`];
+    for (const [i, origin] of origins.entries()) {
+      await sql.unsafe(`SELECT pg_catalog.pg_replication_origin_session_setup($1)`, [origin]);
+      await sql.unsafe(`INSERT INTO t VALUES ($1::text::int)`, [String(i)]);
+      await sql.unsafe(`SELECT pg_catalog.pg_replication_origin_session_reset()`);
+    }
+    const nodes = await sql.unsafe<{ a: string; b: string }[]>(
+      `SELECT v.node AS a, pgmesh.origin_node((pg_xact_commit_timestamp_origin(t.xmin)).roident, 'n1') AS b
+         FROM t CROSS JOIN LATERAL pgmesh.row_version(t.xmin, 'n1') v ORDER BY t.k`,
+    );
+    assert.deepEqual(nodes.map((r) => `${r.a} ${r.b}`), ['n2 n2', 'n2 n2', 'n3 n3', 'n3 n3']);
   });
 });

@@ -11,7 +11,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import postgres from 'postgres';
 import { durableProgress } from '../../src/apply/applier.ts';
-import { originName } from '../../src/cluster/catalog-schema.ts';
+import { readLinkNames } from '../../src/cluster/link-names.ts';
 import { ensurePeer, initNode } from '../../src/cluster/node-admin.ts';
 import { formatLsn } from '../../src/core/lsn.ts';
 import type { Sql } from '../../src/pg/connect.ts';
@@ -25,7 +25,7 @@ test('the acknowledged position is the last transaction committed here, not an o
       await initNode(sql, { nodeName: 'n2', nodeSlot: 2, maxNodes: 16, expectedPeers: 1 });
       await ensurePeer(sql, { name: 'n1', nodeSlot: 1, endpoint: 'test' });
       await sql.unsafe(`CREATE TABLE t (k integer PRIMARY KEY)`);
-      const origin = originName('n1');
+      const origin = (await readLinkNames(sql, 'n1'))?.origin ?? '';
       await session.unsafe(`SELECT pg_catalog.pg_replication_origin_session_setup($1)`, [origin]);
 
       // A transaction applied from n1: its change, its row in the progress log, its origin LSN; committed.

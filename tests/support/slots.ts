@@ -2,7 +2,7 @@
  * Slots for tests: invalidating one the way production does, by max_slot_wal_keep_size, while the other slots of the
  * same server keep up.
  */
-import { eventually, type TestNode } from './cluster.ts';
+import { eventually, type Sql, type TestNode } from './cluster.ts';
 
 const SEGMENT_BYTES = 16 * 1024 * 1024;
 
@@ -44,4 +44,19 @@ export async function invalidateSlot(publisher: TestNode, slot: string, keep: re
     },
     { timeoutMs: 60_000, what: `slot ${slot} on ${publisher.name} to be invalidated` },
   );
+}
+
+/**
+ * The names of `subscriber`'s link from `peer`, as recorded with the link (src/cluster/link-names.ts): the slot on
+ * the peer and the origins on the subscriber. Tests read them instead of spelling them: they carry database OIDs.
+ */
+export async function linkNames(subscriber: TestNode | Sql, peer: string): Promise<{ slot: string; origin: string; replayOrigin: string }> {
+  const sql = 'server' in subscriber ? subscriber.sql : subscriber;
+  const rows = await sql.unsafe<{ slot_name: string | null; origin_name: string; replay_origin_name: string }[]>(
+    `SELECT slot_name, origin_name, replay_origin_name FROM pgmesh.peer WHERE node_name = $1`,
+    [peer],
+  );
+  const row = rows[0];
+  if (!row?.slot_name) throw new Error(`no link from ${peer} recorded on the subscriber`);
+  return { slot: row.slot_name, origin: row.origin_name, replayOrigin: row.replay_origin_name };
 }

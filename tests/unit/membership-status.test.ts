@@ -7,9 +7,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { assessMembership, type MemberFacts } from '../../src/membership/membership-status.ts';
 import type { SlotHealth } from '../../src/membership/slot-health.ts';
+import { slotSubscriber } from '../../src/cluster/link-names.ts';
 
 function slot(name: string, extra: Partial<SlotHealth> = {}): SlotHealth {
-  return { slot: name, active: true, walStatus: 'reserved', invalidated: null, confirmedFlush: '0/100', retainedBytes: 0, ...extra };
+  return { slot: name, subscriber: slotSubscriber(name), active: true, walStatus: 'reserved', invalidated: null, confirmedFlush: '0/100', retainedBytes: 0, ...extra };
 }
 
 /** A member linked with every other node of `names`, caught up, nothing odd. */
@@ -19,7 +20,7 @@ function member(name: string, names: readonly string[], extra: Partial<MemberFac
     name,
     membership: undefined,
     walLsn: '0/1000',
-    slots: peers.map((p) => slot(`pgmesh_${p}`)),
+    slots: peers.map((p) => slot(`pgmesh_16384_${p}`)),
     progress: new Map(peers.map((p) => [p, '0/200'])),
     acked: new Map(peers.map((p) => [p, { lsn: '0/200', known: true }])),
     ...extra,
