@@ -7,7 +7,8 @@
  * reaches n1 only through that agent).
  * Without the code under test: `import('pgmesh')` fails with "Unknown file extension .ts" (main pointing at the
  * sources), TypeScript finds no types, the bin needs tsx (a devDependency, absent from the install), there is no
- * --version, and an agent cannot be started from the installed copy.
+ * --version, an agent cannot be started from the installed copy, and `check` cannot connect as psql would (a key=value
+ * connection string without a password, the password in a .pgpass file).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -147,6 +148,19 @@ test('the packed tarball installs, imports from JavaScript and TypeScript, and r
         agent.kill('SIGTERM');
         assert.equal(await exited, 0, `the installed agent stops cleanly on SIGTERM:\n${output.slice(-2000)}`);
       }
+      // As psql is used: key=value connection strings without a password, the password in a .pgpass file.
+      const nodes = cluster.nodes.map((node) => new URL(node.server.dsn));
+      const pgpass = join(base, 'pgpass');
+      writeFileSync(pgpass, nodes.map((u) => `127.0.0.1:${u.port}:postgres:postgres:${decodeURIComponent(u.password)}\n`).join(''), { mode: 0o600 });
+      const config = join(base, 'libpq.json');
+      writeFileSync(
+        config,
+        JSON.stringify({ nodes: nodes.map((u, i) => ({ name: `n${i + 1}`, dsn: `host=127.0.0.1 port=${u.port} dbname=postgres user=postgres` })) }),
+      );
+      const check = await run(bin, ['--config', config, 'check', '--json'], { cwd: app, env: { ...env, PGPASSFILE: pgpass } }).catch(
+        (error: { stdout?: string; stderr?: string }) => assert.fail(`check from the installed copy with a .pgpass failed:\n${error.stdout}\n${error.stderr}`),
+      );
+      assert.doesNotMatch(check.stdout + check.stderr, new RegExp(decodeURIComponent(nodes[0]?.password ?? 'none')), 'the password shows');
     });
     await installed;
   } finally {
