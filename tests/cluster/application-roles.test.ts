@@ -9,9 +9,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import postgres from 'postgres';
 import { withCluster, type Sql, type TestCluster } from '../support/cluster.ts';
-import { dsnAs } from '../support/roles.ts';
+import { withRole } from '../support/roles.ts';
 
 const SCHEMA = `
 CREATE TABLE public.items (id integer PRIMARY KEY, v text NOT NULL);
@@ -19,14 +18,7 @@ CREATE ROLE app LOGIN PASSWORD 'app-pw';
 GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON public.items TO app;
 `;
 
-async function asApp<T>(cluster: TestCluster, node: string, body: (sql: Sql) => Promise<T>): Promise<T> {
-  const sql = postgres(dsnAs(cluster.node(node), 'app', 'app-pw'), { max: 1, onnotice: () => undefined, fetch_types: false }) as unknown as Sql;
-  try {
-    return await body(sql);
-  } finally {
-    await sql.end({ timeout: 1 });
-  }
-}
+const asApp = <T>(cluster: TestCluster, node: string, body: (sql: Sql) => Promise<T>): Promise<T> => withRole(cluster.node(node), 'app', 'app-pw', body);
 
 async function rows(cluster: TestCluster, node: string): Promise<string[]> {
   const result = await cluster.node(node).sql.unsafe<{ id: number; v: string }[]>(`SELECT id, v FROM public.items ORDER BY id`);

@@ -14,10 +14,9 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import postgres from 'postgres';
 import { eventually, withCluster, type Sql, type TestCluster } from '../support/cluster.ts';
 import { pgmesh } from '../support/cli.ts';
-import { dsnAs } from '../support/roles.ts';
+import { dsnAs, isSuperuser, withRole } from '../support/roles.ts';
 
 const SCHEMA = `
 CREATE ROLE app LOGIN PASSWORD 'app-pw';
@@ -55,21 +54,12 @@ CREATE CAST (text AS app.hue) WITH FUNCTION app.hue_in(text);
 RESET ROLE;
 `;
 
-async function asApp(cluster: TestCluster, node: string, statement: string): Promise<string | undefined> {
-  const sql = postgres(dsnAs(cluster.node(node), 'app', 'app-pw'), { max: 1, onnotice: () => undefined, fetch_types: false }) as unknown as Sql;
-  try {
-    await sql.unsafe(statement);
-    return undefined;
-  } catch (error) {
-    return (error as { code?: string }).code;
-  } finally {
-    await sql.end({ timeout: 1 });
-  }
-}
-
-async function isSuperuser(cluster: TestCluster, node: string): Promise<boolean> {
-  const rows = await cluster.node(node).sql.unsafe<{ su: boolean }[]>(`SELECT rolsuper AS su FROM pg_roles WHERE rolname = 'app'`);
-  return rows[0]?.su === true;
+/** The SQLSTATE that `statement` fails with as app on the node (undefined: it ran). */
+function asApp(cluster: TestCluster, node: string, statement: string): Promise<string | undefined> {
+  return withRole(cluster.node(node), 'app', 'app-pw', (sql) => sql.unsafe(statement)).then(
+    () => undefined,
+    (error: { code?: string }) => error.code,
+  );
 }
 
 async function fired(cluster: TestCluster, node: string): Promise<string[]> {
@@ -91,7 +81,7 @@ test('code of an application role that pgmesh sessions would run is refused at t
     const local = '';
     const always = await asApp(cluster, 'n2', `${local}ALTER TABLE app.items ENABLE ALWAYS TRIGGER trap`);
     await replicates(cluster, 100);
-    assert.equal(await isSuperuser(cluster, 'n2'), false, 'app became superuser on n2');
+    assert.equal(await isSuperuser(cluster.node('n2'), 'app'), false, 'app became superuser on n2');
     assert.deepEqual(await fired(cluster, 'n2'), [], 'the trap fired in a pgmesh session on n2');
     assert.equal(always, 'PM011');
     assert.equal(await asApp(cluster, 'n2', `${local}ALTER TABLE app.items ENABLE REPLICA TRIGGER trap`), 'PM011');
@@ -119,7 +109,7 @@ test('code of an application role that pgmesh sessions would run is refused at t
     await assert.rejects(n2.unsafe(`ALTER FUNCTION public.g(integer) OWNER TO app`), /PM011|default or generation expression of app\.items\.g calls public\.g\(integer\), owned by app/);
     await n2.unsafe(`SET pgmesh.ddl_capture = off; ALTER TABLE app.items DROP COLUMN g; RESET pgmesh.ddl_capture`);
     await replicates(cluster, 1);
-    assert.equal(await isSuperuser(cluster, 'n2'), false, 'app became superuser on n2');
+    assert.equal(await isSuperuser(cluster.node('n2'), 'app'), false, 'app became superuser on n2');
 
     // A node without the guard (disabled by its superuser) sends the statement: n2 refuses it when it replays it.
     await cluster.node('n1').sql.unsafe(`ALTER EVENT TRIGGER pgmesh_owner_code_guard DISABLE`);
@@ -128,7 +118,7 @@ test('code of an application role that pgmesh sessions would run is refused at t
       what: 'n2 to refuse the replayed ALTER TABLE ... ENABLE ALWAYS TRIGGER',
     });
     await replicates(cluster, 2);
-    assert.equal(await isSuperuser(cluster, 'n2'), false, 'app became superuser on n2');
+    assert.equal(await isSuperuser(cluster.node('n2'), 'app'), false, 'app became superuser on n2');
     assert.deepEqual(await fired(cluster, 'n2'), [], 'the trap fired in a pgmesh session on n2');
 
     // n1 has the trigger enabled ALWAYS now (its guard was off): its agent refuses to start until it is fixed.
@@ -151,7 +141,7 @@ test('with the least-privilege agent: an ENABLE ALWAYS trigger is refused too, a
     assert.equal(refused, 'PM011');
     const enabled = await cluster.node('n2').sql.unsafe<{ e: string }[]>(`SELECT tgenabled::text AS e FROM pg_trigger WHERE tgname = 'trap'`);
     assert.equal(enabled[0]?.e, 'O', 'the trap stays enabled for origin sessions only');
-    assert.equal(await isSuperuser(cluster, 'n2'), false);
+    assert.equal(await isSuperuser(cluster.node('n2'), 'app'), false);
     assert.deepEqual(await fired(cluster, 'n2'), [], 'the trap fired in the agent role\'s apply session on n2');
   });
 });

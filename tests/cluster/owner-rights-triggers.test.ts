@@ -12,9 +12,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import postgres from 'postgres';
 import { eventually, withCluster, type Sql, type TestCluster } from '../support/cluster.ts';
-import { dsnAs } from '../support/roles.ts';
+import { isSuperuser, withRole } from '../support/roles.ts';
 
 const SCHEMA = `
 CREATE ROLE app LOGIN PASSWORD 'app-pw';
@@ -48,19 +47,7 @@ CREATE CAST (app.mood AS json) WITH FUNCTION app.evil(app.mood);
 CREATE CAST (app.mood AS jsonb) WITH FUNCTION app.evilb(app.mood);
 `;
 
-async function asApp<T>(cluster: TestCluster, node: string, body: (sql: Sql) => Promise<T>): Promise<T> {
-  const sql = postgres(dsnAs(cluster.node(node), 'app', 'app-pw'), { max: 1, onnotice: () => undefined, fetch_types: false }) as unknown as Sql;
-  try {
-    return await body(sql);
-  } finally {
-    await sql.end({ timeout: 1 });
-  }
-}
-
-async function isSuperuser(cluster: TestCluster, node: string): Promise<boolean> {
-  const rows = await cluster.node(node).sql.unsafe<{ su: boolean }[]>(`SELECT rolsuper AS su FROM pg_roles WHERE rolname = 'app'`);
-  return rows[0]?.su === true;
-}
+const asApp = <T>(cluster: TestCluster, node: string, body: (sql: Sql) => Promise<T>): Promise<T> => withRole(cluster.node(node), 'app', 'app-pw', body);
 
 async function stored(cluster: TestCluster, node: string): Promise<string[]> {
   const rows = await cluster.node(node).sql.unsafe<{ line: string }[]>(
@@ -84,7 +71,7 @@ test('the definer triggers never call a cast that a table owner created, and spe
       await sql.unsafe(`UPDATE app.labels SET mood = 'sad' WHERE id = 1`);
       await sql.unsafe(`DELETE FROM app.labels WHERE id = 2`);
     });
-    assert.equal(await isSuperuser(cluster, 'n1'), false, 'a trigger ran app.evil as the superuser');
+    assert.equal(await isSuperuser(cluster.node('n1'), 'app'), false, 'a trigger ran app.evil as the superuser');
 
     const expected = [
       'app.labels [2]',
@@ -109,6 +96,6 @@ test('the definer triggers never call a cast that a table owner created, and spe
       (error: { code?: string }) => error.code,
     );
     assert.equal(refused, 'PM010');
-    assert.equal(await isSuperuser(cluster, 'n1'), false, 'a trigger ran app.evil as the superuser');
+    assert.equal(await isSuperuser(cluster.node('n1'), 'app'), false, 'a trigger ran app.evil as the superuser');
   });
 });

@@ -12,9 +12,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import postgres from 'postgres';
 import { withCluster, type Sql, type TestCluster } from '../support/cluster.ts';
-import { dsnAs } from '../support/roles.ts';
+import { withRole } from '../support/roles.ts';
 
 // Run by whoever resolves the name to it: as a superuser it promotes its creator; it always says who ran it.
 const PLANT = `
@@ -54,14 +53,7 @@ ${PLANT}
 RESET ROLE;
 `;
 
-async function asPlanter<T>(cluster: TestCluster, node: string, body: (sql: Sql) => Promise<T>): Promise<T> {
-  const sql = postgres(dsnAs(cluster.node(node), 'planter', 'planter-pw'), { max: 1, onnotice: () => undefined, fetch_types: false }) as unknown as Sql;
-  try {
-    return await body(sql);
-  } finally {
-    await sql.end({ timeout: 1 });
-  }
-}
+const asPlanter = <T>(cluster: TestCluster, node: string, body: (sql: Sql) => Promise<T>): Promise<T> => withRole(cluster.node(node), 'planter', 'planter-pw', body);
 
 test('a function planted in public by a role with CREATE there never runs in a pgmesh session', { timeout: 180_000 }, async () => {
   await withCluster({ nodes: 2, schema: SCHEMA }, async (cluster) => {
