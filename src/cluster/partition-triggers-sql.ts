@@ -1,0 +1,102 @@
+/**
+ * pgmesh's row triggers on a partitioned table, for the roles that own it (docs/security.md, "Whose rights code runs
+ * with", and docs/security-probe.md).
+ *
+ * PostgreSQL clones a partitioned table's row triggers to every partition made or attached later, and checks that the
+ * role doing it may EXECUTE each trigger's function (CloneRowTriggersToPartition). pgmesh's row triggers
+ * (pgmesh_record_key_change, pgmesh_unique_release_update and _delete) run functions that were closed to PUBLIC with
+ * the rest of the catalog, so an application role that owns a replicated partitioned table could not make a partition
+ * of it: "permission denied for function " (the name is empty: the clone passes the function by OID). Neither could a
+ * peer replaying that role's CREATE TABLE ... PARTITION OF, which runs as the role.
+ *
+ * Their two functions are executable by PUBLIC now (PUBLIC_FUNCTIONS). Why that gives no role anything:
+ * - a trigger function cannot be called but as a trigger ("trigger functions can only be called as triggers");
+ * - to attach one to a table by name (CREATE TRIGGER) a role needs USAGE on schema pgmesh, which pgmesh grants to no
+ *   one but its agent roles; a clone names the function by OID, and PostgreSQL clones only the triggers of a
+ *   partitioned table onto its partitions, which only that table's owner can make or attach;
+ * - where an administrator granted USAGE on pgmesh anyway, a role can attach them to a table of its own: they record
+ *   nothing unless the table is one pgmesh replicates (itself or through a partitioned ancestor), checked below; on a
+ *   replicated table they record only that table's keys (TG_RELID), which its owner can change or delete anyway;
+ * - they run as the catalog's owner, with a pinned search_path and keys spelled without casts (key-json-sql.ts).
+ * record_deletes and record_truncate are statement triggers, never cloned: they stay closed.
+ * The bodies are those of key-json-sql.ts (migration 29) with the check first.
+ */
+
+export const PARTITION_TRIGGERS_MIGRATION = `
+-- Whether pgmesh replicates relid: it is in the publication, or a partition of a table that is.
+-- pg_partition_ancestors lists the relation itself first.
+CREATE FUNCTION pgmesh.replicated_relation(relid oid) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+  SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel pr JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
+                  WHERE p.pubname = 'pgmesh' AND pr.prrelid IN (SELECT a.relid FROM pg_catalog.pg_partition_ancestors(relid) a))
+$fn$;
+REVOKE ALL ON FUNCTION pgmesh.replicated_relation(oid) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION pgmesh.record_key_change() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
+AS $fn$
+DECLARE
+  key text;
+BEGIN
+  -- Executable by every role (see above): on a table pgmesh does not replicate, it records nothing.
+  IF NOT pgmesh.replicated_relation(TG_RELID) THEN
+    RETURN NULL;
+  END IF;
+  EXECUTE 'SELECT ' || pgmesh.key_json_expr(TG_RELID, TG_ARGV, '($1)') INTO key USING OLD;
+  INSERT INTO pgmesh.tombstone (relid, pkey) VALUES (TG_RELID, key)
+  ON CONFLICT (relid, pkey) DO UPDATE SET pkey = EXCLUDED.pkey, ts = NULL, node = NULL;
+  RETURN NULL;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION pgmesh.record_unique_release() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
+AS $fn$
+DECLARE
+  key text;
+  v_ts timestamptz;
+  v_node text;
+  idx record;
+  old_value text;
+  new_value text;
+BEGIN
+  -- Executable by every role (see above): on a table pgmesh does not replicate, it records nothing.
+  IF NOT pgmesh.replicated_relation(TG_RELID) THEN
+    RETURN NULL;
+  END IF;
+  EXECUTE 'SELECT ' || pgmesh.key_json_expr(TG_RELID, TG_ARGV, '($1)') INTO key USING OLD;
+  -- A row written earlier in this transaction: the claim takes this transaction's version (left NULL).
+  IF OLD.xmin IS DISTINCT FROM pg_catalog.xid(pg_catalog.pg_current_xact_id_if_assigned()) THEN
+    SELECT v.ts, v.node INTO v_ts, v_node
+      FROM pgmesh.row_version_keyed(TG_RELID, key, OLD.xmin, (SELECT node_name FROM pgmesh.local_node)) v;
+  END IF;
+  FOR idx IN SELECT i.indexrelid AS indexid,
+                    (SELECT array_agg(a.attname::text ORDER BY k.pos) FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, pos)
+                       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum WHERE k.pos <= i.indnkeyatts) AS cols
+               FROM pg_index i
+              WHERE i.indrelid = TG_RELID AND i.indisunique AND NOT i.indisprimary AND i.indimmediate AND NOT i.indnullsnotdistinct
+                AND i.indpred IS NULL AND i.indexprs IS NULL LOOP
+    EXECUTE format('SELECT %s, %s', pgmesh.key_json_expr(TG_RELID, idx.cols, '($1)'), pgmesh.key_json_expr(TG_RELID, idx.cols, '($2)'))
+       INTO old_value, new_value USING OLD, NEW;
+    IF TG_OP = 'DELETE' THEN
+      new_value := NULL;
+    END IF;
+    -- A value with a NULL is not unique: nothing to claim.
+    CONTINUE WHEN old_value::jsonb @> '[null]'::jsonb OR old_value IS NOT DISTINCT FROM new_value;
+    INSERT INTO pgmesh.unique_claim AS c (relid, indexid, value, pkey, ts, node)
+    VALUES (TG_RELID, idx.indexid, old_value, key, v_ts, v_node)
+    ON CONFLICT (relid, indexid, value) DO UPDATE SET pkey = EXCLUDED.pkey, ts = EXCLUDED.ts, node = EXCLUDED.node
+     WHERE EXCLUDED.ts IS NULL
+        OR (SELECT (cv.ts, cv.node COLLATE "C") < (EXCLUDED.ts, EXCLUDED.node COLLATE "C")
+              FROM pgmesh.claim_version(c.xmin, c.ts, c.node, (SELECT node_name FROM pgmesh.local_node)) cv);
+  END LOOP;
+  RETURN NULL;
+END
+$fn$;
+
+GRANT EXECUTE ON FUNCTION pgmesh.record_key_change(), pgmesh.record_unique_release() TO PUBLIC;
+`;
