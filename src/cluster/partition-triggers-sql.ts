@@ -20,6 +20,14 @@
  * - they run as the catalog's owner, with a pinned search_path and keys spelled without casts (key-json-sql.ts).
  * record_deletes and record_truncate are statement triggers, never cloned: they stay closed.
  * The bodies are those of key-json-sql.ts (migration 29) with the check first.
+ *
+ * Also here (found by the same probe): pgmesh.snowflake_id serialized its read-and-advance of the sequence with a
+ * session advisory lock of a fixed key (hashtext('pgmesh.snowflake')), which any role can hold: a LOGIN-only role
+ * holding it made every insert that takes a snowflake id on that node wait for ever. It locks a pgmesh table instead
+ * (SHARE UPDATE EXCLUSIVE: taken only by a role with rights on the table, conflicting with itself and not with the
+ * ACCESS SHARE any role can take by OID through functions like pg_relation_size), inside a subtransaction that the
+ * function ends on purpose once the id is taken: the lock goes with it at once (as the session lock did), while the
+ * sequence's nextval and setval, which are never rolled back, stay.
  */
 
 export const PARTITION_TRIGGERS_MIGRATION = `
@@ -99,4 +107,38 @@ END
 $fn$;
 
 GRANT EXECUTE ON FUNCTION pgmesh.record_key_change(), pgmesh.record_unique_release() TO PUBLIC;
+
+-- Never has a row: only its lock is used.
+CREATE TABLE pgmesh.snowflake_lock (singleton boolean PRIMARY KEY CHECK (singleton));
+REVOKE ALL ON pgmesh.snowflake_lock FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION pgmesh.snowflake_id_at(clock timestamptz) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+  tick bigint := (floor(extract(epoch FROM clock) * 1000)::bigint - 1735689600000) << 12;
+  slot integer;
+  state bigint;
+BEGIN
+  SELECT l.node_slot INTO slot FROM pgmesh.local_node l;
+  IF slot IS NULL OR slot > 1024 THEN
+    RAISE EXCEPTION 'pgmesh.snowflake_id: this node has no slot from 1 to 1024 (run "pgmesh init" for it)' USING ERRCODE = 'PM005';
+  END IF;
+  IF tick < 0 THEN
+    RAISE EXCEPTION 'pgmesh.snowflake_id: the clock (%) is before the id epoch 2025-01-01', clock USING ERRCODE = 'PM005';
+  END IF;
+  BEGIN
+    LOCK TABLE pgmesh.snowflake_lock IN SHARE UPDATE EXCLUSIVE MODE;
+    state := nextval('pgmesh.snowflake_state');
+    IF state < tick THEN
+      PERFORM setval('pgmesh.snowflake_state', tick);
+      state := tick;
+    END IF;
+    -- Ends the subtransaction and releases the lock; state keeps its value (PL/pgSQL variables are not rolled back).
+    RAISE EXCEPTION USING ERRCODE = 'PMSF0';
+  EXCEPTION WHEN SQLSTATE 'PMSF0' THEN
+    NULL;
+  END;
+  RETURN ((state >> 12) << 22) | ((slot - 1)::bigint << 12) | (state & 4095);
+END
+$fn$;
 `;
