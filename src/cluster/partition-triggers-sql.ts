@@ -28,7 +28,25 @@
  * ACCESS SHARE any role can take by OID through functions like pg_relation_size), inside a subtransaction that the
  * function ends on purpose once the id is taken: the lock goes with it at once (as the session lock did), while the
  * sequence's nextval and setval, which are never rolled back, stay.
+ * The version horizon's step (advance_version_horizon, drop_version_horizon) serialized itself the same way with
+ * hashtext('pgmesh.version_horizon'), a transaction lock: held by any role, the horizon stopped, and its slot kept
+ * the node's WAL from then on. It locks pgmesh.version_horizon_lock instead (the agent role may: AGENT_CATALOG_WRITES).
+ * Its functions are redefined from their text in version-horizon-sql.ts with only that line changed.
  */
+
+import { VERSION_HORIZON_MIGRATION } from './version-horizon-sql.ts';
+
+const HORIZON_ADVISORY_LOCK = "PERFORM pg_catalog.pg_advisory_xact_lock(hashtext('pgmesh.version_horizon'));";
+const HORIZON_TABLE_LOCK = 'LOCK TABLE pgmesh.version_horizon_lock IN SHARE UPDATE EXCLUSIVE MODE;';
+
+/** A function of the version horizon's migration, as CREATE OR REPLACE, with the table lock for the advisory one. */
+function horizonFunction(name: string): string {
+  const start = VERSION_HORIZON_MIGRATION.indexOf(`CREATE FUNCTION pgmesh.${name}(`);
+  const end = VERSION_HORIZON_MIGRATION.indexOf('$fn$;', start);
+  const text = VERSION_HORIZON_MIGRATION.slice(start, end + '$fn$;'.length);
+  if (start < 0 || end < 0 || !text.includes(HORIZON_ADVISORY_LOCK)) throw new Error(`pgmesh.${name} is not in the version horizon's migration as expected`);
+  return text.replace('CREATE FUNCTION', 'CREATE OR REPLACE FUNCTION').replace(HORIZON_ADVISORY_LOCK, HORIZON_TABLE_LOCK);
+}
 
 export const PARTITION_TRIGGERS_MIGRATION = `
 -- Whether pgmesh replicates relid: it is in the publication, or a partition of a table that is.
@@ -141,4 +159,10 @@ BEGIN
   RETURN ((state >> 12) << 22) | ((slot - 1)::bigint << 12) | (state & 4095);
 END
 $fn$;
+
+-- Never has a row: only its lock is used.
+CREATE TABLE pgmesh.version_horizon_lock (singleton boolean PRIMARY KEY CHECK (singleton));
+REVOKE ALL ON pgmesh.version_horizon_lock FROM PUBLIC;
+${horizonFunction('advance_version_horizon')}
+${horizonFunction('drop_version_horizon')}
 `;

@@ -1,11 +1,12 @@
 /**
  * One real server with pgmesh installed; a table whose key defaults to pgmesh.snowflake_id().
- * Scenario: `lo`, a role with nothing but LOGIN, holds the advisory lock pgmesh.snowflake_id used to take
- * (hashtext('pgmesh.snowflake')), tries to lock the table that replaced it (refused), and holds the ACCESS SHARE lock
- * any role can take on it by OID (pg_relation_size); meanwhile an application role inserts rows from four sessions
- * at once. Every insert must finish, with ids unique and increasing per session.
- * Without the code under test (the session advisory lock of a fixed key): every insert that takes an id waits for lo
- * (here: cancelled by statement_timeout).
+ * Scenario: `lo`, a role with nothing but LOGIN, holds the advisory locks pgmesh.snowflake_id and the version
+ * horizon's step used to take (hashtext('pgmesh.snowflake'), hashtext('pgmesh.version_horizon')), tries to lock the
+ * tables that replaced them (refused), and holds the ACCESS SHARE lock any role can take on them by OID
+ * (pg_relation_size); meanwhile an application role inserts rows from four sessions at once, and the horizon steps.
+ * Every insert must finish, with ids unique and increasing per session; the step must finish.
+ * Without the code under test (advisory locks of fixed keys): every insert that takes an id, and the horizon's step,
+ * wait for lo (here: cancelled by statement_timeout).
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -22,7 +23,9 @@ test('a LOGIN-only role cannot make snowflake_id wait', { timeout: 120_000 }, as
     `);
     await initNode(sql, { nodeName: 'n1', nodeSlot: 3, maxNodes: 4, expectedPeers: 1 });
     await sql.unsafe(`SET pgmesh.ddl_capture = off; CREATE TABLE app.events (id bigint PRIMARY KEY DEFAULT pgmesh.snowflake_id(), s integer, n integer); ALTER TABLE app.events OWNER TO app`);
-    const lockOid = (await sql.unsafe<{ oid: string }[]>(`SELECT 'pgmesh.snowflake_lock'::regclass::oid::text AS oid`))[0]?.oid;
+    const lockOids = await sql.unsafe<{ oid: string }[]>(
+      `SELECT to_regclass(t)::oid::text AS oid FROM unnest(ARRAY['pgmesh.snowflake_lock', 'pgmesh.version_horizon_lock']) t`,
+    );
 
     const as = (user: string, max = 1) => {
       const url = new URL(server.dsn);
@@ -33,15 +36,20 @@ test('a LOGIN-only role cannot make snowflake_id wait', { timeout: 120_000 }, as
     const lo = as('lo');
     const app = as('app', 4);
     try {
-      await lo.unsafe(`SELECT pg_advisory_lock(hashtext('pgmesh.snowflake'))`);
+      await lo.unsafe(`SELECT pg_advisory_lock(hashtext('pgmesh.snowflake')), pg_advisory_lock(hashtext('pgmesh.version_horizon'))`);
       await assert.rejects(lo.begin((tx) => tx.unsafe(`LOCK TABLE pgmesh.snowflake_lock IN SHARE UPDATE EXCLUSIVE MODE`)), /permission denied/);
+      await assert.rejects(lo.begin((tx) => tx.unsafe(`LOCK TABLE pgmesh.version_horizon_lock IN SHARE UPDATE EXCLUSIVE MODE`)), /permission denied/);
       await lo.unsafe(`BEGIN`);
-      await lo.unsafe(`SELECT pg_relation_size(${lockOid}::regclass)`);
+      for (const { oid } of lockOids) await lo.unsafe(`SELECT pg_relation_size(${oid}::regclass)`);
 
       await Promise.all([1, 2, 3, 4].map((s) => app.begin(async (tx) => {
         await tx.unsafe(`SET LOCAL statement_timeout = '20s'`);
         await tx.unsafe(`INSERT INTO app.events (s, n) SELECT ${s}, g FROM generate_series(1, 300) g`);
       })));
+      await sql.begin(async (tx) => {
+        await tx.unsafe(`SET LOCAL statement_timeout = '20s'`);
+        await tx.unsafe(`SELECT * FROM pgmesh.advance_version_horizon(interval '1 second', 1000)`);
+      });
       await lo.unsafe(`COMMIT`);
     } finally {
       await lo.end({ timeout: 1 });
