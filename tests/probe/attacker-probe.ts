@@ -113,8 +113,9 @@ async function state(cluster: TestCluster, after: string): Promise<void> {
   for (const node of ['n1', 'n2']) {
     const supers = await cluster.node(node).sql.unsafe<{ r: string }[]>(`SELECT rolname AS r FROM pg_roles WHERE rolsuper AND rolname IN ('lo', 'app', 'pub', 'other')`);
     const loot = await cluster.node(node).sql.unsafe<{ who: string; what: string }[]>(`SELECT who, what FROM public.loot`);
-    const exceptions = await cluster.node(node).sql.unsafe<{ k: string; s: string; e: string }[]>(
-      `SELECT change_kind AS k, coalesce(sqlstate, '') AS s, left(error, 160) AS e FROM pgmesh.exception ORDER BY id`,
+    const exceptions = await cluster.node(node).sql.unsafe<{ k: string; s: string; n: number; e: string }[]>(
+      `SELECT change_kind AS k, state, coalesce(sqlstate, '') AS s, count(*)::int AS n, min(left(error, 160)) AS e
+         FROM pgmesh.exception GROUP BY 1, 2, 3 ORDER BY 1, 2, 3`,
     );
     note(`state after ${after} on ${node}`, '-', JSON.stringify({ flowing, supers: supers.map((s) => s.r), loot, exceptions }));
   }
@@ -138,6 +139,10 @@ async function probe(cluster: TestCluster): Promise<void> {
   await attempt(cluster, 'session_replication_role = replica', 'lo', [`SET session_replication_role = replica`]);
   await attempt(cluster, 'replication origin setup', 'lo', [`SELECT pg_replication_origin_session_setup('pgmesh_n2')`]);
   await attempt(cluster, 'replication origin advance', 'lo', [`SELECT pg_replication_origin_advance('pgmesh_n2', '0/FFFFFFF')`]);
+  await attempt(cluster, 'terminate pgmesh sessions', 'lo', [`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename <> 'lo' AND backend_type = 'client backend'`]);
+  await attempt(cluster, 'read a pgmesh slot', 'lo', [`SELECT * FROM pg_logical_slot_peek_changes('pgmesh_n2', NULL, 1, 'proto_version', '1', 'publication_names', 'pgmesh')`]);
+  await attempt(cluster, 'drop a pgmesh slot', 'lo', [`SELECT pg_drop_replication_slot('pgmesh_n2')`]);
+  await attempt(cluster, 'lock a pgmesh table by OID (pg_relation_size)', 'lo', [`SELECT pg_relation_size('pgmesh.apply_lock'::regclass)`]);
   await attempt(cluster, 'forged DDL message (plain JSON, as postgres)', 'lo', [
     `SELECT pg_logical_emit_message(true, 'pgmesh.ddl', '{"version":1,"statement":"ALTER ROLE lo SUPERUSER","role":"postgres","search_path":"public"}')`,
   ]);
@@ -226,6 +231,11 @@ async function probe(cluster: TestCluster): Promise<void> {
     ], node);
   }
   await state(cluster, 'owner code');
+  if (mode === 'agent-role') {
+    const env = Object.fromEntries(cluster.nodes.map((n) => [`PGMESH_DSN_${n.name.toUpperCase()}`, dsnAs(n, 'pgmesh_agent', 'agent-pw')]));
+    const check = await pgmesh(['check'], { config: cluster.configPath, env });
+    note('pgmesh check as the agent after app enabled row-level security', 'app', `exit ${check.code}: ${check.output.replace(/\s+/g, ' ').slice(0, 400)}`);
+  }
 
   await attempt(cluster, 'app drops pgmesh triggers on its table', 'app', [`DROP TRIGGER pgmesh_ddl_fence ON app.items`]);
   await attempt(cluster, 'app leaves the publication', 'app', [`ALTER PUBLICATION pgmesh DROP TABLE app.items`]);
