@@ -48,6 +48,22 @@ function horizonFunction(name: string): string {
   return text.replace('CREATE FUNCTION', 'CREATE OR REPLACE FUNCTION').replace(HORIZON_ADVISORY_LOCK, HORIZON_TABLE_LOCK);
 }
 
+const HELD_BY_EVERY_EXCEPTION = "SELECT min(e.remote_ts) INTO oldest_exception FROM pgmesh.exception e WHERE e.state = 'open';";
+const HELD_BY_ROW_EXCEPTIONS =
+  "SELECT min(e.remote_ts) INTO oldest_exception FROM pgmesh.exception e WHERE e.state = 'open' AND e.change_kind IN ('insert', 'update', 'delete');";
+
+/**
+ * The step, which also held the horizon for every open exception: a refused message (which any LOGIN role can make
+ * peers record, with one pg_logical_emit_message) held it until the operator discarded it, and the horizon's slot kept
+ * the node's WAL meanwhile. Only row changes can be replayed (src/cluster/repair.ts) and need the versions of their
+ * time: only they hold it now.
+ */
+function horizonStep(): string {
+  const text = horizonFunction('advance_version_horizon');
+  if (!text.includes(HELD_BY_EVERY_EXCEPTION)) throw new Error('pgmesh.advance_version_horizon does not read the oldest exception as expected');
+  return text.replace(HELD_BY_EVERY_EXCEPTION, HELD_BY_ROW_EXCEPTIONS);
+}
+
 export const PARTITION_TRIGGERS_MIGRATION = `
 -- Whether pgmesh replicates relid: it is in the publication, or a partition of a table that is.
 -- pg_partition_ancestors lists the relation itself first.
@@ -163,6 +179,6 @@ $fn$;
 -- Never has a row: only its lock is used.
 CREATE TABLE pgmesh.version_horizon_lock (singleton boolean PRIMARY KEY CHECK (singleton));
 REVOKE ALL ON pgmesh.version_horizon_lock FROM PUBLIC;
-${horizonFunction('advance_version_horizon')}
+${horizonStep()}
 ${horizonFunction('drop_version_horizon')}
 `;
