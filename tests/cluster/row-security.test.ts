@@ -4,10 +4,12 @@
  * Scenario: `app`, an application role that owns its schema and a replicated table, enables row-level security on it
  * with a policy that calls its own function (a trap that records who runs it, and tries to read pgmesh.cluster_key and
  * another tenant's table), then writes rows on n2. n1's agent applies them.
+ * Then app revokes the agent's rights on its table (an owner may) and writes again on n2.
  * Without the code under test (row_security = off in every pgmesh session): the policy runs in n1's apply session as
  * the agent role: the trap reads the cluster key (with which app could sign DDL messages as any role, a superuser
  * included) and the other tenant's rows. With it, the change fails in the apply session (42501) and is kept as an
- * exception; the trap never runs there, and other tenants' rows go on replicating.
+ * exception; the trap never runs there. Without 42501 among the errors applied change by change
+ * (src/core/sqlstate.ts): that failure, and the revoke's, stop the stream from n2 for every tenant.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -88,5 +90,19 @@ test('with the least-privilege agent: a row-level security policy of a table\'s 
     assert.deepEqual(loot, [], 'app\'s policy ran in n1\'s apply session');
     const refused = await cluster.node('n1').sql.unsafe<{ sqlstate: string }[]>(`SELECT sqlstate FROM pgmesh.exception WHERE relation = 'app.items'`);
     assert.ok(refused.length > 0 && refused.every((r) => r.sqlstate === '42501'), JSON.stringify(refused));
+
+    // app takes the agent's rights on its table away (an owner may): its changes become exceptions, others' flow.
+    await asApp(cluster, 'n1', `ALTER TABLE app.items DISABLE ROW LEVEL SECURITY`);
+    await asApp(cluster, 'n1', `REVOKE ALL ON app.items FROM pgmesh_agent`);
+    await eventually(async () => (await cluster.node('n2').sql.unsafe(`SELECT 1 FROM pg_class WHERE oid = 'app.items'::regclass AND NOT relrowsecurity`)).length === 1, {
+      what: 'the ALTER TABLE on n2',
+    });
+    await asApp(cluster, 'n2', `INSERT INTO app.items VALUES (3, 'c')`);
+    await cluster.node('n2').sql.unsafe(`INSERT INTO other.secret VALUES (3, 'after the revoke')`);
+    await eventually(async () => (await cluster.node('n1').sql.unsafe(`SELECT 1 FROM other.secret WHERE id = 3`)).length === 1, {
+      what: 'the other tenant\'s row on n1 after the revoke',
+    });
+    const after = await cluster.node('n1').sql.unsafe(`SELECT 1 FROM pgmesh.exception WHERE relation = 'app.items' AND sqlstate = '42501' AND pkey = '[3]'`);
+    assert.equal(after.length, 1, 'app\'s row is kept as an exception');
   });
 });

@@ -237,6 +237,21 @@ async function probe(cluster: TestCluster): Promise<void> {
     note('pgmesh check as the agent after app enabled row-level security', 'app', `exit ${check.code}: ${check.output.replace(/\s+/g, ' ').slice(0, 400)}`);
   }
 
+  await attempt(cluster, 'app revokes the agent\'s rights on its table, then writes on n2', 'app', [
+    `REVOKE ALL ON app.items FROM pgmesh_agent`,
+  ]);
+  await eventually(async () => (await cluster.node('n2').sql.unsafe(`SELECT 1 FROM information_schema.role_table_grants WHERE grantee = 'pgmesh_agent' AND table_name = 'items'`)).length === 0, { what: 'the revoke on n2', timeoutMs: 20_000 }).catch(() => undefined);
+  await attempt(cluster, 'app writes on n2 after the revoke', 'app', [`INSERT INTO app.items (id, v) VALUES (500, 'after revoke')`], 'n2');
+  note('replication n2 -> n1 after app revoked the agent\'s rights', 'app', await (async () => {
+    await cluster.node('n2').sql.unsafe(`INSERT INTO other.secret VALUES (${marker++ + 100000}, 'from n2')`);
+    try {
+      await eventually(async () => (await cluster.node('n1').sql.unsafe(`SELECT 1 FROM other.secret WHERE s = 'from n2'`)).length > 0, { what: 'n2 row', timeoutMs: 30_000 });
+      return 'flows';
+    } catch {
+      return 'STALLED for every tenant';
+    }
+  })());
+  await state(cluster, 'revoke');
   await attempt(cluster, 'app drops pgmesh triggers on its table', 'app', [`DROP TRIGGER pgmesh_ddl_fence ON app.items`]);
   await attempt(cluster, 'app leaves the publication', 'app', [`ALTER PUBLICATION pgmesh DROP TABLE app.items`]);
   await attempt(cluster, 'app partition of a replicated table', 'app', [
