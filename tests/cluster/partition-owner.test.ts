@@ -3,7 +3,7 @@
  * agent role of `cluster create --agent-role` (child processes).
  * Scenario: `app`, an application role that owns its schema and a replicated partitioned table (a primary key and a
  * unique constraint, so pgmesh's row triggers pgmesh_record_key_change and pgmesh_unique_release_* are on it), makes
- * a new partition (CREATE TABLE ... PARTITION OF) and attaches another (ATTACH PARTITION) on n1; the DDL replays on n2
+ * new partitions (CREATE TABLE ... PARTITION OF) and attaches one again after detaching it, on n1; the DDL replays on n2
  * as app; rows written in both partitions (inserts, a key change, a unique value change, a delete) replicate, and the
  * cloned triggers record the key change's tombstone. app still cannot attach pgmesh's trigger functions to a table of
  * its own.
@@ -40,7 +40,9 @@ async function asApp<T>(cluster: TestCluster, node: string, body: (sql: Sql) => 
 async function partitionsAndRows(cluster: TestCluster): Promise<void> {
   await asApp(cluster, 'n1', async (sql) => {
     await sql.unsafe(`CREATE TABLE app.parts_2 PARTITION OF app.parts FOR VALUES FROM (100) TO (200)`);
-    await sql.unsafe(`CREATE TABLE app.parts_3 (id integer NOT NULL, code integer, v text)`);
+    // A partition made with CREATE TABLE is not one that never replicated: one detached and attached again is.
+    await sql.unsafe(`CREATE TABLE app.parts_3 PARTITION OF app.parts FOR VALUES FROM (200) TO (300)`);
+    await sql.unsafe(`ALTER TABLE app.parts DETACH PARTITION app.parts_3`);
     await sql.unsafe(`ALTER TABLE app.parts ATTACH PARTITION app.parts_3 FOR VALUES FROM (200) TO (300)`);
   });
   await eventually(

@@ -215,7 +215,6 @@ async function probe(cluster: TestCluster): Promise<void> {
     ['nondeterministic collation on a column', [`CREATE COLLATION app.ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false)`, `ALTER TABLE app.items ADD COLUMN ci text COLLATE app.ci`]],
     ['default with ts_rewrite (runs SQL)', [`ALTER TABLE app.items ADD COLUMN tr text DEFAULT (ts_rewrite('a'::tsquery, 'SELECT ''a''::tsquery, ''b''::tsquery'))::text`]],
     ['default with query_to_xml_and_xmlschema', [`ALTER TABLE app.items ADD COLUMN qx text DEFAULT query_to_xml_and_xmlschema('SELECT 1', true, false, '')::text`]],
-    ['RLS policy calling own function', [`ALTER TABLE app.items ENABLE ROW LEVEL SECURITY`, `CREATE POLICY p ON app.items USING (app.trap('policy using')) WITH CHECK (app.trap('policy check'))`]],
   ];
   for (const [attack, statements] of ownerCode) await attempt(cluster, attack, 'app', statements);
   // Rows through every column that was accepted, from n1 (applied on n2) and from n2.
@@ -231,11 +230,6 @@ async function probe(cluster: TestCluster): Promise<void> {
     ], node);
   }
   await state(cluster, 'owner code');
-  if (mode === 'agent-role') {
-    const env = Object.fromEntries(cluster.nodes.map((n) => [`PGMESH_DSN_${n.name.toUpperCase()}`, dsnAs(n, 'pgmesh_agent', 'agent-pw')]));
-    const check = await pgmesh(['check'], { config: cluster.configPath, env });
-    note('pgmesh check as the agent after app enabled row-level security', 'app', `exit ${check.code}: ${check.output.replace(/\s+/g, ' ').slice(0, 400)}`);
-  }
 
   await attempt(cluster, 'app revokes the agent\'s rights on its table, then writes on n2', 'app', [
     `REVOKE ALL ON app.items FROM pgmesh_agent`,
@@ -251,6 +245,7 @@ async function probe(cluster: TestCluster): Promise<void> {
       return 'STALLED for every tenant';
     }
   })());
+  await attempt(cluster, 'app grants the agent its rights again (on n1)', 'app', [`GRANT ALL ON app.items TO pgmesh_agent`]);
   await state(cluster, 'revoke');
   await attempt(cluster, 'app drops pgmesh triggers on its table', 'app', [`DROP TRIGGER pgmesh_ddl_fence ON app.items`]);
   await attempt(cluster, 'app leaves the publication', 'app', [`ALTER PUBLICATION pgmesh DROP TABLE app.items`]);
@@ -258,6 +253,11 @@ async function probe(cluster: TestCluster): Promise<void> {
     `CREATE TABLE app.parts (id integer PRIMARY KEY, v text) PARTITION BY RANGE (id)`,
     `CREATE TABLE app.parts_1 PARTITION OF app.parts FOR VALUES FROM (0) TO (100)`,
     `INSERT INTO app.parts VALUES (1, 'p')`,
+  ]);
+  await attempt(cluster, 'app attaches a table that replicates on its own as a partition', 'app', [
+    `CREATE TABLE app.parts_9 (id integer PRIMARY KEY, v text)`,
+    `ALTER TABLE app.parts ATTACH PARTITION app.parts_9 FOR VALUES FROM (900) TO (1000)`,
+    `INSERT INTO app.parts VALUES (901, 'p9')`,
   ]);
   // A row lock held by app on n2 in front of the stream from n1: replication of other tenants stalls behind it?
   const locker = connect(cluster, 'n2', 'app');
@@ -271,6 +271,21 @@ async function probe(cluster: TestCluster): Promise<void> {
     await locker.end({ timeout: 1 });
   }
   await state(cluster, 'app table tricks');
+
+  // Last: it may stop app's own changes from applying.
+  await attempt(cluster, 'RLS policy calling own function', 'app', [
+    `GRANT ALL ON app.items TO pgmesh_agent`,
+    `ALTER TABLE app.items ENABLE ROW LEVEL SECURITY`,
+    `CREATE POLICY p ON app.items USING (app.trap('policy using')) WITH CHECK (app.trap('policy check'))`,
+  ]);
+  await eventually(async () => (await cluster.node('n2').sql.unsafe(`SELECT 1 FROM pg_policy WHERE polname = 'p'`)).length === 1, { what: 'policy on n2', timeoutMs: 20_000 }).catch(() => undefined);
+  await attempt(cluster, 'app writes under its policy on n1', 'app', [`INSERT INTO app.items (id, v) VALUES (600, 'rls')`, `UPDATE app.items SET v = 'rls2' WHERE id = 600`, `DELETE FROM app.items WHERE id = 600`]);
+  await state(cluster, 'RLS policy');
+  if (mode === 'agent-role') {
+    const env = Object.fromEntries(cluster.nodes.map((n) => [`PGMESH_DSN_${n.name.toUpperCase()}`, dsnAs(n, 'pgmesh_agent', 'agent-pw')]));
+    const check = await pgmesh(['check'], { config: cluster.configPath, env });
+    note('pgmesh check as the agent after app enabled row-level security', 'app', `exit ${check.code}: ${check.output.replace(/\s+/g, ' ').slice(0, 400)}`);
+  }
 }
 
 async function main(): Promise<void> {
