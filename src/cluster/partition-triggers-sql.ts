@@ -66,11 +66,12 @@ function horizonStep(): string {
 
 export const PARTITION_TRIGGERS_MIGRATION = `
 -- Whether pgmesh replicates relid: it is in the publication, or a partition of a table that is.
--- pg_partition_ancestors lists the relation itself first.
+-- (pg_partition_ancestors lists nothing for a table that is not in a partition tree: relid is compared on its own.)
 CREATE FUNCTION pgmesh.replicated_relation(relid oid) RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
   SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel pr JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
-                  WHERE p.pubname = 'pgmesh' AND pr.prrelid IN (SELECT a.relid FROM pg_catalog.pg_partition_ancestors(relid) a))
+                  WHERE p.pubname = 'pgmesh'
+                    AND (pr.prrelid = relid OR pr.prrelid IN (SELECT a.relid FROM pg_catalog.pg_partition_ancestors(relid) a)))
 $fn$;
 REVOKE ALL ON FUNCTION pgmesh.replicated_relation(oid) FROM PUBLIC;
 
