@@ -53,7 +53,7 @@ export const AGENT_CATALOG_WRITES: Readonly<Record<string, readonly string[]>> =
   apply_lock: ['UPDATE'],
   // "pgmesh ddl --lock" run with the agent's connection string records its sessions (src/ddl/ddl-lock-sql.ts).
   ddl_fence_session: ['INSERT', 'DELETE'],
-  // The version horizon's step serializes itself with a lock of this table (src/cluster/partition-triggers-sql.ts).
+  // The version horizon's step serializes itself with a lock of this table (src/cluster/probe-fixes-sql.ts).
   version_horizon_lock: ['UPDATE'],
 };
 

@@ -14,7 +14,7 @@ import { PEER_IDENTITY_MIGRATION } from './peer-identity.ts';
 import { DDL_AS_OWNER_MIGRATION } from '../ddl/ddl-as-owner-sql.ts';
 import { KEY_JSON_MIGRATION } from './key-json-sql.ts';
 import { OWNER_CODE_MIGRATION } from './owner-code-sql.ts';
-import { PARTITION_TRIGGERS_MIGRATION } from './partition-triggers-sql.ts';
+import { PROBE_FIXES_MIGRATION } from './probe-fixes-sql.ts';
 
 export const CATALOG_SCHEMA = 'pgmesh';
 export const PUBLICATION = 'pgmesh';
@@ -37,7 +37,7 @@ export function replayOriginName(peer: string): string {
 /**
  * Catalog functions executable by every role: pgmesh.snowflake_id() (for column defaults), and the functions of
  * pgmesh's row triggers, which PostgreSQL checks for the role that makes or attaches a partition of a replicated table
- * (partition-triggers-sql.ts says why that is safe).
+ * (probe-fixes-sql.ts says why that is safe).
  * Every other function of the catalog is executable only by agent roles and superusers (initNode revokes the rest).
  */
 export const PUBLIC_FUNCTIONS: readonly string[] = ['snowflake_id', 'record_key_change', 'record_unique_release'];
@@ -861,8 +861,10 @@ CREATE TABLE pgmesh.membership_table (
   /* 28: replayed DDL runs as its role with role changes impossible (src/ddl/ddl-as-owner-sql.ts) */ DDL_AS_OWNER_MIGRATION,
   /* 29: the definer triggers spell keys without calling casts that roles created (src/cluster/key-json-sql.ts) */ KEY_JSON_MIGRATION,
   /* 30: code of a table's owner that pgmesh's sessions would run with their rights is refused (src/cluster/owner-code-sql.ts) */ OWNER_CODE_MIGRATION,
-  /* 32 (31 in this branch; another branch takes 31): pgmesh's row triggers executable by every role, so that a table's
-     owner can make a partition of it; they record nothing on tables pgmesh does not replicate (src/cluster/partition-triggers-sql.ts) */ PARTITION_TRIGGERS_MIGRATION,
+  /* 32 (31 in this branch; another branch takes 31): what the attacker's probe found (src/cluster/probe-fixes-sql.ts):
+     pgmesh's row triggers executable by every role, so that a table's owner can make a partition of it (they record
+     nothing on tables pgmesh does not replicate); snowflake_id and the version horizon lock pgmesh tables instead of
+     fixed advisory keys; refused messages do not hold the version horizon */ PROBE_FIXES_MIGRATION,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

@@ -1,6 +1,7 @@
 /**
- * pgmesh's row triggers on a partitioned table, for the roles that own it (docs/security.md, "Whose rights code runs
- * with", and docs/security-probe.md).
+ * Fixes of what the attacker's probe found (docs/security-probe.md); each is described in docs/security.md.
+ *
+ * pgmesh's row triggers on a partitioned table, for the roles that own it ("Whose rights code runs with").
  *
  * PostgreSQL clones a partitioned table's row triggers to every partition made or attached later, and checks that the
  * role doing it may EXECUTE each trigger's function (CloneRowTriggersToPartition). pgmesh's row triggers
@@ -64,7 +65,7 @@ function horizonStep(): string {
   return text.replace(HELD_BY_EVERY_EXCEPTION, HELD_BY_ROW_EXCEPTIONS);
 }
 
-export const PARTITION_TRIGGERS_MIGRATION = `
+export const PROBE_FIXES_MIGRATION = `
 -- Whether pgmesh replicates relid: it is in the publication, or a partition of a table that is.
 -- (pg_partition_ancestors lists nothing for a table that is not in a partition tree: relid is compared on its own.)
 CREATE FUNCTION pgmesh.replicated_relation(relid oid) RETURNS boolean
