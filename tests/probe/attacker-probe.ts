@@ -23,6 +23,8 @@ CREATE ROLE app LOGIN PASSWORD 'app-pw';
 CREATE ROLE other LOGIN PASSWORD 'other-pw';
 CREATE ROLE pub LOGIN PASSWORD 'pub-pw';
 CREATE ROLE pgmesh_agent LOGIN PASSWORD 'agent-pw';
+-- Replayed DDL runs as its role: the least-privilege agent must be allowed to become it (not to inherit its rights).
+GRANT app TO pgmesh_agent WITH INHERIT FALSE;
 GRANT CREATE ON SCHEMA public TO pub;
 CREATE SCHEMA app AUTHORIZATION app;
 CREATE SCHEMA other AUTHORIZATION other;
