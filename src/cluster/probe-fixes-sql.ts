@@ -33,21 +33,56 @@
  * hashtext('pgmesh.version_horizon'), a transaction lock: held by any role, the horizon stopped, and its slot kept
  * the node's WAL from then on. It locks pgmesh.version_horizon_lock instead (the agent role may: AGENT_CATALOG_WRITES).
  * Its functions are redefined from their text in version-horizon-sql.ts with only that line changed.
+ * pgmesh.owner_code_problems follows range subtypes (see OWNER_CODE_TYPES below).
  */
 
+import { OWNER_CODE_MIGRATION } from './owner-code-sql.ts';
 import { VERSION_HORIZON_MIGRATION } from './version-horizon-sql.ts';
+
+/** A function of an earlier migration, as CREATE OR REPLACE, with each [from, to] of edits applied (each must match). */
+function redefined(migration: string, name: string, edits: readonly (readonly [string, string])[]): string {
+  const start = migration.indexOf(`CREATE FUNCTION pgmesh.${name}(`);
+  const end = migration.indexOf('$fn$;', start);
+  if (start < 0 || end < 0) throw new Error(`pgmesh.${name} is not in its migration`);
+  let text = migration.slice(start, end + '$fn$;'.length).replace('CREATE FUNCTION', 'CREATE OR REPLACE FUNCTION');
+  for (const [from, to] of edits) {
+    if (!text.includes(from)) throw new Error(`pgmesh.${name} has changed: "${from}" is not in it`);
+    text = text.replace(from, to);
+  }
+  return text;
+}
+
+/**
+ * The owner-code guard (owner-code-sql.ts) followed a column's type into its base type, its elements and its
+ * composite's columns, but not into a range's subtype nor a multirange's range: a domain with a CHECK calling its
+ * owner's function, as the subtype of a range type used by a replicated column, was accepted, and pgmesh's cast of
+ * a value from text to the range (range_in reads each bound with the subtype's input, which checks the domain) ran
+ * the function with the rights of the session that applied the row.
+ */
+const OWNER_CODE_TYPES = [
+  `CROSS JOIN LATERAL (SELECT nullif(y.typbasetype, 0) UNION ALL SELECT nullif(y.typelem, 0)`,
+  `CROSS JOIN LATERAL (SELECT nullif(y.typbasetype, 0) UNION ALL SELECT nullif(y.typelem, 0)
+                         UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = y.oid
+                         UNION ALL SELECT r.rngtypid FROM pg_range r WHERE r.rngmultitypid = y.oid`,
+] as const;
+
+/**
+ * A partition made or attached after its root joined replication is written by the agent under its own name (the
+ * publication sends its changes so), and join_table granted the agent roles rights on the root only: with the
+ * least-privilege agent every change of a new partition failed ("permission denied for table"). check_owner_code, which
+ * runs after every DDL statement that reaches a replicated table (the guard's event trigger for local DDL, run_ddl_as
+ * for replayed DDL), grants them first.
+ */
+const CHECK_OWNER_CODE_GRANTS = [
+  `BEGIN
+  SELECT p.rel, p.problem INTO r`,
+  `BEGIN
+  PERFORM pgmesh.grant_agents_partitions(rels);
+  SELECT p.rel, p.problem INTO r`,
+] as const;
 
 const HORIZON_ADVISORY_LOCK = "PERFORM pg_catalog.pg_advisory_xact_lock(hashtext('pgmesh.version_horizon'));";
 const HORIZON_TABLE_LOCK = 'LOCK TABLE pgmesh.version_horizon_lock IN SHARE UPDATE EXCLUSIVE MODE;';
-
-/** A function of the version horizon's migration, as CREATE OR REPLACE, with the table lock for the advisory one. */
-function horizonFunction(name: string): string {
-  const start = VERSION_HORIZON_MIGRATION.indexOf(`CREATE FUNCTION pgmesh.${name}(`);
-  const end = VERSION_HORIZON_MIGRATION.indexOf('$fn$;', start);
-  const text = VERSION_HORIZON_MIGRATION.slice(start, end + '$fn$;'.length);
-  if (start < 0 || end < 0 || !text.includes(HORIZON_ADVISORY_LOCK)) throw new Error(`pgmesh.${name} is not in the version horizon's migration as expected`);
-  return text.replace('CREATE FUNCTION', 'CREATE OR REPLACE FUNCTION').replace(HORIZON_ADVISORY_LOCK, HORIZON_TABLE_LOCK);
-}
 
 const HELD_BY_EVERY_EXCEPTION = "SELECT min(e.remote_ts) INTO oldest_exception FROM pgmesh.exception e WHERE e.state = 'open';";
 const HELD_BY_ROW_EXCEPTIONS =
@@ -59,11 +94,10 @@ const HELD_BY_ROW_EXCEPTIONS =
  * the node's WAL meanwhile. Only row changes can be replayed (src/cluster/repair.ts) and need the versions of their
  * time: only they hold it now.
  */
-function horizonStep(): string {
-  const text = horizonFunction('advance_version_horizon');
-  if (!text.includes(HELD_BY_EVERY_EXCEPTION)) throw new Error('pgmesh.advance_version_horizon does not read the oldest exception as expected');
-  return text.replace(HELD_BY_EVERY_EXCEPTION, HELD_BY_ROW_EXCEPTIONS);
-}
+const HORIZON_STEP = redefined(VERSION_HORIZON_MIGRATION, 'advance_version_horizon', [
+  [HORIZON_ADVISORY_LOCK, HORIZON_TABLE_LOCK],
+  [HELD_BY_EVERY_EXCEPTION, HELD_BY_ROW_EXCEPTIONS],
+]);
 
 export const PROBE_FIXES_MIGRATION = `
 -- Whether pgmesh replicates relid: it is in the publication, or a partition of a table that is.
@@ -181,6 +215,33 @@ $fn$;
 -- Never has a row: only its lock is used.
 CREATE TABLE pgmesh.version_horizon_lock (singleton boolean PRIMARY KEY CHECK (singleton));
 REVOKE ALL ON pgmesh.version_horizon_lock FROM PUBLIC;
-${horizonStep()}
-${horizonFunction('drop_version_horizon')}
+${HORIZON_STEP}
+${redefined(VERSION_HORIZON_MIGRATION, 'drop_version_horizon', [[HORIZON_ADVISORY_LOCK, HORIZON_TABLE_LOCK]])}
+${redefined(OWNER_CODE_MIGRATION, 'owner_code_problems', [OWNER_CODE_TYPES])}
+
+-- The agent roles' rights on the partitions of replicated tables (of rels, or of all when NULL), as join_table gives
+-- them on the root. Run as the catalog's owner; its GRANTs are this node's own, not DDL to replicate.
+CREATE FUNCTION pgmesh.grant_agents_partitions(rels oid[]) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+DECLARE
+  p record;
+  capture text := current_setting('pgmesh.ddl_capture', true);
+BEGIN
+  FOR p IN SELECT DISTINCT t.relid::regclass AS part, a.role_name
+             FROM pg_publication_rel pr JOIN pg_publication pb ON pb.oid = pr.prpubid AND pb.pubname = 'pgmesh'
+             CROSS JOIN LATERAL pg_partition_tree(pr.prrelid) t
+             CROSS JOIN pgmesh.agent_role a
+            WHERE t.relid <> pr.prrelid AND (rels IS NULL OR pr.prrelid = ANY (rels) OR t.relid = ANY (rels))
+              AND EXISTS (SELECT FROM pg_roles o WHERE o.rolname = a.role_name)
+              AND NOT (has_table_privilege(a.role_name, t.relid, 'SELECT') AND has_table_privilege(a.role_name, t.relid, 'INSERT')
+                       AND has_table_privilege(a.role_name, t.relid, 'UPDATE') AND has_table_privilege(a.role_name, t.relid, 'DELETE')
+                       AND has_table_privilege(a.role_name, t.relid, 'TRUNCATE')) LOOP
+    PERFORM set_config('pgmesh.ddl_capture', 'off', true);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON %s TO %I', p.part, p.role_name);
+  END LOOP;
+  PERFORM set_config('pgmesh.ddl_capture', coalesce(capture, ''), true);
+END
+$fn$;
+REVOKE ALL ON FUNCTION pgmesh.grant_agents_partitions(oid[]) FROM PUBLIC;
+${redefined(OWNER_CODE_MIGRATION, 'check_owner_code', [CHECK_OWNER_CODE_GRANTS])}
 `;
