@@ -9,7 +9,9 @@
  * the agent role: the trap reads the cluster key (with which app could sign DDL messages as any role, a superuser
  * included) and the other tenant's rows. With it, the change fails in the apply session (42501) and is kept as an
  * exception; the trap never runs there. Without 42501 among the errors applied change by change
- * (src/core/sqlstate.ts): that failure, and the revoke's, stop the stream from n2 for every tenant.
+ * (src/core/sqlstate.ts): that failure, and the revoke's, stop the stream from n2 for every tenant. Without the agent
+ * starting when it lacks only rights on replicated tables (ownerControlled, src/agent/agent.ts): n1's agent,
+ * restarted, refuses to start ("lacks BYPASSRLS", "lacks SELECT ... on app.items"), for every tenant.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -70,6 +72,9 @@ test('with the least-privilege agent: a row-level security policy of a table\'s 
     for (const node of cluster.nodes) cluster.startAgentProcess(node.name, env);
 
     await cluster.node('n1').sql.unsafe(`INSERT INTO other.secret VALUES (1, 'other-secret')`);
+    await eventually(async () => (await cluster.node('n2').sql.unsafe(`SELECT 1 FROM other.secret WHERE id = 1`)).length === 1, {
+      what: 'the agents to run',
+    });
     await asApp(cluster, 'n1', `ALTER TABLE app.items ENABLE ROW LEVEL SECURITY`);
     await asApp(cluster, 'n1', `CREATE POLICY p ON app.items USING (app.trap('policy using')) WITH CHECK (app.trap('policy check'))`);
     await eventually(async () => (await cluster.node('n2').sql.unsafe(`SELECT 1 FROM pg_policy WHERE polname = 'p'`)).length === 1, {
@@ -106,5 +111,15 @@ test('with the least-privilege agent: a row-level security policy of a table\'s 
     });
     const after = await cluster.node('n1').sql.unsafe(`SELECT 1 FROM pgmesh.exception WHERE relation = 'app.items' AND sqlstate = '42501'`);
     assert.equal(after.length, refused.length + 1, 'app\'s row is kept as an exception');
+
+    // n1's agent restarts while it lacks rights on app.items (row-level security is on again, too): it starts, and
+    // replicates the others.
+    await asApp(cluster, 'n1', `ALTER TABLE app.items ENABLE ROW LEVEL SECURITY`);
+    await cluster.processes.get('n1')?.kill('SIGTERM');
+    cluster.startAgentProcess('n1', env);
+    await cluster.node('n2').sql.unsafe(`INSERT INTO other.secret VALUES (4, 'after the restart')`);
+    await eventually(async () => (await cluster.node('n1').sql.unsafe(`SELECT 1 FROM other.secret WHERE id = 4`)).length === 1, {
+      what: 'the other tenant\'s row on n1 after n1\'s agent restarted',
+    });
   });
 });
