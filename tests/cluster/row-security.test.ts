@@ -94,7 +94,7 @@ test('with the least-privilege agent: a row-level security policy of a table\'s 
       what: 'the other tenant\'s row on n1',
     });
     const loot = await cluster.node('n1').sql.unsafe<{ who: string; what: string }[]>(`SELECT who, what FROM public.loot`);
-    assert.deepEqual(loot, [], 'app\'s policy ran in n1\'s apply session');
+    assert.deepEqual([...loot], [], 'app\'s policy ran in n1\'s apply session');
     const refused = await cluster.node('n1').sql.unsafe<{ sqlstate: string }[]>(`SELECT sqlstate FROM pgmesh.exception WHERE relation = 'app.items'`);
     assert.ok(refused.length > 0 && refused.every((r) => r.sqlstate === '42501'), JSON.stringify(refused));
 
