@@ -77,7 +77,14 @@ export class Agent {
       if (problems.length > 0) throw new PgmeshError('SERVER_SETTINGS', formatProblems(nodeName, problems), { context: { node: nodeName } });
       for (const warning of serverWarnings(facts)) log.warn({}, warning);
       // Every missing privilege at once, each with its GRANT, rather than the first one the agent would trip on.
-      const lacking = await missingAgentPrivileges(catalog, facts.currentUser);
+      const needed = await missingAgentPrivileges(catalog, facts.currentUser);
+      // Rights a replicated table's owner controls: without them that table's changes become exceptions; the agent
+      // starts, or any table's owner could stop replication for every other table by a REVOKE and a restart.
+      const ownerControlled = needed.filter((m) => m.ownerControlled);
+      if (ownerControlled.length > 0) {
+        log.warn({ lacking: ownerControlled.map((m) => m.privilege) }, 'the agent\'s role lacks rights on replicated tables: their changes will go to pgmesh.exception; "pgmesh check" lists each with its GRANT');
+      }
+      const lacking = needed.filter((m) => !m.ownerControlled);
       if (lacking.length > 0) {
         throw new PgmeshError('INSUFFICIENT_PRIVILEGE', formatMissingPrivileges(nodeName, facts.currentUser, lacking).join('\n'), { context: { node: nodeName } });
       }

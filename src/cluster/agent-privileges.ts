@@ -17,6 +17,13 @@ export interface MissingPrivilege {
   readonly privilege: string;
   /** The statement, to run as a superuser, that grants it. */
   readonly grant: string;
+  /**
+   * A right on a replicated table (or its schema, or BYPASSRLS for its row-level security) that the table's owner can
+   * take away at any time (REVOKE, ENABLE ROW LEVEL SECURITY). Without it only that table's changes fail (into
+   * pgmesh.exception): the agent starts anyway, with a warning, so that no table's owner can stop replication for
+   * the others (docs/security-probe.md).
+   */
+  readonly ownerControlled?: boolean;
 }
 
 /** The replication origin functions the agent's apply session calls (all overloads of each). */
@@ -53,6 +60,8 @@ export const AGENT_CATALOG_WRITES: Readonly<Record<string, readonly string[]>> =
   apply_lock: ['UPDATE'],
   // "pgmesh ddl --lock" run with the agent's connection string records its sessions (src/ddl/ddl-lock-sql.ts).
   ddl_fence_session: ['INSERT', 'DELETE'],
+  // The version horizon's step serializes itself with a lock of this table (src/cluster/probe-fixes-sql.ts).
+  version_horizon_lock: ['UPDATE'],
 };
 
 /** Applying a peer's changes inserts, updates, deletes (after reading) and truncates. */
@@ -196,7 +205,7 @@ async function missingTablePrivileges(sql: Queryable, role: string, who: string,
       WHERE pubname = $2 AND NOT has_schema_privilege($1, schemaname, 'USAGE') ORDER BY 1`,
     [role, PUBLICATION],
   );
-  for (const { schema } of schemas) missing.push({ privilege: `USAGE on schema ${schema}`, grant: `GRANT USAGE ON SCHEMA ${schema} TO ${who}` });
+  for (const { schema } of schemas) missing.push({ privilege: `USAGE on schema ${schema}`, grant: `GRANT USAGE ON SCHEMA ${schema} TO ${who}`, ownerControlled: true });
   const tables = await sql.unsafe<{ name: string; lacking: string; rls: boolean }[]>(
     `SELECT format('%I.%I', t.schemaname, t.tablename) AS name,
             array_to_string(ARRAY(SELECT p FROM unnest($3::text[]) WITH ORDINALITY AS u(p, n)
@@ -209,12 +218,13 @@ async function missingTablePrivileges(sql: Queryable, role: string, who: string,
       ORDER BY t.schemaname, t.tablename`,
     [role, PUBLICATION, textArrayLiteral([...AGENT_TABLE_RIGHTS])],
   );
-  missing.push(...grantsOn(new Map(tables.map((t) => [t.name, t.lacking ? t.lacking.split(', ') : []])), who));
+  missing.push(...grantsOn(new Map(tables.map((t) => [t.name, t.lacking ? t.lacking.split(', ') : []])), who).map((m) => ({ ...m, ownerControlled: true })));
   const policed = tables.filter((t) => t.rls).map((t) => t.name);
   if (policed.length > 0 && !attributes.bypassrls) {
     missing.push({
       privilege: `BYPASSRLS (row-level security on ${policed.join(', ')} would hide rows from the agent)`,
       grant: `ALTER ROLE ${who} BYPASSRLS`,
+      ownerControlled: true,
     });
   }
   return missing;

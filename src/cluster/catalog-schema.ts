@@ -15,6 +15,7 @@ import { DDL_AS_OWNER_MIGRATION } from '../ddl/ddl-as-owner-sql.ts';
 import { KEY_JSON_MIGRATION } from './key-json-sql.ts';
 import { OWNER_CODE_MIGRATION } from './owner-code-sql.ts';
 import { LINK_NAMES_MIGRATION } from './link-names.ts';
+import { PROBE_FIXES_MIGRATION } from './probe-fixes-sql.ts';
 
 export const CATALOG_SCHEMA = 'pgmesh';
 export const PUBLICATION = 'pgmesh';
@@ -22,10 +23,12 @@ export const PUBLICATION = 'pgmesh';
 // Names of slots and origins: src/cluster/link-names.ts (unique per server: they carry the database's OID).
 
 /**
- * Catalog functions meant for applications (pgmesh.snowflake_id() in column defaults): executable by every role.
+ * Catalog functions executable by every role: pgmesh.snowflake_id() (for column defaults), and the functions of
+ * pgmesh's row triggers, which PostgreSQL checks for the role that makes or attaches a partition of a replicated table
+ * (probe-fixes-sql.ts says why that is safe).
  * Every other function of the catalog is executable only by agent roles and superusers (initNode revokes the rest).
  */
-export const PUBLIC_FUNCTIONS: readonly string[] = ['snowflake_id'];
+export const PUBLIC_FUNCTIONS: readonly string[] = ['snowflake_id', 'record_key_change', 'record_unique_release'];
 
 export const MIGRATIONS: readonly string[] = [
   /* 1: identity, peers, apply progress, last-update-wins helpers */ `
@@ -848,6 +851,10 @@ CREATE TABLE pgmesh.membership_table (
   /* 30: code of a table's owner that pgmesh's sessions would run with their rights is refused (src/cluster/owner-code-sql.ts) */ OWNER_CODE_MIGRATION,
   /* 31: slot and origin names unique per server (the database's OID in them), recorded per link; links made before
      keep their old names (src/cluster/link-names.ts) */ LINK_NAMES_MIGRATION,
+  /* 32: what the attacker's probe found (src/cluster/probe-fixes-sql.ts):
+     pgmesh's row triggers executable by every role, so that a table's owner can make a partition of it (they record
+     nothing on tables pgmesh does not replicate); snowflake_id and the version horizon lock pgmesh tables instead of
+     fixed advisory keys; refused messages do not hold the version horizon */ PROBE_FIXES_MIGRATION,
 ];
 
 export const CATALOG_VERSION = MIGRATIONS.length;

@@ -70,8 +70,12 @@ export const APPLY_RETRY_REASONS: Readonly<Record<string, string>> = {
  * Errors that a row change can raise because of the data it carries: the transaction is applied again change by
  * change, and a change that fails goes to the exception table instead of stopping the stream for good. Every data
  * exception (class 22) and integrity constraint violation (class 23), and the listed others.
+ * A missing privilege (42501) too: a table's owner can revoke the agent's rights on its own table, or enable
+ * row-level security on it (refused in pgmesh sessions, see src/pg/connect.ts), and that must stop that table's
+ * changes only, not the stream of every tenant (docs/security-probe.md). A privilege missing on pgmesh's catalog
+ * fails the change-by-change apply as well, and stops the stream as before; the agent checks those when it starts.
  */
-const DATA = new Set<string>([SQLSTATE.datatypeMismatch, SQLSTATE.generatedAlways]);
+const DATA = new Set<string>([SQLSTATE.datatypeMismatch, SQLSTATE.generatedAlways, SQLSTATE.insufficientPrivilege]);
 const DATA_CLASSES = ['22', '23'];
 
 export function sqlState(error: unknown): string | undefined {

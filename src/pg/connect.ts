@@ -109,6 +109,11 @@ export function openSql(dsn: string, options: OpenOptions): Sql {
       // From the first statement, and again after a reconnect: nothing a role can create (a function or operator in
       // public, in its own schema) stands in for a built-in that pgmesh's statements call unqualified.
       ...(options.userSearchPath ? {} : { search_path: 'pg_catalog, pg_temp' }),
+      // Row-level security policies are a table owner's code too, run with the rights of whoever reads or writes the
+      // table: a policy calling the owner's function would run it as the agent (docs/security.md, "Whose rights
+      // code runs with"). Off, a statement that a policy would apply to fails instead (42501); roles that bypass
+      // RLS (superusers, BYPASSRLS) are not affected.
+      row_security: 'off',
       ...(options.replication ? { replication: 'database' } : {}),
       ...options.parameters,
     },

@@ -2,10 +2,12 @@
  * One real server with pgmesh installed and a table replicated; an application role with rights on that table only.
  * Scenario: what pgmesh's catalog lets such a role do, directly or through the triggers on its table, even when it
  * is given USAGE on schema pgmesh (as an administrator might for monitoring): call each pgmesh function, attach
- * pgmesh's trigger functions to a table of its own, and bend what the triggers run (which run as the catalog's
+ * pgmesh's trigger functions to a table of its own (the statement triggers' are closed; the row triggers' are open,
+ * for partitions, and must record nothing there), and bend what the triggers run (which run as the catalog's
  * owner) with an operator of its own that it puts first on its search_path.
  * Without the code under test: every pgmesh function is executable by everyone; a trigger function without a pinned
- * search_path runs the role's operator with the owner's rights (a superuser's).
+ * search_path runs the role's operator with the owner's rights (a superuser's); the row triggers, attached to the
+ * role's own table, write its keys into pgmesh's tombstones and claims as the catalog's owner.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -47,6 +49,21 @@ test('an application role cannot run pgmesh functions, attach its triggers, or b
         app.unsafe(`CREATE TRIGGER steal AFTER DELETE ON mine.t REFERENCING OLD TABLE AS pgmesh_deleted FOR EACH STATEMENT EXECUTE FUNCTION pgmesh.record_deletes('id')`),
         /permission denied for function (pgmesh\.)?record_deletes/,
       );
+      // The row triggers' functions are executable by every role (PostgreSQL checks that for a table's owner who makes
+      // a partition: it clones them). Attached to a table pgmesh does not replicate (a temporary one: a new table
+      // with a primary key joins replication), they record nothing.
+      await app.unsafe(`CREATE TEMP TABLE u (id integer PRIMARY KEY, code integer UNIQUE)`);
+      await app.unsafe(`INSERT INTO pg_temp.u VALUES (1, 1), (5, 5)`);
+      await app.unsafe(`CREATE TRIGGER k AFTER UPDATE ON pg_temp.u FOR EACH ROW EXECUTE FUNCTION pgmesh.record_key_change('id')`);
+      await app.unsafe(`CREATE TRIGGER r AFTER UPDATE OR DELETE ON pg_temp.u FOR EACH ROW EXECUTE FUNCTION pgmesh.record_unique_release('id')`);
+      await app.unsafe(`UPDATE pg_temp.u SET id = 2, code = 3 WHERE id = 1`);
+      await app.unsafe(`DELETE FROM pg_temp.u WHERE id = 5`);
+      const temp = `(SELECT c.oid FROM pg_class c WHERE c.relname = 'u' AND c.relpersistence = 't')`;
+      const planted = await sql.unsafe(
+        `SELECT 'tombstone' AS what, pkey FROM pgmesh.tombstone WHERE relid = ${temp}
+         UNION ALL SELECT 'claim', value FROM pgmesh.unique_claim WHERE relid = ${temp}`,
+      );
+      assert.deepEqual([...planted], [], 'pgmesh\'s triggers recorded keys of a table it does not replicate');
 
       // The triggers run as the catalog's owner: an operator of the role's own, first on its search_path, must not
       // be what they run.

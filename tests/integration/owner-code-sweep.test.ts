@@ -29,6 +29,7 @@ const REVIEWED: Record<string, string> = {
   'pgmesh.install_ddl_fence(regclass)': 'a regclass into DDL text',
   'pgmesh.interleave_new_sequences(oid[])': 'regclass and bigint into DDL text',
   'pgmesh.interleaved_sequence_state()': 'sequence positions (bigint, boolean) and OIDs',
+  'pgmesh.grant_agents_partitions(oid[])': 'regclass and role names into GRANT text',
   'pgmesh.join_table(regclass)': 'regclass and column names into DDL text',
   'pgmesh.sync_unique_release(regclass)': 'regclass and column names into DDL text',
   'pgmesh.record_deletes()': 'key_json_expr: keys spelled without casts (key-json-sql.ts)',

@@ -2,11 +2,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { isApplyRetrySqlState, isDataSqlState, isRetryableSqlState } from '../../src/core/sqlstate.ts';
 
-test('errors a change raises because of its data are data errors: classes 22 and 23, datatype mismatch, generated always', () => {
-  for (const code of ['23505', '23503', '23514', '23502', '23P01', '22P02', '22003', '22001', '22007', '22012', '2200N', '42804', '428C9']) {
+test('errors a change raises because of its data or its table are data errors: classes 22 and 23, datatype mismatch, generated always, a privilege its table\'s owner took away', () => {
+  for (const code of ['23505', '23503', '23514', '23502', '23P01', '22P02', '22003', '22001', '22007', '22012', '2200N', '42804', '428C9', '42501']) {
     assert.equal(isDataSqlState(code), true, code);
   }
-  for (const code of ['40P01', '40001', '08006', '57P01', '42P01', '42501', 'PM004', '55P03']) assert.equal(isDataSqlState(code), false, code);
+  for (const code of ['40P01', '40001', '08006', '57P01', '42P01', 'PM004', '55P03']) assert.equal(isDataSqlState(code), false, code);
   assert.equal(isDataSqlState(undefined), false);
 });
 
