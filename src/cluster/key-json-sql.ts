@@ -87,6 +87,19 @@ BEGIN
 END
 $fn$;
 
+-- record_key_change and record_unique_release are cloned onto new partitions, so they are executable by every
+-- role (src/cluster/probe-fixes-sql.ts says why that is safe, and grants it): each first checks that its table is one
+-- pgmesh replicates.
+-- Whether pgmesh replicates relid: it is in the publication, or a partition of a table that is.
+-- (pg_partition_ancestors lists nothing for a table that is not in a partition tree: relid is compared on its own.)
+CREATE FUNCTION pgmesh.replicated_relation(relid oid) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
+  SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel pr JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
+                  WHERE p.pubname = 'pgmesh'
+                    AND (pr.prrelid = relid OR pr.prrelid IN (SELECT a.relid FROM pg_catalog.pg_partition_ancestors(relid) a)))
+$fn$;
+REVOKE ALL ON FUNCTION pgmesh.replicated_relation(oid) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION pgmesh.record_key_change() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -95,6 +108,10 @@ AS $fn$
 DECLARE
   key text;
 BEGIN
+  -- Executable by every role (see above): on a table pgmesh does not replicate, it records nothing.
+  IF NOT pgmesh.replicated_relation(TG_RELID) THEN
+    RETURN NULL;
+  END IF;
   EXECUTE 'SELECT ' || pgmesh.key_json_expr(TG_RELID, TG_ARGV, '($1)') INTO key USING OLD;
   INSERT INTO pgmesh.tombstone (relid, pkey) VALUES (TG_RELID, key)
   ON CONFLICT (relid, pkey) DO UPDATE SET pkey = EXCLUDED.pkey, ts = NULL, node = NULL;
@@ -115,6 +132,10 @@ DECLARE
   old_value text;
   new_value text;
 BEGIN
+  -- Executable by every role (see above): on a table pgmesh does not replicate, it records nothing.
+  IF NOT pgmesh.replicated_relation(TG_RELID) THEN
+    RETURN NULL;
+  END IF;
   EXECUTE 'SELECT ' || pgmesh.key_json_expr(TG_RELID, TG_ARGV, '($1)') INTO key USING OLD;
   -- A row written earlier in this transaction: the claim takes this transaction's version (left NULL).
   IF OLD.xmin IS DISTINCT FROM pg_catalog.xid(pg_catalog.pg_current_xact_id_if_assigned()) THEN

@@ -20,7 +20,7 @@
  *   replicated table they record only that table's keys (TG_RELID), which its owner can change or delete anyway;
  * - they run as the catalog's owner, with a pinned search_path and keys spelled without casts (key-json-sql.ts).
  * record_deletes and record_truncate are statement triggers, never cloned: they stay closed.
- * The bodies are those of key-json-sql.ts (migration 29) with the check first.
+ * The check is in their bodies (key-json-sql.ts, migration 29, where they are defined).
  *
  * Also here (found by the same probe): pgmesh.snowflake_id serialized its read-and-advance of the sequence with a
  * session advisory lock of a fixed key (hashtext('pgmesh.snowflake')), which any role can hold: a LOGIN-only role
@@ -100,82 +100,6 @@ const HORIZON_STEP = redefined(VERSION_HORIZON_MIGRATION, 'advance_version_horiz
 ]);
 
 export const PROBE_FIXES_MIGRATION = `
--- Whether pgmesh replicates relid: it is in the publication, or a partition of a table that is.
--- (pg_partition_ancestors lists nothing for a table that is not in a partition tree: relid is compared on its own.)
-CREATE FUNCTION pgmesh.replicated_relation(relid oid) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $fn$
-  SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel pr JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid
-                  WHERE p.pubname = 'pgmesh'
-                    AND (pr.prrelid = relid OR pr.prrelid IN (SELECT a.relid FROM pg_catalog.pg_partition_ancestors(relid) a)))
-$fn$;
-REVOKE ALL ON FUNCTION pgmesh.replicated_relation(oid) FROM PUBLIC;
-
-CREATE OR REPLACE FUNCTION pgmesh.record_key_change() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
-AS $fn$
-DECLARE
-  key text;
-BEGIN
-  -- Executable by every role (see above): on a table pgmesh does not replicate, it records nothing.
-  IF NOT pgmesh.replicated_relation(TG_RELID) THEN
-    RETURN NULL;
-  END IF;
-  EXECUTE 'SELECT ' || pgmesh.key_json_expr(TG_RELID, TG_ARGV, '($1)') INTO key USING OLD;
-  INSERT INTO pgmesh.tombstone (relid, pkey) VALUES (TG_RELID, key)
-  ON CONFLICT (relid, pkey) DO UPDATE SET pkey = EXCLUDED.pkey, ts = NULL, node = NULL;
-  RETURN NULL;
-END
-$fn$;
-
-CREATE OR REPLACE FUNCTION pgmesh.record_unique_release() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-SET TimeZone = 'UTC' SET DateStyle = 'ISO, YMD' SET IntervalStyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'
-AS $fn$
-DECLARE
-  key text;
-  v_ts timestamptz;
-  v_node text;
-  idx record;
-  old_value text;
-  new_value text;
-BEGIN
-  -- Executable by every role (see above): on a table pgmesh does not replicate, it records nothing.
-  IF NOT pgmesh.replicated_relation(TG_RELID) THEN
-    RETURN NULL;
-  END IF;
-  EXECUTE 'SELECT ' || pgmesh.key_json_expr(TG_RELID, TG_ARGV, '($1)') INTO key USING OLD;
-  -- A row written earlier in this transaction: the claim takes this transaction's version (left NULL).
-  IF OLD.xmin IS DISTINCT FROM pg_catalog.xid(pg_catalog.pg_current_xact_id_if_assigned()) THEN
-    SELECT v.ts, v.node INTO v_ts, v_node
-      FROM pgmesh.row_version_keyed(TG_RELID, key, OLD.xmin, (SELECT node_name FROM pgmesh.local_node)) v;
-  END IF;
-  FOR idx IN SELECT i.indexrelid AS indexid,
-                    (SELECT array_agg(a.attname::text ORDER BY k.pos) FROM unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, pos)
-                       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum WHERE k.pos <= i.indnkeyatts) AS cols
-               FROM pg_index i
-              WHERE i.indrelid = TG_RELID AND i.indisunique AND NOT i.indisprimary AND i.indimmediate AND NOT i.indnullsnotdistinct
-                AND i.indpred IS NULL AND i.indexprs IS NULL LOOP
-    EXECUTE format('SELECT %s, %s', pgmesh.key_json_expr(TG_RELID, idx.cols, '($1)'), pgmesh.key_json_expr(TG_RELID, idx.cols, '($2)'))
-       INTO old_value, new_value USING OLD, NEW;
-    IF TG_OP = 'DELETE' THEN
-      new_value := NULL;
-    END IF;
-    -- A value with a NULL is not unique: nothing to claim.
-    CONTINUE WHEN old_value::jsonb @> '[null]'::jsonb OR old_value IS NOT DISTINCT FROM new_value;
-    INSERT INTO pgmesh.unique_claim AS c (relid, indexid, value, pkey, ts, node)
-    VALUES (TG_RELID, idx.indexid, old_value, key, v_ts, v_node)
-    ON CONFLICT (relid, indexid, value) DO UPDATE SET pkey = EXCLUDED.pkey, ts = EXCLUDED.ts, node = EXCLUDED.node
-     WHERE EXCLUDED.ts IS NULL
-        OR (SELECT (cv.ts, cv.node COLLATE "C") < (EXCLUDED.ts, EXCLUDED.node COLLATE "C")
-              FROM pgmesh.claim_version(c.xmin, c.ts, c.node, (SELECT node_name FROM pgmesh.local_node)) cv);
-  END LOOP;
-  RETURN NULL;
-END
-$fn$;
-
 GRANT EXECUTE ON FUNCTION pgmesh.record_key_change(), pgmesh.record_unique_release() TO PUBLIC;
 
 -- Never has a row: only its lock is used.
