@@ -59,6 +59,10 @@ BEGIN
     UNION
     SELECT types.root, n.x FROM types JOIN pg_type y ON y.oid = types.t
      CROSS JOIN LATERAL (SELECT nullif(y.typbasetype, 0) UNION ALL SELECT nullif(y.typelem, 0)
+                         -- A range's subtype, a multirange's range: range_in reads each bound with the subtype's
+                         -- input, which checks a domain's CHECK (found by the attacker's probe, P6).
+                         UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = y.oid
+                         UNION ALL SELECT r.rngtypid FROM pg_range r WHERE r.rngmultitypid = y.oid
                          UNION ALL SELECT a.atttypid FROM pg_attribute a
                                     WHERE y.typrelid <> 0 AND a.attrelid = y.typrelid AND a.attnum > 0 AND NOT a.attisdropped) n(x)
      WHERE n.x IS NOT NULL

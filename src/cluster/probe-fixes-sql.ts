@@ -33,7 +33,7 @@
  * hashtext('pgmesh.version_horizon'), a transaction lock: held by any role, the horizon stopped, and its slot kept
  * the node's WAL from then on. It locks pgmesh.version_horizon_lock instead (the agent role may: AGENT_CATALOG_WRITES).
  * Its functions are redefined from their text in version-horizon-sql.ts with only that line changed.
- * pgmesh.owner_code_problems follows range subtypes (see OWNER_CODE_TYPES below).
+ * pgmesh.owner_code_problems follows range subtypes (in owner-code-sql.ts, migration 30, where it is defined).
  */
 
 import { OWNER_CODE_MIGRATION } from './owner-code-sql.ts';
@@ -51,20 +51,6 @@ function redefined(migration: string, name: string, edits: readonly (readonly [s
   }
   return text;
 }
-
-/**
- * The owner-code guard (owner-code-sql.ts) followed a column's type into its base type, its elements and its
- * composite's columns, but not into a range's subtype nor a multirange's range: a domain with a CHECK calling its
- * owner's function, as the subtype of a range type used by a replicated column, was accepted, and pgmesh's cast of
- * a value from text to the range (range_in reads each bound with the subtype's input, which checks the domain) ran
- * the function with the rights of the session that applied the row.
- */
-const OWNER_CODE_TYPES = [
-  `CROSS JOIN LATERAL (SELECT nullif(y.typbasetype, 0) UNION ALL SELECT nullif(y.typelem, 0)`,
-  `CROSS JOIN LATERAL (SELECT nullif(y.typbasetype, 0) UNION ALL SELECT nullif(y.typelem, 0)
-                         UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = y.oid
-                         UNION ALL SELECT r.rngtypid FROM pg_range r WHERE r.rngmultitypid = y.oid`,
-] as const;
 
 /**
  * A partition made or attached after its root joined replication is written by the agent under its own name (the
@@ -141,7 +127,6 @@ CREATE TABLE pgmesh.version_horizon_lock (singleton boolean PRIMARY KEY CHECK (s
 REVOKE ALL ON pgmesh.version_horizon_lock FROM PUBLIC;
 ${HORIZON_STEP}
 ${redefined(VERSION_HORIZON_MIGRATION, 'drop_version_horizon', [[HORIZON_ADVISORY_LOCK, HORIZON_TABLE_LOCK]])}
-${redefined(OWNER_CODE_MIGRATION, 'owner_code_problems', [OWNER_CODE_TYPES])}
 
 -- The agent roles' rights on the partitions of replicated tables (of rels, or of all when NULL), as join_table gives
 -- them on the root. Run as the catalog's owner; its GRANTs are this node's own, not DDL to replicate.
